@@ -1,0 +1,103 @@
+# suido build. `make run` and `make test` are the two commands a new machine needs (README).
+# SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build/san/.
+
+SAN ?= 0
+ifeq ($(SAN),1)
+  BUILD := build/san
+  SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  OPT := -O1
+else
+  BUILD := build
+  SANFLAGS :=
+  OPT := -O2 -D_FORTIFY_SOURCE=2
+endif
+BIN := $(BUILD)/bin
+OBJ := $(BUILD)/obj
+GEN := $(BUILD)/gen
+
+CC ?= cc
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
+        -Wno-missing-field-initializers -Wno-format-truncation
+CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPIC \
+          $(SANFLAGS) -Icommon -I$(GEN) -MMD -MP
+LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
+LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lpthread -lm
+
+SERVICES := registry ingest verify profile anomaly archive
+
+PROTO_C := $(GEN)/suido.pb-c.c
+PROTO_H := $(GEN)/suido.pb-c.h
+COMMON_SRC := $(filter-out %_test.c,$(wildcard common/*.c))
+COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(COMMON_SRC)) $(OBJ)/gen/suido.pb-c.o
+LIBCOMMON := $(BUILD)/libsuido-common.a
+
+UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway-sim/*_test.c)
+UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
+
+PROGRAMS := $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
+            $(BIN)/suido-bench-sub
+
+.PHONY: all deps build test test-unit test-integration test-asan run stop bench clean format
+all: build
+build: $(PROGRAMS) $(UNIT_BIN)
+
+deps:
+	@scripts/install-deps.sh
+
+$(PROTO_C) $(PROTO_H) &: proto/suido.proto
+	@mkdir -p $(GEN)
+	protoc-c --proto_path=proto --c_out=$(GEN) proto/suido.proto
+
+$(OBJ)/gen/suido.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Werror -Wmissing-prototypes,$(CFLAGS)) -c $< -o $@
+
+$(OBJ)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBCOMMON): $(COMMON_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+define program
+$(BIN)/suido-$(1): $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard $(2)/*.c))) $(LIBCOMMON)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+endef
+$(foreach s,$(SERVICES),$(eval $(call program,$(s),services/$(s))))
+$(eval $(call program,gateway-sim,gateway-sim))
+$(eval $(call program,keygen,tools/keygen))
+$(eval $(call program,bench-sub,tools/bench-sub))
+
+# A unit test links its module's directory (minus main.c) and the common library.
+$(BUILD)/test/%_test: $(OBJ)/%_test.o $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(OBJ)/$*_test.o \
+	  $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(dir $*)main.c %_test.c,$(if $(filter common/%,$*),,$(wildcard $(dir $*)*.c)))) \
+	  $(LIBCOMMON) $(LIBS) -lcmocka
+
+test: deps
+	@$(MAKE) --no-print-directory build
+	@scripts/run-tests.sh $(BUILD)
+
+test-asan: deps
+	@$(MAKE) --no-print-directory build SAN=1
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  scripts/run-tests.sh build/san
+
+run: deps
+	@$(MAKE) --no-print-directory build
+	@scripts/suite.sh run $(if $(DETACH),--detach)
+
+stop:
+	@scripts/suite.sh stop
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@scripts/bench.sh $(BUILD)
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

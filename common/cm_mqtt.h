@@ -1,0 +1,56 @@
+/* cm_mqtt: one MQTT-over-TLS client on Eclipse Paho MQTT C (async), shared by the gateway
+ * simulator, ingest and archive.
+ *
+ * Contract: TLS >= 1.2 with a client certificate; the server certificate is verified against
+ * the deployment CA including its host name; the client id is the certificate's common name.
+ * The client reconnects by itself and re-subscribes after a reconnect. Callbacks run on Paho's
+ * threads: a callback must not block for long, except on_message, whose blocking is the
+ * back-pressure towards the broker (the message is only acknowledged when it returns 1). */
+#ifndef CM_MQTT_H
+#define CM_MQTT_H
+#include <stddef.h>
+#include "cm_err.h"
+
+typedef struct cm_mqtt cm_mqtt;
+
+typedef struct cm_mqtt_opts {
+    const char *uri;        /* "ssl://127.0.0.1:8883" */
+    const char *client_id;  /* must equal the certificate CN */
+    const char *ca_file;    /* deployment CA (PEM) */
+    const char *cert_file;  /* client certificate (PEM) */
+    const char *key_file;   /* client private key (PEM, mode 0600) */
+    int clean_session;      /* 0: persistent session, QoS 1 messages queued while away */
+    int keepalive_s;        /* 0 -> 30 */
+    int max_inflight;       /* 0 -> 64 */
+    int verify_hostname;    /* 1: check the broker's certificate name against the URI host */
+    const char *will_topic; /* optional last will (QoS 1, not retained) */
+    const void *will_payload;
+    size_t will_len;
+    /* Called for every message on Paho's thread. Return 1 when the message was handed on (it is
+     * then acknowledged), 0 to have Paho deliver it again. */
+    int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
+    /* Called after every successful (re)connect. */
+    void (*on_connected)(void *ctx, int reconnect);
+    /* Called when the connection is lost or a connect attempt fails. */
+    void (*on_lost)(void *ctx, const char *cause);
+    void *ctx;
+} cm_mqtt_opts;
+
+/* Creates the client (no network yet). Strings in o are copied. */
+cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out);
+/* Starts connecting; with timeout_ms > 0 waits up to that long for the first connection and
+ * returns CM_ERR_TIMEOUT / CM_ERR_DENIED / CM_ERR_IO if it did not succeed. With 0 returns at once;
+ * the client keeps retrying in the background either way. */
+cm_err cm_mqtt_connect(cm_mqtt *m, int timeout_ms);
+/* Subscribes now if connected, and after every reconnect. */
+cm_err cm_mqtt_subscribe(cm_mqtt *m, const char *filter, int qos);
+/* Queues a publish; CM_ERR_UNAVAILABLE when not connected or the in-flight window is full. */
+cm_err cm_mqtt_publish(cm_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+                       int retained);
+int cm_mqtt_is_connected(const cm_mqtt *m);
+/* Number of publishes sent but not yet acknowledged by the broker. */
+int cm_mqtt_inflight(const cm_mqtt *m);
+/* Disconnects (waiting up to 1 s for in-flight messages) and frees. */
+void cm_mqtt_destroy(cm_mqtt **m);
+
+#endif

@@ -1,0 +1,72 @@
+/* cm_zmq: ZeroMQ sockets with CURVE on every internal hop, and the ZAP handler that gives each
+ * server socket its own allow-list.
+ *
+ * Every server socket (bind side) is a CURVE server with a ZAP domain; the process's ZAP handler
+ * (one thread, inproc://zeromq.zap.01) admits a client only if its CURVE public key is on the
+ * allow-list of that domain, and names the peer in the message's "User-Id" property so that a
+ * service's dispatch table can check which peer sent a message. A domain with an empty list
+ * admits nobody. NULL and PLAIN mechanisms never reach a CURVE socket.
+ *
+ * Key files hold one Z85 key (40 characters) and an optional newline; secret key files must be
+ * mode 0600 or stricter. */
+#ifndef CM_ZMQ_H
+#define CM_ZMQ_H
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "cm_conf.h"
+#include "cm_err.h"
+
+#define CM_Z85_LEN 40
+#define CM_ZMQ_MAX_MSG (1 << 20)  /* no internal frame may exceed 1 MiB */
+
+typedef struct cm_curve_keypair {
+    char public_z85[CM_Z85_LEN + 1];
+    char secret_z85[CM_Z85_LEN + 1];
+} cm_curve_keypair;
+
+cm_err cm_curve_load_public(const char *path, char out[CM_Z85_LEN + 1]);
+cm_err cm_curve_load_keypair(const char *public_path, const char *secret_path,
+                             cm_curve_keypair *out);
+
+typedef struct cm_zap cm_zap;
+/* Starts the ZAP handler thread on ctx. One per process. */
+cm_err cm_zap_start(void *ctx, cm_zap **out);
+/* Adds public_z85 to domain's allow-list under peer name `peer` (reported as User-Id). */
+cm_err cm_zap_allow(cm_zap *z, const char *domain, const char *peer, const char *public_z85);
+/* Removes a key from every domain (revocation); returns the number of entries removed. */
+int cm_zap_revoke(cm_zap *z, const char *public_z85);
+uint64_t cm_zap_denied(const cm_zap *z);
+uint64_t cm_zap_allowed(const cm_zap *z);
+void cm_zap_stop(cm_zap **z);
+
+/* Server socket of `type` bound to endpoint with CURVE server role and ZAP domain `domain`.
+ * Sets the maximum message size and high-water marks. */
+cm_err cm_zsock_server(void *ctx, int type, const char *endpoint, const char *domain,
+                       const cm_curve_keypair *own, void **out);
+/* Client socket of `type` connected to endpoint, authenticating with own keys and expecting the
+ * server's public key. */
+cm_err cm_zsock_client(void *ctx, int type, const char *endpoint, const char *server_public,
+                       const cm_curve_keypair *own, void **out);
+
+/* From a config section:
+ *   bind  = tcp://127.0.0.1:7101
+ *   allow = NAME:/path/NAME.curve.pub, ...   (at least one; the list is the socket's ACL)
+ * Registers the allow-list under the section's name as ZAP domain. */
+cm_err cm_zsock_server_conf(void *ctx, cm_zap *zap, const cm_conf *conf, const char *section,
+                            int type, const cm_curve_keypair *own, void **out,
+                            char err[CM_CONF_ERRLEN]);
+/* From a config section:
+ *   connect    = tcp://127.0.0.1:7101, tcp://127.0.0.1:7111   (one or more replicas)
+ *   server_key = /path/verify.curve.pub                      (the replicas share one identity)
+ */
+cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
+                            const cm_curve_keypair *own, void **out, char err[CM_CONF_ERRLEN]);
+
+/* Packs m and sends it as one frame. flags as for zmq_send (ZMQ_DONTWAIT ...). */
+cm_err cm_zsend_pb(void *sock, const ProtobufCMessage *m, int flags);
+/* Receives one frame into msg (initialised by the caller, closed by the caller); copies the
+ * authenticated peer name (ZAP User-Id) into peer (may be NULL). */
+cm_err cm_zrecv(void *sock, void *zmq_msg, char *peer, size_t peerlen, int flags);
+
+#endif

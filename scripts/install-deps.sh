@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian package suido needs to build, run and test. Shared by `make run`,
+# `make test` and .ci/run; idempotent and quiet when everything is already present.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config clang libclang-rt-14-dev
+  openssl libssl-dev
+  mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
+  libpaho-mqtt-dev libpaho-mqtt1.3
+  libprotobuf-c-dev protobuf-c-compiler
+  libzmq3-dev libczmq-dev
+  libsqlite3-dev sqlite3
+  libpq-dev
+  libcmocka-dev
+  python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
+  procps psmisc iproute2
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}; run as root or install them" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian package starts a system broker on port 1883; suido runs its own brokers.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+pkill -x mosquitto 2>/dev/null || true
