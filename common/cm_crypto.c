@@ -18,6 +18,8 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/bn.h>
+#include <time.h>
 
 #include "cm_log.h"
 
@@ -527,5 +529,48 @@ out:
     OPENSSL_cleanse(buf, sizeof buf);
     EVP_PKEY_CTX_free(ctx);
     ERR_clear_error();
+    return rc;
+}
+
+/* -------------------------------------------------------------- certificates */
+
+static uint64_t asn1_time_ms(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    time_t s = timegm(&tm);
+    return s < 0 ? 0 : (uint64_t)s * 1000u;
+}
+
+cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out)
+{
+    memset(out, 0, sizeof *out);
+    FILE *f = fopen(pem_path, "r");
+    if (!f)
+        return CM_ERR_KEY;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x)
+        return CM_ERR_KEY;
+    cm_err rc = CM_ERR_CRYPTO;
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (!hex || X509_digest(x, EVP_sha256(), md, &mdlen) != 1)
+        goto out;
+    snprintf(out->serial, sizeof out->serial, "%s", hex);
+    for (unsigned i = 0; i < mdlen && i < 32; i++)
+        snprintf(out->sha256 + 2 * i, 3, "%02x", md[i]);
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out->subject_cn,
+                              sizeof out->subject_cn);
+    out->not_before_ms = asn1_time_ms(X509_get0_notBefore(x));
+    out->not_after_ms = asn1_time_ms(X509_get0_notAfter(x));
+    rc = CM_OK;
+out:
+    OPENSSL_free(hex);
+    BN_free(bn);
+    X509_free(x);
     return rc;
 }

@@ -89,4 +89,12 @@ cm_err cm_rsa_unwrap(cm_rsa *r, const uint8_t *in, size_t inlen, const uint8_t *
                      size_t labellen, int require_aes_len, uint8_t *out, size_t outcap,
                      size_t *outlen);
 
+/* Facts of a PEM certificate for the registry's inventory. */
+typedef struct cm_cert_info {
+    char serial[80];        /* hex */
+    char sha256[65];        /* fingerprint of the DER, lowercase hex */
+    char subject_cn[128];
+    uint64_t not_before_ms, not_after_ms;
+} cm_cert_info;
+cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out);
 #endif

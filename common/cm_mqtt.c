@@ -1,0 +1,552 @@
+/* cm_mqtt: the suite's MQTT-over-TLS client on Eclipse Paho MQTT C (MQTTAsync, MQTT 3.1.1).
+ *
+ * Paho runs the network on its own threads and calls back into this file. Shared state is either
+ * atomic (connection flag, in-flight count, the subscription list) or guarded by mu (the outcome
+ * of the first connect attempt and of the final disconnect). Paho functions are never called with
+ * mu held: Paho may hold its own lock while it runs our callbacks, so the only lock order is
+ * "Paho, then mu". */
+#include "cm_mqtt.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <MQTTAsync.h>
+
+#include "cm_log.h"
+
+#define DEFAULT_KEEPALIVE_S 30
+#define DEFAULT_MAX_INFLIGHT 64
+#define CONNECT_TIMEOUT_S 10
+#define RETRY_MIN_S 1
+#define RETRY_MAX_S 8
+#define DISCONNECT_WAIT_MS 1000
+
+/* A subscription to repeat after every reconnect. The list only grows (prepend with an atomic
+ * head), so Paho's thread can walk it without a lock while the application adds to it. */
+typedef struct cm_sub {
+    struct cm_sub *next;
+    char *filter;
+    int qos;
+} cm_sub;
+
+enum { FIRST_PENDING = 0, FIRST_OK, FIRST_FAILED };
+
+struct cm_mqtt {
+    MQTTAsync cli;
+    /* owned copies of the option strings */
+    char *uri, *client_id, *ca_file, *cert_file, *key_file, *will_topic;
+    void *will_payload;
+    size_t will_len;
+    int clean_session, keepalive_s, max_inflight, verify_hostname;
+    int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
+    void (*on_connected)(void *ctx, int reconnect);
+    void (*on_lost)(void *ctx, const char *cause);
+    void *ctx;
+
+    atomic_int connected;   /* 1 between a successful connect and the next loss */
+    atomic_int inflight;    /* publishes handed to Paho whose outcome is not known yet */
+    atomic_int connections; /* successful connections so far */
+    atomic_int closing;     /* destroy has begun: stop calling the application back */
+    atomic_int busy;        /* callbacks currently running (destroy waits for 0) */
+    _Atomic(cm_sub *) subs;
+    int started;            /* cm_mqtt_connect was called (application thread only) */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int first;              /* FIRST_*: outcome of the first connect attempt */
+    int first_code;         /* Paho / CONNACK code of a failed first attempt */
+    int disconnected;       /* the final disconnect completed (either way) */
+};
+
+static char *dup_or_null(const char *s, int *fail)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *fail = 1;
+    return d;
+}
+
+static void deadline_after(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* ------------------------------------------------------------------ callbacks (Paho's threads) */
+
+/* Every callback brackets its work with enter/leave so that destroy can wait for the last one to
+ * return before it frees the structure. */
+static void enter(cm_mqtt *m) { atomic_fetch_add(&m->busy, 1); }
+static void leave(cm_mqtt *m) { atomic_fetch_sub(&m->busy, 1); }
+
+static void set_first(cm_mqtt *m, int outcome, int code)
+{
+    pthread_mutex_lock(&m->mu);
+    if (m->first == FIRST_PENDING) {
+        m->first = outcome;
+        m->first_code = code;
+        pthread_cond_broadcast(&m->cv);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    cm_mqtt *m = ctx;
+    enter(m);
+    /* Paho calls this for the first connect and for every automatic reconnect; the connected
+     * callback below does the per-connection work, here only the first outcome is recorded. */
+    atomic_store(&m->connected, 1);
+    set_first(m, FIRST_OK, 0);
+    leave(m);
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData *resp)
+{
+    cm_mqtt *m = ctx;
+    enter(m);
+    int code = resp ? resp->code : MQTTASYNC_FAILURE;
+    atomic_store(&m->connected, 0);
+    if (!atomic_load(&m->closing)) {
+        cm_warn("client=%s uri=%s event=connect_failed code=%d reason=\"%s\"", m->client_id,
+                m->uri, code, resp && resp->message ? resp->message : "");
+        if (m->on_lost)
+            m->on_lost(m->ctx, resp && resp->message ? resp->message : "connect failed");
+    }
+    set_first(m, FIRST_FAILED, code);
+    leave(m);
+}
+
+static void on_sub_fail(void *ctx, MQTTAsync_failureData *resp)
+{
+    cm_mqtt *m = ctx;
+    enter(m);
+    if (!atomic_load(&m->closing))
+        cm_warn("client=%s event=subscribe_failed code=%d", m->client_id,
+                resp ? resp->code : MQTTASYNC_FAILURE);
+    leave(m);
+}
+
+static int subscribe_now(cm_mqtt *m, const cm_sub *s)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.onFailure = on_sub_fail;
+    ro.context = m;
+    return MQTTAsync_subscribe(m->cli, s->filter, s->qos, &ro);
+}
+
+static void on_connected_cb(void *ctx, char *cause)
+{
+    (void)cause;
+    cm_mqtt *m = ctx;
+    enter(m);
+    atomic_store(&m->connected, 1);
+    int n = atomic_fetch_add(&m->connections, 1);
+    if (!atomic_load(&m->closing)) {
+        cm_info("client=%s uri=%s event=connected reconnect=%d", m->client_id, m->uri, n > 0);
+        /* With a persistent session the broker still has the subscriptions; repeating them is
+         * harmless and covers a broker that lost its state. */
+        for (cm_sub *s = atomic_load(&m->subs); s; s = s->next) {
+            int rc = subscribe_now(m, s);
+            if (rc != MQTTASYNC_SUCCESS)
+                cm_warn("client=%s filter=%s event=resubscribe_failed code=%d", m->client_id,
+                        s->filter, rc);
+        }
+        if (m->on_connected)
+            m->on_connected(m->ctx, n > 0);
+    }
+    leave(m);
+}
+
+static void on_connection_lost(void *ctx, char *cause)
+{
+    cm_mqtt *m = ctx;
+    enter(m);
+    atomic_store(&m->connected, 0);
+    if (!atomic_load(&m->closing)) {
+        cm_warn("client=%s uri=%s event=connection_lost cause=\"%s\"", m->client_id, m->uri,
+                cause ? cause : "");
+        if (m->on_lost)
+            m->on_lost(m->ctx, cause ? cause : "connection lost");
+    }
+    leave(m);
+}
+
+static int on_arrived(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+    (void)topic_len; /* > 0 only for a topic with embedded NULs, which MQTT forbids */
+    cm_mqtt *m = ctx;
+    enter(m);
+    int handed_on = 1;
+    if (m->on_message && !atomic_load(&m->closing))
+        handed_on = m->on_message(m->ctx, topic, msg->payload,
+                                  msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0) != 0;
+    if (handed_on) {
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+    }
+    leave(m);
+    /* 0 keeps the message (and its storage) with Paho, which delivers it again later */
+    return handed_on;
+}
+
+static void on_publish_ok(void *ctx, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    cm_mqtt *m = ctx;
+    enter(m);
+    atomic_fetch_sub(&m->inflight, 1);
+    leave(m);
+}
+
+static void on_publish_fail(void *ctx, MQTTAsync_failureData *resp)
+{
+    cm_mqtt *m = ctx;
+    enter(m);
+    atomic_fetch_sub(&m->inflight, 1);
+    if (!atomic_load(&m->closing))
+        cm_debug("client=%s event=publish_failed code=%d", m->client_id,
+                 resp ? resp->code : MQTTASYNC_FAILURE);
+    leave(m);
+}
+
+static void on_disconnect_done(cm_mqtt *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->disconnected = 1;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void on_disconnect_ok(void *ctx, MQTTAsync_successData *resp)
+{
+    (void)resp;
+    cm_mqtt *m = ctx;
+    enter(m);
+    on_disconnect_done(m);
+    leave(m);
+}
+
+static void on_disconnect_fail(void *ctx, MQTTAsync_failureData *resp)
+{
+    (void)resp;
+    cm_mqtt *m = ctx;
+    enter(m);
+    on_disconnect_done(m);
+    leave(m);
+}
+
+/* ------------------------------------------------------------------ API */
+
+static void free_fields(cm_mqtt *m)
+{
+    cm_sub *s = atomic_load(&m->subs);
+    while (s) {
+        cm_sub *n = s->next;
+        free(s->filter);
+        free(s);
+        s = n;
+    }
+    free(m->uri);
+    free(m->client_id);
+    free(m->ca_file);
+    free(m->cert_file);
+    free(m->key_file);
+    free(m->will_topic);
+    free(m->will_payload);
+}
+
+cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
+{
+    *out = NULL;
+    if (!o || !o->uri || !o->client_id || !*o->client_id || !o->ca_file || !o->cert_file ||
+        !o->key_file || o->keepalive_s < 0 || o->max_inflight < 0 ||
+        (o->will_len && !o->will_payload) || o->will_len > INT_MAX)
+        return CM_ERR_INVAL;
+    cm_mqtt *m = calloc(1, sizeof *m);
+    if (!m)
+        return CM_ERR_NOMEM;
+    int fail = 0;
+    m->uri = dup_or_null(o->uri, &fail);
+    m->client_id = dup_or_null(o->client_id, &fail);
+    m->ca_file = dup_or_null(o->ca_file, &fail);
+    m->cert_file = dup_or_null(o->cert_file, &fail);
+    m->key_file = dup_or_null(o->key_file, &fail);
+    m->will_topic = dup_or_null(o->will_topic, &fail);
+    if (o->will_topic && o->will_len) {
+        if ((m->will_payload = malloc(o->will_len)))
+            memcpy(m->will_payload, o->will_payload, o->will_len);
+        else
+            fail = 1;
+        m->will_len = o->will_len;
+    }
+    if (fail) {
+        free_fields(m);
+        free(m);
+        return CM_ERR_NOMEM;
+    }
+    m->clean_session = o->clean_session ? 1 : 0;
+    m->keepalive_s = o->keepalive_s ? o->keepalive_s : DEFAULT_KEEPALIVE_S;
+    m->max_inflight = o->max_inflight ? o->max_inflight : DEFAULT_MAX_INFLIGHT;
+    m->verify_hostname = o->verify_hostname ? 1 : 0;
+    m->on_message = o->on_message;
+    m->on_connected = o->on_connected;
+    m->on_lost = o->on_lost;
+    m->ctx = o->ctx;
+    atomic_init(&m->connected, 0);
+    atomic_init(&m->inflight, 0);
+    atomic_init(&m->connections, 0);
+    atomic_init(&m->closing, 0);
+    atomic_init(&m->busy, 0);
+    atomic_init(&m->subs, NULL);
+
+    pthread_condattr_t ca;
+    int ok = pthread_condattr_init(&ca) == 0;
+    ok = ok && pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0;
+    ok = ok && pthread_cond_init(&m->cv, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    if (!ok || pthread_mutex_init(&m->mu, NULL) != 0) {
+        if (ok)
+            pthread_cond_destroy(&m->cv);
+        free_fields(m);
+        free(m);
+        return CM_ERR_NOMEM;
+    }
+
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+    co.MQTTVersion = MQTTVERSION_3_1_1;
+    co.sendWhileDisconnected = 0;
+    /* Paho refuses new publishes once this many are queued; our own in-flight window is the real
+     * limit, this only has to stay above it. */
+    co.maxBufferedMessages = m->max_inflight * 2 > 100 ? m->max_inflight * 2 : 100;
+    int rc = MQTTAsync_createWithOptions(&m->cli, m->uri, m->client_id, MQTTCLIENT_PERSISTENCE_NONE,
+                                         NULL, &co);
+    if (rc == MQTTASYNC_SUCCESS)
+        rc = MQTTAsync_setCallbacks(m->cli, m, on_connection_lost, on_arrived, NULL);
+    if (rc == MQTTASYNC_SUCCESS)
+        rc = MQTTAsync_setConnected(m->cli, m, on_connected_cb);
+    if (rc != MQTTASYNC_SUCCESS) {
+        cm_error("client=%s uri=%s event=create_failed code=%d", m->client_id, m->uri, rc);
+        if (m->cli)
+            MQTTAsync_destroy(&m->cli);
+        pthread_cond_destroy(&m->cv);
+        pthread_mutex_destroy(&m->mu);
+        free_fields(m);
+        free(m);
+        return rc == MQTTASYNC_BAD_PROTOCOL ? CM_ERR_INVAL : CM_ERR_IO;
+    }
+    *out = m;
+    return CM_OK;
+}
+
+static cm_err first_failure_err(int code)
+{
+    /* CONNACK 2 (identifier rejected), 4 (bad credentials), 5 (not authorized) are refusals by
+     * the broker; anything else (TCP, TLS, timeout, protocol) is an I/O failure. */
+    if (code == 2 || code == 4 || code == 5)
+        return CM_ERR_DENIED;
+    return CM_ERR_IO;
+}
+
+cm_err cm_mqtt_connect(cm_mqtt *m, int timeout_ms)
+{
+    if (!m)
+        return CM_ERR_INVAL;
+    if (!m->started) {
+        MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+        ssl.trustStore = m->ca_file;
+        ssl.keyStore = m->cert_file;
+        ssl.privateKey = m->key_file;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = m->verify_hostname;
+        ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+        /* only the deployment CA is trusted, never the system store */
+        ssl.disableDefaultTrustStore = 1;
+
+        MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer;
+        co.MQTTVersion = MQTTVERSION_3_1_1;
+        co.keepAliveInterval = m->keepalive_s;
+        co.cleansession = m->clean_session;
+        co.maxInflight = m->max_inflight;
+        co.connectTimeout = CONNECT_TIMEOUT_S;
+        co.retryInterval = 0; /* MQTT 3.1.1: resend only on reconnect */
+        co.ssl = &ssl;
+        co.automaticReconnect = 1;
+        co.minRetryInterval = RETRY_MIN_S;
+        co.maxRetryInterval = RETRY_MAX_S;
+        co.onSuccess = on_connect_ok;
+        co.onFailure = on_connect_fail;
+        co.context = m;
+        if (m->will_topic) {
+            will.topicName = m->will_topic;
+            will.message = NULL;
+            will.payload.data = m->will_payload ? m->will_payload : "";
+            will.payload.len = (int)m->will_len;
+            will.qos = 1;
+            will.retained = 0;
+            co.will = &will;
+        }
+        int rc = MQTTAsync_connect(m->cli, &co);
+        if (rc != MQTTASYNC_SUCCESS) {
+            cm_error("client=%s uri=%s event=connect_start_failed code=%d", m->client_id, m->uri,
+                     rc);
+            return CM_ERR_IO;
+        }
+        m->started = 1;
+    }
+    if (timeout_ms <= 0)
+        return CM_OK;
+
+    struct timespec dl;
+    deadline_after(&dl, timeout_ms);
+    pthread_mutex_lock(&m->mu);
+    while (m->first == FIRST_PENDING) {
+        int e = pthread_cond_timedwait(&m->cv, &m->mu, &dl);
+        if (e == ETIMEDOUT)
+            break;
+    }
+    int first = m->first, code = m->first_code;
+    pthread_mutex_unlock(&m->mu);
+    if (first == FIRST_OK)
+        return CM_OK;
+    if (first == FIRST_PENDING)
+        return atomic_load(&m->connected) ? CM_OK : CM_ERR_TIMEOUT;
+    /* The first attempt failed, but a later one may already have succeeded. */
+    return atomic_load(&m->connected) ? CM_OK : first_failure_err(code);
+}
+
+cm_err cm_mqtt_subscribe(cm_mqtt *m, const char *filter, int qos)
+{
+    if (!m || !filter || !*filter || qos < 0 || qos > 2)
+        return CM_ERR_INVAL;
+    cm_sub *s = calloc(1, sizeof *s);
+    if (!s || !(s->filter = strdup(filter))) {
+        free(s);
+        return CM_ERR_NOMEM;
+    }
+    s->qos = qos;
+    /* publish the node only once it is complete; Paho's thread may walk the list right away */
+    cm_sub *head = atomic_load(&m->subs);
+    do
+        s->next = head;
+    while (!atomic_compare_exchange_weak(&m->subs, &head, s));
+    if (!atomic_load(&m->connected))
+        return CM_OK; /* the connected callback subscribes */
+    int rc = subscribe_now(m, s);
+    if (rc != MQTTASYNC_SUCCESS) {
+        /* lost the connection meanwhile: the reconnect will subscribe */
+        cm_debug("client=%s filter=%s event=subscribe_deferred code=%d", m->client_id, filter, rc);
+    }
+    return CM_OK;
+}
+
+cm_err cm_mqtt_publish(cm_mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+                       int retained)
+{
+    if (!m || !topic || !*topic || (len && !payload) || qos < 0 || qos > 2)
+        return CM_ERR_INVAL;
+    if (len > INT_MAX)
+        return CM_ERR_TOO_BIG;
+    if (!atomic_load(&m->connected))
+        return CM_ERR_UNAVAILABLE;
+    /* reserve a slot in the window first, so that concurrent publishers cannot overshoot it */
+    if (atomic_fetch_add(&m->inflight, 1) >= m->max_inflight) {
+        atomic_fetch_sub(&m->inflight, 1);
+        return CM_ERR_UNAVAILABLE;
+    }
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    ro.onSuccess = on_publish_ok;
+    ro.onFailure = on_publish_fail;
+    ro.context = m;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = (void *)payload; /* Paho copies it */
+    msg.payloadlen = (int)len;
+    msg.qos = qos;
+    msg.retained = retained ? 1 : 0;
+    int rc = MQTTAsync_sendMessage(m->cli, topic, &msg, &ro);
+    if (rc == MQTTASYNC_SUCCESS)
+        return CM_OK;
+    /* refused synchronously: no callback will come for it */
+    atomic_fetch_sub(&m->inflight, 1);
+    switch (rc) {
+    case MQTTASYNC_DISCONNECTED:
+    case MQTTASYNC_MAX_BUFFERED_MESSAGES:
+    case MQTTASYNC_NO_MORE_MSGIDS:
+    case MQTTASYNC_MAX_MESSAGES_INFLIGHT:
+        return CM_ERR_UNAVAILABLE;
+    case MQTTASYNC_BAD_UTF8_STRING:
+    case MQTTASYNC_NULL_PARAMETER:
+    case MQTTASYNC_BAD_QOS:
+    case MQTTASYNC_BAD_STRUCTURE:
+        return CM_ERR_INVAL;
+    default:
+        cm_warn("client=%s topic=%s event=publish_refused code=%d", m->client_id, topic, rc);
+        return CM_ERR_IO;
+    }
+}
+
+int cm_mqtt_is_connected(const cm_mqtt *m)
+{
+    return m ? atomic_load(&((cm_mqtt *)m)->connected) : 0;
+}
+
+int cm_mqtt_inflight(const cm_mqtt *m)
+{
+    if (!m)
+        return 0;
+    int n = atomic_load(&((cm_mqtt *)m)->inflight);
+    return n > 0 ? n : 0;
+}
+
+void cm_mqtt_destroy(cm_mqtt **mp)
+{
+    if (!mp || !*mp)
+        return;
+    cm_mqtt *m = *mp;
+    *mp = NULL;
+    if (m->started) {
+        /* Paho waits up to the timeout for in-flight QoS 1/2 flows, then closes. Calling
+         * disconnect also stops the automatic reconnect, even when not connected right now. */
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+        d.timeout = DISCONNECT_WAIT_MS;
+        d.onSuccess = on_disconnect_ok;
+        d.onFailure = on_disconnect_fail;
+        d.context = m;
+        if (MQTTAsync_disconnect(m->cli, &d) == MQTTASYNC_SUCCESS) {
+            struct timespec dl;
+            deadline_after(&dl, DISCONNECT_WAIT_MS + 1000);
+            pthread_mutex_lock(&m->mu);
+            while (!m->disconnected)
+                if (pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT)
+                    break;
+            pthread_mutex_unlock(&m->mu);
+        }
+    }
+    atomic_store(&m->closing, 1);
+    /* Paho fails every pending request here (their callbacks still see m) */
+    MQTTAsync_destroy(&m->cli);
+    /* a callback that was already running when destroy began may still be returning */
+    while (atomic_load(&m->busy) > 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    free_fields(m);
+    free(m);
+}

@@ -1,0 +1,184 @@
+/* cm_registry: DEALER client of the registry with an open-addressing identity cache. */
+#include "cm_registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "cm_log.h"
+#include "cm_time.h"
+#include "suido.pb-c.h"
+
+#define CACHE_SLOTS 8192 /* power of two; holds far more gateways than one deployment has */
+
+typedef struct slot {
+    int used;
+    cm_err status;           /* CM_OK or CM_ERR_UNKNOWN (negative entry) */
+    uint64_t expires_ms;
+    cm_gateway gw;
+} slot;
+
+struct cm_registry {
+    void *sock;
+    long timeout_ms, ttl_ms;
+    slot *cache;
+    uint64_t next_request;
+};
+
+cm_err cm_registry_new(void *zctx, const cm_conf *conf, const char *section,
+                       const cm_curve_keypair *own, cm_registry **out, char err[CM_CONF_ERRLEN])
+{
+    *out = NULL;
+    cm_registry *r = calloc(1, sizeof *r);
+    if (!r)
+        return CM_ERR_NOMEM;
+    cm_err rc;
+    if ((rc = cm_conf_long(conf, section, "timeout_ms", 1000, 10, 60000, &r->timeout_ms, err)) ||
+        (rc = cm_conf_long(conf, section, "cache_ttl_ms", 10000, 0, 3600000, &r->ttl_ms, err)))
+        goto fail;
+    r->cache = calloc(CACHE_SLOTS, sizeof *r->cache);
+    if (!r->cache) {
+        rc = CM_ERR_NOMEM;
+        goto fail;
+    }
+    if ((rc = cm_zsock_client_conf(zctx, conf, section, ZMQ_DEALER, own, &r->sock, err)))
+        goto fail;
+    *out = r;
+    return CM_OK;
+fail:
+    free(r->cache);
+    free(r);
+    return rc;
+}
+
+void cm_registry_destroy(cm_registry **rp)
+{
+    if (!rp || !*rp)
+        return;
+    cm_registry *r = *rp;
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+        cm_pubkey_destroy(&r->cache[i].gw.key);
+    free(r->cache);
+    if (r->sock)
+        zmq_close(r->sock);
+    free(r);
+    *rp = NULL;
+}
+
+static uint32_t hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* Slot holding id, or the first free slot of its probe sequence, or NULL when full. */
+static slot *find_slot(cm_registry *r, const char *id)
+{
+    uint32_t h = hash(id);
+    for (uint32_t i = 0; i < CACHE_SLOTS; i++) {
+        slot *s = &r->cache[(h + i) & (CACHE_SLOTS - 1)];
+        if (!s->used || strcmp(s->gw.id, id) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+/* One request/response round trip; replies to earlier timed-out requests are skipped. */
+static cm_err ask(cm_registry *r, const char *id, Suido__RegistryReply **rep)
+{
+    *rep = NULL;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_GATEWAY;
+    req.id = (char *)id;
+    if (cm_zsend_pb(r->sock, &req.base, ZMQ_DONTWAIT) != CM_OK)
+        return CM_ERR_UNAVAILABLE;
+    uint64_t deadline = cm_mono_ms() + (uint64_t)r->timeout_ms;
+    for (;;) {
+        uint64_t now = cm_mono_ms();
+        if (now >= deadline)
+            return CM_ERR_UNAVAILABLE;
+        zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, (long)(deadline - now)) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (cm_zrecv(r->sock, &m, NULL, 0, ZMQ_DONTWAIT) != CM_OK) {
+            zmq_msg_close(&m);
+            continue;
+        }
+        Suido__RegistryReply *x =
+            suido__registry_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        if (!x)
+            continue;
+        /* a late answer to an earlier question is for another id: skip it */
+        const char *rid = x->gateway && x->gateway->id ? x->gateway->id : NULL;
+        if (x->status == 0 && (!rid || strcmp(rid, id) != 0)) {
+            suido__registry_reply__free_unpacked(x, NULL);
+            continue;
+        }
+        *rep = x;
+        return CM_OK;
+    }
+}
+
+cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **out)
+{
+    *out = NULL;
+    if (strlen(id) > 64)
+        return CM_ERR_UNKNOWN;
+    uint64_t now = cm_mono_ms();
+    slot *s = find_slot(r, id);
+    if (s && s->used && now < s->expires_ms) {
+        if (s->status != CM_OK)
+            return s->status;
+        *out = &s->gw;
+        return CM_OK;
+    }
+    Suido__RegistryReply *rep;
+    cm_err rc = ask(r, id, &rep);
+    if (rc != CM_OK) {
+        cm_warn("id=%s error=\"registry did not answer\"", id);
+        return rc;
+    }
+    if (!s) {
+        /* cache full: start afresh rather than grow without bound */
+        for (size_t i = 0; i < CACHE_SLOTS; i++)
+            cm_pubkey_destroy(&r->cache[i].gw.key);
+        memset(r->cache, 0, CACHE_SLOTS * sizeof *r->cache);
+        s = find_slot(r, id);
+    }
+    cm_pubkey_destroy(&s->gw.key);
+    memset(s, 0, sizeof *s);
+    s->used = 1;
+    snprintf(s->gw.id, sizeof s->gw.id, "%s", id);
+    s->expires_ms = now + (uint64_t)r->ttl_ms;
+    if (rep->status != 0 || !rep->gateway) {
+        /* only "unknown" is cached; other failures are asked again next time */
+        s->status = rep->status == CM_ERR_UNKNOWN ? CM_ERR_UNKNOWN : CM_ERR_UNAVAILABLE;
+        rc = s->status;
+        if (rc != CM_ERR_UNKNOWN)
+            s->used = 0;
+        suido__registry_reply__free_unpacked(rep, NULL);
+        return rc;
+    }
+    Suido__GatewayInfo *g = rep->gateway;
+    if (cm_pubkey_from_der(g->sign_pub_der.data, g->sign_pub_der.len, &s->gw.key) != CM_OK) {
+        cm_error("id=%s error=\"registry sent an unusable signing key\"", id);
+        s->used = 0;
+        suido__registry_reply__free_unpacked(rep, NULL);
+        return CM_ERR_UNAVAILABLE;
+    }
+    s->status = CM_OK;
+    s->gw.state = g->state;
+    snprintf(s->gw.site, sizeof s->gw.site, "%s", g->site ? g->site : "");
+    snprintf(s->gw.kind, sizeof s->gw.kind, "%s", g->kind ? g->kind : "");
+    snprintf(s->gw.key_id, sizeof s->gw.key_id, "%s", g->key_id ? g->key_id : "");
+    s->gw.cert_not_after_ms = g->cert_not_after_ms;
+    suido__registry_reply__free_unpacked(rep, NULL);
+    *out = &s->gw;
+    return CM_OK;
+}

@@ -1,0 +1,41 @@
+/* cm_registry: a service's client of the registry, with a small cache of gateway identities.
+ *
+ * Fail closed: when the registry does not answer within the timeout, look-ups return
+ * CM_ERR_UNAVAILABLE and callers must refuse the data (never accept it as verified). Cached
+ * entries live for ttl_ms (a revoked gateway is refused at the latest after that). Not
+ * thread-safe: one client per thread. */
+#ifndef CM_REGISTRY_H
+#define CM_REGISTRY_H
+#include <stdint.h>
+#include "cm_conf.h"
+#include "cm_crypto.h"
+#include "cm_zmq.h"
+
+typedef struct cm_registry cm_registry;
+
+typedef struct cm_gateway {
+    char id[65];
+    int state;               /* Suido__EntityState */
+    char site[64];
+    char kind[32];
+    char key_id[CM_KEY_ID_LEN + 1];
+    cm_pubkey *key;          /* signing key, owned by the cache */
+    uint64_t cert_not_after_ms;
+} cm_gateway;
+
+/* Config section keys: connect, server_key (see cm_zsock_client_conf), timeout_ms (1000),
+ * cache_ttl_ms (10000). */
+cm_err cm_registry_new(void *zctx, const cm_conf *conf, const char *section,
+                       const cm_curve_keypair *own, cm_registry **out, char err[CM_CONF_ERRLEN]);
+void cm_registry_destroy(cm_registry **r);
+/* Looks up id (cache first). *out is borrowed until the next call. CM_ERR_UNKNOWN if the
+ * registry does not know it, CM_ERR_UNAVAILABLE if the registry did not answer. */
+cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **out);
+
+#define CM_REGISTRY_SPEC_ROWS(section)                                                             \
+    {section, "connect", 1, "registry endpoint"},                                                  \
+        {section, "server_key", 1, "registry CURVE public key file"},                              \
+        {section, "timeout_ms", 0, "look-up timeout (1000)"},                                      \
+        {section, "cache_ttl_ms", 0, "how long an answer is reused (10000)"}
+
+#endif

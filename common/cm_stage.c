@@ -1,0 +1,85 @@
+/* cm_stage: the pipeline services' receive loop and back-pressured send. */
+#include "cm_stage.h"
+
+#include <errno.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "cm_log.h"
+
+const char *cm_stage_kind(const Suido__StageMessage *m)
+{
+    if (m->alert)
+        return "alert";
+    if (m->status == SUIDO__VERIFY_STATUS__VERIFY_REJECTED)
+        return "reject";
+    const char *slash = m->topic ? strrchr(m->topic, '/') : NULL;
+    return slash ? slash + 1 : "";
+}
+
+static void handle(cm_stage_ctx *c)
+{
+    zmq_msg_t msg;
+    char peer[64];
+    zmq_msg_init(&msg);
+    cm_err rc = cm_zrecv(c->input, &msg, peer, sizeof peer, ZMQ_DONTWAIT);
+    if (rc == CM_ERR_UNAVAILABLE || rc == CM_ERR_IO) {
+        zmq_msg_close(&msg);
+        return;
+    }
+    cm_metric_inc(c->received);
+    Suido__StageMessage *m =
+        rc == CM_OK ? suido__stage_message__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg))
+                    : NULL;
+    if (!m) {
+        cm_metric_inc(c->malformed);
+        cm_warn("peer=%s size=%zu error=\"malformed stage message\"", peer, zmq_msg_size(&msg));
+        zmq_msg_close(&msg);
+        return;
+    }
+    const char *kind = cm_stage_kind(m);
+    const cm_dispatch *row = cm_dispatch_find(c->table, kind);
+    if (!row || !cm_dispatch_peer_ok(row, peer)) {
+        cm_metric_inc(c->denied);
+        cm_warn("peer=%s kind=%s error=\"message kind not accepted from this peer\"", peer, kind);
+    } else {
+        row->handler(c->handler_ctx, m);
+    }
+    suido__stage_message__free_unpacked(m, NULL);
+    zmq_msg_close(&msg);
+}
+
+void cm_stage_run(cm_stage_ctx *c)
+{
+    cm_metrics *mx = c->svc->metrics;
+    c->received = cm_metric_counter(mx, "suido_stage_received_total", "frames received");
+    c->malformed = cm_metric_counter(mx, "suido_stage_malformed_total", "frames not decodable");
+    c->denied = cm_metric_counter(mx, "suido_stage_denied_total",
+                                  "frames of a kind the sending peer may not send");
+    while (!cm_daemon_stopping) {
+        zmq_pollitem_t it = {.socket = c->input, .events = ZMQ_POLLIN};
+        int n = zmq_poll(&it, 1, 100);
+        if (n > 0) {
+            /* a burst at most, so timers and group commits keep their rhythm */
+            for (int i = 0; i < 512; i++) {
+                int ev = 0;
+                size_t len = sizeof ev;
+                if (zmq_getsockopt(c->input, ZMQ_EVENTS, &ev, &len) != 0 || !(ev & ZMQ_POLLIN))
+                    break;
+                handle(c);
+            }
+        }
+        if (c->on_tick)
+            c->on_tick(c->handler_ctx);
+        cm_metrics_flush(mx, 0);
+    }
+}
+
+cm_err cm_stage_send(void *sock, const Suido__StageMessage *m)
+{
+    for (;;) {
+        cm_err rc = cm_zsend_pb(sock, &m->base, 0);
+        if (rc != CM_ERR_IO || errno != EINTR || cm_daemon_stopping)
+            return rc;
+    }
+}

@@ -1,0 +1,137 @@
+/* cm_svc: shared service runtime and dispatch helpers. */
+#include "cm_svc.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zmq.h>
+
+#include "cm_daemon.h"
+#include "cm_log.h"
+
+cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec)
+{
+    cm_daemon_args args;
+    cm_daemon_parse_args(argc, argv, service, &args);
+    cm_svc *s = calloc(1, sizeof *s);
+    if (!s)
+        cm_daemon_die(service, "out of memory");
+    s->check_only = args.check_only;
+    s->conf = cm_daemon_load_config(service, &args, spec);
+    snprintf(s->name, sizeof s->name, "%s", cm_conf_get(s->conf, "service", "name"));
+    s->state_dir = cm_conf_get(s->conf, "service", "state_dir");
+    if (!s->check_only && mkdir(s->state_dir, 0700) != 0 && errno != EEXIST)
+        cm_daemon_die(service, "%s: cannot create state_dir: %s", s->state_dir, strerror(errno));
+    const char *pub = cm_conf_get(s->conf, "service", "curve_public");
+    const char *sec = cm_conf_get(s->conf, "service", "curve_secret");
+    if ((pub && !sec) || (!pub && sec))
+        cm_daemon_die(service, "%s: curve_public and curve_secret go together",
+                      args.config_path);
+    if (pub && cm_curve_load_keypair(pub, sec, &s->keys) != CM_OK)
+        cm_daemon_die(service, "%s: CURVE keypair %s / %s unusable (see log line above)",
+                      args.config_path, pub, sec);
+    s->metrics = cm_metrics_new(s->name, cm_conf_get(s->conf, "service", "metrics_file"));
+    s->zctx = zmq_ctx_new();
+    if (!s->metrics || !s->zctx)
+        cm_daemon_die(service, "out of memory");
+    if (cm_zap_start(s->zctx, &s->zap) != CM_OK)
+        cm_daemon_die(service, "cannot start the ZAP handler");
+    cm_daemon_signals();
+    return s;
+}
+
+void cm_svc_ready(cm_svc *s)
+{
+    if (s->check_only) {
+        printf("suido-%s: configuration ok\n", s->name);
+        cm_svc_destroy(&s);
+        exit(0);
+    }
+    if (cm_daemon_drop_privileges(cm_conf_get(s->conf, "service", "user")) != CM_OK)
+        cm_svc_die(s, "cannot drop privileges");
+    cm_info("service=%s state_dir=%s event=ready", s->name, s->state_dir);
+}
+
+void cm_svc_die(const cm_svc *s, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cm_error("error=\"%s\"", msg);
+    cm_daemon_die(s->name, "%s", msg);
+}
+
+void cm_svc_destroy(cm_svc **sp)
+{
+    if (!sp || !*sp)
+        return;
+    cm_svc *s = *sp;
+    if (s->metrics)
+        cm_metrics_flush(s->metrics, 1);
+    cm_zap_stop(&s->zap);
+    if (s->zctx)
+        zmq_ctx_term(s->zctx);
+    cm_metrics_destroy(&s->metrics);
+    cm_conf_destroy(&s->conf);
+    memset(&s->keys, 0, sizeof s->keys);
+    free(s);
+    *sp = NULL;
+}
+
+const cm_dispatch *cm_dispatch_find(const cm_dispatch *table, const char *kind)
+{
+    for (const cm_dispatch *r = table; r->kind; r++)
+        if (strcmp(r->kind, kind) == 0)
+            return r;
+    return NULL;
+}
+
+int cm_dispatch_peer_ok(const cm_dispatch *row, const char *peer)
+{
+    size_t pl = strlen(peer);
+    if (pl == 0)
+        return 0;
+    for (const char *p = row->peers; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == pl && strncmp(p, peer, n) == 0)
+            return 1;
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+cm_err cm_topic_parse(const char *topic, char gw[65], char kind[16])
+{
+    static const char prefix[] = "suido/v1/";
+    if (strncmp(topic, prefix, sizeof prefix - 1) != 0)
+        return CM_ERR_INVAL;
+    const char *g = topic + sizeof prefix - 1;
+    const char *slash = strchr(g, '/');
+    if (!slash)
+        return CM_ERR_INVAL;
+    size_t gl = (size_t)(slash - g);
+    if (gl == 0 || gl > 64)
+        return CM_ERR_INVAL;
+    for (size_t i = 0; i < gl; i++) {
+        char c = g[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return CM_ERR_INVAL;
+    }
+    const char *k = slash + 1;
+    size_t kl = strlen(k);
+    if (kl == 0 || kl > 15 || strchr(k, '/'))
+        return CM_ERR_INVAL;
+    for (size_t i = 0; i < kl; i++)
+        if (k[i] < 'a' || k[i] > 'z')
+            return CM_ERR_INVAL;
+    memcpy(gw, g, gl);
+    gw[gl] = '\0';
+    memcpy(kind, k, kl + 1);
+    return CM_OK;
+}

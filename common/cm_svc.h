@@ -1,0 +1,50 @@
+/* cm_svc: the runtime every suido service daemon shares — config, CURVE identity, ZeroMQ
+ * context, ZAP handler and metrics — created in one call so a service's main() shows only what
+ * is its own.
+ *
+ * Start-up order (house style): cm_svc_start() parses arguments, loads and checks the whole
+ * config and this service's keys (one clear line and exit 1 on any problem); the service then
+ * loads its own files; cm_svc_ready() exits 0 when only checking (-n), else drops to the
+ * configured user and sets no_new_privs; only then are sockets bound and databases opened. */
+#ifndef CM_SVC_H
+#define CM_SVC_H
+#include "cm_conf.h"
+#include "cm_metrics.h"
+#include "cm_daemon.h"
+#include "cm_zmq.h"
+
+typedef struct cm_svc {
+    char name[64];           /* [service] name: unique service id = certificate CN */
+    const char *state_dir;   /* [service] state_dir, created if missing */
+    cm_conf *conf;
+    void *zctx;
+    cm_zap *zap;
+    cm_curve_keypair keys;   /* zeroed if the service has no CURVE identity */
+    cm_metrics *metrics;
+    int check_only;
+} cm_svc;
+
+cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec);
+void cm_svc_ready(cm_svc *s);
+/* Logs and exits 1 with "suido-<svc>: <message>". */
+void cm_svc_die(const cm_svc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+void cm_svc_destroy(cm_svc **s);
+
+/* A service's message dispatch table row: what may arrive, from which peers (ZAP names,
+ * comma-separated), and who handles it. The table is the service's attack surface in one place. */
+typedef struct cm_dispatch {
+    const char *kind;
+    const char *peers;
+    void (*handler)(void *ctx, void *msg);
+} cm_dispatch;
+
+/* Row for kind, or NULL. */
+const cm_dispatch *cm_dispatch_find(const cm_dispatch *table, const char *kind);
+/* 1 if peer is on the row's peer list. */
+int cm_dispatch_peer_ok(const cm_dispatch *row, const char *peer);
+
+/* Splits "suido/v1/<gw>/<kind>" into gw (1..64 chars of [a-z0-9-]) and kind. Returns CM_OK or
+ * CM_ERR_INVAL for anything else (wildcards, extra levels, bad characters). */
+cm_err cm_topic_parse(const char *topic, char gw[65], char kind[16]);
+
+#endif

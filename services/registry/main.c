@@ -1,0 +1,224 @@
+/* suido-registry: the auth/ID service. Owns the identity database (SQLite) and answers look-ups
+ * of gateways (state, site, kind, signing key) from the other services over ZeroMQ/CURVE.
+ *
+ * Sockets: [api] ROUTER, CURVE server; its allow-list names every service that may ask.
+ * Clients use DEALER and send one RegistryRequest frame; the reply is one RegistryReply frame. */
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "cm_log.h"
+#include "cm_svc.h"
+#include "registry_store.h"
+#include "suido.pb-c.h"
+
+static const cm_conf_spec SPEC[] = {
+    CM_DAEMON_SPEC_ROWS,
+    {"api", "bind", 1, "ROUTER endpoint for look-ups"},
+    {"api", "allow", 1, "NAME:curve.pub of every service that may ask"},
+    {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
+    {"registry", "inventory", 1, "gateway inventory to import at start"},
+    {NULL, NULL, 0, NULL},
+};
+
+typedef struct registry {
+    cm_svc *svc;
+    registry_store *store;
+    void *api;
+    cm_metric *requests, *rejected, *unknown;
+} registry;
+
+typedef struct request {
+    zmq_msg_t *route;
+    const Suido__RegistryRequest *req;
+    const char *peer;
+} request;
+
+static void reply(registry *r, zmq_msg_t *route, Suido__RegistryReply *rep)
+{
+    zmq_msg_t copy;
+    zmq_msg_init(&copy);
+    zmq_msg_copy(&copy, route);
+    if (zmq_msg_send(&copy, r->api, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&copy);
+        return;
+    }
+    if (cm_zsend_pb(r->api, &rep->base, ZMQ_DONTWAIT) != CM_OK)
+        cm_warn("error=\"reply dropped\"");
+}
+
+static void reply_error(registry *r, zmq_msg_t *route, cm_err e)
+{
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.status = (uint32_t)e;
+    rep.error = (char *)cm_strerror(e);
+    reply(r, route, &rep);
+}
+
+static void on_get_gateway(void *ctx, void *arg)
+{
+    registry *r = ctx;
+    request *q = arg;
+    Suido__GatewayInfo info = SUIDO__GATEWAY_INFO__INIT;
+    cm_err e = registry_store_get(r->store, q->req->id, &info);
+    if (e != CM_OK) {
+        if (e == CM_ERR_UNKNOWN)
+            cm_metric_inc(r->unknown);
+        cm_info("peer=%s op=get_gateway id=%s result=%s", q->peer, q->req->id, cm_strerror(e));
+        reply_error(r, q->route, e);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.gateway = &info;
+    reply(r, q->route, &rep);
+    registry_info_clear(&info);
+}
+
+typedef struct list_ctx {
+    Suido__GatewayInfo **items;
+    size_t n, cap;
+} list_ctx;
+
+static void collect(void *ctx, Suido__GatewayInfo *info)
+{
+    list_ctx *l = ctx;
+    if (l->n == l->cap)
+        return;
+    Suido__GatewayInfo *c = malloc(sizeof *c);
+    if (!c)
+        return;
+    *c = *info;
+    suido__gateway_info__init(info); /* ownership moved to c */
+    l->items[l->n++] = c;
+}
+
+static void on_list_gateways(void *ctx, void *arg)
+{
+    registry *r = ctx;
+    request *q = arg;
+    list_ctx l = {.cap = 4096};
+    l.items = calloc(l.cap, sizeof *l.items);
+    if (!l.items || registry_store_each(r->store, collect, &l) != CM_OK) {
+        reply_error(r, q->route, CM_ERR_DB);
+    } else {
+        Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+        rep.n_gateways = l.n;
+        rep.gateways = l.items;
+        reply(r, q->route, &rep);
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        registry_info_clear(l.items[i]);
+        free(l.items[i]);
+    }
+    free(l.items);
+}
+
+/* The registry's whole attack surface: which peer may ask what. */
+static const cm_dispatch DISPATCH[] = {
+    {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
+    {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
+    {NULL, NULL, NULL},
+};
+
+static const char *op_name(int op)
+{
+    switch (op) {
+    case SUIDO__REGISTRY_OP__REG_GET_GATEWAY:
+        return "get_gateway";
+    case SUIDO__REGISTRY_OP__REG_LIST_GATEWAYS:
+        return "list_gateways";
+    default:
+        return "unknown";
+    }
+}
+
+static void handle_one(registry *r)
+{
+    zmq_msg_t route, body;
+    char peer[64];
+    zmq_msg_init(&route);
+    zmq_msg_init(&body);
+    if (zmq_msg_recv(&route, r->api, ZMQ_DONTWAIT) < 0)
+        goto out;
+    if (!zmq_msg_more(&route) || cm_zrecv(r->api, &body, peer, sizeof peer, 0) != CM_OK) {
+        cm_metric_inc(r->rejected);
+        goto out;
+    }
+    cm_metric_inc(r->requests);
+    Suido__RegistryRequest *req =
+        suido__registry_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+    if (!req) {
+        cm_metric_inc(r->rejected);
+        cm_warn("peer=%s error=\"malformed request\" size=%zu", peer, zmq_msg_size(&body));
+        reply_error(r, &route, CM_ERR_DECODE);
+        goto out;
+    }
+    const cm_dispatch *row = cm_dispatch_find(DISPATCH, op_name(req->op));
+    if (!row || !cm_dispatch_peer_ok(row, peer)) {
+        cm_metric_inc(r->rejected);
+        cm_warn("peer=%s op=%s error=\"not allowed\"", peer, op_name(req->op));
+        reply_error(r, &route, CM_ERR_DENIED);
+    } else if (row->handler == on_get_gateway && (!req->id || !*req->id || strlen(req->id) > 64)) {
+        cm_metric_inc(r->rejected);
+        reply_error(r, &route, CM_ERR_INVAL);
+    } else {
+        request q = {.route = &route, .req = req, .peer = peer};
+        row->handler(r, &q);
+    }
+    suido__registry_request__free_unpacked(req, NULL);
+out:
+    zmq_msg_close(&route);
+    zmq_msg_close(&body);
+}
+
+int main(int argc, char **argv)
+{
+    registry r = {0};
+    r.svc = cm_svc_start("registry", argc, argv, SPEC);
+    cm_svc *s = r.svc;
+    char err[CM_CONF_ERRLEN];
+    const char *inv_path = cm_conf_get(s->conf, "registry", "inventory");
+    cm_conf *inv = NULL;
+    if (cm_conf_load(inv_path, &inv, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    cm_svc_ready(s);
+
+    char dbpath[4096];
+    const char *db = cm_conf_get(s->conf, "registry", "database");
+    snprintf(dbpath, sizeof dbpath, "%s/registry.db", s->state_dir);
+    if (registry_store_open(db ? db : dbpath, &r.store) != CM_OK)
+        cm_svc_die(s, "%s: cannot open the registry database", db ? db : dbpath);
+    int added = 0;
+    if (registry_store_import(r.store, inv, &added, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    cm_conf_destroy(&inv);
+    cm_info("inventory=%s added=%d gateways=%d", inv_path, added, registry_store_count(r.store));
+
+    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &r.api, err))
+        cm_svc_die(s, "%s", err);
+    r.requests = cm_metric_counter(s->metrics, "suido_registry_requests_total", "look-ups received");
+    r.rejected = cm_metric_counter(s->metrics, "suido_registry_rejected_total",
+                                   "malformed or not allowed requests");
+    r.unknown = cm_metric_counter(s->metrics, "suido_registry_unknown_total",
+                                  "look-ups of unknown identities");
+    cm_metric *gw = cm_metric_gauge(s->metrics, "suido_registry_gateways", "gateways known");
+    cm_metric_set(gw, registry_store_count(r.store));
+
+    while (!cm_daemon_stopping) {
+        zmq_pollitem_t it = {.socket = r.api, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, 200) > 0)
+            for (int i = 0; i < 256 && (it.revents & ZMQ_POLLIN); i++) {
+                handle_one(&r);
+                int ev = 0;
+                size_t len = sizeof ev;
+                zmq_getsockopt(r.api, ZMQ_EVENTS, &ev, &len);
+                it.revents = (short)ev;
+            }
+        cm_metrics_flush(s->metrics, 0);
+    }
+    cm_info("event=stopping");
+    zmq_close(r.api);
+    registry_store_close(&r.store);
+    cm_svc_destroy(&r.svc);
+    return 0;
+}

@@ -1,0 +1,277 @@
+/* registry_store: SQLite persistence of the registry. */
+#include "registry_store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cm_crypto.h"
+#include "cm_log.h"
+#include "cm_time.h"
+
+#define SCHEMA_VERSION 1
+
+struct registry_store {
+    sqlite3 *db;
+    sqlite3_stmt *get;
+};
+
+static const char SCHEMA[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS gateways("
+    " id TEXT PRIMARY KEY,"
+    " state INTEGER NOT NULL,"
+    " site TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " model TEXT NOT NULL DEFAULT '',"
+    " firmware TEXT NOT NULL DEFAULT '',"
+    " sign_pub BLOB NOT NULL,"
+    " key_id TEXT NOT NULL,"
+    " cert_serial TEXT NOT NULL,"
+    " cert_sha256 TEXT NOT NULL,"
+    " cert_not_after_ms INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " last_seen_ms INTEGER NOT NULL DEFAULT 0);";
+
+cm_err registry_store_open(const char *path, registry_store **out)
+{
+    *out = NULL;
+    registry_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return CM_ERR_NOMEM;
+    int version = -1;
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK)
+        goto fail;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version != 0 && version != SCHEMA_VERSION) {
+        cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
+                 version, SCHEMA_VERSION);
+        goto fail;
+    }
+    char *errmsg = NULL;
+    if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(s->db, "PRAGMA user_version=1", NULL, NULL, &errmsg) != SQLITE_OK) {
+        cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
+        sqlite3_free(errmsg);
+        goto fail;
+    }
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
+                           "cert_not_after_ms FROM gateways WHERE id=?",
+                           -1, &s->get, NULL) != SQLITE_OK)
+        goto fail;
+    *out = s;
+    return CM_OK;
+fail:
+    if (s->db)
+        cm_error("path=%s error=\"%s\"", path, sqlite3_errmsg(s->db));
+    registry_store_close(&s);
+    return CM_ERR_DB;
+}
+
+void registry_store_close(registry_store **sp)
+{
+    if (!sp || !*sp)
+        return;
+    sqlite3_finalize((*sp)->get);
+    sqlite3_close((*sp)->db);
+    free(*sp);
+    *sp = NULL;
+}
+
+static int valid_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '-'))
+            return 0;
+    return 1;
+}
+
+cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
+                             char err[CM_CONF_ERRLEN])
+{
+    *added = 0;
+    sqlite3_stmt *ins = NULL;
+    cm_err rc = CM_OK;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db,
+                           "INSERT OR IGNORE INTO gateways(id,state,site,kind,model,firmware,"
+                           "sign_pub,key_id,cert_serial,cert_sha256,cert_not_after_ms,created_ms)"
+                           " VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &ins, NULL) != SQLITE_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
+        rc = CM_ERR_DB;
+        goto out;
+    }
+    for (size_t i = 0; i < cm_conf_section_count(inv); i++) {
+        const char *sec = cm_conf_section(inv, i);
+        const char *id = cm_conf_section_name(sec, "gateway");
+        if (!id)
+            continue;
+        const char *site, *kind, *pubf, *certf;
+        if (!valid_id(id)) {
+            snprintf(err, CM_CONF_ERRLEN, "%s: [%s] gateway id must be 1-64 of [a-z0-9-]",
+                     cm_conf_name(inv), sec);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
+        if ((rc = cm_conf_req(inv, sec, "site", &site, err)) ||
+            (rc = cm_conf_req(inv, sec, "kind", &kind, err)) ||
+            (rc = cm_conf_req(inv, sec, "sign_pub", &pubf, err)) ||
+            (rc = cm_conf_req(inv, sec, "cert", &certf, err)))
+            goto out;
+        const char *model = cm_conf_get(inv, sec, "model");
+        const char *fw = cm_conf_get(inv, sec, "firmware");
+        cm_pubkey *pk = NULL;
+        cm_cert_info ci;
+        if (cm_pubkey_load_pem(pubf, &pk) != CM_OK) {
+            snprintf(err, CM_CONF_ERRLEN, "%s:%d: %s: not a P-256 public key", cm_conf_name(inv),
+                     cm_conf_line(inv, sec, "sign_pub"), pubf);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
+        if (cm_cert_info_load(certf, &ci) != CM_OK || strcmp(ci.subject_cn, id) != 0) {
+            cm_pubkey_destroy(&pk);
+            snprintf(err, CM_CONF_ERRLEN,
+                     "%s:%d: %s: not a readable certificate with CN=%s", cm_conf_name(inv),
+                     cm_conf_line(inv, sec, "cert"), certf, id);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
+        uint8_t *der = NULL;
+        size_t derlen = 0;
+        if (cm_pubkey_der(pk, &der, &derlen) != CM_OK) {
+            cm_pubkey_destroy(&pk);
+            rc = CM_ERR_CRYPTO;
+            goto out;
+        }
+        sqlite3_reset(ins);
+        sqlite3_bind_text(ins, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(ins, 2, SUIDO__ENTITY_STATE__STATE_ACTIVE);
+        sqlite3_bind_text(ins, 3, site, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 4, kind, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 5, model ? model : "", -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 6, fw ? fw : "", -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(ins, 7, der, (int)derlen, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 8, cm_pubkey_key_id(pk), -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 9, ci.serial, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 10, ci.sha256, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(ins, 11, (sqlite3_int64)ci.not_after_ms);
+        sqlite3_bind_int64(ins, 12, (sqlite3_int64)cm_now_ms());
+        int st = sqlite3_step(ins);
+        free(der);
+        cm_pubkey_destroy(&pk);
+        if (st != SQLITE_DONE) {
+            snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
+            rc = CM_ERR_DB;
+            goto out;
+        }
+        *added += sqlite3_changes(s->db);
+    }
+out:
+    sqlite3_finalize(ins);
+    if (sqlite3_exec(s->db, rc == CM_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK &&
+        rc == CM_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
+        rc = CM_ERR_DB;
+    }
+    return rc;
+}
+
+static char *col_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return strdup(t ? (const char *)t : "");
+}
+
+static cm_err fill_info(sqlite3_stmt *st, Suido__GatewayInfo *info)
+{
+    suido__gateway_info__init(info);
+    info->id = col_text(st, 0);
+    info->state = sqlite3_column_int(st, 1);
+    info->site = col_text(st, 2);
+    info->kind = col_text(st, 3);
+    int n = sqlite3_column_bytes(st, 4);
+    info->sign_pub_der.data = malloc(n > 0 ? (size_t)n : 1);
+    if (info->sign_pub_der.data && n > 0)
+        memcpy(info->sign_pub_der.data, sqlite3_column_blob(st, 4), (size_t)n);
+    info->sign_pub_der.len = (size_t)n;
+    info->key_id = col_text(st, 5);
+    info->cert_serial = col_text(st, 6);
+    info->cert_not_after_ms = (uint64_t)sqlite3_column_int64(st, 7);
+    if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data || !info->key_id ||
+        !info->cert_serial) {
+        registry_info_clear(info);
+        return CM_ERR_NOMEM;
+    }
+    return CM_OK;
+}
+
+void registry_info_clear(Suido__GatewayInfo *info)
+{
+    free(info->id);
+    free(info->site);
+    free(info->kind);
+    free(info->sign_pub_der.data);
+    free(info->key_id);
+    free(info->cert_serial);
+    suido__gateway_info__init(info);
+}
+
+cm_err registry_store_get(registry_store *s, const char *id, Suido__GatewayInfo *info)
+{
+    sqlite3_reset(s->get);
+    sqlite3_bind_text(s->get, 1, id, -1, SQLITE_TRANSIENT);
+    int st = sqlite3_step(s->get);
+    cm_err rc = st == SQLITE_ROW ? fill_info(s->get, info)
+                : st == SQLITE_DONE ? CM_ERR_UNKNOWN
+                                    : CM_ERR_DB;
+    sqlite3_reset(s->get);
+    return rc;
+}
+
+cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__GatewayInfo *info),
+                           void *ctx)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
+                           "cert_not_after_ms FROM gateways ORDER BY id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    cm_err rc = CM_OK;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        Suido__GatewayInfo info;
+        if ((rc = fill_info(st, &info)) != CM_OK)
+            break;
+        fn(ctx, &info);
+        registry_info_clear(&info);
+    }
+    if (rc == CM_OK && r != SQLITE_DONE)
+        rc = CM_ERR_DB;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int registry_store_count(registry_store *s)
+{
+    sqlite3_stmt *st;
+    int n = -1;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM gateways", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}

@@ -1,0 +1,144 @@
+/* suido-verify: proves every gateway message authentic and fresh before anything uses it.
+ * Stateless apart from caches, so it scales by replicas.
+ *
+ * Sockets: [input] PULL, CURVE server, allow-list: ingest.
+ *          [output profile] PUSH to the profile stage (verified messages).
+ *          [output archive] PUSH to the archive (refusals, kept as audit records).
+ *          [registry] DEALER to the registry (identities and signing keys; fail closed). */
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "cm_crypto.h"
+#include "cm_log.h"
+#include "cm_registry.h"
+#include "cm_stage.h"
+#include "verify_check.h"
+
+static const cm_conf_spec SPEC[] = {
+    CM_DAEMON_SPEC_ROWS,
+    {"input", "bind", 1, "PULL endpoint for messages from ingest"},
+    {"input", "allow", 1, "NAME:curve.pub of the peers that may send"},
+    {"output", "connect", 1, "next stage endpoints"},
+    {"output", "server_key", 1, "next stage CURVE public key"},
+    CM_REGISTRY_SPEC_ROWS("registry"),
+    {"verify", "unwrap_key", 0, "platform RSA-2048 private key for session keys (0600)"},
+    {"verify", "window_s", 0, "freshness window for live data in seconds (300)"},
+    {NULL, NULL, 0, NULL},
+};
+
+typedef struct verifier {
+    cm_svc *svc;
+    verify_ctx *check;
+    cm_registry *registry;
+    void *to_profile, *to_archive;
+    cm_metric *verified, *readings, *rejected_total;
+    cm_metric *unwraps;
+} verifier;
+
+static cm_err lookup(void *ctx, const char *id, const cm_gateway **out)
+{
+    return cm_registry_gateway(ctx, id, out);
+}
+
+/* One counter per reason, registered on first use. */
+static void count_reject(verifier *v, const char *reason)
+{
+    char name[128];
+    snprintf(name, sizeof name, "suido_verify_rejected_total{reason=\"%s\"}", reason);
+    cm_metric_inc(cm_metric_counter(v->svc->metrics, name, "messages refused, by reason"));
+    cm_metric_inc(v->rejected_total);
+}
+
+static void on_gateway_message(void *ctx, void *arg)
+{
+    verifier *v = ctx;
+    Suido__StageMessage *in = arg;
+    verify_result res;
+    verify_message(v->check, in->topic ? in->topic : "", in->received_ms, in->envelope.data,
+                   in->envelope.len, &res);
+    cm_metric_set(v->unwraps, (int64_t)verify_unwraps(v->check));
+    Suido__StageMessage out = SUIDO__STAGE_MESSAGE__INIT;
+    out.topic = in->topic;
+    out.received_ms = in->received_ms;
+    out.envelope = in->envelope;
+    out.site = res.site;
+    if (res.status != CM_OK) {
+        count_reject(v, res.reason);
+        cm_warn("gateway=%s topic=%s reason=%s seq=%llu result=rejected", res.gateway_id,
+                in->topic ? in->topic : "", res.reason,
+                res.header ? (unsigned long long)res.header->seq : 0ULL);
+        out.status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
+        out.reason = (char *)res.reason;
+        out.header = res.header;
+        cm_stage_send(v->to_archive, &out);
+    } else {
+        cm_metric_inc(v->verified);
+        if (res.batch)
+            cm_metric_add(v->readings, res.batch->n_readings);
+        out.status = SUIDO__VERIFY_STATUS__VERIFY_OK;
+        out.reason = "ok";
+        out.header = res.header;
+        out.batch = res.batch;
+        out.birth = res.birth;
+        cm_stage_send(v->to_profile, &out);
+    }
+    verify_result_clear(&res);
+}
+
+/* verify's attack surface: only ingest may send, and only gateway traffic. */
+static const cm_dispatch DISPATCH[] = {
+    {"data", "ingest", on_gateway_message},
+    {"backfill", "ingest", on_gateway_message},
+    {"birth", "ingest", on_gateway_message},
+    {"death", "ingest", on_gateway_message},
+    {"cmdres", "ingest", on_gateway_message},
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    verifier v = {0};
+    v.svc = cm_svc_start("verify", argc, argv, SPEC);
+    cm_svc *s = v.svc;
+    char err[CM_CONF_ERRLEN];
+    long window_s;
+    if (cm_conf_long(s->conf, "verify", "window_s", 300, 1, 86400, &window_s, err))
+        cm_svc_die(s, "%s", err);
+    cm_rsa *unwrap = NULL;
+    const char *keyfile = cm_conf_get(s->conf, "verify", "unwrap_key");
+    if (keyfile && cm_rsa_load_private(keyfile, &unwrap) != CM_OK)
+        cm_svc_die(s, "%s: unwrap_key is not a usable RSA-2048 private key", keyfile);
+    cm_svc_ready(s);
+
+    void *input;
+    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
+        cm_zsock_client_conf(s->zctx, s->conf, "output profile", ZMQ_PUSH, &s->keys,
+                             &v.to_profile, err) ||
+        cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
+                             &v.to_archive, err) ||
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &v.registry, err))
+        cm_svc_die(s, "%s", err);
+    v.check = verify_new(unwrap, lookup, v.registry, (uint64_t)window_s * 1000u);
+    if (!v.check)
+        cm_svc_die(s, "out of memory");
+    v.verified = cm_metric_counter(s->metrics, "suido_verify_verified_total", "messages verified");
+    v.readings = cm_metric_counter(s->metrics, "suido_verify_readings_total",
+                                   "readings in verified batches");
+    v.rejected_total = cm_metric_counter(s->metrics, "suido_verify_rejected_all_total",
+                                         "messages refused, all reasons");
+    v.unwraps = cm_metric_gauge(s->metrics, "suido_verify_unwraps", "RSA-OAEP unwraps done");
+
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &v};
+    cm_stage_run(&stage);
+
+    cm_info("event=stopping");
+    verify_destroy(&v.check);
+    cm_registry_destroy(&v.registry);
+    zmq_close(input);
+    zmq_close(v.to_profile);
+    zmq_close(v.to_archive);
+    cm_rsa_destroy(&unwrap);
+    cm_svc_destroy(&v.svc);
+    return 0;
+}

@@ -1,0 +1,53 @@
+/* verify_check: everything the verifier decides about one message from a gateway, without
+ * sockets, so that it can be tested directly and shared by the daemon and its tests.
+ *
+ * Order of checks (cheapest and unauthenticated first, RSA last): topic and sizes, decoding,
+ * header consistency with the topic, gateway identity and state (registry), ECDSA signature
+ * over header and body, freshness (time window, boot epoch and sequence), decryption of the
+ * body with the session key (RSA-OAEP unwrap once per session, then cached), body decoding.
+ * Nothing from the message is trusted before its signature is checked; no RSA work is done for
+ * an unsigned message. */
+#ifndef VERIFY_CHECK_H
+#define VERIFY_CHECK_H
+#include <stdint.h>
+#include "cm_crypto.h"
+#include "cm_registry.h"
+#include "suido.pb-c.h"
+
+#define VERIFY_MAX_ENVELOPE 65536
+#define VERIFY_MAX_HEADER 2048
+#define VERIFY_MAX_READINGS 4096
+
+typedef cm_err (*verify_lookup_fn)(void *ctx, const char *gateway_id, const cm_gateway **out);
+
+typedef struct verify_ctx verify_ctx;
+
+/* unwrap_key may be NULL (then encrypted messages are refused). window_ms is the freshness
+ * window for live data (300000 in production). */
+verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup_ctx,
+                       uint64_t window_ms);
+void verify_destroy(verify_ctx **v);
+
+typedef struct verify_result {
+    cm_err status;              /* CM_OK or why the message is refused */
+    const char *reason;         /* short snake_case reason, static */
+    char gateway_id[65];        /* from the topic, even when refused */
+    char kind[16];              /* topic kind: data, backfill, birth, death, cmdres */
+    Suido__Header *header;      /* decoded, when it got that far */
+    Suido__TelemetryBatch *batch; /* decoded (decrypted) body of data/backfill */
+    Suido__Birth *birth;        /* decoded body of birth */
+    char site[64];              /* from the registry */
+    char gw_kind[32];           /* site kind from the registry */
+} verify_result;
+
+/* Checks one message as received on topic at received_ms. Fills res; the caller clears it with
+ * verify_result_clear. Returns res->status. */
+cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
+                      const uint8_t *msg, size_t len, verify_result *res);
+void verify_result_clear(verify_result *res);
+
+/* Sessions whose key is cached, and RSA unwraps done: the once-per-session contract is
+ * measurable. */
+uint64_t verify_unwraps(const verify_ctx *v);
+
+#endif
