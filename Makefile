@@ -70,12 +70,12 @@ $(eval $(call program,gateway-sim,gateway-sim))
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
 
-# A unit test links its module's directory (minus main.c) and the common library.
-$(BUILD)/test/%_test: $(OBJ)/%_test.o $(LIBCOMMON)
+# A unit test links the objects of its module's directory (except main.c) and the common library.
+.SECONDEXPANSION:
+module_objs = $(if $(filter common/%,$(1)),,$(patsubst %.c,$(OBJ)/%.o,$(filter-out $(dir $(1))main.c %_test.c,$(wildcard $(dir $(1))*.c))))
+$(BUILD)/test/%_test: $(OBJ)/%_test.o $$(call module_objs,$$*) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(OBJ)/$*_test.o \
-	  $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(dir $*)main.c %_test.c,$(if $(filter common/%,$*),,$(wildcard $(dir $*)*.c)))) \
-	  $(LIBCOMMON) $(LIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 test: deps
 	@$(MAKE) --no-print-directory build

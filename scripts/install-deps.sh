@@ -8,7 +8,7 @@ PKGS=(
   openssl libssl-dev
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libpaho-mqtt-dev libpaho-mqtt1.3
-  libprotobuf-c-dev protobuf-c-compiler
+  libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libzmq3-dev libczmq-dev
   libsqlite3-dev sqlite3
   libpq-dev
@@ -32,6 +32,13 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a system broker on port 1883; suido runs its own brokers.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
-pkill -x mosquitto 2>/dev/null || true
+# The Debian package starts a system-wide broker on port 1883; suido runs its own brokers with
+# its own configuration, so the packaged service is stopped and disabled (only that one).
+if printf '%s\n' "${missing[@]}" | grep -qx mosquitto; then
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  else
+    invoke-rc.d mosquitto stop >/dev/null 2>&1 || true
+    update-rc.d mosquitto disable >/dev/null 2>&1 || true
+  fi
+fi

@@ -63,6 +63,7 @@ static void on_gateway_message(void *ctx, void *arg)
     out.received_ms = in->received_ms;
     out.envelope = in->envelope;
     out.site = res.site;
+    out.site_kind = res.gw_kind;
     if (res.status != CM_OK) {
         count_reject(v, res.reason);
         cm_warn("gateway=%s topic=%s reason=%s seq=%llu result=rejected", res.gateway_id,

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# scripts/suite.sh - runs the whole suite on this machine: Mosquitto, every service and the
+# gateway simulator, on the deployment in ./run (made on first use by scripts/mkdeploy.sh).
+#
+#   scripts/suite.sh run [--detach]   start everything; print a status line every second until
+#                                     Ctrl-C (which stops every process), or return at once
+#   scripts/suite.sh stop             stop a detached suite
+#   scripts/suite.sh status           one status line
+#
+# Environment: SUIDO_RUN (deployment folder, default ./run), SUIDO_GATEWAYS (20),
+# SUIDO_PORT (broker port, 8883), SUIDO_RATE (batches/s per gateway, 1), SUIDO_BATCH (16).
+set -euo pipefail
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${SUIDO_RUN:-$TOP/run}
+BIN=${SUIDO_BIN:-$TOP/build/bin}
+GATEWAYS=${SUIDO_GATEWAYS:-20}
+PORT=${SUIDO_PORT:-8883}
+RATE=${SUIDO_RATE:-1}
+BATCH=${SUIDO_BATCH:-16}
+PIDS=$RUN/pids
+LOG=$RUN/log
+
+say() { printf 'suite: %s\n' "$*"; }
+die() { printf 'suite: error: %s\n' "$*" >&2; exit 1; }
+
+metric() { # file name -> value (0 if absent)
+    local f="$RUN/state/metrics/$1.prom"
+    [[ -f "$f" ]] || { echo 0; return; }
+    awk -v n="$2" '$1 == n { v = $2 } END { print v + 0 }' "$f"
+}
+sum_metric() { # glob-prefix name
+    local total=0 f v
+    for f in "$RUN"/state/metrics/$1*.prom; do
+        [[ -f "$f" ]] || continue
+        v=$(awk -v n="$2" '$1 == n { v = $2 } END { print v + 0 }' "$f")
+        total=$((total + v))
+    done
+    echo "$total"
+}
+
+status_line() {
+    printf '%s received=%s verified=%s rejected=%s alerts=%s archived=%s readings=%s\n' \
+        "$(date +%H:%M:%S)" \
+        "$(metric ingest suido_ingest_received_total)" \
+        "$(metric verify suido_verify_verified_total)" \
+        "$(metric verify suido_verify_rejected_all_total)" \
+        "$(metric archive suido_archive_alerts_total)" \
+        "$(metric archive suido_archive_batches_total)" \
+        "$(metric archive suido_archive_readings_total)"
+}
+
+start() { # name command...
+    local name=$1; shift
+    "$@" >>"$LOG/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+}
+
+wait_port() {
+    local i
+    for i in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+stop_all() {
+    [[ -d "$PIDS" ]] || return 0
+    local order="gateway-sim ingest verify profile anomaly-* archive registry mosquitto" n f pid
+    for n in $order; do
+        for f in "$PIDS"/$n.pid; do
+            [[ -f "$f" ]] || continue
+            pid=$(cat "$f")
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+            rm -f "$f"
+        done
+    done
+}
+
+running() { [[ -f "$PIDS/mosquitto.pid" ]] && kill -0 "$(cat "$PIDS/mosquitto.pid")" 2>/dev/null; }
+
+cmd_run() {
+    local detach=0
+    [[ "${1:-}" == "--detach" ]] && detach=1
+    running && die "a suite is already running in $RUN (scripts/suite.sh stop)"
+    [[ -f "$RUN/etc/registry.conf" ]] ||
+        "$TOP/scripts/mkdeploy.sh" "$RUN" --gateways "$GATEWAYS" --base-port "$PORT"
+    PORT=$(cat "$RUN/broker.port")
+    mkdir -p "$PIDS" "$LOG"
+    local s
+    for s in registry ingest verify profile archive; do
+        "$BIN/suido-$s" -c "$RUN/etc/$s.conf" -n >/dev/null
+    done
+    start mosquitto mosquitto -c "$RUN/mosquitto/mosquitto.conf"
+    wait_port "$PORT" || { stop_all; die "broker did not start (see $LOG/mosquitto.log)"; }
+    start registry "$BIN/suido-registry" -c "$RUN/etc/registry.conf"
+    start archive "$BIN/suido-archive" -c "$RUN/etc/archive.conf"
+    for f in "$RUN"/etc/anomaly-*.conf; do
+        s=$(basename "$f" .conf)
+        start "$s" "$BIN/suido-anomaly" -c "$f"
+    done
+    start profile "$BIN/suido-profile" -c "$RUN/etc/profile.conf"
+    start verify "$BIN/suido-verify" -c "$RUN/etc/verify.conf"
+    start ingest "$BIN/suido-ingest" -c "$RUN/etc/ingest.conf"
+    sleep 0.5
+    start gateway-sim "$BIN/suido-gateway-sim" --broker "ssl://localhost:$PORT" --deploy "$RUN" \
+        --rate "$RATE" --batch "$BATCH" --encrypt --state-dir "$RUN/state/gateway-sim"
+    say "broker: ssl://localhost:$PORT (TLS only, client certificates from $RUN/ca)"
+    say "PKI: $RUN/{ca,gateways,services,platform}  logs: $LOG  databases: $RUN/state/*/"
+    if [[ $detach == 1 ]]; then
+        say "running in the background; stop with: make stop"
+        return 0
+    fi
+    trap 'echo; say "stopping"; stop_all; say "stopped"; exit 0' INT TERM
+    say "Ctrl-C stops every process"
+    while true; do
+        sleep 1
+        status_line
+        for f in "$PIDS"/*.pid; do
+            if ! kill -0 "$(cat "$f")" 2>/dev/null; then
+                say "$(basename "$f" .pid) exited; see $LOG/$(basename "$f" .pid).log"
+                rm -f "$f"
+            fi
+        done
+    done
+}
+
+case "${1:-}" in
+    run) shift; cmd_run "$@" ;;
+    stop) stop_all; say "stopped" ;;
+    status) status_line ;;
+    *) echo "usage: scripts/suite.sh run [--detach] | stop | status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,289 @@
+/* suido-archive: commits every verified batch (the exact signed bytes), every birth/death,
+ * refusal and alert to SQLite, and only then acknowledges end to end: it publishes
+ * suido/v1/<gw>/ack with the highest contiguous sequence stored, and publishes alerts on
+ * suido/v1/alerts/<site>.
+ *
+ * Writes are group-committed: records of up to commit_ms (or max_batch records) share one
+ * transaction. A failed commit acknowledges nothing; the gateways resend what was not acked.
+ *
+ * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly.
+ *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only. */
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "archive_acks.h"
+#include "archive_store.h"
+#include "cm_log.h"
+#include "cm_crypto.h"
+#include "cm_mqtt.h"
+#include "cm_stage.h"
+#include "cm_time.h"
+
+static const cm_conf_spec SPEC[] = {
+    CM_DAEMON_SPEC_ROWS,
+    {"input", "bind", 1, "PULL endpoint"},
+    {"input", "allow", 1, "NAME:curve.pub of the peers that may send"},
+    {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
+    {"archive", "commit_ms", 0, "longest wait before a group commit (50)"},
+    {"archive", "max_batch", 0, "most records per commit (500)"},
+    {"mqtt", "uri", 1, "broker, ssl://host:port"},
+    {"mqtt", "ca", 1, "deployment CA certificate"},
+    {"mqtt", "cert", 1, "this service's client certificate"},
+    {"mqtt", "key", 1, "this service's client key (0600)"},
+    {NULL, NULL, 0, NULL},
+};
+
+#define MAX_PENDING_ALERTS 4096
+
+typedef struct pending_alert {
+    char topic[128];
+    uint8_t *payload;
+    size_t len;
+} pending_alert;
+
+typedef struct archiver {
+    cm_svc *svc;
+    archive_store *store;
+    archive_acks *acks;
+    cm_mqtt *mqtt;
+    long commit_ms, max_batch;
+    int in_tx;
+    long tx_records;
+    uint64_t tx_started_ms;
+    pending_alert alerts[MAX_PENDING_ALERTS];
+    size_t n_alerts;
+    cm_metric *batches, *readings, *duplicates, *rejects, *events, *alerts_stored;
+    cm_metric *commits, *commit_failures, *acks_sent, *acks_unsent, *alerts_unpublished;
+} archiver;
+
+static int tx_open(archiver *a)
+{
+    if (a->in_tx)
+        return 1;
+    if (archive_store_begin(a->store) != CM_OK)
+        return 0;
+    a->in_tx = 1;
+    a->tx_records = 0;
+    a->tx_started_ms = cm_mono_ms();
+    return 1;
+}
+
+static void publish_ack(void *ctx, const char *gw, uint64_t epoch, uint64_t seq)
+{
+    archiver *a = ctx;
+    char topic[96];
+    uint8_t buf[128];
+    Suido__Ack ack = SUIDO__ACK__INIT;
+    ack.gateway_id = (char *)gw;
+    ack.boot_epoch = epoch;
+    ack.seq = seq;
+    size_t n = suido__ack__pack(&ack, buf);
+    snprintf(topic, sizeof topic, "suido/v1/%s/ack", gw);
+    if (cm_mqtt_publish(a->mqtt, topic, buf, n, 1, 0) == CM_OK)
+        cm_metric_inc(a->acks_sent);
+    else
+        cm_metric_inc(a->acks_unsent); /* the next commit acks a later point; nothing is lost */
+}
+
+static void drop_alerts(archiver *a)
+{
+    for (size_t i = 0; i < a->n_alerts; i++)
+        free(a->alerts[i].payload);
+    a->n_alerts = 0;
+}
+
+/* Commits the open transaction; acknowledges and publishes only on success. */
+static void tx_commit(archiver *a)
+{
+    if (!a->in_tx)
+        return;
+    a->in_tx = 0;
+    if (archive_store_commit(a->store) != CM_OK) {
+        archive_store_rollback(a->store);
+        archive_acks_reset(a->acks);
+        drop_alerts(a);
+        cm_metric_inc(a->commit_failures);
+        cm_error("records=%ld error=\"commit failed: nothing acknowledged\" alarm=1",
+                 a->tx_records);
+        return;
+    }
+    cm_metric_inc(a->commits);
+    archive_acks_each_changed(a->acks, publish_ack, a);
+    for (size_t i = 0; i < a->n_alerts; i++)
+        if (cm_mqtt_publish(a->mqtt, a->alerts[i].topic, a->alerts[i].payload, a->alerts[i].len,
+                            1, 0) != CM_OK)
+            cm_metric_inc(a->alerts_unpublished);
+    drop_alerts(a);
+}
+
+static void on_tick(void *ctx)
+{
+    archiver *a = ctx;
+    if (a->in_tx && (a->tx_records >= a->max_batch ||
+                     cm_mono_ms() - a->tx_started_ms >= (uint64_t)a->commit_ms))
+        tx_commit(a);
+}
+
+static void after_record(archiver *a)
+{
+    if (++a->tx_records >= a->max_batch)
+        tx_commit(a);
+}
+
+static void on_batch(void *ctx, void *arg)
+{
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    if (!m->header || !m->header->gateway_id || m->status != SUIDO__VERIFY_STATUS__VERIFY_OK) {
+        cm_warn("topic=%s error=\"unverified batch refused\"", m->topic ? m->topic : "");
+        return;
+    }
+    if (!tx_open(a))
+        return;
+    cm_err rc = archive_store_batch(a->store, m);
+    if (rc == CM_ERR_DUPLICATE) {
+        /* stored before: a retransmission or a replay; never a second row */
+        cm_metric_inc(a->duplicates);
+        archive_store_reject(a->store, m, "duplicate");
+        cm_info("gateway=%s epoch=%llu seq=%llu result=duplicate", m->header->gateway_id,
+                (unsigned long long)m->header->boot_epoch, (unsigned long long)m->header->seq);
+    } else if (rc != CM_OK) {
+        return;
+    } else {
+        cm_metric_inc(a->batches);
+        cm_metric_add(a->readings, m->header->reading_count);
+    }
+    archive_acks_mark(a->acks, m->header->gateway_id, m->header->boot_epoch, m->header->seq);
+    if (rc == CM_ERR_DUPLICATE)
+        archive_acks_rereport(a->acks, m->header->gateway_id);
+    after_record(a);
+}
+
+static void on_event(void *ctx, void *arg)
+{
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    if (!m->header || !m->header->gateway_id || !tx_open(a))
+        return;
+    if (archive_store_event(a->store, m) == CM_OK)
+        cm_metric_inc(a->events);
+    after_record(a);
+}
+
+static void on_reject(void *ctx, void *arg)
+{
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    if (!tx_open(a))
+        return;
+    if (archive_store_reject(a->store, m, m->reason ? m->reason : "unspecified") == CM_OK)
+        cm_metric_inc(a->rejects);
+    after_record(a);
+}
+
+static void on_alert(void *ctx, void *arg)
+{
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    if (!m->topic || strncmp(m->topic, "suido/v1/alerts/", 16) != 0 || !tx_open(a))
+        return;
+    if (archive_store_alert(a->store, m) != CM_OK)
+        return;
+    cm_metric_inc(a->alerts_stored);
+    if (a->n_alerts < MAX_PENDING_ALERTS) {
+        pending_alert *p = &a->alerts[a->n_alerts];
+        p->len = suido__alert__get_packed_size(m->alert);
+        p->payload = malloc(p->len ? p->len : 1);
+        if (p->payload) {
+            suido__alert__pack(m->alert, p->payload);
+            snprintf(p->topic, sizeof p->topic, "%s", m->topic);
+            a->n_alerts++;
+        }
+    } else {
+        cm_metric_inc(a->alerts_unpublished);
+    }
+    after_record(a);
+}
+
+/* The archive's attack surface: who may hand it what. */
+static const cm_dispatch DISPATCH[] = {
+    {"data", "profile", on_batch},
+    {"backfill", "profile", on_batch},
+    {"birth", "profile", on_event},
+    {"death", "profile", on_event},
+    {"cmdres", "profile", on_event},
+    {"reject", "verify,profile", on_reject},
+    {"alert", "anomaly", on_alert},
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    archiver a = {0};
+    a.svc = cm_svc_start("archive", argc, argv, SPEC);
+    cm_svc *s = a.svc;
+    char err[CM_CONF_ERRLEN];
+    if (cm_conf_long(s->conf, "archive", "commit_ms", 50, 1, 10000, &a.commit_ms, err) ||
+        cm_conf_long(s->conf, "archive", "max_batch", 500, 1, 100000, &a.max_batch, err))
+        cm_svc_die(s, "%s", err);
+    cm_mqtt_opts mo = {
+        .uri = cm_conf_get(s->conf, "mqtt", "uri"),
+        .client_id = s->name,
+        .ca_file = cm_conf_get(s->conf, "mqtt", "ca"),
+        .cert_file = cm_conf_get(s->conf, "mqtt", "cert"),
+        .key_file = cm_conf_get(s->conf, "mqtt", "key"),
+        .clean_session = 1,
+        .max_inflight = 1024,
+        .verify_hostname = 1,
+    };
+    if (cm_key_file_check(mo.key_file) != CM_OK)
+        cm_svc_die(s, "%s: MQTT client key unusable", mo.key_file);
+    cm_svc_ready(s);
+
+    char dbpath[4096];
+    const char *db = cm_conf_get(s->conf, "archive", "database");
+    snprintf(dbpath, sizeof dbpath, "%s/archive.db", s->state_dir);
+    if (archive_store_open(db ? db : dbpath, &a.store) != CM_OK)
+        cm_svc_die(s, "%s: cannot open the archive database", db ? db : dbpath);
+    a.acks = archive_acks_new(a.store);
+    if (!a.acks)
+        cm_svc_die(s, "out of memory");
+    if (cm_mqtt_new(&mo, &a.mqtt) != CM_OK)
+        cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
+    if (cm_mqtt_connect(a.mqtt, 0) != CM_OK)
+        cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
+    void *input;
+    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err))
+        cm_svc_die(s, "%s", err);
+
+    cm_metrics *mx = s->metrics;
+    a.batches = cm_metric_counter(mx, "suido_archive_batches_total", "batches stored");
+    a.readings = cm_metric_counter(mx, "suido_archive_readings_total", "readings stored");
+    a.duplicates = cm_metric_counter(mx, "suido_archive_duplicates_total",
+                                     "batches already stored (retransmission or replay)");
+    a.rejects = cm_metric_counter(mx, "suido_archive_refusals_total", "refusals recorded");
+    a.events = cm_metric_counter(mx, "suido_archive_events_total", "births, deaths, results");
+    a.alerts_stored = cm_metric_counter(mx, "suido_archive_alerts_total", "alerts stored");
+    a.commits = cm_metric_counter(mx, "suido_archive_commits_total", "group commits");
+    a.commit_failures = cm_metric_counter(mx, "suido_archive_commit_failures_total",
+                                          "failed commits (nothing acknowledged)");
+    a.acks_sent = cm_metric_counter(mx, "suido_archive_acks_total", "acks published");
+    a.acks_unsent = cm_metric_counter(mx, "suido_archive_acks_unsent_total",
+                                      "acks not published (broker unavailable)");
+    a.alerts_unpublished = cm_metric_counter(mx, "suido_archive_alerts_unpublished_total",
+                                             "stored alerts not published");
+
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
+                          .on_tick = on_tick};
+    cm_stage_run(&stage);
+
+    cm_info("event=stopping");
+    tx_commit(&a);
+    zmq_close(input);
+    cm_mqtt_destroy(&a.mqtt);
+    archive_acks_destroy(&a.acks);
+    archive_store_close(&a.store);
+    cm_svc_destroy(&a.svc);
+    return 0;
+}

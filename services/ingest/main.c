@@ -1,0 +1,146 @@
+/* suido-ingest: the bridge from the broker into the internal pipeline. Subscribes (as the MQTT
+ * identity "ingest", persistent session, QoS 1) to every gateway's birth, data, backfill, death
+ * and cmdres topics and hands each message, with its topic and receive time, to the verifiers.
+ *
+ * Back-pressure: the hand-over blocks while the verifiers are at their high-water mark; the MQTT
+ * message is acknowledged to the broker only after the hand-over, so a slow pipeline slows the
+ * broker's delivery instead of losing messages.
+ *
+ * Sockets: [mqtt] MQTT/TLS client "ingest" (subscribe only).
+ *          [output verify] PUSH to every verifier replica (round robin). */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cm_crypto.h"
+#include "cm_log.h"
+#include "cm_mqtt.h"
+#include "cm_stage.h"
+#include "cm_time.h"
+
+#define MAX_PAYLOAD 65536
+
+static const cm_conf_spec SPEC[] = {
+    CM_DAEMON_SPEC_ROWS,
+    {"output", "connect", 1, "verifier endpoints"},
+    {"output", "server_key", 1, "verifier CURVE public key"},
+    {"mqtt", "uri", 1, "broker, ssl://host:port"},
+    {"mqtt", "ca", 1, "deployment CA certificate"},
+    {"mqtt", "cert", 1, "this service's client certificate"},
+    {"mqtt", "key", 1, "this service's client key (0600)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static const char *const TOPICS[] = {"suido/v1/+/birth", "suido/v1/+/data", "suido/v1/+/backfill",
+                                     "suido/v1/+/death", "suido/v1/+/cmdres"};
+
+typedef struct ingest {
+    cm_svc *svc;
+    void *to_verify; /* used only on the MQTT callback thread */
+    cm_metric *received, *bytes, *forwarded, *bad_topic, *too_big, *connects, *lost;
+    cm_metric *connected;
+} ingest;
+
+/* Runs on Paho's thread. Returns 1 once the message is handed on (then it is acknowledged). */
+static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
+{
+    ingest *in = ctx;
+    cm_metric_inc(in->received);
+    cm_metric_add(in->bytes, len);
+    char gw[65], kind[16];
+    if (cm_topic_parse(topic, gw, kind) != CM_OK) {
+        cm_metric_inc(in->bad_topic);
+        cm_warn("topic_len=%zu error=\"unexpected topic\"", strlen(topic));
+        return 1;
+    }
+    if (len > MAX_PAYLOAD) {
+        cm_metric_inc(in->too_big);
+        cm_warn("gateway=%s size=%zu error=\"payload over limit\"", gw, len);
+        return 1;
+    }
+    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
+    m.topic = (char *)topic;
+    m.received_ms = cm_now_ms();
+    m.envelope.data = (uint8_t *)payload;
+    m.envelope.len = len;
+    if (cm_stage_send(in->to_verify, &m) != CM_OK)
+        return 0; /* stopping: leave it with the broker, it is delivered again */
+    cm_metric_inc(in->forwarded);
+    return 1;
+}
+
+static void on_connected(void *ctx, int reconnect)
+{
+    ingest *in = ctx;
+    cm_metric_inc(in->connects);
+    cm_metric_set(in->connected, 1);
+    cm_info("event=connected reconnect=%d", reconnect);
+}
+
+static void on_lost(void *ctx, const char *cause)
+{
+    ingest *in = ctx;
+    cm_metric_inc(in->lost);
+    cm_metric_set(in->connected, 0);
+    cm_warn("event=connection_lost cause=\"%s\"", cause ? cause : "");
+}
+
+int main(int argc, char **argv)
+{
+    ingest in = {0};
+    in.svc = cm_svc_start("ingest", argc, argv, SPEC);
+    cm_svc *s = in.svc;
+    char err[CM_CONF_ERRLEN];
+    cm_mqtt_opts mo = {
+        .uri = cm_conf_get(s->conf, "mqtt", "uri"),
+        .client_id = s->name,
+        .ca_file = cm_conf_get(s->conf, "mqtt", "ca"),
+        .cert_file = cm_conf_get(s->conf, "mqtt", "cert"),
+        .key_file = cm_conf_get(s->conf, "mqtt", "key"),
+        .clean_session = 0, /* the broker queues for us while we are away */
+        .max_inflight = 64,
+        .verify_hostname = 1,
+        .on_message = on_message,
+        .on_connected = on_connected,
+        .on_lost = on_lost,
+        .ctx = &in,
+    };
+    if (cm_key_file_check(mo.key_file) != CM_OK)
+        cm_svc_die(s, "%s: MQTT client key unusable", mo.key_file);
+    cm_svc_ready(s);
+
+    cm_metrics *mx = s->metrics;
+    in.received = cm_metric_counter(mx, "suido_ingest_received_total", "MQTT messages received");
+    in.bytes = cm_metric_counter(mx, "suido_ingest_received_bytes_total", "payload bytes received");
+    in.forwarded = cm_metric_counter(mx, "suido_ingest_forwarded_total",
+                                     "messages handed to the verifiers");
+    in.bad_topic = cm_metric_counter(mx, "suido_ingest_bad_topic_total",
+                                     "messages on unexpected topics");
+    in.too_big = cm_metric_counter(mx, "suido_ingest_too_big_total", "oversized payloads");
+    in.connects = cm_metric_counter(mx, "suido_ingest_connects_total", "broker (re)connects");
+    in.lost = cm_metric_counter(mx, "suido_ingest_connection_lost_total", "broker connection losses");
+    in.connected = cm_metric_gauge(mx, "suido_ingest_connected", "1 while connected to the broker");
+
+    if (cm_zsock_client_conf(s->zctx, s->conf, "output verify", ZMQ_PUSH, &s->keys, &in.to_verify,
+                             err))
+        cm_svc_die(s, "%s", err);
+    cm_mqtt *mqtt = NULL;
+    if (cm_mqtt_new(&mo, &mqtt) != CM_OK)
+        cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
+    for (size_t i = 0; i < sizeof TOPICS / sizeof TOPICS[0]; i++)
+        cm_mqtt_subscribe(mqtt, TOPICS[i], 1);
+    if (cm_mqtt_connect(mqtt, 0) != CM_OK)
+        cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
+
+    while (!cm_daemon_stopping) {
+        usleep(100 * 1000);
+        cm_metrics_flush(mx, 0);
+    }
+    cm_info("event=stopping");
+    cm_mqtt_destroy(&mqtt);
+    zmq_close(in.to_verify);
+    cm_svc_destroy(&in.svc);
+    return 0;
+}

@@ -1,0 +1,366 @@
+/* Unit tests of verify_check (and through it cm_crypto): every refusal reason the verifier can
+ * give, with real keys made for the test, and the once-per-session RSA unwrap. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "cm_crypto.h"
+#include "cm_time.h"
+#include "verify_check.h"
+
+static char dir[] = "/tmp/suido-verify-test-XXXXXX";
+static cm_signer *signer, *other_signer;
+static cm_rsa *wrap_pub, *wrap_priv;
+static cm_gateway gw1;
+
+static void write_key(EVP_PKEY *k, const char *name, int private)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fchmod(fileno(f), 0600);
+    if (private)
+        PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    else
+        PEM_write_PUBKEY(f, k);
+    fclose(f);
+}
+
+static char *path_of(const char *name)
+{
+    static char p[256];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return p;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    EVP_PKEY *a = EVP_EC_gen("P-256"), *b = EVP_EC_gen("P-256"), *r = EVP_RSA_gen(2048);
+    write_key(a, "a.key", 1);
+    write_key(a, "a.pub", 0);
+    write_key(b, "b.key", 1);
+    write_key(r, "wrap.key", 1);
+    write_key(r, "wrap.pub", 0);
+    EVP_PKEY_free(a);
+    EVP_PKEY_free(b);
+    EVP_PKEY_free(r);
+    assert_int_equal(cm_signer_load(path_of("a.key"), &signer), CM_OK);
+    assert_int_equal(cm_signer_load(path_of("b.key"), &other_signer), CM_OK);
+    assert_int_equal(cm_rsa_load_public(path_of("wrap.pub"), &wrap_pub), CM_OK);
+    assert_int_equal(cm_rsa_load_private(path_of("wrap.key"), &wrap_priv), CM_OK);
+    snprintf(gw1.id, sizeof gw1.id, "gw-0001");
+    gw1.state = SUIDO__ENTITY_STATE__STATE_ACTIVE;
+    snprintf(gw1.site, sizeof gw1.site, "reservoir-01");
+    snprintf(gw1.kind, sizeof gw1.kind, "reservoir");
+    assert_int_equal(cm_pubkey_load_pem(path_of("a.pub"), &gw1.key), CM_OK);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cm_signer_destroy(&signer);
+    cm_signer_destroy(&other_signer);
+    cm_rsa_destroy(&wrap_pub);
+    cm_rsa_destroy(&wrap_priv);
+    cm_pubkey_destroy(&gw1.key);
+    const char *names[] = {"a.key", "a.pub", "b.key", "wrap.key", "wrap.pub"};
+    for (size_t i = 0; i < 5; i++)
+        unlink(path_of(names[i]));
+    rmdir(dir);
+    return 0;
+}
+
+/* the registry, as far as these tests need it: gw-0001 active, gw-0009 suspended */
+static cm_err lookup(void *ctx, const char *id, const cm_gateway **out)
+{
+    static cm_gateway suspended;
+    (void)ctx;
+    if (strcmp(id, "gw-0001") == 0) {
+        *out = &gw1;
+        return CM_OK;
+    }
+    if (strcmp(id, "gw-0009") == 0) {
+        suspended = gw1;
+        snprintf(suspended.id, sizeof suspended.id, "gw-0009");
+        suspended.state = SUIDO__ENTITY_STATE__STATE_SUSPENDED;
+        *out = &suspended;
+        return CM_OK;
+    }
+    if (strcmp(id, "gw-down") == 0)
+        return CM_ERR_UNAVAILABLE;
+    return CM_ERR_UNKNOWN;
+}
+
+typedef struct msg_opts {
+    const char *gw;
+    uint64_t epoch, seq, ts;
+    int kind;
+    cm_signer *by;
+    const uint8_t *key;   /* session key: encrypt when set */
+    uint32_t key_seq;
+    int flip_body, flip_tag, bad_count;
+    double value;
+} msg_opts;
+
+/* Builds a SignedEnvelope the way a gateway does. Returns malloc'd bytes. */
+static uint8_t *build(const msg_opts *o, size_t *len)
+{
+    Suido__Reading r = SUIDO__READING__INIT, *rp = &r;
+    r.channel = "level";
+    r.value = o->value;
+    Suido__TelemetryBatch b = SUIDO__TELEMETRY_BATCH__INIT;
+    b.n_readings = 1;
+    b.readings = &rp;
+    uint8_t body[512], hdr[1024], sig[CM_SIG_MAX], iv[CM_GCM_IV_LEN] = {1, 2, 3};
+    size_t blen = suido__telemetry_batch__pack(&b, body);
+    Suido__Header h = SUIDO__HEADER__INIT;
+    h.version = 1;
+    h.gateway_id = (char *)o->gw;
+    h.boot_epoch = o->epoch;
+    h.seq = o->seq;
+    h.timestamp_ms = o->ts ? o->ts : cm_now_ms();
+    h.key_id = (char *)cm_signer_key_id(signer);
+    h.kind = o->kind ? o->kind : SUIDO__KIND__KIND_DATA;
+    h.reading_count = o->bad_count ? 2 : 1;
+    /* a gateway wraps its session key once and sends the same bytes with every batch */
+    static uint8_t wrapped[CM_WRAPPED_LEN], wrapped_for[32];
+    static size_t wlen = 0;
+    uint8_t ct[600];
+    if (o->key) {
+        if (wlen == 0 || memcmp(wrapped_for, o->key, 32) != 0) {
+            assert_int_equal(cm_rsa_wrap(wrap_pub, o->key, 32, wrapped, &wlen), CM_OK);
+            memcpy(wrapped_for, o->key, 32);
+        }
+        h.cipher = SUIDO__CIPHER__CIPHER_AES_256_GCM;
+        h.iv.data = iv;
+        h.iv.len = sizeof iv;
+        h.key_seq = o->key_seq;
+        h.wrapped_key.data = wrapped;
+        h.wrapped_key.len = wlen;
+    }
+    size_t hlen = suido__header__pack(&h, hdr);
+    if (o->key) {
+        cm_aead *a;
+        assert_int_equal(cm_aead_new(o->key, 32, &a), CM_OK);
+        assert_int_equal(cm_aead_seal(a, iv, hdr, hlen, body, blen, ct), CM_OK);
+        cm_aead_destroy(&a);
+        blen += CM_GCM_TAG_LEN;
+        if (o->flip_tag)
+            ct[blen - 1] ^= 1;
+        memcpy(body, ct, blen);
+    }
+    size_t slen;
+    assert_int_equal(cm_signer_sign(o->by ? o->by : signer, hdr, hlen, body, blen, sig, &slen),
+                     CM_OK);
+    if (o->flip_body)
+        body[0] ^= 0x10;
+    Suido__SignedEnvelope e = SUIDO__SIGNED_ENVELOPE__INIT;
+    e.header.data = hdr;
+    e.header.len = hlen;
+    e.body.data = body;
+    e.body.len = blen;
+    e.signature.data = sig;
+    e.signature.len = slen;
+    *len = suido__signed_envelope__get_packed_size(&e);
+    uint8_t *out = malloc(*len);
+    suido__signed_envelope__pack(&e, out);
+    return out;
+}
+
+static const char *check(verify_ctx *v, const char *topic, const msg_opts *o)
+{
+    size_t len;
+    uint8_t *m = build(o, &len);
+    verify_result res;
+    verify_message(v, topic, cm_now_ms(), m, len, &res);
+    const char *reason = res.reason;
+    if (res.status == CM_OK) {
+        assert_non_null(res.batch);
+        assert_true(res.batch->readings[0]->value == o->value);
+        assert_string_equal(res.site, "reservoir-01");
+    }
+    verify_result_clear(&res);
+    free(m);
+    return reason;
+}
+
+#define T "suido/v1/gw-0001/data"
+
+static void test_authentic_fresh_batches_pass_and_replays_do_not(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    msg_opts o = {.gw = "gw-0001", .epoch = 5, .seq = 1, .value = 4.5};
+    assert_string_equal(check(v, T, &o), "ok");
+    o.seq = 2;
+    assert_string_equal(check(v, T, &o), "ok");
+    assert_string_equal(check(v, T, &o), "replay");      /* same sequence again */
+    o.seq = 1;
+    assert_string_equal(check(v, T, &o), "replay");      /* going back */
+    o.epoch = 4;
+    o.seq = 99;
+    assert_string_equal(check(v, T, &o), "replay");      /* older boot epoch */
+    o.epoch = 6;
+    o.seq = 1;
+    assert_string_equal(check(v, T, &o), "ok");          /* new boot epoch starts over */
+    verify_destroy(&v);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    msg_opts o = {.gw = "gw-0001", .epoch = 5, .seq = 10, .value = 1};
+    msg_opts t = o;
+    t.flip_body = 1;
+    assert_string_equal(check(v, T, &t), "bad_signature");
+    t = o;
+    t.by = other_signer;
+    assert_string_equal(check(v, T, &t), "bad_signature");
+    t = o;
+    t.ts = cm_now_ms() - 301000;
+    assert_string_equal(check(v, T, &t), "outside_time_window");
+    t.ts = cm_now_ms() + 600000;
+    assert_string_equal(check(v, T, &t), "outside_time_window");
+    t = o;
+    assert_string_equal(check(v, "suido/v1/gw-0002/data", &t), "topic_gateway_mismatch");
+    assert_string_equal(check(v, "suido/v1/gw-0001/birth", &t), "topic_kind_mismatch");
+    assert_string_equal(check(v, "suido/v1/+/data", &t), "bad_topic");
+    assert_string_equal(check(v, "suido/v1/gw-0001/x/data", &t), "bad_topic");
+    t.gw = "gw-0042";
+    assert_string_equal(check(v, "suido/v1/gw-0042/data", &t), "unknown_gateway");
+    t.gw = "gw-0009";
+    assert_string_equal(check(v, "suido/v1/gw-0009/data", &t), "gateway_not_active");
+    t.gw = "gw-down";
+    assert_string_equal(check(v, "suido/v1/gw-down/data", &t), "registry_unavailable");
+    t = o;
+    t.bad_count = 1;
+    assert_string_equal(check(v, T, &t), "reading_count");
+    t = o;
+    t.value = 0.0 / 0.0;
+    assert_string_equal(check(v, T, &t), "invalid_reading");
+    t = o;
+    t.seq = 0;
+    assert_string_equal(check(v, T, &t), "zero_sequence");
+    verify_destroy(&v);
+}
+
+static void test_garbage_is_refused(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(NULL, lookup, NULL, 300000);
+    uint8_t junk[300];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 37 + 11);
+    verify_result res;
+    for (size_t n = 0; n < sizeof junk; n += 7) {
+        assert_int_not_equal(verify_message(v, T, cm_now_ms(), junk, n, &res), CM_OK);
+        verify_result_clear(&res);
+    }
+    /* a valid envelope cut short at every length */
+    msg_opts o = {.gw = "gw-0001", .epoch = 5, .seq = 1, .value = 1};
+    size_t len;
+    uint8_t *m = build(&o, &len);
+    for (size_t n = 0; n < len; n++) {
+        assert_int_not_equal(verify_message(v, T, cm_now_ms(), m, n, &res), CM_OK);
+        verify_result_clear(&res);
+    }
+    free(m);
+    uint8_t *big = calloc(1, VERIFY_MAX_ENVELOPE + 1);
+    assert_int_equal(verify_message(v, T, cm_now_ms(), big, VERIFY_MAX_ENVELOPE + 1, &res),
+                     CM_ERR_TOO_BIG);
+    verify_result_clear(&res);
+    free(big);
+    verify_destroy(&v);
+}
+
+static void test_encrypted_session_unwraps_once(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    uint8_t key[32];
+    cm_random(key, sizeof key);
+    msg_opts o = {.gw = "gw-0001", .epoch = 7, .seq = 1, .key = key, .key_seq = 1, .value = 3};
+    for (int i = 1; i <= 5; i++) {
+        o.seq = (uint64_t)i;
+        assert_string_equal(check(v, T, &o), "ok");
+    }
+    assert_int_equal(verify_unwraps(v), 1);
+    o.seq = 6;
+    o.flip_tag = 1; /* signed after the tag was damaged: only GCM can notice */
+    assert_string_equal(check(v, T, &o), "decrypt");
+    verify_ctx *nokey = verify_new(NULL, lookup, NULL, 300000);
+    o.flip_tag = 0;
+    o.seq = 7;
+    assert_string_equal(check(nokey, T, &o), "decrypt");
+    verify_destroy(&nokey);
+    verify_destroy(&v);
+}
+
+static void test_crypto_primitives(void **state)
+{
+    (void)state;
+    /* RSA-OAEP: every failure is the same error */
+    uint8_t key[32] = {9}, w[CM_WRAPPED_LEN], out[64];
+    size_t wl, ol;
+    assert_int_equal(cm_rsa_wrap(wrap_pub, key, 32, w, &wl), CM_OK);
+    assert_int_equal(cm_rsa_unwrap(wrap_priv, w, wl, NULL, 0, 1, out, sizeof out, &ol), CM_OK);
+    assert_int_equal(ol, 32);
+    assert_memory_equal(out, key, 32);
+    w[100] ^= 1;
+    assert_int_equal(cm_rsa_unwrap(wrap_priv, w, wl, NULL, 0, 1, out, sizeof out, &ol),
+                     CM_ERR_DECRYPT);
+    assert_int_equal(cm_rsa_unwrap(wrap_priv, w, wl - 1, NULL, 0, 1, out, sizeof out, &ol),
+                     CM_ERR_DECRYPT);
+    assert_int_equal(cm_rsa_wrap(wrap_pub, key, 20, w, &wl), CM_OK);
+    assert_int_equal(cm_rsa_unwrap(wrap_priv, w, wl, NULL, 0, 1, out, sizeof out, &ol),
+                     CM_ERR_DECRYPT); /* 20 bytes is no AES key */
+    assert_int_equal(cm_rsa_unwrap(wrap_priv, w, wl, (const uint8_t *)"x", 1, 0, out,
+                                   sizeof out, &ol),
+                     CM_ERR_DECRYPT); /* wrong label */
+    /* ECDSA: strict DER */
+    uint8_t sig[CM_SIG_MAX + 4];
+    size_t sl;
+    const uint8_t msg[] = "abc";
+    assert_int_equal(cm_signer_sign(signer, msg, 3, NULL, 0, sig, &sl), CM_OK);
+    assert_int_equal(cm_pubkey_verify(gw1.key, msg, 3, NULL, 0, sig, sl), CM_OK);
+    /* the same signature with a long-form length (BER) must be refused */
+    uint8_t ber[CM_SIG_MAX + 4];
+    ber[0] = 0x30;
+    ber[1] = 0x81;
+    ber[2] = sig[1];
+    memcpy(ber + 3, sig + 2, sl - 2);
+    assert_int_equal(cm_pubkey_verify(gw1.key, msg, 3, NULL, 0, ber, sl + 1), CM_ERR_SIGNATURE);
+    sig[sl] = 0;
+    assert_int_equal(cm_pubkey_verify(gw1.key, msg, 3, NULL, 0, sig, sl + 1), CM_ERR_SIGNATURE);
+    /* a private key readable by others is refused */
+    chmod(path_of("b.key"), 0644);
+    cm_signer *s = NULL;
+    assert_int_equal(cm_signer_load(path_of("b.key"), &s), CM_ERR_KEY);
+    chmod(path_of("b.key"), 0600);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_authentic_fresh_batches_pass_and_replays_do_not),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_garbage_is_refused),
+        cmocka_unit_test(test_encrypted_session_unwraps_once),
+        cmocka_unit_test(test_crypto_primitives),
+    };
+    return cmocka_run_group_tests_name("verify_check", tests, setup, teardown);
+}

@@ -1,0 +1,168 @@
+"""A real suido suite for integration tests: a deployment made by scripts/mkdeploy.sh (test PKI
+included) on free loopback ports, a real Mosquitto and the real service binaries. Tests talk to
+it over the wire and read what it stored."""
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+TOP = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("SUIDO_BUILD", TOP / "build"))
+BIN = BUILD / "bin"
+SERVICES = ["registry", "archive", "anomaly-0", "anomaly-1", "profile", "verify", "ingest"]
+
+
+def port_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_base_port(span=16):
+    """A base port such that base .. base+span are all free on 127.0.0.1."""
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - span)
+        if all(port_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def wait_until(pred, timeout=10.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def load_proto(outdir):
+    """Compiles proto/suido.proto for Python (protoc from Debian) and imports it."""
+    subprocess.run(["protoc", f"--proto_path={TOP/'proto'}", f"--python_out={outdir}",
+                    str(TOP / "proto" / "suido.proto")], check=True)
+    sys.path.insert(0, str(outdir))
+    import suido_pb2  # noqa: E402
+    return suido_pb2
+
+
+class Suite:
+    def __init__(self, root, gateways=8):
+        self.root = pathlib.Path(root)
+        self.dir = self.root / "deploy"
+        self.base = free_base_port()
+        self.port = self.base
+        self.procs = {}
+        self.logs = self.root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, SUIDO_BIN=str(BIN))
+        subprocess.run([str(TOP / "scripts" / "mkdeploy.sh"), str(self.dir), "--gateways",
+                        str(gateways), "--base-port", str(self.base), "--test"],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+
+    # ---- processes -----------------------------------------------------------------------
+    def _spawn(self, name, argv):
+        log = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.procs[name]
+
+    def start_broker(self):
+        self._spawn("mosquitto", ["mosquitto", "-c", str(self.dir / "mosquitto" / "mosquitto.conf")])
+        assert wait_until(lambda: not port_free(self.port), 10), "broker did not listen"
+
+    def service_argv(self, name):
+        binary = "suido-anomaly" if name.startswith("anomaly") else f"suido-{name}"
+        return [str(BIN / binary), "-c", str(self.dir / "etc" / f"{name}.conf")]
+
+    def start_service(self, name):
+        return self._spawn(name, self.service_argv(name))
+
+    def start(self):
+        self.start_broker()
+        for s in SERVICES:
+            self.start_service(s)
+        # ready when ingest and archive hold their MQTT sessions
+        ok = wait_until(lambda: self.metric("ingest", "suido_ingest_connected") == 1, 15)
+        assert ok, "ingest did not connect:\n" + self.log("ingest")
+
+    def stop(self, name=None, sig=signal.SIGTERM):
+        """Stops one process or all (newest first); returns {name: exit code}."""
+        names = [name] if name else list(reversed(list(self.procs)))
+        codes = {}
+        for n in names:
+            p = self.procs.get(n)
+            if p and p.poll() is None:
+                p.send_signal(sig)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            if p:
+                codes[n] = p.returncode
+        if name is None:
+            self.procs.clear()
+        return codes
+
+    def alive(self, name):
+        p = self.procs.get(name)
+        return p is not None and p.poll() is None
+
+    def log(self, name):
+        try:
+            return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    # ---- observation ---------------------------------------------------------------------
+    def metric(self, svc, name):
+        """Value of a metric in a service's Prometheus file (0 if absent)."""
+        f = self.dir / "state" / "metrics" / f"{svc}.prom"
+        try:
+            for line in f.read_text().splitlines():
+                if line.startswith("#"):
+                    continue
+                k, _, v = line.rpartition(" ")
+                if k == name:
+                    return float(v)
+        except FileNotFoundError:
+            pass
+        return 0
+
+    def db(self):
+        path = self.dir / "state" / "archive" / "archive.db"
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+    def query(self, sql, *args):
+        with self.db() as c:
+            return c.execute(sql, args).fetchall()
+
+    # ---- clients ----------------------------------------------------------------------------
+    def sim(self, *args, timeout=60, check=True):
+        report = self.root / f"report-{time.monotonic_ns()}.json"
+        argv = [str(BIN / "suido-gateway-sim"), "--broker", f"ssl://localhost:{self.port}",
+                "--deploy", str(self.dir), "--report", str(report), "--quiet", *map(str, args)]
+        r = subprocess.run(argv, timeout=timeout, capture_output=True, text=True)
+        if check:
+            assert r.returncode == 0, f"simulator failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        return json.loads(report.read_text()) if report.exists() else None
+
+    def tls_files(self, who):
+        """(cert, key) of a gateway, service or test identity."""
+        for sub in ("gateways", "services", "test"):
+            d = self.dir / sub / who
+            if d.is_dir():
+                return str(d / "client.crt"), str(d / "client.key")
+        raise KeyError(who)

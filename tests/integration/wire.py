@@ -1,0 +1,96 @@
+"""Hand-made gateway traffic for tests: envelopes signed exactly as a gateway signs them (so a
+test can vary one field at a time), and MQTT clients with any certificate."""
+import hashlib
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+DOMAIN = b"suido/v1/batch\0"
+
+
+def signing_key(suite, gw):
+    path = suite.dir / "gateways" / gw / "sign.key"
+    return serialization.load_pem_private_key(path.read_bytes(), None)
+
+
+def key_id(key):
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def envelope(pb, suite, gw, seq, readings, epoch=1000, ts_ms=None, signer=None,
+             kind=None, tamper=False):
+    """A SignedEnvelope of a telemetry batch; readings is [(channel, value), ...]."""
+    key = signing_key(suite, signer or gw)
+    h = pb.Header(version=1, gateway_id=gw, boot_epoch=epoch, seq=seq,
+                  timestamp_ms=int(time.time() * 1000) if ts_ms is None else ts_ms,
+                  key_id=key_id(key), kind=kind or pb.KIND_DATA, cipher=pb.CIPHER_NONE,
+                  reading_count=len(readings))
+    hb = h.SerializeToString()
+    body = pb.TelemetryBatch(readings=[pb.Reading(channel=c, value=v, offset_ms=0)
+                                       for c, v in readings]).SerializeToString()
+    sig = key.sign(DOMAIN + len(hb).to_bytes(4, "big") + hb + body, ec.ECDSA(hashes.SHA256()))
+    if tamper:
+        body = body[:-1] + bytes([body[-1] ^ 1])
+    return pb.SignedEnvelope(header=hb, body=body, signature=sig).SerializeToString()
+
+
+class Client:
+    """A paho MQTT client over TLS with the given identity; records what it receives."""
+
+    def __init__(self, suite, cert=None, key=None, client_id="x", ca=None, host="localhost"):
+        self.connected = threading.Event()
+        self.refused = threading.Event()
+        self.messages = []
+        self.suback = []
+        self.c = mqtt.Client(client_id=client_id, clean_session=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(ca or str(suite.dir / "ca" / "ca.crt"))
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        self.c.tls_set_context(ctx)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.refused.set()
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.c.on_subscribe = lambda c, u, mid, qos: self.suback.extend(qos)
+        self.host, self.port = host, suite.port
+        self.error = None
+
+    def _on_connect(self, c, u, flags, rc):
+        (self.connected if rc == 0 else self.refused).set()
+
+    def connect(self, timeout=5):
+        """True when the broker accepted the session."""
+        try:
+            self.c.connect(self.host, self.port, keepalive=30)
+        except (ssl.SSLError, OSError) as e:
+            self.error = e
+            return False
+        self.c.loop_start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected.is_set():
+                return True
+            if self.refused.is_set():
+                return False
+            time.sleep(0.02)
+        return False
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout=5)
+        return info
+
+    def subscribe(self, topic, qos=1):
+        self.c.subscribe(topic, qos)
+
+    def close(self):
+        try:
+            self.c.disconnect()
+        finally:
+            self.c.loop_stop()
