@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# scripts/bench.sh BUILD - `make bench`: the simulator at full speed through the whole suite and,
+# in the same run, through the bare broker to a plain subscriber, with the same gateways,
+# message sizes (readings per batch), TLS and QoS 1. A benchmark, not a test: it prints figures.
+#
+# Last line:
+#   bench: readings_per_s=R msgs_per_s=M raw_broker_msgs_per_s=B ratio=M/B p50_ms=X p99_ms=Y
+# R and M count what the archive committed and acknowledged end to end; p50/p99 are the
+# publish-to-ack latencies seen by the gateways. Settings: BENCH_GATEWAYS (20), BENCH_SECONDS
+# (15), BENCH_BATCH (32 readings per message), BENCH_ENCRYPT (1).
+set -euo pipefail
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=$(cd "${1:-$TOP/build}" && pwd)
+BIN=$BUILD/bin
+GW=${BENCH_GATEWAYS:-20}
+SECS=${BENCH_SECONDS:-15}
+BATCH=${BENCH_BATCH:-32}
+ENC=${BENCH_ENCRYPT:-1}
+WORK=$(mktemp -d /tmp/suido-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+base=$(/usr/bin/python3 -c "
+import sys; sys.path.insert(0, '$TOP/tests/integration')
+from suite import free_base_port; print(free_base_port())")
+SUIDO_BIN=$BIN "$TOP/scripts/mkdeploy.sh" "$WORK/d" --gateways "$GW" --base-port "$base" --shards 1 >/dev/null
+D=$WORK/d
+URI="ssl://localhost:$base"
+encflag=(); [[ $ENC == 1 ]] && encflag=(--encrypt)
+
+broker() {
+    rm -rf "$D/mosquitto/data" && mkdir -p "$D/mosquitto/data"
+    mosquitto -c "$D/mosquitto/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+    BROKER=$!
+    PIDS+=("$BROKER")
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$base") 2>/dev/null && return; sleep 0.1; done
+    echo "bench: broker did not start" >&2; exit 1
+}
+json() { /usr/bin/python3 -c "import json,sys; d=json.load(open('$1')); print(eval('$2'))"; }
+
+# ---- 1. bare broker: simulator -> Mosquitto -> plain subscriber -----------------------------
+broker
+"$BIN/suido-bench-sub" --broker "$URI" --deploy "$D" --out "$WORK/raw.json" 2>>"$WORK/sub.log" &
+SUB=$!; PIDS+=("$SUB")
+sleep 1
+"$BIN/suido-gateway-sim" --broker "$URI" --deploy "$D" --rate 0 --batch "$BATCH" "${encflag[@]}" \
+    --duration "$SECS" --quiet --report "$WORK/raw-sim.json"
+sleep 1
+kill -TERM "$SUB"; wait "$SUB" || true
+kill -TERM "$BROKER"; wait "$BROKER" || true
+RAW=$(json "$WORK/raw.json" "d['msgs_per_s']")
+
+# ---- 2. whole suite: simulator -> broker -> ingest -> verify -> profile -> anomaly/archive -----
+broker
+for s in registry archive anomaly-0 profile verify ingest; do
+    b=suido-$s; [[ $s == anomaly-* ]] && b=suido-anomaly
+    "$BIN/$b" -c "$D/etc/$s.conf" >>"$WORK/$s.log" 2>&1 &
+    PIDS+=("$!")
+done
+for _ in $(seq 100); do
+    grep -q '^suido_ingest_connected 1' "$D/state/metrics/ingest.prom" 2>/dev/null && break; sleep 0.1
+done
+"$BIN/suido-gateway-sim" --broker "$URI" --deploy "$D" --rate 0 --batch "$BATCH" "${encflag[@]}" \
+    --duration "$SECS" --wait-acks 30 --quiet --report "$WORK/suite-sim.json"
+acked=$(json "$WORK/suite-sim.json" "d['acked_batches']")
+total=$(json "$WORK/suite-sim.json" "d['total_s']")
+p50=$(json "$WORK/suite-sim.json" "d['latency_ms']['p50']")
+p99=$(json "$WORK/suite-sim.json" "d['latency_ms']['p99']")
+stored=$(awk '$1 == "suido_archive_batches_total" { print $2 }' "$D/state/metrics/archive.prom")
+echo "bench: settings gateways=$GW seconds=$SECS readings_per_msg=$BATCH encrypt=$ENC qos=1 tls=yes"
+echo "bench: suite acked_batches=$acked archived_batches=$stored in ${total}s; bare broker $(cat "$WORK/raw.json")"
+/usr/bin/python3 - "$acked" "$total" "$RAW" "$p50" "$p99" "$BATCH" <<'PY'
+import sys
+acked, total, raw, p50, p99, batch = sys.argv[1:]
+m = float(acked) / float(total)
+raw = float(raw)
+print(f"bench: readings_per_s={m * int(batch):.0f} msgs_per_s={m:.0f} raw_broker_msgs_per_s={raw:.0f} "
+      f"ratio={m / raw if raw else 0:.3f} p50_ms={float(p50 or 0):.1f} p99_ms={float(p99 or 0):.1f}")
+PY
