@@ -59,7 +59,7 @@ inv="$DIR/inventory.conf"
         else kind=reservoir; model=SG-200; fw=2.4.1; fi
         printf '\n[gateway %s]\nsite = %s-%02d\nkind = %s\nmodel = %s\nfirmware = %s\n' \
             "$gw" "$kind" "$n" "$kind" "$model" "$fw"
-        printf 'sign_pub = %s\ncert = %s\n' "$d/sign.pub" "$d/client.crt"
+        printf 'sign_pub = %s\ncert = %s\n' "${d%/}/sign.pub" "${d%/}/client.crt"
     done
 } >"$inv"
 cp "$PROFILE" "$DIR/profile.conf"

@@ -181,6 +181,15 @@ int main(int argc, char **argv)
     cm_conf *inv = NULL;
     if (cm_conf_load(inv_path, &inv, err) != CM_OK)
         cm_svc_die(s, "%s", err);
+    /* the whole inventory is checked before start (and by -n): imported once into a scratch
+     * in-memory database, by the very code that imports it for real */
+    registry_store *scratch = NULL;
+    int added = 0;
+    if (registry_store_open(":memory:", &scratch) != CM_OK)
+        cm_svc_die(s, "cannot open a scratch database");
+    if (registry_store_import(scratch, inv, &added, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    registry_store_close(&scratch);
     cm_svc_ready(s);
 
     char dbpath[4096];
@@ -188,7 +197,6 @@ int main(int argc, char **argv)
     snprintf(dbpath, sizeof dbpath, "%s/registry.db", s->state_dir);
     if (registry_store_open(db ? db : dbpath, &r.store) != CM_OK)
         cm_svc_die(s, "%s: cannot open the registry database", db ? db : dbpath);
-    int added = 0;
     if (registry_store_import(r.store, inv, &added, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     cm_conf_destroy(&inv);
