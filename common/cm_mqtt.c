@@ -15,10 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <MQTTAsync.h>
 
+#include "cm_crypto.h"
 #include "cm_log.h"
+#include "cm_time.h"
 
 #define DEFAULT_KEEPALIVE_S 30
 #define DEFAULT_MAX_INFLIGHT 64
@@ -52,8 +55,9 @@ struct cm_mqtt {
     atomic_int connected;   /* 1 between a successful connect and the next loss */
     atomic_int inflight;    /* publishes handed to Paho whose outcome is not known yet */
     atomic_int connections; /* successful connections so far */
-    atomic_int closing;     /* destroy has begun: stop calling the application back */
+    atomic_int closing;     /* destroy has begun: no more connection events for the application */
     atomic_int busy;        /* callbacks currently running (destroy waits for 0) */
+    atomic_int failures;    /* failed connect attempts since the last success */
     _Atomic(cm_sub *) subs;
     int started;            /* cm_mqtt_connect was called (application thread only) */
 
@@ -122,8 +126,12 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData *resp)
     int code = resp ? resp->code : MQTTASYNC_FAILURE;
     atomic_store(&m->connected, 0);
     if (!atomic_load(&m->closing)) {
-        cm_warn("client=%s uri=%s event=connect_failed code=%d reason=\"%s\"", m->client_id,
-                m->uri, code, resp && resp->message ? resp->message : "");
+        /* one warning per outage; the retries (every 1..8 s) only at debug level */
+        if (atomic_fetch_add(&m->failures, 1) == 0)
+            cm_warn("client=%s uri=%s event=connect_failed code=%d reason=\"%s\" retrying=1",
+                    m->client_id, m->uri, code, resp && resp->message ? resp->message : "");
+        else
+            cm_debug("client=%s uri=%s event=connect_failed code=%d", m->client_id, m->uri, code);
         if (m->on_lost)
             m->on_lost(m->ctx, resp && resp->message ? resp->message : "connect failed");
     }
@@ -156,8 +164,10 @@ static void on_connected_cb(void *ctx, char *cause)
     enter(m);
     atomic_store(&m->connected, 1);
     int n = atomic_fetch_add(&m->connections, 1);
+    int failed = atomic_exchange(&m->failures, 0);
     if (!atomic_load(&m->closing)) {
-        cm_info("client=%s uri=%s event=connected reconnect=%d", m->client_id, m->uri, n > 0);
+        cm_info("client=%s uri=%s event=connected reconnect=%d failed_attempts=%d", m->client_id,
+                m->uri, n > 0, failed);
         /* With a persistent session the broker still has the subscriptions; repeating them is
          * harmless and covers a broker that lost its state. */
         for (cm_sub *s = atomic_load(&m->subs); s; s = s->next) {
@@ -186,13 +196,18 @@ static void on_connection_lost(void *ctx, char *cause)
     leave(m);
 }
 
+/* Note on acknowledgement: for QoS 1 Paho 1.3 sends the PUBACK before it calls this function
+ * (to keep its socket writable), so "0 = not handed on" makes Paho keep the message in memory and
+ * deliver it again, but the broker already considers it delivered. Blocking here still pushes back
+ * on the broker: nothing more is read from the socket meanwhile. */
 static int on_arrived(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
 {
     (void)topic_len; /* > 0 only for a topic with embedded NULs, which MQTT forbids */
     cm_mqtt *m = ctx;
     enter(m);
     int handed_on = 1;
-    if (m->on_message && !atomic_load(&m->closing))
+    /* delivered even while closing: the application's context lives until destroy returns */
+    if (m->on_message)
         handed_on = m->on_message(m->ctx, topic, msg->payload,
                                   msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0) != 0;
     if (handed_on) {
@@ -277,6 +292,15 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
         !o->key_file || o->keepalive_s < 0 || o->max_inflight < 0 ||
         (o->will_len && !o->will_payload) || o->will_len > INT_MAX)
         return CM_ERR_INVAL;
+    /* Refuse at once what would only show later as an anonymous TLS failure on every retry. */
+    const char *pem[] = {o->ca_file, o->cert_file};
+    for (int i = 0; i < 2; i++)
+        if (access(pem[i], R_OK) != 0) {
+            cm_error("client=%s path=%s error=\"%s\"", o->client_id, pem[i], strerror(errno));
+            return CM_ERR_KEY;
+        }
+    if (cm_key_file_check(o->key_file) != CM_OK) /* it logs why */
+        return CM_ERR_KEY;
     cm_mqtt *m = calloc(1, sizeof *m);
     if (!m)
         return CM_ERR_NOMEM;
@@ -312,6 +336,7 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
     atomic_init(&m->connections, 0);
     atomic_init(&m->closing, 0);
     atomic_init(&m->busy, 0);
+    atomic_init(&m->failures, 0);
     atomic_init(&m->subs, NULL);
 
     pthread_condattr_t ca;
@@ -519,17 +544,28 @@ void cm_mqtt_destroy(cm_mqtt **mp)
         return;
     cm_mqtt *m = *mp;
     *mp = NULL;
+    /* from here on no connection events reach the application (and no "connect failed"
+     * warning for the attempt the disconnect interrupts) */
+    atomic_store(&m->closing, 1);
     if (m->started) {
-        /* Paho waits up to the timeout for in-flight QoS 1/2 flows, then closes. Calling
-         * disconnect also stops the automatic reconnect, even when not connected right now. */
+        /* Wait for the in-flight window to drain here rather than in Paho: Paho re-checks a
+         * disconnect that waits for acknowledgements only every few seconds, whereas one issued
+         * with nothing in flight completes at once. */
+        uint64_t until = cm_mono_ms() + DISCONNECT_WAIT_MS;
+        while (atomic_load(&m->inflight) > 0 && atomic_load(&m->connected) &&
+               cm_mono_ms() < until) {
+            struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        }
+        /* Disconnecting also stops the automatic reconnect, even when not connected now. */
         MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
-        d.timeout = DISCONNECT_WAIT_MS;
+        d.timeout = 0;
         d.onSuccess = on_disconnect_ok;
         d.onFailure = on_disconnect_fail;
         d.context = m;
         if (MQTTAsync_disconnect(m->cli, &d) == MQTTASYNC_SUCCESS) {
             struct timespec dl;
-            deadline_after(&dl, DISCONNECT_WAIT_MS + 1000);
+            deadline_after(&dl, DISCONNECT_WAIT_MS);
             pthread_mutex_lock(&m->mu);
             while (!m->disconnected)
                 if (pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT)
@@ -537,7 +573,6 @@ void cm_mqtt_destroy(cm_mqtt **mp)
             pthread_mutex_unlock(&m->mu);
         }
     }
-    atomic_store(&m->closing, 1);
     /* Paho fails every pending request here (their callbacks still see m) */
     MQTTAsync_destroy(&m->cli);
     /* a callback that was already running when destroy began may still be returning */

@@ -90,7 +90,10 @@ class Client:
         self.c.subscribe(topic, qos)
 
     def close(self):
+        # a refused session may leave a broken TLS socket behind: closing it is not a failure
         try:
             self.c.disconnect()
+        except (ssl.SSLError, OSError):
+            pass
         finally:
             self.c.loop_stop()

@@ -1,0 +1,929 @@
+/* gateway: state and publishing of one simulated field gateway (see gateway.h): births, signed
+ * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking. */
+#include "gateway.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cm_log.h"
+#include "cm_mqtt.h"
+#include "cm_time.h"
+#include "suido.pb-c.h"
+
+#define HEADER_CAP 640         /* packed Header: ids, IV and a 256-byte wrapped key fit easily */
+#define ACK_RING 2048          /* send times kept for latency; older unacked ones go untimed */
+#define LAT_KEEP 65536         /* latency samples kept per gateway (reservoir sample beyond) */
+#define POLL_BUDGET 16         /* publishes per poll, so one fast gateway cannot starve others */
+#define SESSION_KEY_LEN 32
+#define MAX_WINDOW_MS 60000    /* a batch never covers more than this much time */
+
+static const char *const attack_names[GW_ATTACK__COUNT] = {
+    "none", "tampered", "replay", "wrong-key", "skew", "malformed", "flood", "oversize",
+};
+
+int gw_attack_parse(const char *s, gw_attack *out)
+{
+    for (int i = 1; i < GW_ATTACK__COUNT; i++)
+        if (s && strcmp(s, attack_names[i]) == 0) {
+            *out = (gw_attack)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *gw_attack_name(gw_attack a)
+{
+    return (unsigned)a < GW_ATTACK__COUNT ? attack_names[a] : "unknown";
+}
+
+/* The next data batch: its readings are fixed when it is taken, its envelope is (re)built when it
+ * is published (again, if the session key changed meanwhile). */
+typedef struct pending {
+    int active;
+    gw_attack attack;        /* GW_ATTACK_NONE for a legitimate batch */
+    uint64_t seq;            /* 0 for a replay */
+    uint64_t ts_ms;          /* header timestamp (gateway clock), before any skew */
+    uint32_t n;
+    int built;               /* env holds this batch's envelope */
+    uint32_t built_key_seq;
+    uint16_t ch[GW_MAX_BATCH];
+    uint32_t off[GW_MAX_BATCH];
+    double val[GW_MAX_BATCH];
+} pending;
+
+typedef struct buf {
+    uint8_t *p;
+    size_t len, cap;
+} buf;
+
+struct gateway {
+    const gw_settings *set;
+    char *id, *site, *model, *firmware;
+    sig_kind kind;
+    const sig_channel *ch;
+    size_t nch;
+    sig_state sig;
+    uint64_t boot_epoch;
+    char t_data[128], t_birth[128], t_death[128], t_ack[128];
+    cm_signer *signer, *wrong_signer;
+    cm_mqtt *mqtt;
+
+    /* session encryption (set->wrap != NULL) */
+    uint32_t key_seq;
+    cm_aead *aead;
+    uint8_t wrapped[CM_WRAPPED_LEN];
+    size_t wrapped_len;
+    uint8_t iv_salt[4];
+    uint64_t iv_ctr;
+
+    /* birth of the current connection */
+    unsigned birth_gen;      /* connection generation the last birth was made for */
+    int birth_pending;
+    buf birth;
+
+    /* schedule (monotonic) and reading clock (wall) */
+    uint64_t next_due_us;
+    uint64_t interval_us;    /* 0 with rate 0 */
+    uint64_t window_end_ms;
+    uint64_t rr;             /* round-robin channel counter across batches */
+
+    /* sequence numbers and counters (main thread) */
+    uint64_t next_seq, first_seq, last_seq, last_legit_seq;
+    uint64_t batches_made, legit_sent, attacked_sent, readings_sent, births_sent, attack_drops;
+    uint64_t attacks_made;
+    uint64_t *att_seqs;
+    size_t n_att, cap_att;
+    pending pend;
+    buf env, body, ct, replay;
+    Suido__Reading rd[GW_MAX_BATCH];
+    Suido__Reading *rdp[GW_MAX_BATCH];
+    Suido__ChannelDecl decl[SIG_MAX_CHANNELS];
+    Suido__ChannelDecl *declp[SIG_MAX_CHANNELS];
+
+    /* shared with Paho's thread */
+    atomic_uint conn_gen;    /* successful connections so far */
+    atomic_ullong acked_seq; /* highest seq acked for our boot epoch */
+    pthread_mutex_t mu;      /* guards ring_* and lat* */
+    uint64_t *ring_seq, *ring_us;
+    float *lat;
+    size_t n_lat;
+    uint64_t lat_total, lat_rng;
+};
+
+/* ------------------------------------------------------------------ small helpers */
+
+static int buf_reserve(buf *b, size_t need)
+{
+    if (need <= b->cap)
+        return 0;
+    size_t nc = b->cap ? b->cap : 1024;
+    while (nc < need)
+        nc *= 2;
+    uint8_t *p = realloc(b->p, nc);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = nc;
+    return 0;
+}
+
+static void buf_free(buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+static char *xstrdup(const char *s, int *fail)
+{
+    char *d = strdup(s ? s : "");
+    if (!d)
+        *fail = 1;
+    return d;
+}
+
+/* Boot epoch: with a state directory max(stored + 1, now) written back atomically (temp file,
+ * fsync, rename, fsync of the directory), so it strictly increases across runs even when two
+ * runs start within the same second or the clock steps back. */
+static cm_err boot_epoch_next(const char *dir, const char *id, uint64_t *out)
+{
+    uint64_t now = (uint64_t)time(NULL);
+    *out = now;
+    if (!dir)
+        return CM_OK;
+    char path[4096], tmp[4200];
+    if (snprintf(path, sizeof path, "%s/%s.epoch", dir, id) >= (int)sizeof path)
+        return CM_ERR_INVAL;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        unsigned long long stored = 0;
+        int ok = fscanf(f, "%llu", &stored) == 1;
+        fclose(f);
+        if (!ok) {
+            cm_error("gw=%s path=%s error=\"unreadable boot epoch\"", id, path);
+            return CM_ERR_CONFIG;
+        }
+        if (stored + 1 > now)
+            *out = stored + 1;
+    } else if (errno != ENOENT) {
+        cm_error("gw=%s path=%s error=\"%s\"", id, path, strerror(errno));
+        return CM_ERR_IO;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cm_error("gw=%s path=%s error=\"%s\"", id, tmp, strerror(errno));
+        return CM_ERR_IO;
+    }
+    char line[32];
+    int n = snprintf(line, sizeof line, "%" PRIu64 "\n", *out);
+    int ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        cm_error("gw=%s path=%s error=\"cannot store boot epoch: %s\"", id, path, strerror(errno));
+        unlink(tmp);
+        return CM_ERR_IO;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------------ envelopes */
+
+/* Packs a header. iv/wrapped are set only for an encrypted body. */
+static cm_err pack_header(gateway *g, Suido__Kind kind, uint64_t seq, uint64_t ts,
+                          uint32_t reading_count, const uint8_t *iv, uint8_t *out, size_t *len)
+{
+    Suido__Header h = SUIDO__HEADER__INIT;
+    h.version = 1;
+    h.gateway_id = g->id;
+    h.boot_epoch = g->boot_epoch;
+    h.seq = seq;
+    h.timestamp_ms = ts;
+    h.key_id = (char *)cm_signer_key_id(g->signer);
+    h.kind = kind;
+    h.reading_count = reading_count;
+    h.key_seq = g->key_seq;
+    if (iv) {
+        h.cipher = SUIDO__CIPHER__CIPHER_AES_256_GCM;
+        h.iv.data = (uint8_t *)iv;
+        h.iv.len = CM_GCM_IV_LEN;
+        h.wrapped_key.data = g->wrapped;
+        h.wrapped_key.len = g->wrapped_len;
+    }
+    if (suido__header__get_packed_size(&h) > HEADER_CAP)
+        return CM_ERR_TOO_BIG;
+    *len = suido__header__pack(&h, out);
+    return CM_OK;
+}
+
+/* Signs header||body and packs the envelope into g->env. flip: index of a body byte to flip
+ * after signing (tampered attack), or SIZE_MAX. */
+static cm_err seal_envelope(gateway *g, cm_signer *signer, const uint8_t *hdr, size_t hlen,
+                            uint8_t *body, size_t blen, size_t flip)
+{
+    uint8_t sig[CM_SIG_MAX];
+    size_t siglen = 0;
+    cm_err e = cm_signer_sign(signer, hdr, hlen, body, blen, sig, &siglen);
+    if (e != CM_OK)
+        return e;
+    if (flip < blen)
+        body[flip] ^= 0x20;
+    Suido__SignedEnvelope env = SUIDO__SIGNED_ENVELOPE__INIT;
+    env.header.data = (uint8_t *)hdr;
+    env.header.len = hlen;
+    env.body.data = body;
+    env.body.len = blen;
+    env.signature.data = sig;
+    env.signature.len = siglen;
+    size_t need = suido__signed_envelope__get_packed_size(&env);
+    if (buf_reserve(&g->env, need))
+        return CM_ERR_NOMEM;
+    g->env.len = suido__signed_envelope__pack(&env, g->env.p);
+    if (flip < blen)
+        body[flip] ^= 0x20; /* leave the caller's buffer as it was */
+    return CM_OK;
+}
+
+/* A signed envelope whose body is a packed message (birth, death); never encrypted. */
+static cm_err envelope_of(gateway *g, Suido__Kind kind, const ProtobufCMessage *msg)
+{
+    g->pend.built = 0; /* g->env is about to hold something else */
+    uint8_t hdr[HEADER_CAP];
+    size_t hlen;
+    cm_err e = pack_header(g, kind, 0, cm_now_ms(), 0, NULL, hdr, &hlen);
+    if (e != CM_OK)
+        return e;
+    size_t blen = protobuf_c_message_get_packed_size(msg);
+    if (buf_reserve(&g->body, blen + 1))
+        return CM_ERR_NOMEM;
+    blen = protobuf_c_message_pack(msg, g->body.p);
+    return seal_envelope(g, g->signer, hdr, hlen, g->body.p, blen, SIZE_MAX);
+}
+
+static cm_err death_envelope(gateway *g, const char *reason)
+{
+    Suido__Death d = SUIDO__DEATH__INIT;
+    d.reason = (char *)reason;
+    return envelope_of(g, SUIDO__KIND__KIND_DEATH, &d.base);
+}
+
+/* A fresh session key: new AEAD context (key schedule once per session), wrapped to the
+ * platform, a fresh IV salt. The plain key exists only on this stack frame. */
+static cm_err new_session_key(gateway *g)
+{
+    uint8_t key[SESSION_KEY_LEN];
+    cm_err e = cm_random(key, sizeof key);
+    cm_aead *a = NULL;
+    size_t wl = 0;
+    if (e == CM_OK)
+        e = cm_aead_new(key, sizeof key, &a);
+    if (e == CM_OK)
+        e = cm_rsa_wrap(g->set->wrap, key, sizeof key, g->wrapped, &wl);
+    if (e == CM_OK)
+        e = cm_random(g->iv_salt, sizeof g->iv_salt);
+    explicit_bzero(key, sizeof key);
+    if (e != CM_OK) {
+        cm_aead_destroy(&a);
+        return e;
+    }
+    cm_aead_destroy(&g->aead);
+    g->aead = a;
+    g->wrapped_len = wl;
+    g->iv_ctr = 0;
+    g->key_seq++;
+    return CM_OK;
+}
+
+static cm_err make_birth(gateway *g)
+{
+    if (g->set->wrap) {
+        cm_err e = new_session_key(g);
+        if (e != CM_OK)
+            return e;
+    }
+    Suido__Birth b = SUIDO__BIRTH__INIT;
+    b.model = g->model;
+    b.firmware = g->firmware;
+    b.site = g->site;
+    b.n_channels = g->nch;
+    b.channels = g->declp;
+    if (g->set->wrap) {
+        b.cipher = SUIDO__CIPHER__CIPHER_AES_256_GCM;
+        b.wrapped_key.data = g->wrapped;
+        b.wrapped_key.len = g->wrapped_len;
+    }
+    cm_err e = envelope_of(g, SUIDO__KIND__KIND_BIRTH, &b.base);
+    if (e != CM_OK)
+        return e;
+    if (buf_reserve(&g->birth, g->env.len))
+        return CM_ERR_NOMEM;
+    memcpy(g->birth.p, g->env.p, g->env.len);
+    g->birth.len = g->env.len;
+    return CM_OK;
+}
+
+/* Data envelope of the pending batch into g->env, with the batch's attack applied. */
+static cm_err build_data(gateway *g)
+{
+    pending *p = &g->pend;
+    const gw_settings *set = g->set;
+    if (p->attack == GW_ATTACK_REPLAY) {
+        if (buf_reserve(&g->env, g->replay.len))
+            return CM_ERR_NOMEM;
+        memcpy(g->env.p, g->replay.p, g->replay.len);
+        g->env.len = g->replay.len;
+        return CM_OK;
+    }
+    if (p->attack == GW_ATTACK_MALFORMED && g->attacks_made % 2 == 1) {
+        /* random bytes of a random length: not even a protobuf */
+        uint8_t r[2];
+        if (cm_random(r, 2) != CM_OK)
+            return CM_ERR_CRYPTO;
+        size_t n = 1 + (((size_t)r[0] << 8 | r[1]) % 400);
+        if (buf_reserve(&g->env, n) || cm_random(g->env.p, n) != CM_OK)
+            return CM_ERR_CRYPTO;
+        g->env.len = n;
+        return CM_OK;
+    }
+
+    /* body: the packed batch (or, for oversize, filler past the broker's limit) */
+    size_t blen;
+    if (p->attack == GW_ATTACK_OVERSIZE) {
+        blen = GW_OVERSIZE_BYTES + 100;
+        if (buf_reserve(&g->body, blen))
+            return CM_ERR_NOMEM;
+        for (size_t i = 0; i < blen; i++)
+            g->body.p[i] = (uint8_t)(i * 131u + 7u);
+    } else {
+        for (uint32_t i = 0; i < p->n; i++) {
+            g->rd[i].channel = (char *)g->ch[p->ch[i]].name;
+            g->rd[i].value = p->val[i];
+            g->rd[i].offset_ms = p->off[i];
+        }
+        Suido__TelemetryBatch tb = SUIDO__TELEMETRY_BATCH__INIT;
+        tb.n_readings = p->n;
+        tb.readings = g->rdp;
+        blen = suido__telemetry_batch__get_packed_size(&tb);
+        if (buf_reserve(&g->body, blen + 1))
+            return CM_ERR_NOMEM;
+        blen = suido__telemetry_batch__pack(&tb, g->body.p);
+    }
+
+    uint64_t ts = p->ts_ms;
+    if (p->attack == GW_ATTACK_SKEW)
+        ts = (uint64_t)((int64_t)ts + (int64_t)set->skew_s * 1000);
+    uint8_t hdr[HEADER_CAP], iv[CM_GCM_IV_LEN];
+    size_t hlen;
+    uint8_t *body = g->body.p;
+    cm_err e;
+    if (set->wrap) {
+        /* unique per key: 4 random salt bytes of the session || 64-bit message counter */
+        memcpy(iv, g->iv_salt, 4);
+        uint64_t c = g->iv_ctr++;
+        for (int i = 0; i < 8; i++)
+            iv[4 + i] = (uint8_t)(c >> (56 - 8 * i));
+        /* the header is packed first, with the IV in it: those exact bytes are the AAD */
+        e = pack_header(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, iv, hdr, &hlen);
+        if (e != CM_OK)
+            return e;
+        if (buf_reserve(&g->ct, blen + CM_GCM_TAG_LEN))
+            return CM_ERR_NOMEM;
+        e = cm_aead_seal(g->aead, iv, hdr, hlen, g->body.p, blen, g->ct.p);
+        if (e != CM_OK)
+            return e;
+        body = g->ct.p;
+        blen += CM_GCM_TAG_LEN;
+    } else {
+        e = pack_header(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, NULL, hdr, &hlen);
+        if (e != CM_OK)
+            return e;
+    }
+    cm_signer *signer = p->attack == GW_ATTACK_WRONG_KEY ? g->wrong_signer : g->signer;
+    size_t flip = p->attack == GW_ATTACK_TAMPERED ? blen / 2 : SIZE_MAX;
+    e = seal_envelope(g, signer, hdr, hlen, body, blen, flip);
+    if (e != CM_OK)
+        return e;
+    if (p->attack == GW_ATTACK_MALFORMED)
+        g->env.len /= 2; /* a valid envelope cut in half */
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------------ MQTT callbacks (Paho) */
+
+static void record_latency(gateway *g, double ms)
+{
+    g->lat_total++;
+    if (g->n_lat < LAT_KEEP) {
+        g->lat[g->n_lat++] = (float)ms;
+        return;
+    }
+    /* reservoir sampling keeps an unbiased sample of every measurement */
+    g->lat_rng = g->lat_rng * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t j = (g->lat_rng >> 11) % g->lat_total;
+    if (j < LAT_KEEP)
+        g->lat[j] = (float)ms;
+}
+
+static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
+{
+    gateway *g = ctx;
+    if (strcmp(topic, g->t_ack) != 0)
+        return 1;
+    Suido__Ack *a = suido__ack__unpack(NULL, len, payload);
+    if (!a) {
+        cm_warn("gw=%s topic=%s error=\"undecodable ack\" len=%zu", g->id, topic, len);
+        return 1;
+    }
+    /* acks of an earlier boot epoch (queued in our persistent session) are not ours */
+    if (a->gateway_id && strcmp(a->gateway_id, g->id) == 0 && a->boot_epoch == g->boot_epoch) {
+        uint64_t now = cm_mono_us();
+        pthread_mutex_lock(&g->mu);
+        uint64_t prev = atomic_load(&g->acked_seq);
+        if (a->seq > prev) {
+            /* only the last ACK_RING seqs can still be in the ring; counting (rather than
+             * comparing with a->seq) also survives a bogus seq near UINT64_MAX */
+            uint64_t count = a->seq - prev > ACK_RING ? ACK_RING : a->seq - prev;
+            for (uint64_t k = 0, s = a->seq - count + 1; k < count; k++, s++) {
+                size_t i = s % ACK_RING;
+                if (g->ring_seq[i] == s && g->ring_us[i]) {
+                    record_latency(g, (double)(now - g->ring_us[i]) / 1000.0);
+                    g->ring_us[i] = 0;
+                }
+            }
+            atomic_store(&g->acked_seq, a->seq);
+        }
+        pthread_mutex_unlock(&g->mu);
+    }
+    suido__ack__free_unpacked(a, NULL);
+    return 1;
+}
+
+static void on_connected(void *ctx, int reconnect)
+{
+    (void)reconnect;
+    gateway *g = ctx;
+    /* the main thread sees the new generation and publishes a birth before any more data */
+    atomic_fetch_add(&g->conn_gen, 1);
+}
+
+/* ------------------------------------------------------------------ life cycle */
+
+cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out)
+{
+    *out = NULL;
+    if (!set || !idn || !idn->id || set->batch < 1 || set->batch > GW_MAX_BATCH ||
+        set->attack_every < 1)
+        return CM_ERR_INVAL;
+    gateway *g = calloc(1, sizeof *g);
+    if (!g)
+        return CM_ERR_NOMEM;
+    int fail = 0;
+    g->set = set;
+    g->id = xstrdup(idn->id, &fail);
+    g->site = xstrdup(idn->site, &fail);
+    g->model = xstrdup(idn->model, &fail);
+    g->firmware = xstrdup(idn->firmware, &fail);
+    g->ring_seq = calloc(ACK_RING, sizeof *g->ring_seq);
+    g->ring_us = calloc(ACK_RING, sizeof *g->ring_us);
+    g->lat = malloc(LAT_KEEP * sizeof *g->lat);
+    if (fail || !g->ring_seq || !g->ring_us || !g->lat || pthread_mutex_init(&g->mu, NULL)) {
+        /* gateway_destroy needs the mutex, so nothing before this point goes through it */
+        free(g->id);
+        free(g->site);
+        free(g->model);
+        free(g->firmware);
+        free(g->ring_seq);
+        free(g->ring_us);
+        free(g->lat);
+        free(g);
+        return CM_ERR_NOMEM;
+    }
+    atomic_init(&g->conn_gen, 0);
+    atomic_init(&g->acked_seq, 0);
+    g->kind = idn->kind;
+    g->nch = sig_channels(idn->kind, &g->ch);
+    sig_init(&g->sig, idn->kind, sig_site_seed(set->seed, idn->id));
+    g->lat_rng = sig_site_seed(set->seed ^ 0x5157u, idn->id);
+    for (size_t i = 0; i < g->nch; i++) {
+        suido__channel_decl__init(&g->decl[i]);
+        g->decl[i].name = (char *)g->ch[i].name;
+        g->decl[i].unit = (char *)g->ch[i].unit;
+        g->declp[i] = &g->decl[i];
+    }
+    for (int i = 0; i < GW_MAX_BATCH; i++) {
+        suido__reading__init(&g->rd[i]);
+        g->rdp[i] = &g->rd[i];
+    }
+    g->next_seq = 1;
+    g->interval_us = set->rate > 0 ? (uint64_t)(1e6 / set->rate) : 0;
+    if (set->rate > 0 && g->interval_us == 0)
+        g->interval_us = 1;
+    snprintf(g->t_data, sizeof g->t_data, "suido/v1/%s/data", g->id);
+    snprintf(g->t_birth, sizeof g->t_birth, "suido/v1/%s/birth", g->id);
+    snprintf(g->t_death, sizeof g->t_death, "suido/v1/%s/death", g->id);
+    snprintf(g->t_ack, sizeof g->t_ack, "suido/v1/%s/ack", g->id);
+
+    char dir[4096], path[4200], ca[4200], crt[4200], key[4200];
+    cm_err e = CM_OK;
+    if (snprintf(dir, sizeof dir, "%s/gateways/%s", set->deploy_dir, g->id) >= (int)sizeof dir)
+        e = CM_ERR_INVAL;
+    snprintf(path, sizeof path, "%s/sign.key", dir);
+    snprintf(ca, sizeof ca, "%s/ca/ca.crt", set->deploy_dir);
+    snprintf(crt, sizeof crt, "%s/client.crt", dir);
+    snprintf(key, sizeof key, "%s/client.key", dir);
+    if (e == CM_OK && (e = cm_signer_load(path, &g->signer)) != CM_OK)
+        cm_error("gw=%s path=%s error=\"cannot load signing key: %s\"", g->id, path,
+                 cm_strerror(e));
+    if (e == CM_OK && set->attack == GW_ATTACK_WRONG_KEY) {
+        if (!idn->wrong_key) {
+            cm_error("gw=%s error=\"wrong-key attack needs another gateway's sign.key\"", g->id);
+            e = CM_ERR_CONFIG;
+        } else if ((e = cm_signer_load(idn->wrong_key, &g->wrong_signer)) != CM_OK)
+            cm_error("gw=%s path=%s error=\"cannot load the other key: %s\"", g->id,
+                     idn->wrong_key, cm_strerror(e));
+    }
+    if (e == CM_OK)
+        e = boot_epoch_next(set->state_dir, g->id, &g->boot_epoch);
+    /* the will is fixed at connect time, so it is signed now, with seq 0 */
+    if (e == CM_OK)
+        e = death_envelope(g, "connection lost");
+    if (e == CM_OK) {
+        cm_mqtt_opts o = {
+            .uri = set->broker,
+            .client_id = g->id,
+            .ca_file = ca,
+            .cert_file = crt,
+            .key_file = key,
+            .clean_session = 0,
+            .keepalive_s = 30,
+            .max_inflight = set->max_inflight,
+            .verify_hostname = 1,
+            .will_topic = g->t_death,
+            .will_payload = g->env.p,
+            .will_len = g->env.len,
+            .on_message = on_message,
+            .on_connected = on_connected,
+            .ctx = g,
+        };
+        e = cm_mqtt_new(&o, &g->mqtt);
+    }
+    if (e == CM_OK)
+        e = cm_mqtt_subscribe(g->mqtt, g->t_ack, 1);
+    if (e != CM_OK) {
+        gateway_destroy(&g);
+        return e;
+    }
+    *out = g;
+    return CM_OK;
+}
+
+cm_err gateway_start(gateway *g)
+{
+    /* stagger the first batches of all gateways over one interval */
+    uint64_t now = cm_mono_us();
+    uint64_t h = sig_site_seed(g->set->seed, g->id);
+    g->next_due_us = now + (g->interval_us ? h % g->interval_us : 0);
+    return cm_mqtt_connect(g->mqtt, 0);
+}
+
+/* ------------------------------------------------------------------ publishing */
+
+/* Fixes the next batch: attack choice, sequence number, readings over the window since the
+ * previous batch. Returns 0 when nothing is due. */
+static int take_batch(gateway *g, uint64_t now_us)
+{
+    const gw_settings *set = g->set;
+    if (set->max_batches && g->batches_made >= set->max_batches)
+        return 0;
+    uint64_t n = g->batches_made + 1;
+    gw_attack a = GW_ATTACK_NONE;
+    if (set->attack != GW_ATTACK_NONE && n % (uint64_t)set->attack_every == 0)
+        a = set->attack;
+    if (a == GW_ATTACK_REPLAY && g->replay.len == 0)
+        a = GW_ATTACK_NONE; /* nothing sent yet to replay: this one goes out legitimately */
+    int scheduled = g->interval_us && a != GW_ATTACK_FLOOD;
+    if (scheduled) {
+        if (now_us < g->next_due_us)
+            return 0;
+        g->next_due_us += g->interval_us;
+        if (g->next_due_us <= now_us) /* fell behind (window, outage): no catch-up burst */
+            g->next_due_us = now_us + g->interval_us;
+    }
+    g->batches_made = n;
+    pending *p = &g->pend;
+    p->active = 1;
+    p->built = 0;
+    p->attack = a;
+    p->seq = a == GW_ATTACK_REPLAY ? 0 : g->next_seq++;
+    if (a != GW_ATTACK_NONE)
+        g->attacks_made++;
+
+    /* the batch covers the time since the previous one (at most MAX_WINDOW_MS) */
+    uint64_t wall = cm_now_ms();
+    uint64_t nominal = g->interval_us / 1000;
+    uint64_t start = g->window_end_ms ? g->window_end_ms : wall - nominal;
+    if (start > wall)
+        start = wall;
+    if (wall - start > MAX_WINDOW_MS)
+        start = wall - MAX_WINDOW_MS;
+    uint64_t span = wall - start;
+    g->window_end_ms = wall;
+    p->ts_ms = start;
+    p->n = (uint32_t)set->batch;
+    for (uint32_t i = 0; i < p->n; i++) {
+        uint32_t off = (uint32_t)(span * i / p->n);
+        size_t c = (size_t)(g->rr++ % g->nch);
+        if (c == 0 || g->sig.t_ms == 0)
+            sig_step(&g->sig, start + off); /* a new scan of all channels */
+        p->ch[i] = (uint16_t)c;
+        p->off[i] = off;
+        p->val[i] = g->sig.v[c];
+    }
+    return 1;
+}
+
+static void note_attacked_seq(gateway *g, uint64_t seq)
+{
+    if (g->n_att == g->cap_att) {
+        size_t nc = g->cap_att ? g->cap_att * 2 : 64;
+        uint64_t *p = realloc(g->att_seqs, nc * sizeof *p);
+        if (!p) {
+            cm_error("gw=%s error=\"out of memory recording attacked seq %" PRIu64 "\"", g->id,
+                     seq);
+            return;
+        }
+        g->att_seqs = p;
+        g->cap_att = nc;
+    }
+    g->att_seqs[g->n_att++] = seq;
+}
+
+/* The pending batch has left (published, or an attack the client refused): account for it. */
+static void batch_done(gateway *g, int published)
+{
+    pending *p = &g->pend;
+    if (p->seq) {
+        if (!g->first_seq)
+            g->first_seq = p->seq;
+        g->last_seq = p->seq;
+    }
+    if (p->attack == GW_ATTACK_NONE) {
+        g->legit_sent++;
+        g->readings_sent += p->n;
+        g->last_legit_seq = p->seq;
+    } else {
+        if (p->seq)
+            note_attacked_seq(g, p->seq);
+        if (published)
+            g->attacked_sent++;
+        else
+            g->attack_drops++;
+    }
+    p->active = 0;
+}
+
+/* Publishes the pending batch. CM_ERR_UNAVAILABLE: try again later. */
+static cm_err send_pending(gateway *g)
+{
+    pending *p = &g->pend;
+    if (!p->built || (g->set->wrap && p->built_key_seq != g->key_seq)) {
+        cm_err e = build_data(g);
+        if (e != CM_OK) {
+            cm_error("gw=%s seq=%" PRIu64 " error=\"cannot build batch: %s\"", g->id, p->seq,
+                     cm_strerror(e));
+            return e;
+        }
+        p->built = 1;
+        p->built_key_seq = g->key_seq;
+    }
+    if (p->attack == GW_ATTACK_NONE) {
+        /* before publishing: the ack may come back before cm_mqtt_publish returns */
+        pthread_mutex_lock(&g->mu);
+        g->ring_seq[p->seq % ACK_RING] = p->seq;
+        g->ring_us[p->seq % ACK_RING] = cm_mono_us();
+        pthread_mutex_unlock(&g->mu);
+    }
+    /* QoS 0 for the oversize attack: the broker drops the connection over it, and a QoS 1
+     * message would be resent on every reconnect of the persistent session */
+    int qos = p->attack == GW_ATTACK_OVERSIZE ? 0 : 1;
+    cm_err e = cm_mqtt_publish(g->mqtt, g->t_data, g->env.p, g->env.len, qos, 0);
+    if (e == CM_OK) {
+        if (p->attack == GW_ATTACK_NONE && g->set->attack == GW_ATTACK_REPLAY &&
+            buf_reserve(&g->replay, g->env.len) == 0) {
+            memcpy(g->replay.p, g->env.p, g->env.len);
+            g->replay.len = g->env.len;
+        }
+        batch_done(g, 1);
+        return CM_OK;
+    }
+    if (e != CM_ERR_UNAVAILABLE && p->attack != GW_ATTACK_NONE) {
+        /* an attack the client itself refuses is counted as dropped, never retried forever */
+        cm_warn("gw=%s seq=%" PRIu64 " attack=%s error=\"publish refused: %s\"", g->id, p->seq,
+                gw_attack_name(p->attack), cm_strerror(e));
+        batch_done(g, 0);
+        return CM_OK;
+    }
+    return e; /* a legitimate batch stays pending until it goes out */
+}
+
+int gateway_poll(gateway *g, uint64_t now_ms)
+{
+    (void)now_ms; /* the schedule runs in microseconds */
+    int sent = 0;
+    unsigned gen = atomic_load(&g->conn_gen);
+    if (gen == 0)
+        return 0; /* never connected yet */
+    if (gen != g->birth_gen) {
+        cm_err e = make_birth(g);
+        if (e != CM_OK) {
+            cm_error("gw=%s error=\"cannot make birth: %s\"", g->id, cm_strerror(e));
+            return 0;
+        }
+        g->birth_gen = gen;
+        g->birth_pending = 1;
+    }
+    if (g->birth_pending) {
+        cm_err e = cm_mqtt_publish(g->mqtt, g->t_birth, g->birth.p, g->birth.len, 1, 0);
+        if (e != CM_OK)
+            return 0;
+        g->birth_pending = 0;
+        g->births_sent++;
+        sent++;
+    }
+    uint64_t now_us = cm_mono_us();
+    for (int budget = POLL_BUDGET; budget > 0; budget--) {
+        if (!g->pend.active && !take_batch(g, now_us))
+            break;
+        if (!cm_mqtt_is_connected(g->mqtt) ||
+            cm_mqtt_inflight(g->mqtt) >= g->set->max_inflight)
+            break;
+        if (send_pending(g) != CM_OK)
+            break;
+        sent++;
+    }
+    return sent;
+}
+
+uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms)
+{
+    if (gateway_done(g))
+        return now_ms + 1000;
+    if (!cm_mqtt_is_connected(g->mqtt))
+        return now_ms + 20;
+    if (g->birth_pending || g->pend.active || g->interval_us == 0 ||
+        atomic_load(&((gateway *)g)->conn_gen) != g->birth_gen)
+        return now_ms + 1; /* waiting for room in the window */
+    uint64_t now_us = cm_mono_us();
+    if (g->next_due_us <= now_us)
+        return now_ms;
+    return now_ms + (g->next_due_us - now_us + 999) / 1000;
+}
+
+int gateway_done(const gateway *g)
+{
+    return g->set->max_batches && g->batches_made >= g->set->max_batches && !g->pend.active;
+}
+
+void gateway_goodbye(gateway *g)
+{
+    if (!cm_mqtt_is_connected(g->mqtt))
+        return;
+    if (death_envelope(g, "shutdown") == CM_OK)
+        (void)cm_mqtt_publish(g->mqtt, g->t_death, g->env.p, g->env.len, 1, 0);
+}
+
+/* ------------------------------------------------------------------ accessors and report */
+
+const char *gateway_id(const gateway *g) { return g->id; }
+int gateway_connected(const gateway *g) { return cm_mqtt_is_connected(g->mqtt); }
+int gateway_inflight(const gateway *g) { return cm_mqtt_inflight(g->mqtt); }
+uint64_t gateway_sent(const gateway *g) { return g->legit_sent + g->attacked_sent; }
+uint64_t gateway_legit_sent(const gateway *g) { return g->legit_sent; }
+uint64_t gateway_readings_sent(const gateway *g) { return g->readings_sent; }
+
+static uint64_t acked(const gateway *g)
+{
+    return atomic_load(&((gateway *)g)->acked_seq);
+}
+
+uint64_t gateway_acked_batches(const gateway *g)
+{
+    uint64_t a = acked(g);
+    if (a > g->last_seq)
+        a = g->last_seq;
+    if (!g->first_seq || a < g->first_seq)
+        return 0;
+    /* attacked seqs are recorded in increasing order: count those <= a */
+    size_t lo = 0, hi = g->n_att;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g->att_seqs[mid] <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return a - g->first_seq + 1 - lo;
+}
+
+int gateway_all_acked(const gateway *g)
+{
+    return g->legit_sent == 0 || acked(g) >= g->last_legit_seq;
+}
+
+size_t gateway_latency_count(gateway *g)
+{
+    pthread_mutex_lock(&g->mu);
+    size_t n = g->n_lat;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+size_t gateway_latencies(gateway *g, double *dst, size_t cap, uint64_t *total)
+{
+    pthread_mutex_lock(&g->mu);
+    size_t n = g->n_lat < cap ? g->n_lat : cap;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = g->lat[i];
+    *total = g->lat_total;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+void gateway_write_json(gateway *g, FILE *f)
+{
+    fputs("{\"id\":", f);
+    json_str(f, g->id);
+    fputs(",\"kind\":", f);
+    json_str(f, sig_kind_name(g->kind));
+    fprintf(f,
+            ",\"boot_epoch\":%" PRIu64 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
+            ",\"legit_sent\":%" PRIu64 ",\"attacked_sent\":%" PRIu64 ",\"attacked_seqs\":[",
+            g->boot_epoch, g->first_seq, g->last_seq, g->legit_sent, g->attacked_sent);
+    for (size_t i = 0; i < g->n_att; i++)
+        fprintf(f, "%s%" PRIu64, i ? "," : "", g->att_seqs[i]);
+    fprintf(f,
+            "],\"attack_dropped\":%" PRIu64 ",\"acked_seq\":%" PRIu64
+            ",\"acked_batches\":%" PRIu64 ",\"readings_sent\":%" PRIu64
+            ",\"births_sent\":%" PRIu64 ",\"key_seq\":%u,\"connections\":%u,"
+            "\"unsent_at_exit\":%d}",
+            g->attack_drops, acked(g), gateway_acked_batches(g), g->readings_sent,
+            g->births_sent, g->key_seq, atomic_load(&g->conn_gen),
+            g->pend.active && g->pend.attack == GW_ATTACK_NONE);
+}
+
+void gateway_destroy(gateway **gp)
+{
+    if (!gp || !*gp)
+        return;
+    gateway *g = *gp;
+    *gp = NULL;
+    /* first the client: after this no Paho thread touches g */
+    cm_mqtt_destroy(&g->mqtt);
+    if (g->pend.active && g->pend.attack == GW_ATTACK_NONE)
+        cm_warn("gw=%s seq=%" PRIu64 " event=unsent_batch_discarded", g->id, g->pend.seq);
+    cm_signer_destroy(&g->signer);
+    cm_signer_destroy(&g->wrong_signer);
+    cm_aead_destroy(&g->aead);
+    buf_free(&g->birth);
+    buf_free(&g->env);
+    buf_free(&g->body);
+    buf_free(&g->ct);
+    buf_free(&g->replay);
+    pthread_mutex_destroy(&g->mu);
+    free(g->att_seqs);
+    free(g->ring_seq);
+    free(g->ring_us);
+    free(g->lat);
+    free(g->id);
+    free(g->site);
+    free(g->model);
+    free(g->firmware);
+    free(g);
+}
