@@ -159,7 +159,14 @@ cm_err cm_conf_parse(const char *name, const char *text, size_t len, cm_conf **o
             FAIL("%s:%d: expected 'key = value'", name, lineno);
         *eq = '\0';
         char *key = trim(s);
-        char *val = trim(eq + 1);
+        char *val = eq + 1;
+        /* an inline comment starts at a '#' that follows white space */
+        for (char *h = val; *h; h++)
+            if (*h == '#' && (h == val || h[-1] == ' ' || h[-1] == '\t')) {
+                *h = '\0';
+                break;
+            }
+        val = trim(val);
         if (!cur)
             FAIL("%s:%d: key '%s' outside any [section]", name, lineno, key);
         if (!valid_ident(key))

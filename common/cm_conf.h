@@ -2,7 +2,7 @@
  *
  *   # comment
  *   [section]            or  [type name]   (the section is then "type name")
- *   key = value
+ *   key = value          # a '#' after white space starts a comment
  *
  * Keys are unique within a section; values are trimmed; a value may be a comma-separated list.
  * Every error names the file, the line and the reason ("verify.conf:12: duplicate key 'bind'"),

@@ -18,7 +18,8 @@ static void test_sections_keys_and_lists(void **state)
 {
     (void)state;
     char err[CM_CONF_ERRLEN];
-    cm_conf *c = parse("# c\n[service]\nname = verify \n[output  profile]\nconnect = a, b ,c\n",
+    cm_conf *c = parse("# c\n[service]\nname = verify # the verifier\n[output  profile]\n"
+                       "connect = a, b ,c\nurl = http://x/#frag\n",
                        err);
     assert_non_null(c);
     assert_string_equal(cm_conf_get(c, "service", "name"), "verify");
@@ -34,6 +35,7 @@ static void test_sections_keys_and_lists(void **state)
     assert_string_equal(items[1], "b");
     assert_int_equal(cm_conf_split("a,b,c", buf, sizeof buf, items, 2), -1);
     assert_int_equal(cm_conf_line(c, "output profile", "connect"), 5);
+    assert_string_equal(cm_conf_get(c, "output profile", "url"), "http://x/#frag");
     cm_conf_destroy(&c);
     assert_null(c);
 }

@@ -5,7 +5,8 @@
  * the deployment CA including its host name; the client id is the certificate's common name.
  * The client reconnects by itself and re-subscribes after a reconnect. Callbacks run on Paho's
  * threads: a callback must not block for long, except on_message, whose blocking is the
- * back-pressure towards the broker (the message is only acknowledged when it returns 1). */
+ * back-pressure towards the broker. Paho sends a QoS 1 PUBACK before on_message runs: end-to-end
+ * reliability must come from the application (suido: the archive's ack to the gateway). */
 #ifndef CM_MQTT_H
 #define CM_MQTT_H
 #include <stddef.h>
@@ -26,8 +27,8 @@ typedef struct cm_mqtt_opts {
     const char *will_topic; /* optional last will (QoS 1, not retained) */
     const void *will_payload;
     size_t will_len;
-    /* Called for every message on Paho's thread. Return 1 when the message was handed on (it is
-     * then acknowledged), 0 to have Paho deliver it again. */
+    /* Called for every message on Paho's thread. Return 1 when the message was handed on, 0 to
+     * have Paho deliver it again (from its memory). */
     int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
     /* Called after every successful (re)connect. */
     void (*on_connected)(void *ctx, int reconnect);

@@ -71,7 +71,7 @@ void cm_stage_run(cm_stage_ctx *c)
         }
         if (c->on_tick)
             c->on_tick(c->handler_ctx);
-        cm_metrics_flush(mx, 0);
+        cm_svc_tick(c->svc);
     }
 }
 

@@ -39,6 +39,10 @@ cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_s
         cm_daemon_die(service, "out of memory");
     if (cm_zap_start(s->zctx, &s->zap) != CM_OK)
         cm_daemon_die(service, "cannot start the ZAP handler");
+    s->zap_denied = cm_metric_gauge(s->metrics, "suido_zap_denied_total",
+                                    "CURVE handshakes refused by this process's allow-lists");
+    s->zap_allowed = cm_metric_gauge(s->metrics, "suido_zap_allowed_total",
+                                     "CURVE handshakes admitted");
     cm_daemon_signals();
     return s;
 }
@@ -53,6 +57,13 @@ void cm_svc_ready(cm_svc *s)
     if (cm_daemon_drop_privileges(cm_conf_get(s->conf, "service", "user")) != CM_OK)
         cm_svc_die(s, "cannot drop privileges");
     cm_info("service=%s state_dir=%s event=ready", s->name, s->state_dir);
+}
+
+void cm_svc_tick(cm_svc *s)
+{
+    cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));
+    cm_metric_set(s->zap_allowed, (int64_t)cm_zap_allowed(s->zap));
+    cm_metrics_flush(s->metrics, 0);
 }
 
 void cm_svc_die(const cm_svc *s, const char *fmt, ...)

@@ -21,11 +21,15 @@ typedef struct cm_svc {
     cm_zap *zap;
     cm_curve_keypair keys;   /* zeroed if the service has no CURVE identity */
     cm_metrics *metrics;
+    cm_metric *zap_denied, *zap_allowed;
     int check_only;
 } cm_svc;
 
 cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec);
 void cm_svc_ready(cm_svc *s);
+/* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
+ * (suido_zap_denied_total, suido_zap_allowed_total) and writes the metrics file each second. */
+void cm_svc_tick(cm_svc *s);
 /* Logs and exits 1 with "suido-<svc>: <message>". */
 void cm_svc_die(const cm_svc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 void cm_svc_destroy(cm_svc **s);

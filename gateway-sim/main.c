@@ -249,31 +249,19 @@ typedef struct inv_entry {
     sig_kind kind;
 } inv_entry;
 
-/* Value of key without an inline comment ("kind = treatment   # or reservoir"): cm_conf only
- * knows whole-line comments. dflt when absent or empty; 0, or -1 when it does not fit. */
+/* Value of key, or dflt when absent or empty; 0, or -1 when it does not fit. */
 static int conf_value(const cm_conf *c, const char *sec, const char *key, const char *dflt,
                       char *out, size_t cap)
 {
     const char *v = cm_conf_get(c, sec, key);
-    size_t n = v ? strlen(v) : 0;
-    for (size_t i = 0; i < n; i++)
-        if (v[i] == '#' && (i == 0 || v[i - 1] == ' ' || v[i - 1] == '\t')) {
-            n = i;
-            break;
-        }
-    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
-    if (n == 0) {
+    if (!v || !*v)
         v = dflt;
-        n = strlen(dflt);
-    }
-    if (n >= cap) {
+    if (strlen(v) >= cap) {
         fprintf(stderr, PROG ": %s:%d: [%s] %s is longer than %zu bytes\n", cm_conf_name(c),
                 cm_conf_line(c, sec, key), sec, key, cap - 1);
         return -1;
     }
-    memcpy(out, v, n);
-    out[n] = '\0';
+    snprintf(out, cap, "%s", v);
     return 0;
 }
 

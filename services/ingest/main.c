@@ -2,9 +2,10 @@
  * identity "ingest", persistent session, QoS 1) to every gateway's birth, data, backfill, death
  * and cmdres topics and hands each message, with its topic and receive time, to the verifiers.
  *
- * Back-pressure: the hand-over blocks while the verifiers are at their high-water mark; the MQTT
- * message is acknowledged to the broker only after the hand-over, so a slow pipeline slows the
- * broker's delivery instead of losing messages.
+ * Back-pressure: the hand-over blocks while the verifiers are at their high-water mark, which
+ * stops Paho reading from the broker; the broker queues for the persistent session. Paho sends
+ * the QoS 1 PUBACK before the callback runs, so reliability comes from the archive's end-to-end
+ * ack to the gateway, not from this hop.
  *
  * Sockets: [mqtt] MQTT/TLS client "ingest" (subscribe only).
  *          [output verify] PUSH to every verifier replica (round robin). */
@@ -43,7 +44,8 @@ typedef struct ingest {
     cm_metric *connected;
 } ingest;
 
-/* Runs on Paho's thread. Returns 1 once the message is handed on (then it is acknowledged). */
+/* Runs on Paho's thread. Returns 1 once the message is handed on; 0 (only while stopping) makes
+ * Paho deliver it again. */
 static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
 {
     ingest *in = ctx;
@@ -136,7 +138,7 @@ int main(int argc, char **argv)
 
     while (!cm_daemon_stopping) {
         usleep(100 * 1000);
-        cm_metrics_flush(mx, 0);
+        cm_svc_tick(s);
     }
     cm_info("event=stopping");
     cm_mqtt_destroy(&mqtt);

@@ -222,7 +222,7 @@ int main(int argc, char **argv)
                 zmq_getsockopt(r.api, ZMQ_EVENTS, &ev, &len);
                 it.revents = (short)ev;
             }
-        cm_metrics_flush(s->metrics, 0);
+        cm_svc_tick(s);
     }
     cm_info("event=stopping");
     zmq_close(r.api);
