@@ -74,6 +74,9 @@ cm_conf *cm_daemon_load_config(const char *service, const cm_daemon_args *a,
                       a->config_path, line);
     }
     const char *name = cm_conf_get(c, "service", "name");
+    /* a check (-n) answers in one line: only warnings and errors on the way there */
+    if (a->check_only && level < CM_LOG_WARN)
+        level = CM_LOG_WARN;
     cm_log_init(name ? name : service, (enum cm_log_level)level);
     return c;
 }
