@@ -20,6 +20,8 @@
 #include <MQTTAsync.h>
 
 #include "cm_crypto.h"
+#include "cm_conf.h"
+#include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_time.h"
 
@@ -584,4 +586,17 @@ void cm_mqtt_destroy(cm_mqtt **mp)
     pthread_mutex_destroy(&m->mu);
     free_fields(m);
     free(m);
+}
+
+cm_err cm_mqtt_opts_from_conf(const cm_conf *c, const char *section, const char *client_id,
+                              cm_mqtt_opts *o)
+{
+    o->uri = cm_conf_get(c, section, "uri");
+    o->client_id = client_id;
+    o->ca_file = cm_conf_get(c, section, "ca");
+    o->cert_file = cm_conf_get(c, section, "cert");
+    o->key_file = cm_conf_get(c, section, "key");
+    if (!o->uri || !o->ca_file || !o->cert_file || !o->key_file)
+        return CM_ERR_CONFIG;
+    return cm_key_file_check(o->key_file);
 }

@@ -37,6 +37,17 @@ typedef struct cm_mqtt_opts {
     void *ctx;
 } cm_mqtt_opts;
 
+/* Config table rows of an [mqtt] section, and the options they give: uri, ca, cert, key (the
+ * key file is checked: mode 0600). client_id is the service's name (= certificate CN). */
+#define CM_MQTT_SPEC_ROWS(section)                                                                 \
+    {section, "uri", 1, "broker, ssl://host:port"},                                                \
+        {section, "ca", 1, "deployment CA certificate"},                                           \
+        {section, "cert", 1, "this service's client certificate"},                                 \
+        {section, "key", 1, "this service's client key (0600)"}
+struct cm_conf;
+cm_err cm_mqtt_opts_from_conf(const struct cm_conf *c, const char *section,
+                              const char *client_id, cm_mqtt_opts *o);
+
 /* Creates the client (no network yet). Strings in o are copied. */
 cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out);
 /* Starts connecting; with timeout_ms > 0 waits up to that long for the first connection and

@@ -59,6 +59,16 @@ void cm_svc_ready(cm_svc *s)
     cm_info("service=%s state_dir=%s event=ready", s->name, s->state_dir);
 }
 
+void cm_svc_path(const cm_svc *s, const char *section, const char *key, const char *dflt_name,
+                 char *out, size_t outlen)
+{
+    const char *v = cm_conf_get(s->conf, section, key);
+    if (v && *v)
+        snprintf(out, outlen, "%s", v);
+    else
+        snprintf(out, outlen, "%s/%s", s->state_dir, dflt_name);
+}
+
 void cm_svc_tick(cm_svc *s)
 {
     cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));

@@ -30,6 +30,9 @@ void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
  * (suido_zap_denied_total, suido_zap_allowed_total) and writes the metrics file each second. */
 void cm_svc_tick(cm_svc *s);
+/* The path configured as [section] key, or state_dir/dflt_name when absent. */
+void cm_svc_path(const cm_svc *s, const char *section, const char *key, const char *dflt_name,
+                 char *out, size_t outlen);
 /* Logs and exits 1 with "suido-<svc>: <message>". */
 void cm_svc_die(const cm_svc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 void cm_svc_destroy(cm_svc **s);

@@ -49,6 +49,14 @@ cm_err cm_zsock_server(void *ctx, int type, const char *endpoint, const char *do
 cm_err cm_zsock_client(void *ctx, int type, const char *endpoint, const char *server_public,
                        const cm_curve_keypair *own, void **out);
 
+/* Config table rows of a server socket section and of a client socket section. */
+#define CM_ZSOCK_SERVER_ROWS(section)                                                              \
+    {section, "bind", 1, "endpoint to bind"},                                                      \
+        {section, "allow", 1, "NAME:curve.pub of every peer that may connect (the ACL)"}
+#define CM_ZSOCK_CLIENT_ROWS(section)                                                              \
+    {section, "connect", 1, "endpoints of every replica"},                                         \
+        {section, "server_key", 1, "CURVE public key of the service connected to"}
+
 /* From a config section:
  *   bind  = tcp://127.0.0.1:7101
  *   allow = NAME:/path/NAME.curve.pub, ...   (at least one; the list is the socket's ACL)

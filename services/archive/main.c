@@ -22,15 +22,11 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
-    {"input", "bind", 1, "PULL endpoint"},
-    {"input", "allow", 1, "NAME:curve.pub of the peers that may send"},
+    CM_ZSOCK_SERVER_ROWS("input"),
     {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
     {"archive", "commit_ms", 0, "longest wait before a group commit (50)"},
     {"archive", "max_batch", 0, "most records per commit (500)"},
-    {"mqtt", "uri", 1, "broker, ssl://host:port"},
-    {"mqtt", "ca", 1, "deployment CA certificate"},
-    {"mqtt", "cert", 1, "this service's client certificate"},
-    {"mqtt", "key", 1, "this service's client key (0600)"},
+    CM_MQTT_SPEC_ROWS("mqtt"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -227,25 +223,15 @@ int main(int argc, char **argv)
     if (cm_conf_long(s->conf, "archive", "commit_ms", 50, 1, 10000, &a.commit_ms, err) ||
         cm_conf_long(s->conf, "archive", "max_batch", 500, 1, 100000, &a.max_batch, err))
         cm_svc_die(s, "%s", err);
-    cm_mqtt_opts mo = {
-        .uri = cm_conf_get(s->conf, "mqtt", "uri"),
-        .client_id = s->name,
-        .ca_file = cm_conf_get(s->conf, "mqtt", "ca"),
-        .cert_file = cm_conf_get(s->conf, "mqtt", "cert"),
-        .key_file = cm_conf_get(s->conf, "mqtt", "key"),
-        .clean_session = 1,
-        .max_inflight = 1024,
-        .verify_hostname = 1,
-    };
-    if (cm_key_file_check(mo.key_file) != CM_OK)
-        cm_svc_die(s, "%s: MQTT client key unusable", mo.key_file);
+    cm_mqtt_opts mo = {.clean_session = 1, .max_inflight = 1024, .verify_hostname = 1};
+    if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
+        cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
     cm_svc_ready(s);
 
-    char dbpath[4096];
-    const char *db = cm_conf_get(s->conf, "archive", "database");
-    snprintf(dbpath, sizeof dbpath, "%s/archive.db", s->state_dir);
-    if (archive_store_open(db ? db : dbpath, &a.store) != CM_OK)
-        cm_svc_die(s, "%s: cannot open the archive database", db ? db : dbpath);
+    char db[4096];
+    cm_svc_path(s, "archive", "database", "archive.db", db, sizeof db);
+    if (archive_store_open(db, &a.store) != CM_OK)
+        cm_svc_die(s, "%s: cannot open the archive database", db);
     a.acks = archive_acks_new(a.store);
     if (!a.acks)
         cm_svc_die(s, "out of memory");

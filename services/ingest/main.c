@@ -25,12 +25,8 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
-    {"output", "connect", 1, "verifier endpoints"},
-    {"output", "server_key", 1, "verifier CURVE public key"},
-    {"mqtt", "uri", 1, "broker, ssl://host:port"},
-    {"mqtt", "ca", 1, "deployment CA certificate"},
-    {"mqtt", "cert", 1, "this service's client certificate"},
-    {"mqtt", "key", 1, "this service's client key (0600)"},
+    CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_MQTT_SPEC_ROWS("mqtt"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -96,11 +92,6 @@ int main(int argc, char **argv)
     cm_svc *s = in.svc;
     char err[CM_CONF_ERRLEN];
     cm_mqtt_opts mo = {
-        .uri = cm_conf_get(s->conf, "mqtt", "uri"),
-        .client_id = s->name,
-        .ca_file = cm_conf_get(s->conf, "mqtt", "ca"),
-        .cert_file = cm_conf_get(s->conf, "mqtt", "cert"),
-        .key_file = cm_conf_get(s->conf, "mqtt", "key"),
         .clean_session = 0, /* the broker queues for us while we are away */
         .max_inflight = 64,
         .verify_hostname = 1,
@@ -109,8 +100,8 @@ int main(int argc, char **argv)
         .on_lost = on_lost,
         .ctx = &in,
     };
-    if (cm_key_file_check(mo.key_file) != CM_OK)
-        cm_svc_die(s, "%s: MQTT client key unusable", mo.key_file);
+    if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
+        cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
     cm_svc_ready(s);
 
     cm_metrics *mx = s->metrics;

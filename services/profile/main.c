@@ -20,10 +20,8 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
-    {"input", "bind", 1, "PULL endpoint for verified messages"},
-    {"input", "allow", 1, "NAME:curve.pub of the peers that may send"},
-    {"output", "connect", 1, "next stage endpoints (anomaly: one per shard, in shard order)"},
-    {"output", "server_key", 1, "next stage CURVE public key"},
+    CM_ZSOCK_SERVER_ROWS("input"),
+    CM_ZSOCK_CLIENT_ROWS("output"),
     {"profile", "file", 1, "data profile"},
     {NULL, NULL, 0, NULL},
 };

@@ -14,8 +14,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
-    {"api", "bind", 1, "ROUTER endpoint for look-ups"},
-    {"api", "allow", 1, "NAME:curve.pub of every service that may ask"},
+    CM_ZSOCK_SERVER_ROWS("api"),
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {NULL, NULL, 0, NULL},
@@ -192,11 +191,10 @@ int main(int argc, char **argv)
     registry_store_close(&scratch);
     cm_svc_ready(s);
 
-    char dbpath[4096];
-    const char *db = cm_conf_get(s->conf, "registry", "database");
-    snprintf(dbpath, sizeof dbpath, "%s/registry.db", s->state_dir);
-    if (registry_store_open(db ? db : dbpath, &r.store) != CM_OK)
-        cm_svc_die(s, "%s: cannot open the registry database", db ? db : dbpath);
+    char db[4096];
+    cm_svc_path(s, "registry", "database", "registry.db", db, sizeof db);
+    if (registry_store_open(db, &r.store) != CM_OK)
+        cm_svc_die(s, "%s: cannot open the registry database", db);
     if (registry_store_import(r.store, inv, &added, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     cm_conf_destroy(&inv);

@@ -17,10 +17,8 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
-    {"input", "bind", 1, "PULL endpoint for messages from ingest"},
-    {"input", "allow", 1, "NAME:curve.pub of the peers that may send"},
-    {"output", "connect", 1, "next stage endpoints"},
-    {"output", "server_key", 1, "next stage CURVE public key"},
+    CM_ZSOCK_SERVER_ROWS("input"),
+    CM_ZSOCK_CLIENT_ROWS("output"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"verify", "unwrap_key", 0, "platform RSA-2048 private key for session keys (0600)"},
     {"verify", "window_s", 0, "freshness window for live data in seconds (300)"},
