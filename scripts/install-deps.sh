@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(
-  build-essential pkg-config clang libclang-rt-14-dev
+  build-essential pkg-config
   openssl libssl-dev
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libpaho-mqtt-dev libpaho-mqtt1.3

@@ -174,3 +174,15 @@ def test_header_for_another_gateway_on_own_topic_is_refused(suite, pb):
     finally:
         gw.close()
     assert suite.query("SELECT count(*) FROM batches WHERE boot_epoch=4444") == [(0,)]
+
+
+def test_oversized_message_is_refused_by_the_broker_and_the_gateway_carries_on(suite):
+    rep = suite.sim("--ids", "gw-0005", "--max-batches", 4, "--rate", 10,
+                    "--attack", "oversize", "--attack-every", 2, "--wait-acks", 15)
+    g = rep["gateways"][0]
+    assert g["attacked_sent"] == 2
+    legit = set(range(g["first_seq"], g["last_seq"] + 1)) - set(g["attacked_seqs"])
+    stored = {r[1] for r in batches(suite, "gw-0005", g["boot_epoch"])}
+    assert stored == legit                       # every real batch, and nothing oversized
+    for s in ("ingest", "verify", "archive"):
+        assert suite.alive(s)
