@@ -12,7 +12,7 @@ PKGS=(
   libzmq3-dev libczmq-dev
   libsqlite3-dev sqlite3
   libpq-dev
-  libcmocka-dev
+  libcmocka-dev libjansson-dev libcsv-dev libgsl-dev liboath-dev libargon2-dev
   python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
   procps psmisc iproute2
 )
