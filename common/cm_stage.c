@@ -6,11 +6,14 @@
 #include <zmq.h>
 
 #include "cm_log.h"
+#include "cm_time.h"
 
 const char *cm_stage_kind(const Suido__StageMessage *m)
 {
     if (m->alert)
         return "alert";
+    if (m->audit)
+        return "audit";
     if (m->status == SUIDO__VERIFY_STATUS__VERIFY_REJECTED)
         return "reject";
     const char *slash = m->topic ? strrchr(m->topic, '/') : NULL;
@@ -43,7 +46,7 @@ static void handle(cm_stage_ctx *c)
         cm_metric_inc(c->denied);
         cm_warn("peer=%s kind=%s error=\"message kind not accepted from this peer\"", peer, kind);
     } else {
-        row->handler(c->handler_ctx, m);
+        row->handler(c->handler_ctx, m, peer);
     }
     suido__stage_message__free_unpacked(m, NULL);
     zmq_msg_close(&msg);
@@ -82,4 +85,24 @@ cm_err cm_stage_send(void *sock, const Suido__StageMessage *m)
         if (rc != CM_ERR_IO || errno != EINTR || cm_daemon_stopping)
             return rc;
     }
+}
+
+cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
+                      const char *actor, const char *detail)
+{
+    Suido__AuditEvent a = SUIDO__AUDIT_EVENT__INIT;
+    a.ts_ms = cm_now_ms();
+    a.source = (char *)source;
+    a.event = (char *)event;
+    a.subject = (char *)(subject ? subject : "");
+    a.actor = (char *)(actor ? actor : source);
+    a.detail = (char *)(detail ? detail : "");
+    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
+    m.received_ms = a.ts_ms;
+    m.audit = &a;
+    cm_err rc = cm_zsend_pb(sock, &m.base, ZMQ_DONTWAIT);
+    if (rc != CM_OK)
+        cm_warn("event=%s subject=%s error=\"audit event not queued: %s\"", event,
+                a.subject, cm_strerror(rc));
+    return rc;
 }

@@ -18,7 +18,7 @@ typedef struct cm_stage_ctx {
     void (*on_tick)(void *handler_ctx);
 } cm_stage_ctx;
 
-/* Kind of a StageMessage for dispatch: "alert" if it carries an alert, "reject" if verify
+/* Kind of a StageMessage for dispatch: "alert" or "audit" if it carries one, "reject" if verify
  * refused it, else the topic's last level ("data", "birth", ...). */
 const char *cm_stage_kind(const Suido__StageMessage *m);
 
@@ -28,5 +28,10 @@ void cm_stage_run(cm_stage_ctx *c);
 /* Sends m on sock, blocking while the next stage is at its high-water mark (back-pressure);
  * gives up only when the daemon is stopping. */
 cm_err cm_stage_send(void *sock, const Suido__StageMessage *m);
+
+/* Sends a security event to the audit log (the archive) on sock. Never blocks: an audit event
+ * that cannot be queued is counted by the caller's log line, not waited for. */
+cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
+                      const char *actor, const char *detail);
 
 #endif

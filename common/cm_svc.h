@@ -42,7 +42,7 @@ void cm_svc_destroy(cm_svc **s);
 typedef struct cm_dispatch {
     const char *kind;
     const char *peers;
-    void (*handler)(void *ctx, void *msg);
+    void (*handler)(void *ctx, void *msg, const char *peer); /* peer: authenticated name */
 } cm_dispatch;
 
 /* Row for kind, or NULL. */

@@ -89,8 +89,9 @@ static void emit(checker *c, const Suido__StageMessage *m, const cm_channel *ch,
     cm_stage_send(c->to_archive, &out);
 }
 
-static void on_readings(void *ctx, void *arg)
+static void on_readings(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     checker *c = ctx;
     Suido__StageMessage *m = arg;
     if (!m->header || !m->header->gateway_id)

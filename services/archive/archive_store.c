@@ -5,15 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cm_audit.h"
 #include "cm_log.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: audit log */
 
-enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST__COUNT };
+enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_AUDIT, ST_HEAD, ST__COUNT };
 
 struct archive_store {
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
+    uint64_t audit_seq;                    /* chain head: number and hash of the last entry */
+    uint8_t audit_hash[CM_AUDIT_HASH_LEN];
 };
 
 static const char SCHEMA[] =
@@ -41,7 +44,11 @@ static const char SCHEMA[] =
     " site TEXT NOT NULL, channel TEXT NOT NULL, rule TEXT NOT NULL, severity INTEGER NOT NULL,"
     " value REAL NOT NULL, limit_value REAL, ts_ms INTEGER NOT NULL, evidence TEXT NOT NULL,"
     " cleared INTEGER NOT NULL, received_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS alerts_by_id ON alerts(alert_id, id);";
+    "CREATE INDEX IF NOT EXISTS alerts_by_id ON alerts(alert_id, id);"
+    "CREATE TABLE IF NOT EXISTS audit("
+    " seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, source TEXT NOT NULL,"
+    " event TEXT NOT NULL, subject TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL,"
+    " hash BLOB NOT NULL);";
 
 static const char *const SQL[ST__COUNT] = {
     [ST_BATCH] = "INSERT OR IGNORE INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
@@ -54,7 +61,25 @@ static const char *const SQL[ST__COUNT] = {
     [ST_ALERT] = "INSERT INTO alerts(alert_id,gateway,site,channel,rule,severity,value,"
                  "limit_value,ts_ms,evidence,cleared,received_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
     [ST_SEQS] = "SELECT seq FROM batches WHERE gateway=? AND boot_epoch=? AND seq>? ORDER BY seq",
+    [ST_AUDIT] = "INSERT INTO audit(seq,ts_ms,source,event,subject,actor,detail,hash)"
+                 " VALUES(?,?,?,?,?,?,?,?)",
+    [ST_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
 };
+
+/* Reads the audit chain's head from the database. */
+static cm_err load_head(archive_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_HEAD];
+    s->audit_seq = 0;
+    memset(s->audit_hash, 0, sizeof s->audit_hash);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 1) == CM_AUDIT_HASH_LEN) {
+        s->audit_seq = (uint64_t)sqlite3_column_int64(st, 0);
+        memcpy(s->audit_hash, sqlite3_column_blob(st, 1), CM_AUDIT_HASH_LEN);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
 
 cm_err archive_store_open(const char *path, archive_store **out)
 {
@@ -72,13 +97,14 @@ cm_err archive_store_open(const char *path, archive_store **out)
     if (sqlite3_step(q) == SQLITE_ROW)
         version = sqlite3_column_int(q, 0);
     sqlite3_finalize(q);
-    if (version != 0 && version != SCHEMA_VERSION) {
+    /* version 1 lacks only the audit table, which the schema below adds */
+    if (version != 0 && version != 1 && version != SCHEMA_VERSION) {
         cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
                  version, SCHEMA_VERSION);
         goto fail_quiet;
     }
     if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version=1", NULL, NULL, &errmsg) != SQLITE_OK) {
+        sqlite3_exec(s->db, "PRAGMA user_version=2", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
         goto fail_quiet;
@@ -86,6 +112,8 @@ cm_err archive_store_open(const char *path, archive_store **out)
     for (int i = 0; i < ST__COUNT; i++)
         if (sqlite3_prepare_v2(s->db, SQL[i], -1, &s->st[i], NULL) != SQLITE_OK)
             goto fail;
+    if (load_head(s) != CM_OK)
+        goto fail;
     *out = s;
     return CM_OK;
 fail:
@@ -117,7 +145,11 @@ static cm_err exec(archive_store *s, const char *sql)
 
 cm_err archive_store_begin(archive_store *s) { return exec(s, "BEGIN IMMEDIATE"); }
 cm_err archive_store_commit(archive_store *s) { return exec(s, "COMMIT"); }
-void archive_store_rollback(archive_store *s) { exec(s, "ROLLBACK"); }
+void archive_store_rollback(archive_store *s)
+{
+    exec(s, "ROLLBACK");
+    load_head(s);
+}
 
 static const char *kind_name(const char *topic)
 {
@@ -234,4 +266,35 @@ cm_err archive_store_seqs(archive_store *s, const char *gateway, uint64_t epoch,
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
+
+cm_err archive_store_audit(archive_store *s, const char *source, const Suido__AuditEvent *e)
+{
+    cm_audit_entry en = {
+        .seq = s->audit_seq + 1,
+        .ts_ms = e->ts_ms,
+        .source = source,
+        .event = e->event ? e->event : "",
+        .subject = e->subject ? e->subject : "",
+        .actor = e->actor ? e->actor : "",
+        .detail = e->detail ? e->detail : "",
+    };
+    uint8_t h[CM_AUDIT_HASH_LEN];
+    if (cm_audit_hash(s->audit_hash, &en, h) != CM_OK)
+        return CM_ERR_CRYPTO;
+    sqlite3_stmt *st = s->st[ST_AUDIT];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)en.seq);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)en.ts_ms);
+    sqlite3_bind_text(st, 3, en.source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, en.event, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, en.subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, en.actor, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, en.detail, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 8, h, CM_AUDIT_HASH_LEN, SQLITE_STATIC);
+    cm_err rc = step(s, st);
+    if (rc == CM_OK) {
+        s->audit_seq = en.seq;
+        memcpy(s->audit_hash, h, CM_AUDIT_HASH_LEN);
+    }
+    return rc;
 }

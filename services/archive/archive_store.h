@@ -28,6 +28,11 @@ cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m);
 cm_err archive_store_reject(archive_store *s, const Suido__StageMessage *m, const char *reason);
 cm_err archive_store_alert(archive_store *s, const Suido__StageMessage *m);
 
+/* Appends a security event to the hash-chained audit log (cm_audit), as told by `source` (the
+ * authenticated peer, whatever the event claims). The chain head moves only with the
+ * transaction: a rollback puts it back. */
+cm_err archive_store_audit(archive_store *s, const char *source, const Suido__AuditEvent *e);
+
 /* Stored sequences of (gateway, epoch) in ascending order, from `after` on; calls fn for each. */
 cm_err archive_store_seqs(archive_store *s, const char *gateway, uint64_t epoch, uint64_t after,
                           void (*fn)(void *ctx, uint64_t seq), void *ctx);

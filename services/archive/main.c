@@ -6,7 +6,10 @@
  * Writes are group-committed: records of up to commit_ms (or max_batch records) share one
  * transaction. A failed commit acknowledges nothing; the gateways resend what was not acked.
  *
- * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly.
+ * It also keeps the tamper-evident audit log (hash-chained, cm_audit): every refusal it stores,
+ * every replay, and the security events other services send it.
+ *
+ * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly, registry.
  *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only. */
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +53,7 @@ typedef struct archiver {
     pending_alert alerts[MAX_PENDING_ALERTS];
     size_t n_alerts;
     cm_metric *batches, *readings, *duplicates, *rejects, *events, *alerts_stored;
+    cm_metric *audited;
     cm_metric *commits, *commit_failures, *acks_sent, *acks_unsent, *alerts_unpublished;
 } archiver;
 
@@ -127,8 +131,33 @@ static void after_record(archiver *a)
         tx_commit(a);
 }
 
-static void on_batch(void *ctx, void *arg)
+/* A refused message becomes an audit event: what was refused, from whom, why. */
+static void audit_refusal(archiver *a, const Suido__StageMessage *m, const char *reason)
 {
+    char detail[256], gw[65] = "", kind[16] = "";
+    cm_topic_parse(m->topic ? m->topic : "", gw, kind);
+    snprintf(detail, sizeof detail, "reason=%s topic=%s epoch=%llu seq=%llu", reason,
+             m->topic ? m->topic : "",
+             m->header ? (unsigned long long)m->header->boot_epoch : 0ULL,
+             m->header ? (unsigned long long)m->header->seq : 0ULL);
+    const char *event = strcmp(reason, "bad_signature") == 0 ? "signature_rejected"
+                        : strcmp(reason, "replay") == 0 || strcmp(reason, "duplicate") == 0
+                            ? "replay"
+                        : strcmp(reason, "outside_time_window") == 0 ? "stale_data"
+                                                                     : "message_refused";
+    Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
+    e.ts_ms = m->received_ms ? m->received_ms : cm_now_ms();
+    e.event = (char *)event;
+    e.subject = gw;
+    e.actor = gw;
+    e.detail = detail;
+    if (archive_store_audit(a->store, "archive", &e) == CM_OK)
+        cm_metric_inc(a->audited);
+}
+
+static void on_batch(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
     if (!m->header || !m->header->gateway_id || m->status != SUIDO__VERIFY_STATUS__VERIFY_OK) {
@@ -142,6 +171,7 @@ static void on_batch(void *ctx, void *arg)
         /* stored before: a retransmission or a replay; never a second row */
         cm_metric_inc(a->duplicates);
         archive_store_reject(a->store, m, "duplicate");
+        audit_refusal(a, m, "duplicate");
         cm_info("gateway=%s epoch=%llu seq=%llu result=duplicate", m->header->gateway_id,
                 (unsigned long long)m->header->boot_epoch, (unsigned long long)m->header->seq);
     } else if (rc != CM_OK) {
@@ -156,8 +186,9 @@ static void on_batch(void *ctx, void *arg)
     after_record(a);
 }
 
-static void on_event(void *ctx, void *arg)
+static void on_event(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
     if (!m->header || !m->header->gateway_id || !tx_open(a))
@@ -167,19 +198,35 @@ static void on_event(void *ctx, void *arg)
     after_record(a);
 }
 
-static void on_reject(void *ctx, void *arg)
+static void on_reject(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
     if (!tx_open(a))
         return;
-    if (archive_store_reject(a->store, m, m->reason ? m->reason : "unspecified") == CM_OK)
+    const char *reason = m->reason ? m->reason : "unspecified";
+    if (archive_store_reject(a->store, m, reason) == CM_OK)
         cm_metric_inc(a->rejects);
+    audit_refusal(a, m, reason);
     after_record(a);
 }
 
-static void on_alert(void *ctx, void *arg)
+static void on_audit(void *ctx, void *arg, const char *peer)
 {
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    if (!m->audit || !m->audit->event || !*m->audit->event || !tx_open(a))
+        return;
+    /* the source is the authenticated peer, never what the event says about itself */
+    if (archive_store_audit(a->store, peer, m->audit) == CM_OK)
+        cm_metric_inc(a->audited);
+    after_record(a);
+}
+
+static void on_alert(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
     if (!m->topic || strncmp(m->topic, "suido/v1/alerts/", 16) != 0 || !tx_open(a))
@@ -211,6 +258,7 @@ static const cm_dispatch DISPATCH[] = {
     {"cmdres", "profile", on_event},
     {"reject", "verify,profile", on_reject},
     {"alert", "anomaly", on_alert},
+    {"audit", "verify,profile,anomaly,registry", on_audit},
     {NULL, NULL, NULL},
 };
 
@@ -252,6 +300,8 @@ int main(int argc, char **argv)
     a.events = cm_metric_counter(mx, "suido_archive_events_total", "births, deaths, results");
     a.alerts_stored = cm_metric_counter(mx, "suido_archive_alerts_total", "alerts stored");
     a.commits = cm_metric_counter(mx, "suido_archive_commits_total", "group commits");
+    a.audited = cm_metric_counter(mx, "suido_archive_audit_events_total",
+                                  "entries appended to the audit log");
     a.commit_failures = cm_metric_counter(mx, "suido_archive_commit_failures_total",
                                           "failed commits (nothing acknowledged)");
     a.acks_sent = cm_metric_counter(mx, "suido_archive_acks_total", "acks published");

@@ -43,8 +43,9 @@ static unsigned shard_of(const char *gw, int n)
     return h % (unsigned)n;
 }
 
-static void on_data(void *ctx, void *arg)
+static void on_data(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
     if (!m->batch || !m->header) {
@@ -104,8 +105,9 @@ static void on_data(void *ctx, void *arg)
 
 /* A birth may only declare channels the profile knows for the gateway's site kind, in a unit
  * that converts to the profile's. Otherwise it is refused (and stored as a refusal). */
-static void on_birth(void *ctx, void *arg)
+static void on_birth(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
     const char *why = NULL;
@@ -129,8 +131,9 @@ static void on_birth(void *ctx, void *arg)
     cm_stage_send(p->to_archive, m);
 }
 
-static void on_passthrough(void *ctx, void *arg)
+static void on_passthrough(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     profiler *p = ctx;
     cm_stage_send(p->to_archive, arg);
 }

@@ -54,8 +54,9 @@ static void reply_error(registry *r, zmq_msg_t *route, cm_err e)
     reply(r, route, &rep);
 }
 
-static void on_get_gateway(void *ctx, void *arg)
+static void on_get_gateway(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     registry *r = ctx;
     request *q = arg;
     Suido__GatewayInfo info = SUIDO__GATEWAY_INFO__INIT;
@@ -91,8 +92,9 @@ static void collect(void *ctx, Suido__GatewayInfo *info)
     l->items[l->n++] = c;
 }
 
-static void on_list_gateways(void *ctx, void *arg)
+static void on_list_gateways(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     registry *r = ctx;
     request *q = arg;
     list_ctx l = {.cap = 4096};
@@ -162,7 +164,7 @@ static void handle_one(registry *r)
         reply_error(r, &route, CM_ERR_INVAL);
     } else {
         request q = {.route = &route, .req = req, .peer = peer};
-        row->handler(r, &q);
+        row->handler(r, &q, peer);
     }
     suido__registry_request__free_unpacked(req, NULL);
 out:

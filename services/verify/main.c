@@ -48,8 +48,9 @@ static void count_reject(verifier *v, const char *reason)
     cm_metric_inc(v->rejected_total);
 }
 
-static void on_gateway_message(void *ctx, void *arg)
+static void on_gateway_message(void *ctx, void *arg, const char *peer)
 {
+    (void)peer;
     verifier *v = ctx;
     Suido__StageMessage *in = arg;
     verify_result res;
