@@ -75,7 +75,7 @@ $(eval $(call program,bench-sub,tools/bench-sub))
 module_objs = $(if $(filter common/%,$(1)),,$(patsubst %.c,$(OBJ)/%.o,$(filter-out $(dir $(1))main.c %_test.c,$(wildcard $(dir $(1))*.c))))
 $(BUILD)/test/%_test: $(OBJ)/%_test.o $$(call module_objs,$$*) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka -ljansson
 
 test: deps
 	@$(MAKE) --no-print-directory build

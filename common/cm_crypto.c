@@ -508,6 +508,8 @@ cm_err cm_rsa_unwrap(cm_rsa *r, const uint8_t *in, size_t inlen, const uint8_t *
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_dup(r->ctx);
     if (!ctx)
         return CM_ERR_DECRYPT;
+    if (labellen > 1024)
+        goto out;
     if (labellen) {
         unsigned char *l = OPENSSL_memdup(label, labellen);
         if (!l || EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, l, (int)labellen) != 1) {

@@ -66,7 +66,7 @@ cm_err cm_aead_seal(cm_aead *a, const uint8_t iv[CM_GCM_IV_LEN], const uint8_t *
  * Any failure (tag, length, IV) is CM_ERR_DECRYPT. ivlen must be CM_GCM_IV_LEN. */
 cm_err cm_aead_open(cm_aead *a, const uint8_t *iv, size_t ivlen, const uint8_t *aad,
                     size_t aadlen, const uint8_t *ct, size_t ctlen, uint8_t *out);
-/* General form for conformance tests: any IV length and tag length 16. */
+/* General form for conformance tests: IV of 1 to 256 bytes, tag length 16. */
 cm_err cm_aead_open_tagged(cm_aead *a, const uint8_t *iv, size_t ivlen, const uint8_t *aad,
                            size_t aadlen, const uint8_t *ct, size_t ctlen, const uint8_t *tag,
                            size_t taglen, uint8_t *out);

@@ -166,7 +166,9 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
         return rc;
     }
     Suido__GatewayInfo *g = rep->gateway;
-    if (cm_pubkey_from_der(g->sign_pub_der.data, g->sign_pub_der.len, &s->gw.key) != CM_OK) {
+    /* an identity that is not active has nothing to verify with (a disposed one has no key) */
+    if (g->state == SUIDO__ENTITY_STATE__STATE_ACTIVE &&
+        cm_pubkey_from_der(g->sign_pub_der.data, g->sign_pub_der.len, &s->gw.key) != CM_OK) {
         cm_error("id=%s error=\"registry sent an unusable signing key\"", id);
         s->used = 0;
         suido__registry_reply__free_unpacked(rep, NULL);
@@ -181,4 +183,13 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
     suido__registry_reply__free_unpacked(rep, NULL);
     *out = &s->gw;
     return CM_OK;
+}
+
+void cm_registry_forget(cm_registry *r, const char *id)
+{
+    slot *s = find_slot(r, id);
+    if (s && s->used) {
+        /* keep the probe chain intact: mark expired instead of emptying the slot */
+        s->expires_ms = 0;
+    }
 }

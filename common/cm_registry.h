@@ -32,6 +32,10 @@ void cm_registry_destroy(cm_registry **r);
  * registry does not know it, CM_ERR_UNAVAILABLE if the registry did not answer. */
 cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **out);
 
+/* Drops what is cached about id, so the next look-up asks the registry (after a registry event
+ * announcing a change of state). */
+void cm_registry_forget(cm_registry *r, const char *id);
+
 #define CM_REGISTRY_SPEC_ROWS(section)                                                             \
     {section, "connect", 1, "registry endpoint"},                                                  \
         {section, "server_key", 1, "registry CURVE public key file"},                              \

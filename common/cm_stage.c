@@ -42,7 +42,10 @@ static void handle(cm_stage_ctx *c)
     }
     const char *kind = cm_stage_kind(m);
     const cm_dispatch *row = cm_dispatch_find(c->table, kind);
-    if (!row || !cm_dispatch_peer_ok(row, peer)) {
+    if (cm_svc_peer_revoked(c->svc, peer)) {
+        cm_metric_inc(c->denied);
+        cm_warn("peer=%s kind=%s error=\"peer identity revoked\"", peer, kind);
+    } else if (!row || !cm_dispatch_peer_ok(row, peer)) {
         cm_metric_inc(c->denied);
         cm_warn("peer=%s kind=%s error=\"message kind not accepted from this peer\"", peer, kind);
     } else {
@@ -60,9 +63,12 @@ void cm_stage_run(cm_stage_ctx *c)
     c->denied = cm_metric_counter(mx, "suido_stage_denied_total",
                                   "frames of a kind the sending peer may not send");
     while (!cm_daemon_stopping) {
-        zmq_pollitem_t it = {.socket = c->input, .events = ZMQ_POLLIN};
-        int n = zmq_poll(&it, 1, 100);
-        if (n > 0) {
+        zmq_pollitem_t it[2] = {{.socket = c->input, .events = ZMQ_POLLIN},
+                                {.socket = cm_events_socket(c->events), .events = ZMQ_POLLIN}};
+        int n = zmq_poll(it, c->events ? 2 : 1, 100);
+        if (n > 0 && c->events && (it[1].revents & ZMQ_POLLIN))
+            cm_events_drain(c->events);
+        if (n > 0 && (it[0].revents & ZMQ_POLLIN)) {
             /* a burst at most, so timers and group commits keep their rhythm */
             for (int i = 0; i < 512; i++) {
                 int ev = 0;

@@ -4,6 +4,7 @@
  * slow stage pushes back on the one before it instead of dropping. */
 #ifndef CM_STAGE_H
 #define CM_STAGE_H
+#include "cm_events.h"
 #include "cm_svc.h"
 #include "suido.pb-c.h"
 
@@ -16,6 +17,7 @@ typedef struct cm_stage_ctx {
     cm_metric *received, *malformed, *denied;
     /* called at least every 100 ms and after each burst, for timers and group commits */
     void (*on_tick)(void *handler_ctx);
+    cm_events *events; /* optional: the registry's events, handled between bursts */
 } cm_stage_ctx;
 
 /* Kind of a StageMessage for dispatch: "alert" or "audit" if it carries one, "reject" if verify

@@ -69,6 +69,26 @@ void cm_svc_path(const cm_svc *s, const char *section, const char *key, const ch
         snprintf(out, outlen, "%s/%s", s->state_dir, dflt_name);
 }
 
+void cm_svc_set_peer_revoked(cm_svc *s, const char *peer, int revoked)
+{
+    for (int i = 0; i < s->n_revoked_peers; i++)
+        if (strcmp(s->revoked_peers[i], peer) == 0) {
+            if (!revoked)
+                memcpy(s->revoked_peers[i], s->revoked_peers[--s->n_revoked_peers], 64);
+            return;
+        }
+    if (revoked && s->n_revoked_peers < 32)
+        snprintf(s->revoked_peers[s->n_revoked_peers++], 64, "%s", peer);
+}
+
+int cm_svc_peer_revoked(const cm_svc *s, const char *peer)
+{
+    for (int i = 0; i < s->n_revoked_peers; i++)
+        if (strcmp(s->revoked_peers[i], peer) == 0)
+            return 1;
+    return 0;
+}
+
 void cm_svc_tick(cm_svc *s)
 {
     cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));

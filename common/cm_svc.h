@@ -22,6 +22,8 @@ typedef struct cm_svc {
     cm_curve_keypair keys;   /* zeroed if the service has no CURVE identity */
     cm_metrics *metrics;
     cm_metric *zap_denied, *zap_allowed;
+    char revoked_peers[32][64]; /* service ids revoked since start (see cm_events) */
+    int n_revoked_peers;
     int check_only;
 } cm_svc;
 
@@ -30,6 +32,11 @@ void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
  * (suido_zap_denied_total, suido_zap_allowed_total) and writes the metrics file each second. */
 void cm_svc_tick(cm_svc *s);
+/* Revoked service identities: their established connections are ignored as well (ZAP only
+ * sees new handshakes). */
+void cm_svc_set_peer_revoked(cm_svc *s, const char *peer, int revoked);
+int cm_svc_peer_revoked(const cm_svc *s, const char *peer);
+
 /* The path configured as [section] key, or state_dir/dflt_name when absent. */
 void cm_svc_path(const cm_svc *s, const char *section, const char *key, const char *dflt_name,
                  char *out, size_t outlen);

@@ -82,11 +82,16 @@ struct cm_zap {
     atomic_uint_fast64_t denied, allowed;
     allow_entry *entries;
     size_t n;
+    char (*revoked)[CM_Z85_LEN + 1];
+    size_t n_revoked;
 };
 
 /* Looks key up in domain's list; copies the peer name. Caller holds the lock. */
 static int zap_lookup(cm_zap *z, const char *domain, const char *key, char *peer, size_t plen)
 {
+    for (size_t i = 0; i < z->n_revoked; i++)
+        if (strcmp(z->revoked[i], key) == 0)
+            return 0;
     for (size_t i = 0; i < z->n; i++)
         if (strcmp(z->entries[i].domain, domain) == 0 && strcmp(z->entries[i].key, key) == 0) {
             snprintf(peer, plen, "%s", z->entries[i].peer);
@@ -180,14 +185,16 @@ cm_err cm_zap_start(void *ctx, cm_zap **out)
     if (!z)
         return CM_ERR_NOMEM;
     z->entries = calloc(MAX_ALLOW, sizeof *z->entries);
+    z->revoked = calloc(MAX_ALLOW, sizeof *z->revoked);
     z->sock = zmq_socket(ctx, ZMQ_REP);
     int linger = 0;
-    if (!z->entries || !z->sock || zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+    if (!z->entries || !z->revoked || !z->sock || zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_bind(z->sock, ZAP_ENDPOINT) != 0) {
         cm_error("error=\"cannot start ZAP handler: %s\"", zmq_strerror(errno));
         if (z->sock)
             zmq_close(z->sock);
         free(z->entries);
+        free(z->revoked);
         free(z);
         return CM_ERR_IO;
     }
@@ -196,6 +203,7 @@ cm_err cm_zap_start(void *ctx, cm_zap **out)
         zmq_close(z->sock);
         pthread_mutex_destroy(&z->lock);
         free(z->entries);
+        free(z->revoked);
         free(z);
         return CM_ERR_IO;
     }
@@ -226,20 +234,23 @@ cm_err cm_zap_allow(cm_zap *z, const char *domain, const char *peer, const char 
     return rc;
 }
 
-int cm_zap_revoke(cm_zap *z, const char *public_z85)
+cm_err cm_zap_set_revoked(cm_zap *z, const char *public_z85, int revoked)
 {
-    int removed = 0;
+    cm_err rc = CM_OK;
     pthread_mutex_lock(&z->lock);
-    for (size_t i = 0; i < z->n;) {
-        if (strcmp(z->entries[i].key, public_z85) == 0) {
-            z->entries[i] = z->entries[--z->n];
-            removed++;
-        } else {
-            i++;
-        }
+    size_t i = 0;
+    while (i < z->n_revoked && strcmp(z->revoked[i], public_z85) != 0)
+        i++;
+    if (revoked && i == z->n_revoked) {
+        if (z->n_revoked >= MAX_ALLOW)
+            rc = CM_ERR_TOO_BIG;
+        else
+            snprintf(z->revoked[z->n_revoked++], CM_Z85_LEN + 1, "%s", public_z85);
+    } else if (!revoked && i < z->n_revoked) {
+        memcpy(z->revoked[i], z->revoked[--z->n_revoked], CM_Z85_LEN + 1);
     }
     pthread_mutex_unlock(&z->lock);
-    return removed;
+    return rc;
 }
 
 uint64_t cm_zap_denied(const cm_zap *z) { return atomic_load(&((cm_zap *)z)->denied); }
@@ -256,6 +267,7 @@ void cm_zap_stop(cm_zap **zp)
     pthread_mutex_destroy(&z->lock);
     memset(z->entries, 0, MAX_ALLOW * sizeof *z->entries);
     free(z->entries);
+    free(z->revoked);
     free(z);
     *zp = NULL;
 }

@@ -34,8 +34,9 @@ typedef struct cm_zap cm_zap;
 cm_err cm_zap_start(void *ctx, cm_zap **out);
 /* Adds public_z85 to domain's allow-list under peer name `peer` (reported as User-Id). */
 cm_err cm_zap_allow(cm_zap *z, const char *domain, const char *peer, const char *public_z85);
-/* Removes a key from every domain (revocation); returns the number of entries removed. */
-int cm_zap_revoke(cm_zap *z, const char *public_z85);
+/* Marks a key revoked (no handshake with it succeeds on any socket of this process) or, with
+ * revoked = 0, admitted again where its allow-lists name it. */
+cm_err cm_zap_set_revoked(cm_zap *z, const char *public_z85, int revoked);
 uint64_t cm_zap_denied(const cm_zap *z);
 uint64_t cm_zap_allowed(const cm_zap *z);
 void cm_zap_stop(cm_zap **z);

@@ -8,7 +8,7 @@
 #                           [--profile FILE] [--encrypt]
 #
 # Ports (all on 127.0.0.1): broker P; registry P+1; archive P+2; profile P+3; verify P+4;
-# anomaly shard i at P+10+i.
+# registry events P+5; anomaly shard i at P+10+i.
 # Layout: DIR/ca, gateways, services, platform (PKI); DIR/inventory.conf; DIR/profile.conf;
 # DIR/mosquitto/ (broker config, ACL, persistence); DIR/etc/<service>.conf; DIR/state/<service>/
 # (databases); DIR/state/metrics/<service>.prom; DIR/log/ (written by scripts/suite.sh).
@@ -61,6 +61,10 @@ inv="$DIR/inventory.conf"
             "$gw" "$kind" "$n" "$kind" "$model" "$fw"
         printf 'sign_pub = %s\ncert = %s\n' "${d%/}/sign.pub" "${d%/}/client.crt"
     done
+    for d in "$DIR"/services/*/; do
+        printf '\n[service %s]\ncurve_pub = %s\ncert = %s\n' "$(basename "$d")" \
+            "${d%/}/curve.pub" "${d%/}/client.crt"
+    done
 } >"$inv"
 cp "$PROFILE" "$DIR/profile.conf"
 
@@ -104,6 +108,14 @@ connect = $(ep 1)
 server_key = $(key registry)
 EOT
 }
+events_client() {
+    cat <<EOT
+
+[events]
+connect = $(ep 5)
+server_key = $(key registry)
+EOT
+}
 
 { service_head registry; cat <<EOT
 
@@ -111,8 +123,19 @@ EOT
 bind = $(ep 1)
 allow = $(allow verify profile anomaly archive suidoctl)
 
+[events]
+bind = $(ep 5)
+allow = $(allow verify profile anomaly archive)
+
+[output archive]
+connect = $(ep 2)
+server_key = $(key archive)
+
 [registry]
 inventory = $inv
+
+[broker]
+state_file = $DIR/mosquitto/identities.state
 EOT
 } >"$DIR/etc/registry.conf"
 
@@ -142,7 +165,7 @@ server_key = $(key archive)
 unwrap_key = $DIR/platform/wrap.key
 window_s = 300
 EOT
-registry_client; } >"$DIR/etc/verify.conf"
+registry_client; events_client; } >"$DIR/etc/verify.conf"
 
 { service_head profile; cat <<EOT
 
@@ -161,7 +184,7 @@ server_key = $(key anomaly)
 [profile]
 file = $DIR/profile.conf
 EOT
-} >"$DIR/etc/profile.conf"
+events_client; } >"$DIR/etc/profile.conf"
 
 for ((i = 0; i < SHARDS; i++)); do
     { service_head anomaly "anomaly-$i"; cat <<EOT
@@ -177,19 +200,19 @@ server_key = $(key archive)
 [profile]
 file = $DIR/profile.conf
 EOT
-    } >"$DIR/etc/anomaly-$i.conf"
+    events_client; } >"$DIR/etc/anomaly-$i.conf"
 done
 
 { service_head archive; mqtt_section archive; cat <<EOT
 
 [input]
 bind = $(ep 2)
-allow = $(allow verify profile anomaly)
+allow = $(allow verify profile anomaly registry)
 
 [archive]
 commit_ms = 50
 EOT
-} >"$DIR/etc/archive.conf"
+events_client; } >"$DIR/etc/archive.conf"
 
 echo "$BASE" >"$DIR/broker.port"
 echo "$SHARDS" >"$DIR/anomaly.shards"

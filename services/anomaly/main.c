@@ -18,6 +18,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
+    CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     {"profile", "file", 1, "data profile"},
@@ -149,8 +150,13 @@ int main(int argc, char **argv)
     c.untracked = cm_metric_counter(s->metrics, "suido_anomaly_untracked_total",
                                     "readings not checked because the state table is full");
 
-    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &c};
+    cm_events *events = NULL;
+    if (cm_events_new(s, "events", NULL, NULL, &events, err))
+        cm_svc_die(s, "%s", err);
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &c,
+                          .events = events};
     cm_stage_run(&stage);
+    cm_events_destroy(&events);
 
     cm_info("event=stopping");
     zmq_close(input);

@@ -25,6 +25,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
+    CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
     {"archive", "commit_ms", 0, "longest wait before a group commit (50)"},
@@ -310,9 +311,13 @@ int main(int argc, char **argv)
     a.alerts_unpublished = cm_metric_counter(mx, "suido_archive_alerts_unpublished_total",
                                              "stored alerts not published");
 
+    cm_events *events = NULL;
+    if (cm_events_new(s, "events", NULL, NULL, &events, err))
+        cm_svc_die(s, "%s", err);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
-                          .on_tick = on_tick};
+                          .on_tick = on_tick, .events = events};
     cm_stage_run(&stage);
+    cm_events_destroy(&events);
 
     cm_info("event=stopping");
     tx_commit(&a);

@@ -20,6 +20,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
+    CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     {"profile", "file", 1, "data profile"},
@@ -194,8 +195,13 @@ int main(int argc, char **argv)
     cm_metric_set(cm_metric_gauge(s->metrics, "suido_profile_version", "data profile version"),
                   cm_profile_version(p.profile));
 
-    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &p};
+    cm_events *events = NULL;
+    if (cm_events_new(s, "events", NULL, NULL, &events, err))
+        cm_svc_die(s, "%s", err);
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &p,
+                          .events = events};
     cm_stage_run(&stage);
+    cm_events_destroy(&events);
 
     cm_info("event=stopping");
     zmq_close(input);

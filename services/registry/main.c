@@ -1,20 +1,31 @@
-/* suido-registry: the auth/ID service. Owns the identity database (SQLite) and answers look-ups
- * of gateways (state, site, kind, signing key) from the other services over ZeroMQ/CURVE.
+/* suido-registry: the auth/ID service. Owns the identity database (SQLite): answers look-ups of
+ * gateways (state, site, kind, signing key) from the other services, and carries out changes of
+ * state (suspend, activate, revoke, dispose) asked for by suidoctl. A change reaches everything
+ * at once: the broker plugin's identity file is rewritten (the live MQTT session is cut), every
+ * service hears a RegistryEvent (caches dropped, revoked service keys refused), and the audit log
+ * gets an entry.
  *
  * Sockets: [api] ROUTER, CURVE server; its allow-list names every service that may ask.
- * Clients use DEALER and send one RegistryRequest frame; the reply is one RegistryReply frame. */
+ *          Clients use DEALER and send one RegistryRequest frame; the reply is one frame.
+ *          [events] PUB, CURVE server: RegistryEvent to every subscribed service.
+ *          [output archive] PUSH: audit events. */
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "cm_log.h"
+#include "cm_stage.h"
 #include "cm_svc.h"
+#include "cm_time.h"
 #include "registry_store.h"
 #include "suido.pb-c.h"
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_SERVER_ROWS("api"),
+    CM_ZSOCK_SERVER_ROWS("events"),
+    CM_ZSOCK_CLIENT_ROWS("output"),
+    {"broker", "state_file", 0, "identity file read by the broker plugin, rewritten on changes"},
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {NULL, NULL, 0, NULL},
@@ -24,6 +35,9 @@ typedef struct registry {
     cm_svc *svc;
     registry_store *store;
     void *api;
+    void *events;     /* PUB, may be NULL */
+    void *to_archive; /* audit events, may be NULL */
+    const char *state_file;
     cm_metric *requests, *rejected, *unknown;
 } registry;
 
@@ -114,10 +128,86 @@ static void on_list_gateways(void *ctx, void *arg, const char *peer)
     free(l.items);
 }
 
+static void audit(registry *r, const char *event, const char *subject, const char *actor,
+                  const char *detail)
+{
+    if (r->to_archive)
+        cm_stage_audit(r->to_archive, r->svc->name, event, subject, actor, detail);
+}
+
+/* Rewrites the broker's identity file; failing to is an alarm (the broker keeps the old one). */
+static void publish_identities(registry *r)
+{
+    if (r->state_file && registry_store_write_identities(r->store, r->state_file) != CM_OK)
+        cm_error("path=%s error=\"cannot write the broker identity file\" alarm=1", r->state_file);
+}
+
+static void announce(registry *r, const char *kind, const char *id, int state,
+                     const char *curve_pub)
+{
+    Suido__RegistryEvent ev = SUIDO__REGISTRY_EVENT__INIT;
+    ev.kind = (char *)kind;
+    ev.id = (char *)id;
+    ev.state = state;
+    ev.ts_ms = cm_now_ms();
+    ev.curve_pub = (char *)(curve_pub ? curve_pub : "");
+    if (r->events && cm_zsend_pb(r->events, &ev.base, ZMQ_DONTWAIT) != CM_OK)
+        cm_error("kind=%s id=%s error=\"registry event not sent\"", kind, id);
+}
+
+/* suspend / activate / revoke / dispose a gateway or a service */
+static void set_state(registry *r, request *q, const char *kind)
+{
+    int old = 0;
+    char curve[41] = "";
+    int state = q->req->state;
+    cm_err e = registry_store_set_state(r->store, kind, q->req->id, state, &old, curve);
+    char detail[256];
+    snprintf(detail, sizeof detail, "from=%s to=%s result=%s reason=\"%s\"",
+             registry_state_name(old), registry_state_name(state), cm_strerror(e),
+             q->req->reason ? q->req->reason : "");
+    cm_info("peer=%s kind=%s id=%s %s", q->peer, kind, q->req->id, detail);
+    audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id, q->peer,
+          detail);
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    publish_identities(r);
+    announce(r, kind, q->req->id, state, curve);
+    if (strcmp(kind, "service") == 0) {
+        /* this process's own sockets follow at once too */
+        int active = state == SUIDO__ENTITY_STATE__STATE_ACTIVE;
+        if (*curve)
+            cm_zap_set_revoked(r->svc->zap, curve, !active);
+        cm_svc_set_peer_revoked(r->svc, q->req->id, !active);
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    Suido__GatewayInfo info = SUIDO__GATEWAY_INFO__INIT;
+    if (strcmp(kind, "gateway") == 0 && registry_store_get(r->store, q->req->id, &info) == CM_OK)
+        rep.gateway = &info;
+    reply(r, q->route, &rep);
+    registry_info_clear(&info);
+}
+
+static void on_set_gateway_state(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    set_state(ctx, arg, "gateway");
+}
+
+static void on_set_service_state(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    set_state(ctx, arg, "service");
+}
+
 /* The registry's whole attack surface: which peer may ask what. */
 static const cm_dispatch DISPATCH[] = {
     {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
     {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
+    {"set_gateway_state", "suidoctl", on_set_gateway_state},
+    {"set_service_state", "suidoctl", on_set_service_state},
     {NULL, NULL, NULL},
 };
 
@@ -128,6 +218,10 @@ static const char *op_name(int op)
         return "get_gateway";
     case SUIDO__REGISTRY_OP__REG_LIST_GATEWAYS:
         return "list_gateways";
+    case SUIDO__REGISTRY_OP__REG_SET_GATEWAY_STATE:
+        return "set_gateway_state";
+    case SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE:
+        return "set_service_state";
     default:
         return "unknown";
     }
@@ -155,11 +249,20 @@ static void handle_one(registry *r)
         goto out;
     }
     const cm_dispatch *row = cm_dispatch_find(DISPATCH, op_name(req->op));
-    if (!row || !cm_dispatch_peer_ok(row, peer)) {
+    if (!row || !cm_dispatch_peer_ok(row, peer) || cm_svc_peer_revoked(r->svc, peer)) {
         cm_metric_inc(r->rejected);
         cm_warn("peer=%s op=%s error=\"not allowed\"", peer, op_name(req->op));
+        audit(r, "request_denied", peer, peer, op_name(req->op));
         reply_error(r, &route, CM_ERR_DENIED);
-    } else if (row->handler == on_get_gateway && (!req->id || !*req->id || strlen(req->id) > 64)) {
+    } else if (!req->id || !*req->id || strlen(req->id) > 64) {
+        if (row->handler == on_list_gateways) {
+            request q = {.route = &route, .req = req, .peer = peer};
+            row->handler(r, &q, peer);
+        } else {
+            cm_metric_inc(r->rejected);
+            reply_error(r, &route, CM_ERR_INVAL);
+        }
+    } else if (0) {
         cm_metric_inc(r->rejected);
         reply_error(r, &route, CM_ERR_INVAL);
     } else {
@@ -204,6 +307,16 @@ int main(int argc, char **argv)
 
     if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &r.api, err))
         cm_svc_die(s, "%s", err);
+    if (cm_conf_get(s->conf, "events", "bind") &&
+        cm_zsock_server_conf(s->zctx, s->zap, s->conf, "events", ZMQ_PUB, &s->keys, &r.events,
+                             err))
+        cm_svc_die(s, "%s", err);
+    if (cm_conf_get(s->conf, "output archive", "connect") &&
+        cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
+                             &r.to_archive, err))
+        cm_svc_die(s, "%s", err);
+    r.state_file = cm_conf_get(s->conf, "broker", "state_file");
+    publish_identities(&r);
     r.requests = cm_metric_counter(s->metrics, "suido_registry_requests_total", "look-ups received");
     r.rejected = cm_metric_counter(s->metrics, "suido_registry_rejected_total",
                                    "malformed or not allowed requests");
@@ -226,6 +339,10 @@ int main(int argc, char **argv)
     }
     cm_info("event=stopping");
     zmq_close(r.api);
+    if (r.events)
+        zmq_close(r.events);
+    if (r.to_archive)
+        zmq_close(r.to_archive);
     registry_store_close(&r.store);
     cm_svc_destroy(&r.svc);
     return 0;

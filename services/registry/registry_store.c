@@ -5,12 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cm_crypto.h"
 #include "cm_log.h"
+#include "cm_zmq.h"
 #include "cm_time.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: services */
 
 struct registry_store {
     sqlite3 *db;
@@ -33,7 +35,15 @@ static const char SCHEMA[] =
     " cert_sha256 TEXT NOT NULL,"
     " cert_not_after_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
-    " last_seen_ms INTEGER NOT NULL DEFAULT 0);";
+    " last_seen_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS services("
+    " id TEXT PRIMARY KEY,"
+    " state INTEGER NOT NULL,"
+    " curve_pub TEXT NOT NULL,"
+    " cert_serial TEXT NOT NULL,"
+    " cert_sha256 TEXT NOT NULL,"
+    " cert_not_after_ms INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL);";
 
 cm_err registry_store_open(const char *path, registry_store **out)
 {
@@ -51,14 +61,15 @@ cm_err registry_store_open(const char *path, registry_store **out)
     if (sqlite3_step(st) == SQLITE_ROW)
         version = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    if (version != 0 && version != SCHEMA_VERSION) {
+    /* version 1 lacks only the services table, which the schema below adds */
+    if (version != 0 && version != 1 && version != SCHEMA_VERSION) {
         cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
                  version, SCHEMA_VERSION);
         goto fail;
     }
     char *errmsg = NULL;
     if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version=1", NULL, NULL, &errmsg) != SQLITE_OK) {
+        sqlite3_exec(s->db, "PRAGMA user_version=2", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
         goto fail;
@@ -98,6 +109,57 @@ static int valid_id(const char *id)
     return 1;
 }
 
+/* One [service ID] section: its CURVE public key and certificate. */
+static cm_err import_service(registry_store *s, const cm_conf *inv, const char *sec,
+                             const char *id, int *added, char err[CM_CONF_ERRLEN])
+{
+    const char *curvef, *certf;
+    cm_err rc;
+    if (!valid_id(id)) {
+        snprintf(err, CM_CONF_ERRLEN, "%s: [%s] service id must be 1-64 of [a-z0-9-]",
+                 cm_conf_name(inv), sec);
+        return CM_ERR_CONFIG;
+    }
+    if ((rc = cm_conf_req(inv, sec, "curve_pub", &curvef, err)) ||
+        (rc = cm_conf_req(inv, sec, "cert", &certf, err)))
+        return rc;
+    char key[CM_Z85_LEN + 1];
+    cm_cert_info ci;
+    if (cm_curve_load_public(curvef, key) != CM_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "%s:%d: %s: not a CURVE public key", cm_conf_name(inv),
+                 cm_conf_line(inv, sec, "curve_pub"), curvef);
+        return CM_ERR_CONFIG;
+    }
+    if (cm_cert_info_load(certf, &ci) != CM_OK || strcmp(ci.subject_cn, id) != 0) {
+        snprintf(err, CM_CONF_ERRLEN, "%s:%d: %s: not a readable certificate with CN=%s",
+                 cm_conf_name(inv), cm_conf_line(inv, sec, "cert"), certf, id);
+        return CM_ERR_CONFIG;
+    }
+    sqlite3_stmt *ins;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT OR IGNORE INTO services(id,state,curve_pub,cert_serial,"
+                           "cert_sha256,cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?)",
+                           -1, &ins, NULL) != SQLITE_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
+        return CM_ERR_DB;
+    }
+    sqlite3_bind_text(ins, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(ins, 2, SUIDO__ENTITY_STATE__STATE_ACTIVE);
+    sqlite3_bind_text(ins, 3, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 4, ci.serial, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 5, ci.sha256, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(ins, 6, (sqlite3_int64)ci.not_after_ms);
+    sqlite3_bind_int64(ins, 7, (sqlite3_int64)cm_now_ms());
+    int st = sqlite3_step(ins);
+    sqlite3_finalize(ins);
+    if (st != SQLITE_DONE) {
+        snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
+        return CM_ERR_DB;
+    }
+    *added += sqlite3_changes(s->db);
+    return CM_OK;
+}
+
 cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
                              char err[CM_CONF_ERRLEN])
 {
@@ -116,9 +178,18 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
     }
     for (size_t i = 0; i < cm_conf_section_count(inv); i++) {
         const char *sec = cm_conf_section(inv, i);
-        const char *id = cm_conf_section_name(sec, "gateway");
-        if (!id)
+        const char *id = cm_conf_section_name(sec, "service");
+        if (id) {
+            if ((rc = import_service(s, inv, sec, id, added, err)) != CM_OK)
+                goto out;
             continue;
+        }
+        id = cm_conf_section_name(sec, "gateway");
+        if (!id) {
+            snprintf(err, CM_CONF_ERRLEN, "%s: unknown section [%s]", cm_conf_name(inv), sec);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
         const char *site, *kind, *pubf, *certf;
         if (!valid_id(id)) {
             snprintf(err, CM_CONF_ERRLEN, "%s: [%s] gateway id must be 1-64 of [a-z0-9-]",
@@ -274,4 +345,113 @@ int registry_store_count(registry_store *s)
         n = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     return n;
+}
+
+const char *registry_state_name(int state)
+{
+    switch (state) {
+    case SUIDO__ENTITY_STATE__STATE_PROVISIONED:
+        return "provisioned";
+    case SUIDO__ENTITY_STATE__STATE_ACTIVE:
+        return "active";
+    case SUIDO__ENTITY_STATE__STATE_SUSPENDED:
+        return "suspended";
+    case SUIDO__ENTITY_STATE__STATE_REVOKED:
+        return "revoked";
+    case SUIDO__ENTITY_STATE__STATE_DISPOSED:
+        return "disposed";
+    default:
+        return "unknown";
+    }
+}
+
+/* The lifecycle: which moves are allowed. */
+static int move_allowed(int from, int to)
+{
+    enum { P = SUIDO__ENTITY_STATE__STATE_PROVISIONED, A = SUIDO__ENTITY_STATE__STATE_ACTIVE,
+           S = SUIDO__ENTITY_STATE__STATE_SUSPENDED, R = SUIDO__ENTITY_STATE__STATE_REVOKED,
+           D = SUIDO__ENTITY_STATE__STATE_DISPOSED };
+    switch (to) {
+    case A:
+        return from == P || from == S;
+    case S:
+        return from == A;
+    case R:
+        return from == P || from == A || from == S;
+    case D:
+        return from == R;
+    default:
+        return 0;
+    }
+}
+
+cm_err registry_store_set_state(registry_store *s, const char *kind, const char *id, int state,
+                                int *old, char curve_pub[41])
+{
+    int gw = strcmp(kind, "gateway") == 0;
+    if (!gw && strcmp(kind, "service") != 0)
+        return CM_ERR_INVAL;
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT state%s FROM %s WHERE id=?", gw ? "" : ", curve_pub",
+             gw ? "gateways" : "services");
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    int r = sqlite3_step(st);
+    if (r != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        return r == SQLITE_DONE ? CM_ERR_UNKNOWN : CM_ERR_DB;
+    }
+    *old = sqlite3_column_int(st, 0);
+    if (!gw && curve_pub) {
+        const unsigned char *k = sqlite3_column_text(st, 1);
+        snprintf(curve_pub, 41, "%s", k ? (const char *)k : "");
+    }
+    sqlite3_finalize(st);
+    if (!move_allowed(*old, state))
+        return CM_ERR_INVAL;
+    /* disposal makes the keys unusable: the stored public keys are wiped with the state */
+    if (state == SUIDO__ENTITY_STATE__STATE_DISPOSED)
+        snprintf(sql, sizeof sql, "UPDATE %s SET state=?, %s WHERE id=?",
+                 gw ? "gateways" : "services", gw ? "sign_pub=x'', key_id=''" : "curve_pub=''");
+    else
+        snprintf(sql, sizeof sql, "UPDATE %s SET state=? WHERE id=?", gw ? "gateways" : "services");
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    sqlite3_bind_int(st, 1, state);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
+
+cm_err registry_store_write_identities(registry_store *s, const char *path)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return CM_ERR_IO;
+    fprintf(f, "# Identities the broker lets in, written by suido-registry on every change.\n");
+    sqlite3_stmt *st;
+    cm_err rc = CM_OK;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id, state FROM gateways UNION ALL SELECT id, state FROM services"
+                           " ORDER BY 1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = CM_ERR_DB;
+    } else {
+        while (sqlite3_step(st) == SQLITE_ROW)
+            fprintf(f, "%s %s\n", (const char *)sqlite3_column_text(st, 0),
+                    registry_state_name(sqlite3_column_int(st, 1)));
+        sqlite3_finalize(st);
+    }
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        rc = CM_ERR_IO;
+    if (fclose(f) != 0 || rc != CM_OK || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return rc == CM_OK ? CM_ERR_IO : rc;
+    }
+    return CM_OK;
 }

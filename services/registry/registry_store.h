@@ -1,6 +1,10 @@
-/* registry_store: the registry's SQLite database, the single source of truth for gateway
- * identities (state, site, kind, signing key, certificate facts). Owned by the registry daemon
- * only; other processes ask the registry over ZeroMQ. */
+/* registry_store: the registry's SQLite database, the single source of truth for the identities
+ * of gateways (state, site, kind, signing key, certificate facts) and services (state, CURVE
+ * key, certificate facts). Owned by the registry daemon only; other processes ask the registry
+ * over ZeroMQ.
+ *
+ * Lifecycle: provisioned -> active <-> suspended; any of those -> revoked -> disposed. A disposed
+ * identity keeps its row forever (its id is never reused) but loses its keys. */
 #ifndef REGISTRY_STORE_H
 #define REGISTRY_STORE_H
 #include "cm_conf.h"
@@ -12,8 +16,8 @@ typedef struct registry_store registry_store;
 /* Opens (creating if needed) path; refuses a database of another schema version. */
 cm_err registry_store_open(const char *path, registry_store **out);
 void registry_store_close(registry_store **s);
-/* Imports every [gateway ID] of an inventory file; new gateways become active, existing ones
- * keep their state. Returns the number of new gateways in *added. Any bad entry refuses the
+/* Imports every [gateway ID] and [service ID] of an inventory file; new identities become
+ * active, existing ones keep their state (a disposed id is never brought back). Returns the number of new gateways in *added. Any bad entry refuses the
  * whole import with "file:line: reason" in err. */
 cm_err registry_store_import(registry_store *s, const cm_conf *inventory, int *added,
                              char err[CM_CONF_ERRLEN]);
@@ -25,5 +29,16 @@ void registry_info_clear(Suido__GatewayInfo *info);
 cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__GatewayInfo *info),
                            void *ctx);
 int registry_store_count(registry_store *s);
+
+/* Moves gateway or service `id` (kind "gateway" or "service") to `state` if the lifecycle
+ * allows it; *old gets the previous state. CM_ERR_UNKNOWN, or CM_ERR_INVAL for a move the
+ * lifecycle forbids. Disposal destroys the stored keys. For a service, curve_pub (41 bytes) gets
+ * its CURVE public key as it was before the change. */
+cm_err registry_store_set_state(registry_store *s, const char *kind, const char *id, int state,
+                                int *old, char curve_pub[41]);
+/* Writes every identity and its state, one "<id> <state>" line each, to path (tmp + rename):
+ * the broker plugin's view of who may connect. */
+cm_err registry_store_write_identities(registry_store *s, const char *path);
+const char *registry_state_name(int state);
 
 #endif

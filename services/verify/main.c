@@ -17,6 +17,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
+    CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     CM_REGISTRY_SPEC_ROWS("registry"),
@@ -33,6 +34,14 @@ typedef struct verifier {
     cm_metric *verified, *readings, *rejected_total;
     cm_metric *unwraps;
 } verifier;
+
+/* A gateway changed state: from now on its data is judged by its new state. */
+static void on_gateway_event(void *ctx, const char *id, int state)
+{
+    verifier *v = ctx;
+    cm_registry_forget(v->registry, id);
+    cm_info("gateway=%s state=%d event=cache_dropped", id, state);
+}
 
 static cm_err lookup(void *ctx, const char *id, const cm_gateway **out)
 {
@@ -129,8 +138,13 @@ int main(int argc, char **argv)
                                          "messages refused, all reasons");
     v.unwraps = cm_metric_gauge(s->metrics, "suido_verify_unwraps", "RSA-OAEP unwraps done");
 
-    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &v};
+    cm_events *events = NULL;
+    if (cm_events_new(s, "events", on_gateway_event, &v, &events, err))
+        cm_svc_die(s, "%s", err);
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &v,
+                          .events = events};
     cm_stage_run(&stage);
+    cm_events_destroy(&events);
 
     cm_info("event=stopping");
     verify_destroy(&v.check);
