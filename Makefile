@@ -21,7 +21,7 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPIC \
           $(SANFLAGS) -Icommon -I$(GEN) -MMD -MP
 LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
-LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lpthread -lm
+LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lgsl -lgslcblas -lpthread -lm
 
 SERVICES := registry ingest verify profile anomaly archive
 
@@ -34,12 +34,38 @@ LIBCOMMON := $(BUILD)/libsuido-common.a
 UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway-sim/*_test.c)
 UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
 
-PROGRAMS := $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
-            $(BIN)/suido-bench-sub
+PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
+            $(BIN)/suido-bench-sub $(BIN)/suido-score
+
+# The Mosquitto plugin (broker/plugin/README.md): a shared object loaded by the broker, which
+# provides the mosquitto_* symbols it uses; nothing else is linked. A stock mosquitto cannot load
+# an ASan-instrumented object (the ASan runtime must come first), so with SAN=1 the plugin that
+# the suite loads (lib/suido_plugin.so) has UBSan only, and lib/suido_plugin-asan.so has both, for
+# LD_PRELOAD=$$(cc -print-file-name=libasan.so) mosquitto -c ... (see the plugin's README).
+PLUGIN_SRC := $(wildcard broker/plugin/*.c)
+PLUGIN_DEP := $(PLUGIN_SRC) $(wildcard broker/plugin/*.h)
+PLUGIN := $(BUILD)/lib/suido_plugin.so
+PLUGIN_LDFLAGS := -shared -Wl,-z,relro,-z,now
+ifeq ($(SAN),1)
+  PLUGIN_ASAN := $(BUILD)/lib/suido_plugin-asan.so
+  PLUGIN_UBSAN := -fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+  PLUGIN_CFLAGS := $(filter-out $(SANFLAGS),$(CFLAGS)) $(PLUGIN_UBSAN)
+else
+  PLUGIN_ASAN :=
+  PLUGIN_CFLAGS := $(CFLAGS)
+endif
 
 .PHONY: all deps build test test-unit test-integration test-asan run stop bench clean format
 all: build
-build: $(PROGRAMS) $(UNIT_BIN)
+build: $(PROGRAMS) $(UNIT_BIN) $(PLUGIN) $(PLUGIN_ASAN)
+
+$(PLUGIN): $(PLUGIN_DEP)
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(PLUGIN_SRC)
+
+$(PLUGIN_ASAN): $(PLUGIN_DEP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(PLUGIN_SRC)
 
 deps:
 	@scripts/install-deps.sh
@@ -69,6 +95,11 @@ $(foreach s,$(SERVICES),$(eval $(call program,$(s),services/$(s))))
 $(eval $(call program,gateway-sim,gateway-sim))
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
+$(eval $(call program,score,tools/score))
+
+$(BIN)/suidoctl: $(patsubst %.c,$(OBJ)/%.o,$(wildcard tools/suidoctl/*.c)) $(LIBCOMMON)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 # A unit test links the objects of its module's directory (except main.c) and the common library.
 .SECONDEXPANSION:

@@ -86,14 +86,25 @@ static slot *find_slot(cm_registry *r, const char *id)
     return NULL;
 }
 
-/* One request/response round trip; replies to earlier timed-out requests are skipped. */
-static cm_err ask(cm_registry *r, const char *id, Suido__RegistryReply **rep)
+/* Drops replies that arrived after their request timed out. */
+static void drain_late(cm_registry *r)
+{
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        int got = cm_zrecv(r->sock, &m, NULL, 0, ZMQ_DONTWAIT) == CM_OK;
+        zmq_msg_close(&m);
+        if (!got)
+            return;
+    }
+}
+
+cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
+                        Suido__RegistryReply **rep)
 {
     *rep = NULL;
-    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
-    req.op = SUIDO__REGISTRY_OP__REG_GET_GATEWAY;
-    req.id = (char *)id;
-    if (cm_zsend_pb(r->sock, &req.base, ZMQ_DONTWAIT) != CM_OK)
+    drain_late(r);
+    if (cm_zsend_pb(r->sock, &req->base, ZMQ_DONTWAIT) != CM_OK)
         return CM_ERR_UNAVAILABLE;
     uint64_t deadline = cm_mono_ms() + (uint64_t)r->timeout_ms;
     for (;;) {
@@ -109,20 +120,26 @@ static cm_err ask(cm_registry *r, const char *id, Suido__RegistryReply **rep)
             zmq_msg_close(&m);
             continue;
         }
-        Suido__RegistryReply *x =
-            suido__registry_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        *rep = suido__registry_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
         zmq_msg_close(&m);
-        if (!x)
-            continue;
-        /* a late answer to an earlier question is for another id: skip it */
-        const char *rid = x->gateway && x->gateway->id ? x->gateway->id : NULL;
-        if (x->status == 0 && (!rid || strcmp(rid, id) != 0)) {
-            suido__registry_reply__free_unpacked(x, NULL);
-            continue;
-        }
-        *rep = x;
-        return CM_OK;
+        if (*rep)
+            return CM_OK;
     }
+}
+
+static cm_err ask(cm_registry *r, const char *id, Suido__RegistryReply **rep)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_GATEWAY;
+    req.id = (char *)id;
+    cm_err rc = cm_registry_call(r, &req, rep);
+    if (rc == CM_OK && (*rep)->status == 0 &&
+        (!(*rep)->gateway || !(*rep)->gateway->id || strcmp((*rep)->gateway->id, id) != 0)) {
+        suido__registry_reply__free_unpacked(*rep, NULL);
+        *rep = NULL;
+        return CM_ERR_UNAVAILABLE;
+    }
+    return rc;
 }
 
 cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **out)

@@ -10,6 +10,7 @@
 #include "cm_conf.h"
 #include "cm_crypto.h"
 #include "cm_zmq.h"
+#include "suido.pb-c.h"
 
 typedef struct cm_registry cm_registry;
 
@@ -31,6 +32,12 @@ void cm_registry_destroy(cm_registry **r);
 /* Looks up id (cache first). *out is borrowed until the next call. CM_ERR_UNKNOWN if the
  * registry does not know it, CM_ERR_UNAVAILABLE if the registry did not answer. */
 cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **out);
+
+/* One request and its reply (caller frees *rep with suido__registry_reply__free_unpacked).
+ * Replies that arrive after their request timed out are dropped. CM_ERR_UNAVAILABLE when the
+ * registry does not answer within the timeout. */
+cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
+                        Suido__RegistryReply **rep);
 
 /* Drops what is cached about id, so the next look-up asks the registry (after a registry event
  * announcing a change of state). */

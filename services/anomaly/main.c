@@ -10,6 +10,7 @@
 #include <zmq.h>
 
 #include "anomaly_rules.h"
+#include "cli.h"
 #include "cm_log.h"
 #include "cm_profile.h"
 #include "cm_stage.h"
@@ -128,6 +129,8 @@ static const cm_dispatch DISPATCH[] = {
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (strcmp(argv[1], "train") == 0 || strcmp(argv[1], "replay") == 0))
+        return anomaly_cli(argc, argv);
     checker c = {0};
     c.svc = cm_svc_start("anomaly", argc, argv, SPEC);
     cm_svc *s = c.svc;

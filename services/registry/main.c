@@ -102,7 +102,7 @@ static void collect(void *ctx, Suido__GatewayInfo *info)
     if (!c)
         return;
     *c = *info;
-    suido__gateway_info__init(info); /* ownership moved to c */
+    memset(info, 0, sizeof *info); /* ownership moved to c */
     l->items[l->n++] = c;
 }
 
@@ -183,11 +183,12 @@ static void set_state(registry *r, request *q, const char *kind)
         cm_svc_set_peer_revoked(r->svc, q->req->id, !active);
     }
     Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
-    Suido__GatewayInfo info = SUIDO__GATEWAY_INFO__INIT;
+    Suido__GatewayInfo info;
     if (strcmp(kind, "gateway") == 0 && registry_store_get(r->store, q->req->id, &info) == CM_OK)
         rep.gateway = &info;
     reply(r, q->route, &rep);
-    registry_info_clear(&info);
+    if (rep.gateway)
+        registry_info_clear(&info);
 }
 
 static void on_set_gateway_state(void *ctx, void *arg, const char *peer)

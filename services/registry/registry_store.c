@@ -76,7 +76,8 @@ cm_err registry_store_open(const char *path, registry_store **out)
     }
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms FROM gateways WHERE id=?",
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms "
+                           "FROM gateways WHERE id=?",
                            -1, &s->get, NULL) != SQLITE_OK)
         goto fail;
     *out = s;
@@ -281,8 +282,12 @@ static cm_err fill_info(sqlite3_stmt *st, Suido__GatewayInfo *info)
     info->key_id = col_text(st, 5);
     info->cert_serial = col_text(st, 6);
     info->cert_not_after_ms = (uint64_t)sqlite3_column_int64(st, 7);
+    info->model = col_text(st, 8);
+    info->firmware = col_text(st, 9);
+    info->cert_sha256 = col_text(st, 10);
+    info->created_ms = (uint64_t)sqlite3_column_int64(st, 11);
     if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data || !info->key_id ||
-        !info->cert_serial) {
+        !info->cert_serial || !info->model || !info->firmware || !info->cert_sha256) {
         registry_info_clear(info);
         return CM_ERR_NOMEM;
     }
@@ -297,7 +302,11 @@ void registry_info_clear(Suido__GatewayInfo *info)
     free(info->sign_pub_der.data);
     free(info->key_id);
     free(info->cert_serial);
-    suido__gateway_info__init(info);
+    free(info->model);
+    free(info->firmware);
+    free(info->cert_sha256);
+    /* all pointers NULL (not protobuf-c's shared empty string), so clearing twice is harmless */
+    memset(info, 0, sizeof *info);
 }
 
 cm_err registry_store_get(registry_store *s, const char *id, Suido__GatewayInfo *info)
@@ -318,7 +327,8 @@ cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__Gatew
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms FROM gateways ORDER BY id",
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms "
+                           "FROM gateways ORDER BY id",
                            -1, &st, NULL) != SQLITE_OK)
         return CM_ERR_DB;
     cm_err rc = CM_OK;

@@ -12,7 +12,7 @@ def pb(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory):
-    s = Suite(tmp_path_factory.mktemp("suite"), gateways=8)
+    s = Suite(tmp_path_factory.mktemp("suite"), gateways=10)
     try:
         s.start()
         yield s

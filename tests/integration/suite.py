@@ -159,6 +159,14 @@ class Suite:
             assert r.returncode == 0, f"simulator failed ({r.returncode}):\n{r.stderr[-3000:]}"
         return json.loads(report.read_text()) if report.exists() else None
 
+    def ctl(self, *args, check=True):
+        """Runs suidoctl against this deployment; returns the CompletedProcess."""
+        r = subprocess.run([str(BIN / "suidoctl"), "-c", str(self.dir / "etc" / "suidoctl.conf"),
+                            *map(str, args)], capture_output=True, text=True, timeout=30)
+        if check:
+            assert r.returncode == 0, f"suidoctl {args} -> {r.returncode}: {r.stderr}"
+        return r
+
     def tls_files(self, who):
         """(cert, key) of a gateway, service or test identity."""
         for sub in ("gateways", "services", "test"):

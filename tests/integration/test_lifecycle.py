@@ -1,0 +1,150 @@
+"""Identity lifecycle through suidoctl and the registry: a change of state reaches the verifier,
+the broker's identity file and every CURVE socket at once; disposal destroys keys; the audit log
+records it and detects tampering."""
+import json
+import sqlite3
+import time
+
+from suite import wait_until
+from test_access import curve_push, service_keys, alert_frame
+from wire import envelope
+
+
+def identity_state(suite, ident):
+    for line in (suite.dir / "mosquitto" / "identities.state").read_text().splitlines():
+        if line and not line.startswith("#") and line.split()[0] == ident:
+            return line.split()[1]
+    return None
+
+
+def push_as_ingest(suite, pb, gw, epoch, seq=1):
+    """A signed batch handed straight to the verifier, as ingest would (no broker involved)."""
+    m = pb.StageMessage(topic=f"suido/v1/{gw}/data", received_ms=int(time.time() * 1000),
+                        envelope=envelope(pb, suite, gw, seq, [("level", 5.0)], epoch=epoch))
+    curve_push(suite, suite.base + 4, "verify", service_keys(suite, "ingest"),
+               m.SerializeToString())
+
+
+def refusal(suite, gw, epoch):
+    rows = suite.query("SELECT reason FROM rejects WHERE gateway=? AND boot_epoch=?", gw, epoch)
+    return rows[0][0] if rows else None
+
+
+def test_suspended_gateway_is_refused_at_once_and_back_when_activated(suite, pb):
+    assert identity_state(suite, "gw-0009") == "active"
+    push_as_ingest(suite, pb, "gw-0009", 8101)        # warms the verifier's cache
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM batches WHERE boot_epoch=8101")[0][0] == 1, 10)
+
+    out = json.loads(suite.ctl("--json", "gateway", "suspend", "gw-0009", "--reason", "test").stdout)
+    assert out["state"] == "suspended"
+    assert identity_state(suite, "gw-0009") == "suspended"
+    # the verifier drops its cached key on the registry's event: refused immediately, not
+    # after a cache lifetime
+    push_as_ingest(suite, pb, "gw-0009", 8102)
+    assert wait_until(lambda: refusal(suite, "gw-0009", 8102) == "gateway_not_active", 5)
+
+    suite.ctl("gateway", "activate", "gw-0009")
+    assert identity_state(suite, "gw-0009") == "active"
+    push_as_ingest(suite, pb, "gw-0009", 8103)
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM batches WHERE boot_epoch=8103")[0][0] == 1, 10)
+    events = suite.query("SELECT event, subject, actor, detail FROM audit "
+                         "WHERE subject='gw-0009' AND event='identity_state_changed'")
+    assert len(events) == 2 and all(e[2] == "suidoctl" for e in events)
+
+
+def test_lifecycle_forbids_moves_out_of_order(suite):
+    r = suite.ctl("gateway", "dispose", "gw-0006", check=False)   # not revoked first
+    assert r.returncode == 1 and "lifecycle" in r.stderr
+    r = suite.ctl("gateway", "suspend", "gw-9999", check=False)
+    assert r.returncode == 1
+    r = suite.ctl("gateway", "frobnicate", "gw-0006", check=False)
+    assert r.returncode == 2
+
+
+def test_revoked_then_disposed_gateway_loses_its_keys_for_good(suite):
+    suite.ctl("gateway", "revoke", "gw-0010", "--reason", "decommissioned")
+    assert identity_state(suite, "gw-0010") == "revoked"
+    out = json.loads(suite.ctl("--json", "gateway", "dispose", "gw-0010").stdout)
+    assert out["state"] == "disposed" and out["key_files_destroyed"] == 2
+    assert not (suite.dir / "gateways" / "gw-0010" / "sign.key").exists()
+    assert not (suite.dir / "gateways" / "gw-0010" / "client.key").exists()
+    show = json.loads(suite.ctl("--json", "gateway", "show", "gw-0010").stdout)
+    assert show["state"] == "disposed" and show["key_id"] == ""
+    # a disposed identity never comes back
+    assert suite.ctl("gateway", "activate", "gw-0010", check=False).returncode == 1
+    assert identity_state(suite, "gw-0010") == "disposed"
+
+
+def test_revoked_service_key_is_refused_by_every_socket(suite, pb):
+    def stored(tag):
+        return suite.query("SELECT count(*) FROM alerts WHERE rule=?", tag)[0][0]
+
+    suite.ctl("service", "suspend", "anomaly", "--reason", "test")
+    try:
+        time.sleep(0.5)
+        denied = suite.metric("archive", "suido_zap_denied_total")
+        curve_push(suite, suite.base + 2, "archive", service_keys(suite, "anomaly"),
+                   alert_frame(pb, "while_suspended"))
+        assert wait_until(lambda: suite.metric("archive", "suido_zap_denied_total") > denied, 5)
+        assert stored("while_suspended") == 0
+    finally:
+        suite.ctl("service", "activate", "anomaly")
+    time.sleep(0.5)
+    curve_push(suite, suite.base + 2, "archive", service_keys(suite, "anomaly"),
+               alert_frame(pb, "after_activation"))
+    assert wait_until(lambda: stored("after_activation") == 1, 5)
+
+
+def test_inventory_and_certificate_report(suite):
+    inv = json.loads(suite.ctl("--json", "inventory").stdout)
+    ids = {g["id"] for g in inv}
+    assert {"gw-0001", "gw-0008"} <= ids
+    g1 = next(g for g in inv if g["id"] == "gw-0001")
+    assert g1["kind"] == "treatment" and g1["model"] and g1["firmware"] and g1["cert_days_left"] > 300
+    soon = json.loads(suite.ctl("--json", "certs", "--days", "30").stdout)
+    assert soon == []
+    later = json.loads(suite.ctl("--json", "certs", "--days", "400").stdout)
+    assert len(later) == len(inv)
+
+
+def copy_db(suite, tmp_path):
+    dst = tmp_path / "archive.db"
+    src = sqlite3.connect(f"file:{suite.dir / 'state' / 'archive' / 'archive.db'}?mode=ro", uri=True)
+    out = sqlite3.connect(dst)
+    src.backup(out)
+    src.close()
+    return dst, out
+
+
+def test_audit_log_verifies_and_any_tampering_is_detected(suite, tmp_path):
+    assert wait_until(lambda: suite.query("SELECT count(*) FROM audit")[0][0] >= 5, 5)
+    ok = json.loads(suite.ctl("--json", "audit", "verify").stdout)
+    assert ok["ok"] and ok["entries"] >= 5
+
+    def verify(db):
+        return suite.ctl("--json", "audit", "verify", "--db", db, check=False)
+
+    db, c = copy_db(suite, tmp_path)
+    c.execute("UPDATE audit SET detail = detail || ' ' WHERE seq = 3")
+    c.commit()
+    r = verify(db)
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad"] == 3 and "altered" in r.stderr
+
+    db, c = copy_db(suite, tmp_path)
+    c.execute("DELETE FROM audit WHERE seq = 2")
+    c.commit()
+    r = verify(db)
+    assert r.returncode == 1 and "missing or out of order" in r.stderr
+
+    db, c = copy_db(suite, tmp_path)
+    rows = c.execute("SELECT seq, ts_ms, source, event, subject, actor, detail, hash FROM audit "
+                     "WHERE seq IN (2, 3) ORDER BY seq").fetchall()
+    c.execute("DELETE FROM audit WHERE seq IN (2, 3)")
+    # put them back swapped, renumbered to hide the swap
+    for (seq, *rest), new_seq in zip(reversed(rows), (2, 3)):
+        c.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?)", (new_seq, *rest))
+    c.commit()
+    r = verify(db)
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad"] == 2

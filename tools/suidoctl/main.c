@@ -1,0 +1,380 @@
+/* suidoctl: the operator's command line for a suido deployment.
+ *
+ *   suidoctl [-c CONF] [--json] gateway list | show ID
+ *   suidoctl [-c CONF] gateway suspend|activate|revoke|dispose ID [--reason TEXT]
+ *   suidoctl [-c CONF] service suspend|activate|revoke ID [--reason TEXT]
+ *   suidoctl [-c CONF] [--json] inventory
+ *   suidoctl [-c CONF] [--json] certs [--days N]
+ *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
+ *
+ * It talks to the registry over ZeroMQ/CURVE as the identity "suidoctl" (the registry's dispatch
+ * table lets only that identity change states) and reads the archive's audit log read-only.
+ * Disposal also destroys the gateway's private key files kept in the deployment (overwritten,
+ * then removed), so nothing of the identity remains usable.
+ *
+ * Exit codes: 0 done; 1 refused or failed (the reason is printed); 2 usage; 3 the registry or
+ * archive could not be reached. CONF defaults to $SUIDO_CONF, else run/etc/suidoctl.conf. */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+#include <zmq.h>
+
+#include "cm_audit.h"
+#include "cm_conf.h"
+#include "cm_log.h"
+#include "cm_registry.h"
+#include "cm_time.h"
+#include "cm_zmq.h"
+#include "suido.pb-c.h"
+
+enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3 };
+
+static const cm_conf_spec SPEC[] = {
+    {"service", "name", 1, "suidoctl"},
+    {"service", "curve_public", 1, "suidoctl's CURVE public key"},
+    {"service", "curve_secret", 1, "suidoctl's CURVE secret key (0600)"},
+    {"service", "*", 0, "other daemon keys are ignored"},
+    CM_REGISTRY_SPEC_ROWS("registry"),
+    {"archive", "database", 0, "archive database (read-only) for audit verify"},
+    {"pki", "dir", 0, "deployment PKI folder (gateways/<id>/ private keys destroyed at disposal)"},
+    {NULL, NULL, 0, NULL},
+};
+
+typedef struct ctl {
+    cm_conf *conf;
+    int json;
+    void *zctx;
+    cm_registry *reg;
+    cm_curve_keypair keys;
+} ctl;
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: suidoctl [-c CONF] [--json] COMMAND\n"
+            "  gateway list | show ID\n"
+            "  gateway suspend|activate|revoke|dispose ID [--reason TEXT]\n"
+            "  service suspend|activate|revoke ID [--reason TEXT]\n"
+            "  inventory\n"
+            "  certs [--days N]          certificates expiring within N days (default 30)\n"
+            "  audit verify [--db PATH]  check the audit log's hash chain\n");
+    exit(EXIT_USAGE);
+}
+
+static void fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "suidoctl: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+static void connect_registry(ctl *c)
+{
+    char err[CM_CONF_ERRLEN];
+    if (cm_curve_load_keypair(cm_conf_get(c->conf, "service", "curve_public"),
+                              cm_conf_get(c->conf, "service", "curve_secret"), &c->keys) != CM_OK)
+        fail(EXIT_FAILED, "%s: suidoctl's CURVE keys are unusable", cm_conf_name(c->conf));
+    c->zctx = zmq_ctx_new();
+    if (cm_registry_new(c->zctx, c->conf, "registry", &c->keys, &c->reg, err) != CM_OK)
+        fail(EXIT_FAILED, "%s", err);
+}
+
+/* Sends req; on a transport failure or a refusal prints why and exits. */
+static Suido__RegistryReply *call(ctl *c, const Suido__RegistryRequest *req)
+{
+    if (!c->reg)
+        connect_registry(c);
+    Suido__RegistryReply *rep = NULL;
+    if (cm_registry_call(c->reg, req, &rep) != CM_OK)
+        fail(EXIT_UNAVAILABLE, "%s", "the registry did not answer");
+    if (rep->status != 0) {
+        const char *why = rep->error && *rep->error ? rep->error : cm_strerror(rep->status);
+        if (rep->status == CM_ERR_INVAL)
+            why = "not allowed by the lifecycle (provisioned -> active <-> suspended -> revoked -> "
+                  "disposed)";
+        fail(EXIT_FAILED, "refused: %s", why);
+    }
+    return rep;
+}
+
+static const char *state_name(int s)
+{
+    static const char *const n[] = {"unknown", "provisioned", "active", "suspended", "revoked",
+                                    "disposed"};
+    return s >= 0 && s <= 5 ? n[s] : "unknown";
+}
+
+static void json_str(const char *k, const char *v, int comma)
+{
+    printf("\"%s\":\"", k);
+    for (const char *p = v ? v : ""; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if ((unsigned char)*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    printf("\"%s", comma ? "," : "");
+}
+
+static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
+{
+    long days = (long)(((int64_t)g->cert_not_after_ms - (int64_t)cm_now_ms()) / 86400000);
+    if (c->json) {
+        printf("%s{", first ? "" : ",");
+        json_str("id", g->id, 1);
+        json_str("state", state_name(g->state), 1);
+        json_str("site", g->site, 1);
+        json_str("kind", g->kind, 1);
+        json_str("model", g->model, 1);
+        json_str("firmware", g->firmware, 1);
+        json_str("key_id", g->key_id, 1);
+        json_str("cert_serial", g->cert_serial, 1);
+        printf("\"cert_days_left\":%ld}", days);
+    } else {
+        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5ld  %s\n", g->id, state_name(g->state),
+               g->site, g->kind, g->model ? g->model : "", g->firmware ? g->firmware : "", days,
+               g->key_id && *g->key_id ? g->key_id : "(no key)");
+    }
+}
+
+static void header_line(const ctl *c)
+{
+    if (!c->json)
+        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5s  %s\n", "ID", "STATE", "SITE", "KIND",
+               "MODEL", "FIRMWARE", "DAYS", "KEY");
+}
+
+static int cmd_list(ctl *c, long within_days)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_LIST_GATEWAYS;
+    Suido__RegistryReply *rep = call(c, &req);
+    int shown = 0;
+    header_line(c);
+    if (c->json)
+        printf("[");
+    for (size_t i = 0; i < rep->n_gateways; i++) {
+        const Suido__GatewayInfo *g = rep->gateways[i];
+        long days = (long)(((int64_t)g->cert_not_after_ms - (int64_t)cm_now_ms()) / 86400000);
+        if (within_days >= 0 && days > within_days)
+            continue;
+        print_gateway(c, g, shown++ == 0);
+    }
+    if (c->json)
+        printf("]\n");
+    else if (within_days >= 0)
+        printf("%d certificate(s) expire within %ld days\n", shown, within_days);
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_show(ctl *c, const char *id)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_GATEWAY;
+    req.id = (char *)id;
+    Suido__RegistryReply *rep = call(c, &req);
+    header_line(c);
+    print_gateway(c, rep->gateway, 1);
+    if (c->json)
+        printf("\n");
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
+}
+
+/* Overwrites a file with zeros, syncs and removes it (credentials unreadable at disposal). */
+static int shred(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    int ok = fstat(fd, &st) == 0;
+    char zero[4096] = {0};
+    for (off_t done = 0; ok && done < st.st_size; done += (off_t)sizeof zero)
+        ok = write(fd, zero, sizeof zero) > 0;
+    ok = ok && fsync(fd) == 0;
+    close(fd);
+    return ok && unlink(path) == 0 ? 0 : -1;
+}
+
+static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char *id,
+                         const char *reason)
+{
+    static const struct { const char *verb; int state; } VERBS[] = {
+        {"suspend", SUIDO__ENTITY_STATE__STATE_SUSPENDED},
+        {"activate", SUIDO__ENTITY_STATE__STATE_ACTIVE},
+        {"revoke", SUIDO__ENTITY_STATE__STATE_REVOKED},
+        {"dispose", SUIDO__ENTITY_STATE__STATE_DISPOSED},
+    };
+    int state = -1;
+    for (size_t i = 0; i < 4; i++)
+        if (strcmp(VERBS[i].verb, verb) == 0)
+            state = VERBS[i].state;
+    int gw = strcmp(kind, "gateway") == 0;
+    if (state < 0 || (!gw && state == SUIDO__ENTITY_STATE__STATE_DISPOSED))
+        usage();
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = gw ? SUIDO__REGISTRY_OP__REG_SET_GATEWAY_STATE
+                : SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE;
+    req.id = (char *)id;
+    req.state = state;
+    req.reason = (char *)(reason ? reason : "");
+    Suido__RegistryReply *rep = call(c, &req);
+    suido__registry_reply__free_unpacked(rep, NULL);
+    const char *pki = cm_conf_get(c->conf, "pki", "dir");
+    int shredded = 0;
+    if (gw && state == SUIDO__ENTITY_STATE__STATE_DISPOSED && pki) {
+        static const char *const files[] = {"client.key", "sign.key"};
+        for (size_t i = 0; i < 2; i++) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/gateways/%s/%s", pki, id, files[i]);
+            if (shred(path) != 0)
+                fail(EXIT_FAILED, "%s: could not destroy the key file", path);
+            shredded++;
+        }
+    }
+    if (c->json) {
+        printf("{");
+        json_str("id", id, 1);
+        json_str("state", state_name(state), 0);
+        printf(",\"key_files_destroyed\":%d}\n", shredded);
+    } else {
+        printf("%s %s: %s%s\n", kind, id, state_name(state),
+               shredded ? " (private key files destroyed)" : "");
+    }
+    return EXIT_OK;
+}
+
+/* Recomputes the hash chain of the audit log; reports the first entry that does not fit. */
+static int cmd_audit_verify(ctl *c, const char *db)
+{
+    if (!db)
+        db = cm_conf_get(c->conf, "archive", "database");
+    if (!db)
+        fail(EXIT_USAGE, "%s", "no archive database: give --db PATH or [archive] database");
+    char uri[4200];
+    snprintf(uri, sizeof uri, "file:%s?mode=ro", db);
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(uri, &h, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(h,
+                           "SELECT seq, ts_ms, source, event, subject, actor, detail, hash "
+                           "FROM audit ORDER BY rowid",
+                           -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "suidoctl: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
+        sqlite3_close(h);
+        return EXIT_UNAVAILABLE;
+    }
+    uint8_t prev[CM_AUDIT_HASH_LEN] = {0}, want[CM_AUDIT_HASH_LEN];
+    uint64_t n = 0, bad_seq = 0;
+    const char *why = NULL;
+    while (!why && sqlite3_step(st) == SQLITE_ROW) {
+        cm_audit_entry e = {
+            .seq = (uint64_t)sqlite3_column_int64(st, 0),
+            .ts_ms = (uint64_t)sqlite3_column_int64(st, 1),
+            .source = (const char *)sqlite3_column_text(st, 2),
+            .event = (const char *)sqlite3_column_text(st, 3),
+            .subject = (const char *)sqlite3_column_text(st, 4),
+            .actor = (const char *)sqlite3_column_text(st, 5),
+            .detail = (const char *)sqlite3_column_text(st, 6),
+        };
+        n++;
+        bad_seq = e.seq;
+        if (e.seq != n)
+            why = "entry missing or out of order";
+        else if (cm_audit_hash(prev, &e, want) != CM_OK)
+            why = "hash computation failed";
+        else if (sqlite3_column_bytes(st, 7) != CM_AUDIT_HASH_LEN ||
+                 memcmp(sqlite3_column_blob(st, 7), want, CM_AUDIT_HASH_LEN) != 0)
+            why = "entry altered (hash does not match its content and predecessor)";
+        else
+            memcpy(prev, want, CM_AUDIT_HASH_LEN);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    char head[2 * CM_AUDIT_HASH_LEN + 1];
+    for (int i = 0; i < CM_AUDIT_HASH_LEN; i++)
+        snprintf(head + 2 * i, 3, "%02x", prev[i]);
+    if (c->json)
+        printf("{\"ok\":%s,\"entries\":%llu,\"first_bad\":%llu,\"head\":\"%s\"}\n",
+               why ? "false" : "true", (unsigned long long)(why ? n - 1 : n),
+               (unsigned long long)(why ? bad_seq : 0), head);
+    if (why) {
+        fprintf(stderr, "suidoctl: audit log BROKEN at entry %llu (position %llu): %s\n",
+                (unsigned long long)bad_seq, (unsigned long long)n, why);
+        return EXIT_FAILED;
+    }
+    if (!c->json)
+        printf("audit log intact: %llu entries, head %s\n", (unsigned long long)n, head);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    ctl c = {0};
+    const char *conf_path = getenv("SUIDO_CONF");
+    const char *args[8];
+    int nargs = 0;
+    const char *reason = NULL, *db = NULL;
+    long days = 30;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+            conf_path = argv[++i];
+        else if (strcmp(argv[i], "--json") == 0)
+            c.json = 1;
+        else if (strcmp(argv[i], "--reason") == 0 && i + 1 < argc)
+            reason = argv[++i];
+        else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
+            db = argv[++i];
+        else if (strcmp(argv[i], "--days") == 0 && i + 1 < argc)
+            days = strtol(argv[++i], NULL, 10);
+        else if (argv[i][0] == '-' || nargs == 8)
+            usage();
+        else
+            args[nargs++] = argv[i];
+    }
+    if (nargs == 0)
+        usage();
+    cm_log_init("suidoctl", CM_LOG_ERROR);
+    char err[CM_CONF_ERRLEN];
+    if (!conf_path)
+        conf_path = "run/etc/suidoctl.conf";
+    if (cm_conf_load(conf_path, &c.conf, err) != CM_OK || cm_conf_check(c.conf, SPEC, err) != CM_OK)
+        fail(EXIT_USAGE, "%s", err);
+    int rc = EXIT_USAGE;
+    const char *cmd = args[0];
+    if (strcmp(cmd, "gateway") == 0 && nargs == 2 && strcmp(args[1], "list") == 0)
+        rc = cmd_list(&c, -1);
+    else if (strcmp(cmd, "inventory") == 0 && nargs == 1)
+        rc = cmd_list(&c, -1);
+    else if (strcmp(cmd, "certs") == 0 && nargs == 1)
+        rc = cmd_list(&c, days);
+    else if (strcmp(cmd, "gateway") == 0 && nargs == 3 && strcmp(args[1], "show") == 0)
+        rc = cmd_show(&c, args[2]);
+    else if ((strcmp(cmd, "gateway") == 0 || strcmp(cmd, "service") == 0) && nargs == 3)
+        rc = cmd_set_state(&c, cmd, args[1], args[2], reason);
+    else if (strcmp(cmd, "audit") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
+        rc = cmd_audit_verify(&c, db);
+    else
+        usage();
+    cm_registry_destroy(&c.reg);
+    if (c.zctx)
+        zmq_ctx_term(c.zctx);
+    cm_conf_destroy(&c.conf);
+    return rc;
+}
