@@ -167,7 +167,7 @@ static int fit_all(const learned_model *m, int folds, int skip, const double *cn
     size_t P = 2 * m->m, K = P - 1;
     double n = 0;
     double *mu = calloc(P, sizeof *mu), *C = calloc(P * P, sizeof *C);
-    double *A = calloc(K * K ? K * K : 1, sizeof *A), *b = calloc(P, sizeof *b);
+    double *A = calloc(K > 0 ? K * K : 1, sizeof *A), *b = calloc(P, sizeof *b);
     double *w = calloc(P, sizeof *w);
     size_t *idx = calloc(P, sizeof *idx);
     int rc = -1;
@@ -266,6 +266,10 @@ cm_err learned_train(const cm_profile *p, const char *const *ids, size_t n_ch, d
         const cm_channel *c = dot ? cm_profile_channel(p, kind, dot + 1) : NULL;
         if (!c) {
             rc = failf(err, "channel '%s' is not in the profile", ids[i]);
+            goto fail;
+        }
+        if (strpbrk(c->unit, " \t")) { /* the model file separates fields by spaces */
+            rc = failf(err, "unit '%s' of channel '%s' contains a space", c->unit, c->id);
             goto fail;
         }
         snprintf(m->ch[i].id, sizeof m->ch[i].id, "%s", c->id);
