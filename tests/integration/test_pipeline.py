@@ -48,9 +48,9 @@ def rejected(suite, reason):
     return suite.metric("verify", f'suido_verify_rejected_total{{reason="{reason}"}}')
 
 
-def refusals(suite, gw, reason):
-    return suite.query("SELECT seq FROM rejects WHERE gateway=? AND reason=? ORDER BY seq",
-                       gw, reason)
+def refusals(suite, gw, reason, epoch):
+    return suite.query("SELECT seq FROM rejects WHERE gateway=? AND reason=? AND boot_epoch=? "
+                       "ORDER BY seq", gw, reason, epoch)
 
 
 def test_tampered_batches_are_refused_and_not_archived(suite):
@@ -61,7 +61,8 @@ def test_tampered_batches_are_refused_and_not_archived(suite):
     attacked = set(g["attacked_seqs"])
     assert attacked, rep
     assert wait_until(lambda: rejected(suite, "bad_signature") >= before + len(attacked))
-    assert wait_until(lambda: len(refusals(suite, "gw-0003", "bad_signature")) == len(attacked))
+    assert wait_until(lambda: len(refusals(suite, "gw-0003", "bad_signature", g["boot_epoch"]))
+                      == len(attacked))
     stored = {r[1] for r in batches(suite, "gw-0003", g["boot_epoch"])}
     assert stored and not (stored & attacked)
 
@@ -70,11 +71,12 @@ def test_batches_signed_with_another_gateways_key_are_refused(suite):
     before = rejected(suite, "bad_signature")
     rep = suite.sim("--ids", "gw-0004", "--max-batches", 4, "--rate", 20,
                     "--attack", "wrong-key", "--attack-every", 1)
-    attacked = set(rep["gateways"][0]["attacked_seqs"])
+    g = rep["gateways"][0]
+    attacked = set(g["attacked_seqs"])
     assert len(attacked) == 4
     assert wait_until(lambda: rejected(suite, "bad_signature") >= before + 4)
-    assert wait_until(lambda: len(refusals(suite, "gw-0004", "bad_signature")) == 4)
-    assert batches(suite, "gw-0004") == []
+    assert wait_until(lambda: len(refusals(suite, "gw-0004", "bad_signature", g["boot_epoch"])) == 4)
+    assert batches(suite, "gw-0004", g["boot_epoch"]) == []
 
 
 def test_replayed_batches_are_refused_and_never_stored_twice(suite):
@@ -97,9 +99,10 @@ def test_skewed_clock_is_refused(suite):
     before = rejected(suite, "outside_time_window")
     rep = suite.sim("--ids", "gw-0006", "--max-batches", 2, "--rate", 20,
                     "--attack", "skew", "--skew-s", 900, "--attack-every", 1)
-    assert rep["gateways"][0]["attacked_sent"] == 2
+    g = rep["gateways"][0]
+    assert g["attacked_sent"] == 2
     assert wait_until(lambda: rejected(suite, "outside_time_window") >= before + 2)
-    assert batches(suite, "gw-0006") == []
+    assert batches(suite, "gw-0006", g["boot_epoch"]) == []
 
 
 def test_malformed_payloads_are_refused_and_the_suite_keeps_serving(suite):
