@@ -114,7 +114,9 @@ test: deps
 
 test-asan: deps
 	@$(MAKE) --no-print-directory build SAN=1
-	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 \
 	  scripts/run-tests.sh build/san
 
 run: deps
