@@ -21,7 +21,7 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPIC \
           $(SANFLAGS) -Icommon -I$(GEN) -MMD -MP
 LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
-LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lgsl -lgslcblas -lpthread -lm
+LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath -lpthread -lm
 
 SERVICES := registry ingest verify profile anomaly archive
 

@@ -13,10 +13,13 @@
 #include <string.h>
 #include <zmq.h>
 
+#include <openssl/crypto.h>
+
 #include "cm_log.h"
 #include "cm_stage.h"
 #include "cm_svc.h"
 #include "cm_time.h"
+#include "registry_operators.h"
 #include "registry_store.h"
 #include "suido.pb-c.h"
 
@@ -34,6 +37,7 @@ static const cm_conf_spec SPEC[] = {
 typedef struct registry {
     cm_svc *svc;
     registry_store *store;
+    registry_operators *ops;
     void *api;
     void *events;     /* PUB, may be NULL */
     void *to_archive; /* audit events, may be NULL */
@@ -45,6 +49,7 @@ typedef struct request {
     zmq_msg_t *route;
     const Suido__RegistryRequest *req;
     const char *peer;
+    char actor[65];  /* the operator acting, when a session token was required */
 } request;
 
 static void reply(registry *r, zmq_msg_t *route, Suido__RegistryReply *rep)
@@ -167,8 +172,8 @@ static void set_state(registry *r, request *q, const char *kind)
              registry_state_name(old), registry_state_name(state), cm_strerror(e),
              q->req->reason ? q->req->reason : "");
     cm_info("peer=%s kind=%s id=%s %s", q->peer, kind, q->req->id, detail);
-    audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id, q->peer,
-          detail);
+    audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id,
+          *q->actor ? q->actor : q->peer, detail);
     if (e != CM_OK) {
         reply_error(r, q->route, e);
         return;
@@ -203,14 +208,259 @@ static void on_set_service_state(void *ctx, void *arg, const char *peer)
     set_state(ctx, arg, "service");
 }
 
+static void on_login(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    op_login res;
+    const char *source = q->req->source && *q->req->source ? q->req->source : peer;
+    uint64_t now = cm_now_ms();
+    registry_operators_login(r->ops, q->req->id, q->req->password, q->req->totp, source, now,
+                             &res);
+    char detail[256];
+    snprintf(detail, sizeof detail, "source=%s via=%s result=%s", source, peer, res.reason);
+    audit(r, res.status == CM_OK ? "login" : "login_failed", q->req->id, q->req->id, detail);
+    if (res.locked_now)
+        audit(r, "lockout", q->req->id, q->req->id, detail);
+    if (res.new_source)
+        audit(r, "suspicious_access", q->req->id, q->req->id, "finding=new_source");
+    if (res.unusual_hour)
+        audit(r, "suspicious_access", q->req->id, q->req->id, "finding=unusual_hour");
+    if (res.failure_burst)
+        audit(r, "suspicious_access", q->req->id, q->req->id, "finding=failure_burst");
+    cm_info("operator=%s source=%s result=%s", q->req->id, source, res.reason);
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    if (res.status != CM_OK) {
+        /* one answer for every wrong credential: the reason stays in the audit log */
+        rep.status = (uint32_t)(res.status == CM_ERR_REVOKED ? CM_ERR_REVOKED : CM_ERR_DENIED);
+        rep.error = res.status == CM_ERR_REVOKED ? "locked_out" : "denied";
+        rep.retry_after_ms = res.retry_after_ms;
+    } else {
+        rep.token = res.token;
+        rep.expires_ms = res.expires_ms;
+    }
+    reply(r, q->route, &rep);
+    OPENSSL_cleanse(res.token, sizeof res.token);
+}
+
+static void on_session_check(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    (void)peer;
+    char op[65];
+    op_role role;
+    uint64_t exp;
+    if (registry_operators_session(r->ops, q->req->token, cm_now_ms(), op, &role, &exp) != CM_OK) {
+        reply_error(r, q->route, CM_ERR_DENIED);
+        return;
+    }
+    Suido__OperatorInfo info = SUIDO__OPERATOR_INFO__INIT;
+    info.id = op;
+    info.role = (char *)op_role_name(role);
+    info.state = SUIDO__ENTITY_STATE__STATE_ACTIVE;
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.operator_ = &info;
+    rep.expires_ms = exp;
+    reply(r, q->route, &rep);
+}
+
+static void on_logout(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    (void)peer;
+    registry_operators_logout(r->ops, q->req->token);
+    registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, "logout", "ok");
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    reply(r, q->route, &rep);
+}
+
+static void on_operator_add(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    char secret[64] = "";
+    cm_err e = registry_operators_add(r->ops, q->req->id, q->req->role, q->req->password, secret);
+    char detail[128];
+    snprintf(detail, sizeof detail, "role=%s result=%s", q->req->role ? q->req->role : "",
+             cm_strerror(e));
+    audit(r, "operator_added", q->req->id, *q->actor ? q->actor : peer, detail);
+    registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, "operator_add", cm_strerror(e));
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.totp_secret = secret;
+    reply(r, q->route, &rep);
+    OPENSSL_cleanse(secret, sizeof secret);
+}
+
+static void on_set_operator_state(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    int old = 0;
+    cm_err e = registry_operators_set_state(r->ops, q->req->id, q->req->state, &old);
+    char detail[160];
+    snprintf(detail, sizeof detail, "from=%s to=%s result=%s", registry_state_name(old),
+             registry_state_name(q->req->state), cm_strerror(e));
+    audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id,
+          q->actor, detail);
+    registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, "set_operator_state",
+                              cm_strerror(e));
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    announce(r, "operator", q->req->id, q->req->state, NULL);
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    reply(r, q->route, &rep);
+}
+
+typedef struct ops_list {
+    Suido__OperatorInfo **op;
+    Suido__AccessEntry **acc;
+    size_t n, cap;
+} ops_list;
+
+static char *dupstr(const char *s) { return strdup(s ? s : ""); }
+
+static void collect_op(void *ctx, const Suido__OperatorInfo *o)
+{
+    ops_list *l = ctx;
+    Suido__OperatorInfo *c = l->n < l->cap ? malloc(sizeof *c) : NULL;
+    if (!c)
+        return;
+    *c = *o;
+    c->id = dupstr(o->id);
+    c->role = dupstr(o->role);
+    l->op[l->n++] = c;
+}
+
+static void collect_access(void *ctx, const Suido__AccessEntry *e)
+{
+    ops_list *l = ctx;
+    Suido__AccessEntry *c = l->n < l->cap ? malloc(sizeof *c) : NULL;
+    if (!c)
+        return;
+    *c = *e;
+    c->operator_ = dupstr(e->operator_);
+    c->source = dupstr(e->source);
+    c->action = dupstr(e->action);
+    c->result = dupstr(e->result);
+    l->acc[l->n++] = c;
+}
+
+static void on_list_operators(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    (void)peer;
+    ops_list l = {.cap = 1024};
+    l.op = calloc(l.cap, sizeof *l.op);
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    if (l.op && registry_operators_each(r->ops, collect_op, &l) == CM_OK) {
+        rep.n_operators = l.n;
+        rep.operators = l.op;
+        reply(r, q->route, &rep);
+    } else {
+        reply_error(r, q->route, CM_ERR_DB);
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        free(l.op[i]->id);
+        free(l.op[i]->role);
+        free(l.op[i]);
+    }
+    free(l.op);
+}
+
+static void on_access_history(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    (void)peer;
+    ops_list l = {.cap = 500};
+    l.acc = calloc(l.cap, sizeof *l.acc);
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    const char *who = q->req->id && strcmp(q->req->id, "*") != 0 ? q->req->id : "";
+    if (l.acc && registry_operators_access(r->ops, who, (int)l.cap, collect_access, &l) == CM_OK) {
+        rep.n_access = l.n;
+        rep.access = l.acc;
+        reply(r, q->route, &rep);
+    } else {
+        reply_error(r, q->route, CM_ERR_DB);
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        free(l.acc[i]->operator_);
+        free(l.acc[i]->source);
+        free(l.acc[i]->action);
+        free(l.acc[i]->result);
+        free(l.acc[i]);
+    }
+    free(l.acc);
+}
+
 /* The registry's whole attack surface: which peer may ask what. */
 static const cm_dispatch DISPATCH[] = {
     {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
     {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
     {"set_gateway_state", "suidoctl", on_set_gateway_state},
     {"set_service_state", "suidoctl", on_set_service_state},
+    {"login", "suidoctl,monitor", on_login},
+    {"session_check", "suidoctl,monitor,gate", on_session_check},
+    {"logout", "suidoctl,monitor", on_logout},
+    {"operator_add", "suidoctl", on_operator_add},
+    {"set_operator_state", "suidoctl", on_set_operator_state},
+    {"list_operators", "suidoctl", on_list_operators},
+    {"access_history", "suidoctl", on_access_history},
     {NULL, NULL, NULL},
 };
+
+/* Rights of operators (A8: administration apart from daily use). Human-facing peers (suidoctl,
+ * monitor) must present a live session of at least this role for the operation; services ask
+ * with their CURVE identity alone. -1: no session needed (logging in). */
+static const struct {
+    const char *op;
+    int min_role;
+} RIGHTS[] = {
+    {"login", -1},
+    {"session_check", -1},
+    {"get_gateway", ROLE_VIEWER},
+    {"list_gateways", ROLE_VIEWER},
+    {"logout", ROLE_VIEWER},
+    {"set_gateway_state", ROLE_ADMIN},
+    {"set_service_state", ROLE_ADMIN},
+    {"operator_add", ROLE_ADMIN},
+    {"set_operator_state", ROLE_ADMIN},
+    {"list_operators", ROLE_ADMIN},
+    {"access_history", ROLE_ADMIN},
+};
+
+/* CM_OK when the request may go ahead; fills q->actor with the operator acting. The very first
+ * operator of a deployment may be added without a session (there is nobody to log in yet). */
+static cm_err authorize(registry *r, request *q, const char *op)
+{
+    if (strcmp(q->peer, "suidoctl") != 0 && strcmp(q->peer, "monitor") != 0)
+        return CM_OK;
+    int need = ROLE_ADMIN;
+    for (size_t i = 0; i < sizeof RIGHTS / sizeof RIGHTS[0]; i++)
+        if (strcmp(RIGHTS[i].op, op) == 0)
+            need = RIGHTS[i].min_role;
+    if (need < 0)
+        return CM_OK;
+    if (strcmp(op, "operator_add") == 0 && registry_operators_count(r->ops) == 0) {
+        snprintf(q->actor, sizeof q->actor, "bootstrap");
+        return CM_OK;
+    }
+    op_role role;
+    uint64_t exp;
+    if (registry_operators_session(r->ops, q->req->token, cm_now_ms(), q->actor, &role, &exp) !=
+        CM_OK)
+        return CM_ERR_DENIED;
+    return (int)role >= need ? CM_OK : CM_ERR_DENIED;
+}
 
 static const char *op_name(int op)
 {
@@ -223,6 +473,20 @@ static const char *op_name(int op)
         return "set_gateway_state";
     case SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE:
         return "set_service_state";
+    case SUIDO__REGISTRY_OP__REG_LOGIN:
+        return "login";
+    case SUIDO__REGISTRY_OP__REG_SESSION_CHECK:
+        return "session_check";
+    case SUIDO__REGISTRY_OP__REG_LOGOUT:
+        return "logout";
+    case SUIDO__REGISTRY_OP__REG_OPERATOR_ADD:
+        return "operator_add";
+    case SUIDO__REGISTRY_OP__REG_SET_OPERATOR_STATE:
+        return "set_operator_state";
+    case SUIDO__REGISTRY_OP__REG_LIST_OPERATORS:
+        return "list_operators";
+    case SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY:
+        return "access_history";
     default:
         return "unknown";
     }
@@ -249,25 +513,32 @@ static void handle_one(registry *r)
         reply_error(r, &route, CM_ERR_DECODE);
         goto out;
     }
-    const cm_dispatch *row = cm_dispatch_find(DISPATCH, op_name(req->op));
+    const char *op = op_name(req->op);
+    const cm_dispatch *row = cm_dispatch_find(DISPATCH, op);
+    request q = {.route = &route, .req = req, .peer = peer};
+    /* the operations about one identity need a well-formed id */
+    static const char *const NEEDS_ID[] = {"get_gateway", "set_gateway_state",
+                                           "set_service_state", "login", "operator_add",
+                                           "set_operator_state"};
+    int needs_id = 0;
+    for (size_t i = 0; i < sizeof NEEDS_ID / sizeof NEEDS_ID[0]; i++)
+        needs_id |= strcmp(op, NEEDS_ID[i]) == 0;
     if (!row || !cm_dispatch_peer_ok(row, peer) || cm_svc_peer_revoked(r->svc, peer)) {
         cm_metric_inc(r->rejected);
-        cm_warn("peer=%s op=%s error=\"not allowed\"", peer, op_name(req->op));
-        audit(r, "request_denied", peer, peer, op_name(req->op));
+        cm_warn("peer=%s op=%s error=\"not allowed\"", peer, op);
+        audit(r, "request_denied", peer, peer, op);
         reply_error(r, &route, CM_ERR_DENIED);
-    } else if (!req->id || !*req->id || strlen(req->id) > 64) {
-        if (row->handler == on_list_gateways) {
-            request q = {.route = &route, .req = req, .peer = peer};
-            row->handler(r, &q, peer);
-        } else {
-            cm_metric_inc(r->rejected);
-            reply_error(r, &route, CM_ERR_INVAL);
-        }
-    } else if (0) {
+    } else if (needs_id && (!req->id || !*req->id || strlen(req->id) > 64)) {
         cm_metric_inc(r->rejected);
         reply_error(r, &route, CM_ERR_INVAL);
+    } else if (authorize(r, &q, op) != CM_OK) {
+        cm_metric_inc(r->rejected);
+        cm_warn("peer=%s op=%s error=\"no session with the rights for this\"", peer, op);
+        char detail[96];
+        snprintf(detail, sizeof detail, "op=%s reason=no_session_or_role", op);
+        audit(r, "request_denied", req->id ? req->id : "", *q.actor ? q.actor : peer, detail);
+        reply_error(r, &route, CM_ERR_DENIED);
     } else {
-        request q = {.route = &route, .req = req, .peer = peer};
         row->handler(r, &q, peer);
     }
     suido__registry_request__free_unpacked(req, NULL);
@@ -305,6 +576,8 @@ int main(int argc, char **argv)
         cm_svc_die(s, "%s", err);
     cm_conf_destroy(&inv);
     cm_info("inventory=%s added=%d gateways=%d", inv_path, added, registry_store_count(r.store));
+    if (registry_operators_open(registry_store_db(r.store), &r.ops) != CM_OK)
+        cm_svc_die(s, "%s: cannot open the operator tables", db);
 
     if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &r.api, err))
         cm_svc_die(s, "%s", err);
@@ -344,6 +617,7 @@ int main(int argc, char **argv)
         zmq_close(r.events);
     if (r.to_archive)
         zmq_close(r.to_archive);
+    registry_operators_close(&r.ops);
     registry_store_close(&r.store);
     cm_svc_destroy(&r.svc);
     return 0;

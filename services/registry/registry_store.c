@@ -465,3 +465,5 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
     }
     return CM_OK;
 }
+
+sqlite3 *registry_store_db(registry_store *s) { return s->db; }

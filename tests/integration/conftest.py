@@ -15,6 +15,7 @@ def suite(tmp_path_factory):
     s = Suite(tmp_path_factory.mktemp("suite"), gateways=10)
     try:
         s.start()
+        s.login_admin()
         yield s
     finally:
         codes = s.stop()

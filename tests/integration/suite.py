@@ -64,6 +64,7 @@ class Suite:
         self.base = free_base_port()
         self.port = self.base
         self.procs = {}
+        self.token = None
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, SUIDO_BIN=str(BIN))
@@ -159,13 +160,37 @@ class Suite:
             assert r.returncode == 0, f"simulator failed ({r.returncode}):\n{r.stderr[-3000:]}"
         return json.loads(report.read_text()) if report.exists() else None
 
-    def ctl(self, *args, check=True):
-        """Runs suidoctl against this deployment; returns the CompletedProcess."""
+    def ctl(self, *args, check=True, token=None, stdin=None):
+        """Runs suidoctl against this deployment (as the admin logged in by login_admin, unless
+        another token is given); returns the CompletedProcess."""
+        env = dict(os.environ)
+        env.pop("SUIDO_TOKEN", None)
+        tok = self.token if token is None else token
+        if tok:
+            env["SUIDO_TOKEN"] = tok
         r = subprocess.run([str(BIN / "suidoctl"), "-c", str(self.dir / "etc" / "suidoctl.conf"),
-                            *map(str, args)], capture_output=True, text=True, timeout=30)
+                            *map(str, args)], capture_output=True, text=True, timeout=30,
+                           env=env, input=stdin)
         if check:
             assert r.returncode == 0, f"suidoctl {args} -> {r.returncode}: {r.stderr}"
         return r
+
+    def add_operator(self, ident, role, password):
+        """Adds an operator; returns its TOTP secret (base32)."""
+        r = self.ctl("--json", "operator", "add", ident, "--role", role, stdin=password + "\n")
+        return json.loads(r.stdout)["totp_secret"]
+
+    def login(self, ident, password, code, source="test-console", check=True):
+        r = self.ctl("--json", "login", ident, "--totp", code, "--source", source,
+                     stdin=password + "\n", token="", check=check)
+        return json.loads(r.stdout)["token"] if r.returncode == 0 else r
+
+    def login_admin(self):
+        """The deployment's first operator (added without a session), logged in."""
+        from wire import totp
+        self.admin_password = "correct horse battery staple"
+        self.admin_secret = self.add_operator("admin", "admin", self.admin_password)
+        self.token = self.login("admin", self.admin_password, totp(self.admin_secret))
 
     def tls_files(self, who):
         """(cert, key) of a gateway, service or test identity."""

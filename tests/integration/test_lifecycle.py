@@ -51,7 +51,7 @@ def test_suspended_gateway_is_refused_at_once_and_back_when_activated(suite, pb)
         "SELECT count(*) FROM batches WHERE boot_epoch=8103")[0][0] == 1, 10)
     events = suite.query("SELECT event, subject, actor, detail FROM audit "
                          "WHERE subject='gw-0009' AND event='identity_state_changed'")
-    assert len(events) == 2 and all(e[2] == "suidoctl" for e in events)
+    assert len(events) == 2 and all(e[2] == "admin" for e in events)
 
 
 def test_lifecycle_forbids_moves_out_of_order(suite):

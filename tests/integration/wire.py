@@ -12,6 +12,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 DOMAIN = b"suido/v1/batch\0"
 
 
+def totp(secret_b32, at=None, step=30):
+    """RFC 6238 TOTP (HMAC-SHA1, 6 digits) of a base32 secret, at time `at` (default now)."""
+    import base64
+    import hmac
+    import struct
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    counter = int((time.time() if at is None else at) // step)
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    off = mac[-1] & 0x0F
+    code = (struct.unpack(">I", mac[off:off + 4])[0] & 0x7FFFFFFF) % 1000000
+    return f"{code:06d}"
+
+
 def signing_key(suite, gw):
     path = suite.dir / "gateways" / gw / "sign.key"
     return serialization.load_pem_private_key(path.read_bytes(), None)

@@ -6,6 +6,17 @@
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
  *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
+ *   suidoctl [-c CONF] [--json] login ID --totp CODE [--password-file F] [--source S]
+ *   suidoctl [-c CONF] logout
+ *   suidoctl [-c CONF] [--json] operator add ID --role viewer|operator|admin [--password-file F]
+ *   suidoctl [-c CONF] [--json] operator list | suspend|activate|revoke|dispose ID
+ *   suidoctl [-c CONF] [--json] access [--operator ID]
+ *
+ * Everything but login needs an operator session: --token TOKEN or $SUIDO_TOKEN (printed by
+ * login; password + TOTP code; 30 minutes). Changes of state and operator administration need
+ * the admin role. The very first operator of a deployment is added without a session.
+ * Passwords are read from --password-file or the first line of standard input, never from the
+ * command line.
  *
  * It talks to the registry over ZeroMQ/CURVE as the identity "suidoctl" (the registry's dispatch
  * table lets only that identity change states) and reads the archive's audit log read-only.
@@ -49,6 +60,7 @@ static const cm_conf_spec SPEC[] = {
 
 typedef struct ctl {
     cm_conf *conf;
+    const char *token;
     int json;
     void *zctx;
     cm_registry *reg;
@@ -64,7 +76,13 @@ static void usage(void)
             "  service suspend|activate|revoke ID [--reason TEXT]\n"
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
-            "  audit verify [--db PATH]  check the audit log's hash chain\n");
+            "  audit verify [--db PATH]  check the audit log's hash chain\n"
+            "  login ID --totp CODE [--password-file F] [--source S]\n"
+            "  logout\n"
+            "  operator add ID --role viewer|operator|admin [--password-file F]\n"
+            "  operator list | suspend|activate|revoke|dispose ID\n"
+            "  access [--operator ID]\n"
+            "options: --token TOKEN (or $SUIDO_TOKEN), --json, -c CONF\n");
     exit(EXIT_USAGE);
 }
 
@@ -97,13 +115,21 @@ static Suido__RegistryReply *call(ctl *c, const Suido__RegistryRequest *req)
     if (!c->reg)
         connect_registry(c);
     Suido__RegistryReply *rep = NULL;
-    if (cm_registry_call(c->reg, req, &rep) != CM_OK)
+    Suido__RegistryRequest with_token = *req;
+    if (!req->token || !*req->token)
+        with_token.token = (char *)(c->token ? c->token : "");
+    if (cm_registry_call(c->reg, &with_token, &rep) != CM_OK)
         fail(EXIT_UNAVAILABLE, "%s", "the registry did not answer");
     if (rep->status != 0) {
         const char *why = rep->error && *rep->error ? rep->error : cm_strerror(rep->status);
         if (rep->status == CM_ERR_INVAL)
             why = "not allowed by the lifecycle (provisioned -> active <-> suspended -> revoked -> "
-                  "disposed)";
+                  "disposed) or invalid";
+        if (rep->status == CM_ERR_DENIED && req->op != SUIDO__REGISTRY_OP__REG_LOGIN)
+            why = "denied: log in first (--token or $SUIDO_TOKEN) with a role that may do this";
+        if (rep->status == CM_ERR_REVOKED && rep->retry_after_ms)
+            fail(EXIT_FAILED, "refused: locked out for this source, retry in %llu s",
+                 (unsigned long long)((rep->retry_after_ms - cm_now_ms()) / 1000 + 1));
         fail(EXIT_FAILED, "refused: %s", why);
     }
     return rep;
@@ -260,6 +286,157 @@ static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char 
     return EXIT_OK;
 }
 
+/* The password: the first line of --password-file, or of standard input. */
+static void read_password(const char *file, char *out, size_t len)
+{
+    FILE *f = file ? fopen(file, "r") : stdin;
+    if (!f)
+        fail(EXIT_USAGE, "%s: %s", file, strerror(errno));
+    if (!fgets(out, (int)len, f))
+        out[0] = '\0';
+    if (file)
+        fclose(f);
+    out[strcspn(out, "\r\n")] = '\0';
+    if (!out[0])
+        fail(EXIT_USAGE, "%s", "no password given (first line of --password-file or stdin)");
+}
+
+static int cmd_login(ctl *c, const char *id, const char *pwfile, const char *totp,
+                     const char *source)
+{
+    char pw[1100];
+    if (!totp)
+        fail(EXIT_USAGE, "%s", "login needs --totp CODE (the 6 digits of the authenticator)");
+    read_password(pwfile, pw, sizeof pw);
+    char host[256] = "";
+    if (!source) {
+        gethostname(host, sizeof host - 1);
+        source = host;
+    }
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_LOGIN;
+    req.id = (char *)id;
+    req.password = pw;
+    req.totp = (char *)totp;
+    req.source = (char *)source;
+    Suido__RegistryReply *rep = call(c, &req);
+    memset(pw, 0, sizeof pw);
+    if (c->json) {
+        printf("{");
+        json_str("token", rep->token, 0);
+        printf(",\"expires_ms\":%llu}\n", (unsigned long long)rep->expires_ms);
+    } else {
+        printf("%s\n", rep->token);
+        fprintf(stderr, "suidoctl: logged in as %s until %llu (export SUIDO_TOKEN=<token>)\n", id,
+                (unsigned long long)rep->expires_ms);
+    }
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_simple(ctl *c, int op, const char *id)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = op;
+    req.id = (char *)(id ? id : "");
+    Suido__RegistryReply *rep = call(c, &req);
+    if (op == SUIDO__REGISTRY_OP__REG_LIST_OPERATORS) {
+        if (c->json)
+            printf("[");
+        else
+            printf("%-20s %-10s %-9s %8s  %s\n", "ID", "STATE", "ROLE", "FAILURES", "LOCKED UNTIL");
+        for (size_t i = 0; i < rep->n_operators; i++) {
+            const Suido__OperatorInfo *o = rep->operators[i];
+            if (c->json) {
+                printf("%s{", i ? "," : "");
+                json_str("id", o->id, 1);
+                json_str("state", state_name(o->state), 1);
+                json_str("role", o->role, 0);
+                printf(",\"failures\":%u,\"locked_until_ms\":%llu}", o->failures,
+                       (unsigned long long)o->locked_until_ms);
+            } else {
+                printf("%-20s %-10s %-9s %8u  %llu\n", o->id, state_name(o->state), o->role,
+                       o->failures, (unsigned long long)o->locked_until_ms);
+            }
+        }
+        if (c->json)
+            printf("]\n");
+    } else if (op == SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY) {
+        if (c->json)
+            printf("[");
+        for (size_t i = 0; i < rep->n_access; i++) {
+            const Suido__AccessEntry *e = rep->access[i];
+            if (c->json) {
+                printf("%s{\"ts_ms\":%llu,", i ? "," : "", (unsigned long long)e->ts_ms);
+                json_str("operator", e->operator_, 1);
+                json_str("source", e->source, 1);
+                json_str("action", e->action, 1);
+                json_str("result", e->result, 0);
+                printf("}");
+            } else {
+                printf("%llu %-20s %-24s %-18s %s\n", (unsigned long long)e->ts_ms, e->operator_,
+                       e->source, e->action, e->result);
+            }
+        }
+        if (c->json)
+            printf("]\n");
+    }
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_operator_add(ctl *c, const char *id, const char *role, const char *pwfile)
+{
+    char pw[1100];
+    if (!role)
+        fail(EXIT_USAGE, "%s", "operator add needs --role viewer|operator|admin");
+    read_password(pwfile, pw, sizeof pw);
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_OPERATOR_ADD;
+    req.id = (char *)id;
+    req.role = (char *)role;
+    req.password = pw;
+    Suido__RegistryReply *rep = call(c, &req);
+    memset(pw, 0, sizeof pw);
+    if (c->json) {
+        printf("{");
+        json_str("id", id, 1);
+        json_str("role", role, 1);
+        json_str("totp_secret", rep->totp_secret, 0);
+        printf("}\n");
+    } else {
+        printf("operator %s (%s) added. TOTP secret (shown once): %s\n"
+               "otpauth://totp/suido:%s?secret=%s&issuer=suido&digits=6&period=30\n",
+               id, role, rep->totp_secret, id, rep->totp_secret);
+    }
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_operator_state(ctl *c, const char *verb, const char *id)
+{
+    static const struct { const char *verb; int state; } VERBS[] = {
+        {"suspend", SUIDO__ENTITY_STATE__STATE_SUSPENDED},
+        {"activate", SUIDO__ENTITY_STATE__STATE_ACTIVE},
+        {"revoke", SUIDO__ENTITY_STATE__STATE_REVOKED},
+        {"dispose", SUIDO__ENTITY_STATE__STATE_DISPOSED},
+    };
+    int state = -1;
+    for (size_t i = 0; i < 4; i++)
+        if (strcmp(VERBS[i].verb, verb) == 0)
+            state = VERBS[i].state;
+    if (state < 0)
+        usage();
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_SET_OPERATOR_STATE;
+    req.id = (char *)id;
+    req.state = state;
+    Suido__RegistryReply *rep = call(c, &req);
+    suido__registry_reply__free_unpacked(rep, NULL);
+    printf("operator %s: %s\n", id, state_name(state));
+    return EXIT_OK;
+}
+
 /* Recomputes the hash chain of the audit log; reports the first entry that does not fit. */
 static int cmd_audit_verify(ctl *c, const char *db)
 {
@@ -330,8 +507,10 @@ int main(int argc, char **argv)
     const char *conf_path = getenv("SUIDO_CONF");
     const char *args[8];
     int nargs = 0;
-    const char *reason = NULL, *db = NULL;
+    const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
+    const char *role = NULL, *who = NULL;
     long days = 30;
+    c.token = getenv("SUIDO_TOKEN");
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
             conf_path = argv[++i];
@@ -343,6 +522,18 @@ int main(int argc, char **argv)
             db = argv[++i];
         else if (strcmp(argv[i], "--days") == 0 && i + 1 < argc)
             days = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+            c.token = argv[++i];
+        else if (strcmp(argv[i], "--password-file") == 0 && i + 1 < argc)
+            pwfile = argv[++i];
+        else if (strcmp(argv[i], "--totp") == 0 && i + 1 < argc)
+            totp = argv[++i];
+        else if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
+            source = argv[++i];
+        else if (strcmp(argv[i], "--role") == 0 && i + 1 < argc)
+            role = argv[++i];
+        else if (strcmp(argv[i], "--operator") == 0 && i + 1 < argc)
+            who = argv[++i];
         else if (argv[i][0] == '-' || nargs == 8)
             usage();
         else
@@ -370,6 +561,18 @@ int main(int argc, char **argv)
         rc = cmd_set_state(&c, cmd, args[1], args[2], reason);
     else if (strcmp(cmd, "audit") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
         rc = cmd_audit_verify(&c, db);
+    else if (strcmp(cmd, "login") == 0 && nargs == 2)
+        rc = cmd_login(&c, args[1], pwfile, totp, source);
+    else if (strcmp(cmd, "logout") == 0 && nargs == 1)
+        rc = cmd_simple(&c, SUIDO__REGISTRY_OP__REG_LOGOUT, NULL);
+    else if (strcmp(cmd, "access") == 0 && nargs == 1)
+        rc = cmd_simple(&c, SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY, who ? who : "*");
+    else if (strcmp(cmd, "operator") == 0 && nargs == 2 && strcmp(args[1], "list") == 0)
+        rc = cmd_simple(&c, SUIDO__REGISTRY_OP__REG_LIST_OPERATORS, NULL);
+    else if (strcmp(cmd, "operator") == 0 && nargs == 3 && strcmp(args[1], "add") == 0)
+        rc = cmd_operator_add(&c, args[2], role, pwfile);
+    else if (strcmp(cmd, "operator") == 0 && nargs == 3)
+        rc = cmd_operator_state(&c, args[1], args[2]);
     else
         usage();
     cm_registry_destroy(&c.reg);

@@ -1,0 +1,497 @@
+/* registry_operators: operator accounts, second factor, lockout, sessions, access history. */
+#include "registry_operators.h"
+
+#include <argon2.h>
+#include <liboath/oath.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "cm_crypto.h"
+#include "cm_log.h"
+
+/* Argon2id, OWASP's baseline: 19 MiB, 2 passes, 1 lane (about 50 ms here) */
+#define ARGON_T 2
+#define ARGON_M 19456
+#define ARGON_P 1
+#define TOTP_STEP 30
+#define SOURCE_LIMIT 20                     /* failures from one source in SOURCE_WINDOW_MS */
+#define SOURCE_WINDOW_MS (10u * 60u * 1000u)
+#define MAX_LOCK_MS (24ull * 3600u * 1000u)
+
+struct registry_operators {
+    sqlite3 *db;
+};
+
+static const char SCHEMA[] =
+    "CREATE TABLE IF NOT EXISTS operators("
+    " id TEXT PRIMARY KEY, state INTEGER NOT NULL, role TEXT NOT NULL,"
+    " pw_hash TEXT NOT NULL, totp_secret BLOB NOT NULL, last_totp_step INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL, last_login_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS lockouts("
+    " operator TEXT NOT NULL, source TEXT NOT NULL, failures INTEGER NOT NULL,"
+    " locked_until_ms INTEGER NOT NULL, lockouts INTEGER NOT NULL,"
+    " PRIMARY KEY(operator, source));"
+    "CREATE TABLE IF NOT EXISTS sessions("
+    " token_hash BLOB PRIMARY KEY, operator TEXT NOT NULL, source TEXT NOT NULL,"
+    " expires_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS access("
+    " id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, operator TEXT NOT NULL,"
+    " source TEXT NOT NULL, action TEXT NOT NULL, result TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS access_by_operator ON access(operator, ts_ms);";
+
+op_role op_role_parse(const char *s)
+{
+    if (!s)
+        return ROLE_NONE;
+    if (strcmp(s, "viewer") == 0)
+        return ROLE_VIEWER;
+    if (strcmp(s, "operator") == 0)
+        return ROLE_OPERATOR;
+    if (strcmp(s, "admin") == 0)
+        return ROLE_ADMIN;
+    return ROLE_NONE;
+}
+
+const char *op_role_name(op_role r)
+{
+    static const char *const n[] = {"none", "viewer", "operator", "admin"};
+    return (unsigned)r < 4 ? n[r] : "none";
+}
+
+cm_err registry_operators_open(sqlite3 *db, registry_operators **out)
+{
+    *out = NULL;
+    char *err = NULL;
+    if (sqlite3_exec(db, SCHEMA, NULL, NULL, &err) != SQLITE_OK) {
+        cm_error("error=\"operators schema: %s\"", err ? err : "");
+        sqlite3_free(err);
+        return CM_ERR_DB;
+    }
+    registry_operators *o = calloc(1, sizeof *o);
+    if (!o)
+        return CM_ERR_NOMEM;
+    o->db = db;
+    if (oath_init() != OATH_OK) {
+        free(o);
+        return CM_ERR_CRYPTO;
+    }
+    *out = o;
+    return CM_OK;
+}
+
+void registry_operators_close(registry_operators **op)
+{
+    if (!op || !*op)
+        return;
+    oath_done();
+    free(*op);
+    *op = NULL;
+}
+
+/* Prepares sql (caller binds, steps and finalizes); NULL on error, which is logged. */
+static sqlite3_stmt *q(registry_operators *o, const char *sql)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(o->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        cm_error("sql=\"%s\" error=\"%s\"", sql, sqlite3_errmsg(o->db));
+        return NULL;
+    }
+    return st;
+}
+
+static int64_t one_int(registry_operators *o, const char *sql, const char *a, const char *b,
+                       int64_t c)
+{
+    sqlite3_stmt *st = q(o, sql);
+    int64_t v = -1;
+    if (!st)
+        return -1;
+    if (a)
+        sqlite3_bind_text(st, 1, a, -1, SQLITE_TRANSIENT);
+    if (b)
+        sqlite3_bind_text(st, 2, b, -1, SQLITE_TRANSIENT);
+    if (c >= 0)
+        sqlite3_bind_int64(st, b ? 3 : 2, c);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+int registry_operators_count(registry_operators *o)
+{
+    return (int)one_int(o, "SELECT count(*) FROM operators", NULL, NULL, -1);
+}
+
+static int valid_id(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '-' ||
+              id[i] == '.' || id[i] == '_'))
+            return 0;
+    return 1;
+}
+
+cm_err registry_operators_add(registry_operators *o, const char *id, const char *role,
+                              const char *password, char secret_b32[64])
+{
+    if (!valid_id(id) || op_role_parse(role) == ROLE_NONE || !password ||
+        strlen(password) < 12 || strlen(password) > 1024)
+        return CM_ERR_INVAL;
+    if (one_int(o, "SELECT count(*) FROM operators WHERE id=?", id, NULL, -1) != 0)
+        return CM_ERR_DUPLICATE;
+    uint8_t salt[16], secret[20];
+    char hash[256];
+    if (cm_random(salt, sizeof salt) != CM_OK || cm_random(secret, sizeof secret) != CM_OK)
+        return CM_ERR_CRYPTO;
+    if (argon2id_hash_encoded(ARGON_T, ARGON_M, ARGON_P, password, strlen(password), salt,
+                              sizeof salt, 32, hash, sizeof hash) != ARGON2_OK)
+        return CM_ERR_CRYPTO;
+    char *b32 = NULL;
+    size_t b32len = 0;
+    if (oath_base32_encode((const char *)secret, sizeof secret, &b32, &b32len) != OATH_OK ||
+        b32len >= 64) {
+        free(b32);
+        return CM_ERR_CRYPTO;
+    }
+    snprintf(secret_b32, 64, "%s", b32);
+    free(b32);
+    sqlite3_stmt *st = q(o, "INSERT INTO operators(id,state,role,pw_hash,totp_secret,created_ms)"
+                            " VALUES(?,?,?,?,?,?)");
+    if (!st)
+        return CM_ERR_DB;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 2, SUIDO__ENTITY_STATE__STATE_ACTIVE);
+    sqlite3_bind_text(st, 3, role, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, hash, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 5, secret, sizeof secret, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)(time(NULL) * 1000LL));
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    OPENSSL_cleanse(secret, sizeof secret);
+    return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
+
+void registry_operators_record(registry_operators *o, uint64_t now_ms, const char *op,
+                               const char *source, const char *action, const char *result)
+{
+    sqlite3_stmt *st = q(o, "INSERT INTO access(ts_ms,operator,source,action,result)"
+                            " VALUES(?,?,?,?,?)");
+    if (!st)
+        return;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)now_ms);
+    sqlite3_bind_text(st, 2, op ? op : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, source ? source : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, action, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 5, result, -1, SQLITE_TRANSIENT);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+}
+
+/* Counts a failure for (op, source); starts a lock after OP_MAX_FAILURES. */
+static void count_failure(registry_operators *o, const char *id, const char *source,
+                          uint64_t now_ms, op_login *res)
+{
+    int64_t lockouts = one_int(o, "SELECT lockouts FROM lockouts WHERE operator=? AND source=?",
+                               id, source, -1);
+    int64_t failures = one_int(o, "SELECT failures FROM lockouts WHERE operator=? AND source=?",
+                               id, source, -1);
+    if (failures < 0) {
+        failures = 0;
+        lockouts = 0;
+    }
+    failures++;
+    uint64_t until = 0;
+    if (failures >= OP_MAX_FAILURES) {
+        uint64_t lock = 60000ull << (lockouts < 20 ? lockouts : 20);
+        if (lock > MAX_LOCK_MS)
+            lock = MAX_LOCK_MS;
+        until = now_ms + lock;
+        lockouts++;
+        failures = 0;
+        res->locked_now = 1;
+        res->retry_after_ms = until;
+    }
+    sqlite3_stmt *st = q(o, "INSERT INTO lockouts(operator,source,failures,locked_until_ms,"
+                            "lockouts) VALUES(?,?,?,?,?) ON CONFLICT(operator,source) DO UPDATE"
+                            " SET failures=excluded.failures, lockouts=excluded.lockouts,"
+                            " locked_until_ms=CASE WHEN excluded.locked_until_ms > 0 THEN"
+                            " excluded.locked_until_ms ELSE locked_until_ms END");
+    if (!st)
+        return;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, source, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, failures);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)until);
+    sqlite3_bind_int64(st, 5, lockouts);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+}
+
+static void token_hash(const char *token, uint8_t out[32])
+{
+    unsigned int n = 0;
+    EVP_Digest(token, strlen(token), out, &n, EVP_sha256(), NULL);
+}
+
+#define FAIL(why)                                                                                  \
+    do {                                                                                           \
+        res->status = CM_ERR_DENIED;                                                               \
+        res->reason = (why);                                                                       \
+        goto failed;                                                                               \
+    } while (0)
+
+void registry_operators_login(registry_operators *o, const char *id, const char *password,
+                              const char *totp, const char *source, uint64_t now_ms,
+                              op_login *res)
+{
+    memset(res, 0, sizeof *res);
+    res->status = CM_OK;
+    res->reason = "ok";
+    sqlite3_stmt *st = NULL;
+    if (!valid_id(id) || !source || !*source || strlen(source) > 128) {
+        res->status = CM_ERR_INVAL;
+        res->reason = "malformed";
+        return;
+    }
+    /* a source failing against many accounts is blocked, the accounts are not */
+    int64_t recent = one_int(o, "SELECT count(*) FROM access WHERE source=? AND action='login' "
+                                "AND result<>'ok' AND ts_ms>?",
+                             source, NULL, (int64_t)(now_ms - SOURCE_WINDOW_MS));
+    if (recent >= SOURCE_LIMIT) {
+        res->status = CM_ERR_REVOKED;
+        res->reason = "source_blocked";
+        res->retry_after_ms = now_ms + SOURCE_WINDOW_MS;
+        return;
+    }
+    int64_t until = one_int(o, "SELECT locked_until_ms FROM lockouts WHERE operator=? AND "
+                               "source=?",
+                            id, source, -1);
+    if (until > 0 && (uint64_t)until > now_ms) {
+        res->status = CM_ERR_REVOKED;
+        res->reason = "locked_out";
+        res->retry_after_ms = (uint64_t)until;
+        return;
+    }
+    st = q(o, "SELECT state, role, pw_hash, totp_secret, last_totp_step FROM operators "
+              "WHERE id=?");
+    if (!st) {
+        res->status = CM_ERR_DB;
+        res->reason = "database";
+        return;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        /* same work as a real check, so a missing account does not answer faster */
+        char dummy[256];
+        uint8_t salt[16] = {0};
+        argon2id_hash_encoded(ARGON_T, ARGON_M, ARGON_P, password ? password : "",
+                              password ? strlen(password) : 0, salt, sizeof salt, 32, dummy,
+                              sizeof dummy);
+        FAIL("unknown_operator");
+    }
+    if (sqlite3_column_int(st, 0) != SUIDO__ENTITY_STATE__STATE_ACTIVE)
+        FAIL("operator_not_active");
+    res->role = op_role_parse((const char *)sqlite3_column_text(st, 1));
+    const char *hash = (const char *)sqlite3_column_text(st, 2);
+    if (!password || !hash || argon2id_verify(hash, password, strlen(password)) != ARGON2_OK)
+        FAIL("bad_password");
+    int otp_pos = 0;
+    uint64_t counter = 0;
+    if (!totp || strlen(totp) != 6 ||
+        oath_totp_validate3(sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3),
+                            (time_t)(now_ms / 1000), TOTP_STEP, 0, 1, &otp_pos, &counter,
+                            totp) < 0)
+        FAIL("bad_totp");
+    if ((int64_t)counter <= sqlite3_column_int64(st, 4))
+        FAIL("totp_reused");
+    sqlite3_finalize(st);
+    st = NULL;
+
+    /* success: remember the step, clear the failures, open a session */
+    sqlite3_stmt *u = q(o, "UPDATE operators SET last_totp_step=?, last_login_ms=? WHERE id=?");
+    if (u) {
+        sqlite3_bind_int64(u, 1, (sqlite3_int64)counter);
+        sqlite3_bind_int64(u, 2, (sqlite3_int64)now_ms);
+        sqlite3_bind_text(u, 3, id, -1, SQLITE_TRANSIENT);
+        sqlite3_step(u);
+        sqlite3_finalize(u);
+    }
+    u = q(o, "UPDATE lockouts SET failures=0 WHERE operator=? AND source=?");
+    if (u) {
+        sqlite3_bind_text(u, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(u, 2, source, -1, SQLITE_TRANSIENT);
+        sqlite3_step(u);
+        sqlite3_finalize(u);
+    }
+    res->new_source = one_int(o, "SELECT count(*) FROM access WHERE operator=? AND source=? AND "
+                                 "action='login' AND result='ok'",
+                              id, source, -1) == 0;
+    time_t now_s = (time_t)(now_ms / 1000);
+    struct tm tm;
+    gmtime_r(&now_s, &tm);
+    int64_t history = one_int(o, "SELECT count(*) FROM access WHERE operator=? AND "
+                                 "action='login' AND result='ok'",
+                              id, NULL, -1);
+    int64_t same_hour = one_int(o, "SELECT count(*) FROM access WHERE operator=? AND "
+                                   "action='login' AND result='ok' AND "
+                                   "abs(((ts_ms / 3600000) % 24) - ?) IN (0, 1, 23)",
+                                id, NULL, tm.tm_hour);
+    res->unusual_hour = history >= 5 && same_hour == 0;
+    uint8_t raw[32], th[32];
+    if (cm_random(raw, sizeof raw) != CM_OK) {
+        res->status = CM_ERR_CRYPTO;
+        res->reason = "random";
+        return;
+    }
+    for (int i = 0; i < 32; i++)
+        snprintf(res->token + 2 * i, 3, "%02x", raw[i]);
+    token_hash(res->token, th);
+    res->expires_ms = now_ms + OP_SESSION_MS;
+    u = q(o, "INSERT INTO sessions(token_hash,operator,source,expires_ms) VALUES(?,?,?,?)");
+    if (u) {
+        sqlite3_bind_blob(u, 1, th, 32, SQLITE_TRANSIENT);
+        sqlite3_bind_text(u, 2, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(u, 3, source, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(u, 4, (sqlite3_int64)res->expires_ms);
+        sqlite3_step(u);
+        sqlite3_finalize(u);
+    }
+    registry_operators_record(o, now_ms, id, source, "login", "ok");
+    return;
+failed:
+    if (st)
+        sqlite3_finalize(st);
+    registry_operators_record(o, now_ms, id, source, "login", res->reason);
+    count_failure(o, id, source, now_ms, res);
+    res->failure_burst = one_int(o, "SELECT count(*) FROM access WHERE operator=? AND "
+                                    "action='login' AND result<>'ok' AND ts_ms>?",
+                                 id, NULL, (int64_t)(now_ms - 60000)) >= 3;
+    if (res->locked_now)
+        res->status = CM_ERR_REVOKED;
+}
+
+cm_err registry_operators_session(registry_operators *o, const char *token, uint64_t now_ms,
+                                  char op[65], op_role *role, uint64_t *expires_ms)
+{
+    if (!token || strlen(token) != 64)
+        return CM_ERR_DENIED;
+    uint8_t th[32];
+    token_hash(token, th);
+    sqlite3_stmt *st = q(o, "SELECT s.operator, o.role, s.expires_ms, o.state FROM sessions s "
+                            "JOIN operators o ON o.id = s.operator WHERE s.token_hash=?");
+    if (!st)
+        return CM_ERR_DB;
+    sqlite3_bind_blob(st, 1, th, 32, SQLITE_TRANSIENT);
+    cm_err rc = CM_ERR_DENIED;
+    if (sqlite3_step(st) == SQLITE_ROW && (uint64_t)sqlite3_column_int64(st, 2) > now_ms &&
+        sqlite3_column_int(st, 3) == SUIDO__ENTITY_STATE__STATE_ACTIVE) {
+        snprintf(op, 65, "%s", (const char *)sqlite3_column_text(st, 0));
+        *role = op_role_parse((const char *)sqlite3_column_text(st, 1));
+        *expires_ms = (uint64_t)sqlite3_column_int64(st, 2);
+        rc = CM_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+cm_err registry_operators_logout(registry_operators *o, const char *token)
+{
+    if (!token || strlen(token) != 64)
+        return CM_ERR_INVAL;
+    uint8_t th[32];
+    token_hash(token, th);
+    sqlite3_stmt *st = q(o, "DELETE FROM sessions WHERE token_hash=?");
+    if (!st)
+        return CM_ERR_DB;
+    sqlite3_bind_blob(st, 1, th, 32, SQLITE_TRANSIENT);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
+
+cm_err registry_operators_set_state(registry_operators *o, const char *id, int state, int *old)
+{
+    int64_t cur = one_int(o, "SELECT state FROM operators WHERE id=?", id, NULL, -1);
+    if (cur < 0)
+        return CM_ERR_UNKNOWN;
+    *old = (int)cur;
+    enum { P = SUIDO__ENTITY_STATE__STATE_PROVISIONED, A = SUIDO__ENTITY_STATE__STATE_ACTIVE,
+           S = SUIDO__ENTITY_STATE__STATE_SUSPENDED, R = SUIDO__ENTITY_STATE__STATE_REVOKED,
+           D = SUIDO__ENTITY_STATE__STATE_DISPOSED };
+    int ok = (state == A && (cur == P || cur == S)) || (state == S && cur == A) ||
+             (state == R && (cur == P || cur == A || cur == S)) || (state == D && cur == R);
+    if (!ok)
+        return CM_ERR_INVAL;
+    sqlite3_stmt *st = q(o, state == D ? "UPDATE operators SET state=?, pw_hash='', "
+                                         "totp_secret=x'' WHERE id=?"
+                                       : "UPDATE operators SET state=? WHERE id=?");
+    if (!st)
+        return CM_ERR_DB;
+    sqlite3_bind_int(st, 1, state);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r == SQLITE_DONE && state != A) {
+        st = q(o, "DELETE FROM sessions WHERE operator=?");
+        if (st) {
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+            sqlite3_step(st);
+            sqlite3_finalize(st);
+        }
+    }
+    return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
+
+cm_err registry_operators_each(registry_operators *o,
+                               void (*fn)(void *ctx, const Suido__OperatorInfo *op), void *ctx)
+{
+    sqlite3_stmt *st = q(o, "SELECT o.id, o.state, o.role, o.last_login_ms, "
+                            "(SELECT max(locked_until_ms) FROM lockouts l WHERE l.operator=o.id), "
+                            "(SELECT sum(failures) FROM lockouts l WHERE l.operator=o.id) "
+                            "FROM operators o ORDER BY o.id");
+    if (!st)
+        return CM_ERR_DB;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        Suido__OperatorInfo info = SUIDO__OPERATOR_INFO__INIT;
+        info.id = (char *)sqlite3_column_text(st, 0);
+        info.state = sqlite3_column_int(st, 1);
+        info.role = (char *)sqlite3_column_text(st, 2);
+        info.last_login_ms = (uint64_t)sqlite3_column_int64(st, 3);
+        info.locked_until_ms = (uint64_t)sqlite3_column_int64(st, 4);
+        info.failures = (uint32_t)sqlite3_column_int64(st, 5);
+        fn(ctx, &info);
+    }
+    sqlite3_finalize(st);
+    return CM_OK;
+}
+
+cm_err registry_operators_access(registry_operators *o, const char *op, int limit,
+                                 void (*fn)(void *ctx, const Suido__AccessEntry *e), void *ctx)
+{
+    sqlite3_stmt *st = q(o, "SELECT ts_ms, operator, source, action, result FROM access "
+                            "WHERE ?1 = '' OR operator = ?1 ORDER BY id DESC LIMIT ?2");
+    if (!st)
+        return CM_ERR_DB;
+    sqlite3_bind_text(st, 1, op ? op : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 2, limit);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        Suido__AccessEntry e = SUIDO__ACCESS_ENTRY__INIT;
+        e.ts_ms = (uint64_t)sqlite3_column_int64(st, 0);
+        e.operator_ = (char *)sqlite3_column_text(st, 1);
+        e.source = (char *)sqlite3_column_text(st, 2);
+        e.action = (char *)sqlite3_column_text(st, 3);
+        e.result = (char *)sqlite3_column_text(st, 4);
+        fn(ctx, &e);
+    }
+    sqlite3_finalize(st);
+    return CM_OK;
+}
