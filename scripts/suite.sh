@@ -79,6 +79,24 @@ stop_all() {
     done
 }
 
+# The deployment's first operator, "admin": made once, with a random password kept in
+# run/admin.password and the TOTP secret in run/admin.totp (both 0600).
+first_operator() {
+    [[ -f "$RUN/admin.totp" ]] && { say "operator: admin (password in $RUN/admin.password, TOTP secret in $RUN/admin.totp)"; return 0; }
+    local pw i out
+    pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    for i in $(seq 1 50); do
+        out=$(printf '%s\n' "$pw" | "$BIN/suidoctl" -c "$RUN/etc/suidoctl.conf" --json \
+              operator add admin --role admin 2>/dev/null) && break
+        sleep 0.1
+    done
+    [[ -n "${out:-}" ]] || { say "could not create the first operator (see $LOG/registry.log)"; return 0; }
+    (umask 077; printf '%s\n' "$pw" >"$RUN/admin.password"
+     printf '%s\n' "$out" | sed -n 's/.*"totp_secret":"\([A-Z2-7]*\)".*/\1/p' >"$RUN/admin.totp")
+    say "first operator: admin, password in $RUN/admin.password, TOTP secret $(cat "$RUN/admin.totp")"
+    say "  log in: build/bin/suidoctl login admin --password-file $RUN/admin.password --totp <code>"
+}
+
 running() { [[ -f "$PIDS/mosquitto.pid" ]] && kill -0 "$(cat "$PIDS/mosquitto.pid")" 2>/dev/null; }
 
 cmd_run() {
@@ -107,6 +125,7 @@ cmd_run() {
     sleep 0.5
     start gateway-sim "$BIN/suido-gateway-sim" --broker "ssl://localhost:$PORT" --deploy "$RUN" \
         --rate "$RATE" --batch "$BATCH" --encrypt --state-dir "$RUN/state/gateway-sim"
+    first_operator
     say "broker: ssl://localhost:$PORT (TLS only, client certificates from $RUN/ca)"
     say "PKI: $RUN/{ca,gateways,services,platform}  logs: $LOG  databases: $RUN/state/*/"
     if [[ $detach == 1 ]]; then
