@@ -221,6 +221,7 @@ name = suidoctl
 curve_public = $DIR/services/suidoctl/curve.pub
 curve_secret = $DIR/services/suidoctl/curve.key
 $(registry_client)
+timeout_ms = 5000
 
 [archive]
 database = $DIR/state/archive/archive.db

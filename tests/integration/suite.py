@@ -189,6 +189,10 @@ class Suite:
         """The deployment's first operator (added without a session), logged in."""
         from wire import totp
         self.admin_password = "correct horse battery staple"
+        # the registry may still be starting (slowly, under the sanitizers)
+        assert wait_until(lambda: self.ctl("gateway", "list", check=False).returncode == 1
+                          and "denied" in self.ctl("gateway", "list", check=False).stderr, 30), \
+            "registry not answering:\n" + self.log("registry")
         self.admin_secret = self.add_operator("admin", "admin", self.admin_password)
         self.token = self.login("admin", self.admin_password, totp(self.admin_secret))
 
