@@ -13,6 +13,7 @@
 
 #include "cm_crypto.h"
 #include "cm_log.h"
+#include "registry_store.h"
 
 /* Argon2id, OWASP's baseline: 19 MiB, 2 passes, 1 lane (about 50 ms here) */
 #define ARGON_T 2
@@ -424,14 +425,10 @@ cm_err registry_operators_set_state(registry_operators *o, const char *id, int s
     if (cur < 0)
         return CM_ERR_UNKNOWN;
     *old = (int)cur;
-    enum { P = SUIDO__ENTITY_STATE__STATE_PROVISIONED, A = SUIDO__ENTITY_STATE__STATE_ACTIVE,
-           S = SUIDO__ENTITY_STATE__STATE_SUSPENDED, R = SUIDO__ENTITY_STATE__STATE_REVOKED,
-           D = SUIDO__ENTITY_STATE__STATE_DISPOSED };
-    int ok = (state == A && (cur == P || cur == S)) || (state == S && cur == A) ||
-             (state == R && (cur == P || cur == A || cur == S)) || (state == D && cur == R);
-    if (!ok)
+    if (!registry_lifecycle_allows((int)cur, state))
         return CM_ERR_INVAL;
-    sqlite3_stmt *st = q(o, state == D ? "UPDATE operators SET state=?, pw_hash='', "
+    int disposed = state == SUIDO__ENTITY_STATE__STATE_DISPOSED;
+    sqlite3_stmt *st = q(o, disposed ? "UPDATE operators SET state=?, pw_hash='', "
                                          "totp_secret=x'' WHERE id=?"
                                        : "UPDATE operators SET state=? WHERE id=?");
     if (!st)
@@ -440,7 +437,7 @@ cm_err registry_operators_set_state(registry_operators *o, const char *id, int s
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (r == SQLITE_DONE && state != A) {
+    if (r == SQLITE_DONE && state != SUIDO__ENTITY_STATE__STATE_ACTIVE) {
         st = q(o, "DELETE FROM sessions WHERE operator=?");
         if (st) {
             sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);

@@ -375,8 +375,7 @@ const char *registry_state_name(int state)
     }
 }
 
-/* The lifecycle: which moves are allowed. */
-static int move_allowed(int from, int to)
+int registry_lifecycle_allows(int from, int to)
 {
     enum { P = SUIDO__ENTITY_STATE__STATE_PROVISIONED, A = SUIDO__ENTITY_STATE__STATE_ACTIVE,
            S = SUIDO__ENTITY_STATE__STATE_SUSPENDED, R = SUIDO__ENTITY_STATE__STATE_REVOKED,
@@ -419,7 +418,7 @@ cm_err registry_store_set_state(registry_store *s, const char *kind, const char 
         snprintf(curve_pub, 41, "%s", k ? (const char *)k : "");
     }
     sqlite3_finalize(st);
-    if (!move_allowed(*old, state))
+    if (!registry_lifecycle_allows(*old, state))
         return CM_ERR_INVAL;
     /* disposal makes the keys unusable: the stored public keys are wiped with the state */
     if (state == SUIDO__ENTITY_STATE__STATE_DISPOSED)

@@ -40,6 +40,8 @@ cm_err registry_store_set_state(registry_store *s, const char *kind, const char 
  * the broker plugin's view of who may connect. */
 cm_err registry_store_write_identities(registry_store *s, const char *path);
 const char *registry_state_name(int state);
+/* The lifecycle, for every kind of identity: 1 if from -> to is allowed. */
+int registry_lifecycle_allows(int from, int to);
 /* The database handle, shared with registry_operators (same file, same transactions). */
 struct sqlite3;
 struct sqlite3 *registry_store_db(registry_store *s);

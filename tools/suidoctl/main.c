@@ -238,8 +238,8 @@ static int shred(const char *path)
     return ok && unlink(path) == 0 ? 0 : -1;
 }
 
-static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char *id,
-                         const char *reason)
+/* The lifecycle state a command verb asks for, or -1. */
+static int verb_state(const char *verb)
 {
     static const struct { const char *verb; int state; } VERBS[] = {
         {"suspend", SUIDO__ENTITY_STATE__STATE_SUSPENDED},
@@ -247,10 +247,16 @@ static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char 
         {"revoke", SUIDO__ENTITY_STATE__STATE_REVOKED},
         {"dispose", SUIDO__ENTITY_STATE__STATE_DISPOSED},
     };
-    int state = -1;
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++)
         if (strcmp(VERBS[i].verb, verb) == 0)
-            state = VERBS[i].state;
+            return VERBS[i].state;
+    return -1;
+}
+
+static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char *id,
+                         const char *reason)
+{
+    int state = verb_state(verb);
     int gw = strcmp(kind, "gateway") == 0;
     if (state < 0 || (!gw && state == SUIDO__ENTITY_STATE__STATE_DISPOSED))
         usage();
@@ -415,16 +421,7 @@ static int cmd_operator_add(ctl *c, const char *id, const char *role, const char
 
 static int cmd_operator_state(ctl *c, const char *verb, const char *id)
 {
-    static const struct { const char *verb; int state; } VERBS[] = {
-        {"suspend", SUIDO__ENTITY_STATE__STATE_SUSPENDED},
-        {"activate", SUIDO__ENTITY_STATE__STATE_ACTIVE},
-        {"revoke", SUIDO__ENTITY_STATE__STATE_REVOKED},
-        {"dispose", SUIDO__ENTITY_STATE__STATE_DISPOSED},
-    };
-    int state = -1;
-    for (size_t i = 0; i < 4; i++)
-        if (strcmp(VERBS[i].verb, verb) == 0)
-            state = VERBS[i].state;
+    int state = verb_state(verb);
     if (state < 0)
         usage();
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
