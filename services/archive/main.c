@@ -258,7 +258,7 @@ static const cm_dispatch DISPATCH[] = {
     {"death", "profile", on_event},
     {"cmdres", "profile", on_event},
     {"reject", "verify,profile", on_reject},
-    {"alert", "anomaly", on_alert},
+    {"alert", "anomaly,registry", on_alert},
     {"audit", "verify,profile,anomaly,registry", on_audit},
     {NULL, NULL, NULL},
 };

@@ -29,6 +29,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("events"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     {"broker", "state_file", 0, "identity file read by the broker plugin, rewritten on changes"},
+    {"registry", "expiry_warn_days", 0, "certificate warnings, days before expiry (30, 7, 1)"},
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {NULL, NULL, 0, NULL},
@@ -42,6 +43,9 @@ typedef struct registry {
     void *events;     /* PUB, may be NULL */
     void *to_archive; /* audit events, may be NULL */
     const char *state_file;
+    long warn_days[3];
+    uint64_t next_expiry_check_ms;
+    cm_metric *expiry_alerts;
     cm_metric *requests, *rejected, *unknown;
 } registry;
 
@@ -402,6 +406,54 @@ static void on_access_history(void *ctx, void *arg, const char *peer)
     free(l.acc);
 }
 
+/* A certificate crossed a warning threshold: an alert operators see, and an audit entry. */
+static void on_cert_expiring(void *ctx, const char *kind, const char *id, const char *site,
+                             long days_left, long threshold)
+{
+    registry *r = ctx;
+    char detail[200], alert_id[160], topic[128];
+    snprintf(detail, sizeof detail, "kind=%s days_left=%ld threshold=%ld", kind, days_left,
+             threshold);
+    cm_warn("%s=%s certificate_days_left=%ld threshold=%ld", kind, id, days_left, threshold);
+    audit(r, "certificate_expiring", id, r->svc->name, detail);
+    cm_metric_inc(r->expiry_alerts);
+    if (!r->to_archive)
+        return;
+    snprintf(alert_id, sizeof alert_id, "%s/certificate/expiry", id);
+    snprintf(topic, sizeof topic, "suido/v1/alerts/%s", *site ? site : "platform");
+    Suido__Alert a = SUIDO__ALERT__INIT;
+    a.id = alert_id;
+    a.gateway_id = strcmp(kind, "gateway") == 0 ? (char *)id : "";
+    a.site = (char *)(*site ? site : "platform");
+    a.channel = "certificate";
+    a.rule = "certificate_expiry";
+    a.severity = threshold <= r->warn_days[2]   ? SUIDO__SEVERITY__SEVERITY_CRITICAL
+                 : threshold <= r->warn_days[1] ? SUIDO__SEVERITY__SEVERITY_ALARM
+                                                : SUIDO__SEVERITY__SEVERITY_WARNING;
+    a.value = (double)days_left;
+    a.limit = (double)threshold;
+    a.timestamp_ms = cm_now_ms();
+    a.evidence = detail;
+    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
+    m.topic = topic;
+    m.received_ms = a.timestamp_ms;
+    m.site = a.site;
+    m.alert = &a;
+    if (cm_zsend_pb(r->to_archive, &m.base, ZMQ_DONTWAIT) != CM_OK)
+        cm_error("id=%s error=\"certificate alert not queued\"", id);
+}
+
+/* Every minute: certificates near their end (A16). */
+static void check_expiry(registry *r)
+{
+    uint64_t now = cm_mono_ms();
+    if (now < r->next_expiry_check_ms)
+        return;
+    r->next_expiry_check_ms = now + 60000;
+    if (registry_store_expiry(r->store, cm_now_ms(), r->warn_days, on_cert_expiring, r) != CM_OK)
+        cm_error("error=\"certificate expiry check failed\"");
+}
+
 /* The registry's whole attack surface: which peer may ask what. */
 static const cm_dispatch DISPATCH[] = {
     {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
@@ -557,6 +609,25 @@ int main(int argc, char **argv)
     cm_conf *inv = NULL;
     if (cm_conf_load(inv_path, &inv, err) != CM_OK)
         cm_svc_die(s, "%s", err);
+    const char *warn = cm_conf_get(s->conf, "registry", "expiry_warn_days");
+    char wbuf[128];
+    const char *witems[3];
+    r.warn_days[0] = 30;
+    r.warn_days[1] = 7;
+    r.warn_days[2] = 1;
+    if (warn) {
+        char *end;
+        if (cm_conf_split(warn, wbuf, sizeof wbuf, witems, 3) != 3)
+            cm_svc_die(s, "%s:%d: expiry_warn_days needs three numbers of days, e.g. 30, 7, 1",
+                       cm_conf_name(s->conf), cm_conf_line(s->conf, "registry", "expiry_warn_days"));
+        for (int i = 0; i < 3; i++) {
+            r.warn_days[i] = strtol(witems[i], &end, 10);
+            if (*end || r.warn_days[i] < 0 || (i && r.warn_days[i] >= r.warn_days[i - 1]))
+                cm_svc_die(s, "%s:%d: expiry_warn_days must be decreasing whole days",
+                           cm_conf_name(s->conf),
+                           cm_conf_line(s->conf, "registry", "expiry_warn_days"));
+        }
+    }
     /* the whole inventory is checked before start (and by -n): imported once into a scratch
      * in-memory database, by the very code that imports it for real */
     registry_store *scratch = NULL;
@@ -596,6 +667,8 @@ int main(int argc, char **argv)
                                    "malformed or not allowed requests");
     r.unknown = cm_metric_counter(s->metrics, "suido_registry_unknown_total",
                                   "look-ups of unknown identities");
+    r.expiry_alerts = cm_metric_counter(s->metrics, "suido_registry_certificate_alerts_total",
+                                        "certificates that crossed an expiry warning");
     cm_metric *gw = cm_metric_gauge(s->metrics, "suido_registry_gateways", "gateways known");
     cm_metric_set(gw, registry_store_count(r.store));
 
@@ -609,6 +682,7 @@ int main(int argc, char **argv)
                 zmq_getsockopt(r.api, ZMQ_EVENTS, &ev, &len);
                 it.revents = (short)ev;
             }
+        check_expiry(&r);
         cm_svc_tick(s);
     }
     cm_info("event=stopping");

@@ -12,7 +12,7 @@
 #include "cm_zmq.h"
 #include "cm_time.h"
 
-#define SCHEMA_VERSION 2 /* 2: services */
+#define SCHEMA_VERSION 3 /* 2: services, 3: expiry warnings */
 
 struct registry_store {
     sqlite3 *db;
@@ -35,7 +35,8 @@ static const char SCHEMA[] =
     " cert_sha256 TEXT NOT NULL,"
     " cert_not_after_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
-    " last_seen_ms INTEGER NOT NULL DEFAULT 0);"
+    " last_seen_ms INTEGER NOT NULL DEFAULT 0,"
+    " cert_warned INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS services("
     " id TEXT PRIMARY KEY,"
     " state INTEGER NOT NULL,"
@@ -43,7 +44,8 @@ static const char SCHEMA[] =
     " cert_serial TEXT NOT NULL,"
     " cert_sha256 TEXT NOT NULL,"
     " cert_not_after_ms INTEGER NOT NULL,"
-    " created_ms INTEGER NOT NULL);";
+    " created_ms INTEGER NOT NULL,"
+    " cert_warned INTEGER NOT NULL DEFAULT 0);";
 
 cm_err registry_store_open(const char *path, registry_store **out)
 {
@@ -61,15 +63,20 @@ cm_err registry_store_open(const char *path, registry_store **out)
     if (sqlite3_step(st) == SQLITE_ROW)
         version = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    /* version 1 lacks only the services table, which the schema below adds */
-    if (version != 0 && version != 1 && version != SCHEMA_VERSION) {
+    /* versions 1 and 2 lack only what the schema and migrations below add */
+    if (version < 0 || version > SCHEMA_VERSION) {
         cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
                  version, SCHEMA_VERSION);
         goto fail;
     }
     char *errmsg = NULL;
     if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version=2", NULL, NULL, &errmsg) != SQLITE_OK) {
+        (version < 3 && version > 0 &&
+         sqlite3_exec(s->db,
+                      "ALTER TABLE gateways ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;"
+                      "ALTER TABLE services ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;",
+                      NULL, NULL, &errmsg) != SQLITE_OK) ||
+        sqlite3_exec(s->db, "PRAGMA user_version=3", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
         goto fail;
@@ -466,3 +473,47 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
 }
 
 sqlite3 *registry_store_db(registry_store *s) { return s->db; }
+
+cm_err registry_store_expiry(registry_store *s, uint64_t now_ms, const long thresholds[3],
+                             registry_expiry_fn fn, void *ctx)
+{
+    static const char *const KINDS[2][2] = {{"gateway", "gateways"}, {"service", "services"}};
+    for (int k = 0; k < 2; k++) {
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "SELECT id, %s, cert_not_after_ms, cert_warned FROM %s WHERE state=%d",
+                 k == 0 ? "site" : "''", KINDS[k][1], SUIDO__ENTITY_STATE__STATE_ACTIVE);
+        sqlite3_stmt *st, *up;
+        if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+            return CM_ERR_DB;
+        snprintf(sql, sizeof sql, "UPDATE %s SET cert_warned=? WHERE id=?", KINDS[k][1]);
+        if (sqlite3_prepare_v2(s->db, sql, -1, &up, NULL) != SQLITE_OK) {
+            sqlite3_finalize(st);
+            return CM_ERR_DB;
+        }
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *id = (const char *)sqlite3_column_text(st, 0);
+            const char *site = (const char *)sqlite3_column_text(st, 1);
+            int64_t left_ms = sqlite3_column_int64(st, 2) - (int64_t)now_ms;
+            long days = (long)(left_ms / 86400000);
+            if (left_ms < 0)
+                days = -1;
+            int level = 0; /* how many thresholds the certificate is past */
+            while (level < 3 && days <= thresholds[level])
+                level++;
+            int warned = sqlite3_column_int(st, 3);
+            if (level == warned)
+                continue;
+            if (level > warned)
+                fn(ctx, KINDS[k][0], id, site ? site : "", days, thresholds[level - 1]);
+            /* a renewed certificate (level went down) is simply remembered */
+            sqlite3_reset(up);
+            sqlite3_bind_int(up, 1, level);
+            sqlite3_bind_text(up, 2, id, -1, SQLITE_TRANSIENT);
+            sqlite3_step(up);
+        }
+        sqlite3_finalize(st);
+        sqlite3_finalize(up);
+    }
+    return CM_OK;
+}

@@ -7,6 +7,8 @@
  * identity keeps its row forever (its id is never reused) but loses its keys. */
 #ifndef REGISTRY_STORE_H
 #define REGISTRY_STORE_H
+#include <stdint.h>
+
 #include "cm_conf.h"
 #include "cm_err.h"
 #include "suido.pb-c.h"
@@ -40,6 +42,15 @@ cm_err registry_store_set_state(registry_store *s, const char *kind, const char 
  * the broker plugin's view of who may connect. */
 cm_err registry_store_write_identities(registry_store *s, const char *path);
 const char *registry_state_name(int state);
+/* Certificates of active gateways and services that crossed a warning threshold (days before
+ * expiry, descending, e.g. 30, 7, 1) since they were last reported: fn is called once per
+ * identity and threshold crossed, and the crossing is stored, so a restart does not repeat it.
+ * A renewed certificate starts afresh. */
+typedef void (*registry_expiry_fn)(void *ctx, const char *kind, const char *id, const char *site,
+                                   long days_left, long threshold);
+cm_err registry_store_expiry(registry_store *s, uint64_t now_ms, const long thresholds[3],
+                             registry_expiry_fn fn, void *ctx);
+
 /* The lifecycle, for every kind of identity: 1 if from -> to is allowed. */
 int registry_lifecycle_allows(int from, int to);
 /* The database handle, shared with registry_operators (same file, same transactions). */

@@ -148,3 +148,42 @@ def test_audit_log_verifies_and_any_tampering_is_detected(suite, tmp_path):
     c.commit()
     r = verify(db)
     assert r.returncode == 1 and json.loads(r.stdout)["first_bad"] == 2
+
+
+def restart_registry(suite, conf=None):
+    suite.stop("registry")
+    argv = suite.service_argv("registry")
+    if conf:
+        argv[-1] = str(conf)
+    suite._spawn("registry", argv)
+    assert wait_until(lambda: suite.ctl("inventory", check=False).returncode == 0, 15)
+
+
+def test_certificates_near_expiry_raise_one_alert_each(suite, tmp_path):
+    # every certificate of the test PKI lives 397 days: warning at 400 days makes them all due
+    conf = tmp_path / "registry.conf"
+    conf.write_text((suite.dir / "etc" / "registry.conf").read_text().replace(
+        "[registry]\n", "[registry]\nexpiry_warn_days = 400, 7, 1\n"))
+    active = len([g for g in json.loads(suite.ctl("--json", "inventory").stdout)
+                  if g["state"] == "active"])
+
+    def alerts():
+        return suite.query("SELECT alert_id, site, severity, value, limit_value FROM alerts "
+                           "WHERE rule='certificate_expiry'")
+
+    try:
+        restart_registry(suite, conf)
+        assert wait_until(lambda: len(alerts()) >= active, 10)
+        gw = [a for a in alerts() if a[0] == "gw-0001/certificate/expiry"]
+        assert len(gw) == 1 and gw[0][1] == "treatment-01" and gw[0][4] == 400
+        assert 360 < gw[0][3] <= 397
+        assert wait_until(lambda: suite.query(
+            "SELECT count(*) FROM audit WHERE event='certificate_expiring' AND "
+            "subject='gw-0001'")[0][0] == 1, 5)
+        # known crossings are not repeated after a restart
+        before = len(alerts())
+        restart_registry(suite, conf)
+        time.sleep(1.0)
+        assert len(alerts()) == before
+    finally:
+        restart_registry(suite)
