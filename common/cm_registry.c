@@ -127,6 +127,12 @@ cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
     }
 }
 
+cm_err cm_registry_notify(cm_registry *r, const Suido__RegistryRequest *req)
+{
+    drain_late(r);
+    return cm_zsend_pb(r->sock, &req->base, ZMQ_DONTWAIT) == CM_OK ? CM_OK : CM_ERR_UNAVAILABLE;
+}
+
 static cm_err ask(cm_registry *r, const char *id, Suido__RegistryReply **rep)
 {
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;

@@ -39,6 +39,10 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
 cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
                         Suido__RegistryReply **rep);
 
+/* Sends req without waiting for the answer (which the next call drops): for reports that need
+ * no reply. CM_ERR_UNAVAILABLE when it cannot even be queued. */
+cm_err cm_registry_notify(cm_registry *r, const Suido__RegistryRequest *req);
+
 /* Drops what is cached about id, so the next look-up asks the registry (after a registry event
  * announcing a change of state). */
 void cm_registry_forget(cm_registry *r, const char *id);

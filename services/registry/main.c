@@ -406,6 +406,17 @@ static void on_access_history(void *ctx, void *arg, const char *peer)
     free(l.acc);
 }
 
+static void on_seen(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    (void)peer;
+    size_t n = q->req->n_ids < 4096 ? q->req->n_ids : 4096;
+    registry_store_seen(r->store, q->req->ids, n, cm_now_ms());
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    reply(r, q->route, &rep);
+}
+
 /* A certificate crossed a warning threshold: an alert operators see, and an audit entry. */
 static void on_cert_expiring(void *ctx, const char *kind, const char *id, const char *site,
                              long days_left, long threshold)
@@ -460,6 +471,7 @@ static const cm_dispatch DISPATCH[] = {
     {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
     {"set_gateway_state", "suidoctl", on_set_gateway_state},
     {"set_service_state", "suidoctl", on_set_service_state},
+    {"seen", "verify", on_seen},
     {"login", "suidoctl,monitor", on_login},
     {"session_check", "suidoctl,monitor,gate", on_session_check},
     {"logout", "suidoctl,monitor", on_logout},
@@ -525,6 +537,8 @@ static const char *op_name(int op)
         return "set_gateway_state";
     case SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE:
         return "set_service_state";
+    case SUIDO__REGISTRY_OP__REG_SEEN:
+        return "seen";
     case SUIDO__REGISTRY_OP__REG_LOGIN:
         return "login";
     case SUIDO__REGISTRY_OP__REG_SESSION_CHECK:

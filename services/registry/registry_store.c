@@ -83,7 +83,7 @@ cm_err registry_store_open(const char *path, registry_store **out)
     }
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms "
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms "
                            "FROM gateways WHERE id=?",
                            -1, &s->get, NULL) != SQLITE_OK)
         goto fail;
@@ -293,6 +293,7 @@ static cm_err fill_info(sqlite3_stmt *st, Suido__GatewayInfo *info)
     info->firmware = col_text(st, 9);
     info->cert_sha256 = col_text(st, 10);
     info->created_ms = (uint64_t)sqlite3_column_int64(st, 11);
+    info->last_seen_ms = (uint64_t)sqlite3_column_int64(st, 12);
     if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data || !info->key_id ||
         !info->cert_serial || !info->model || !info->firmware || !info->cert_sha256) {
         registry_info_clear(info);
@@ -334,7 +335,7 @@ cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__Gatew
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms "
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms "
                            "FROM gateways ORDER BY id",
                            -1, &st, NULL) != SQLITE_OK)
         return CM_ERR_DB;
@@ -516,4 +517,21 @@ cm_err registry_store_expiry(registry_store *s, uint64_t now_ms, const long thre
         sqlite3_finalize(up);
     }
     return CM_OK;
+}
+
+cm_err registry_store_seen(registry_store *s, char **ids, size_t n, uint64_t now_ms)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "UPDATE gateways SET last_seen_ms=? WHERE id=?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)now_ms);
+        sqlite3_bind_text(st, 2, ids[i], -1, SQLITE_TRANSIENT);
+        sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    return sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? CM_OK : CM_ERR_DB;
 }

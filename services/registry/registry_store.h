@@ -51,6 +51,9 @@ typedef void (*registry_expiry_fn)(void *ctx, const char *kind, const char *id, 
 cm_err registry_store_expiry(registry_store *s, uint64_t now_ms, const long thresholds[3],
                              registry_expiry_fn fn, void *ctx);
 
+/* Records that these gateways sent verified data at now_ms (the inventory's "last seen"). */
+cm_err registry_store_seen(registry_store *s, char **ids, size_t n, uint64_t now_ms);
+
 /* The lifecycle, for every kind of identity: 1 if from -> to is allowed. */
 int registry_lifecycle_allows(int from, int to);
 /* The database handle, shared with registry_operators (same file, same transactions). */

@@ -13,6 +13,7 @@
 #include "cm_log.h"
 #include "cm_registry.h"
 #include "cm_stage.h"
+#include "cm_time.h"
 #include "verify_check.h"
 
 static const cm_conf_spec SPEC[] = {
@@ -26,8 +27,14 @@ static const cm_conf_spec SPEC[] = {
     {NULL, NULL, 0, NULL},
 };
 
+#define SEEN_MAX 4096
+#define SEEN_REPORT_MS 5000
+
 typedef struct verifier {
     cm_svc *svc;
+    char *seen[SEEN_MAX]; /* gateways with verified data since the last report to the registry */
+    size_t n_seen;
+    uint64_t next_seen_report_ms;
     verify_ctx *check;
     cm_registry *registry;
     void *to_profile, *to_archive;
@@ -55,6 +62,34 @@ static void count_reject(verifier *v, const char *reason)
     snprintf(name, sizeof name, "suido_verify_rejected_total{reason=\"%s\"}", reason);
     cm_metric_inc(cm_metric_counter(v->svc->metrics, name, "messages refused, by reason"));
     cm_metric_inc(v->rejected_total);
+}
+
+/* Remembers gw for the next "last seen" report (linear: a report covers a few seconds). */
+static void mark_seen(verifier *v, const char *gw)
+{
+    for (size_t i = 0; i < v->n_seen; i++)
+        if (strcmp(v->seen[i], gw) == 0)
+            return;
+    if (v->n_seen < SEEN_MAX && (v->seen[v->n_seen] = strdup(gw)))
+        v->n_seen++;
+}
+
+/* Every few seconds: tell the registry which gateways sent verified data (inventory). */
+static void report_seen(void *ctx)
+{
+    verifier *v = ctx;
+    uint64_t now = cm_mono_ms();
+    if (now < v->next_seen_report_ms || v->n_seen == 0)
+        return;
+    v->next_seen_report_ms = now + SEEN_REPORT_MS;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_SEEN;
+    req.ids = v->seen;
+    req.n_ids = v->n_seen;
+    cm_registry_notify(v->registry, &req);
+    for (size_t i = 0; i < v->n_seen; i++)
+        free(v->seen[i]);
+    v->n_seen = 0;
 }
 
 static void on_gateway_message(void *ctx, void *arg, const char *peer)
@@ -90,6 +125,7 @@ static void on_gateway_message(void *ctx, void *arg, const char *peer)
         out.header = res.header;
         out.batch = res.batch;
         out.birth = res.birth;
+        mark_seen(v, res.gateway_id);
         cm_stage_send(v->to_profile, &out);
     }
     verify_result_clear(&res);
@@ -142,11 +178,13 @@ int main(int argc, char **argv)
     if (cm_events_new(s, "events", on_gateway_event, &v, &events, err))
         cm_svc_die(s, "%s", err);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &v,
-                          .events = events};
+                          .events = events, .on_tick = report_seen};
     cm_stage_run(&stage);
     cm_events_destroy(&events);
 
     cm_info("event=stopping");
+    for (size_t i = 0; i < v.n_seen; i++)
+        free(v.seen[i]);
     verify_destroy(&v.check);
     cm_registry_destroy(&v.registry);
     zmq_close(input);

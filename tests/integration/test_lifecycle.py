@@ -97,12 +97,16 @@ def test_revoked_service_key_is_refused_by_every_socket(suite, pb):
     assert wait_until(lambda: stored("after_activation") == 1, 5)
 
 
-def test_inventory_and_certificate_report(suite):
+def test_inventory_and_certificate_report(suite, pb):
     inv = json.loads(suite.ctl("--json", "inventory").stdout)
     ids = {g["id"] for g in inv}
     assert {"gw-0001", "gw-0008"} <= ids
     g1 = next(g for g in inv if g["id"] == "gw-0001")
     assert g1["kind"] == "treatment" and g1["model"] and g1["firmware"] and g1["cert_days_left"] > 300
+    # verified data updates the inventory's last-seen time (reported every few seconds)
+    push_as_ingest(suite, pb, "gw-0001", 8201)
+    assert wait_until(lambda: next(g for g in json.loads(suite.ctl("--json", "inventory").stdout)
+                                   if g["id"] == "gw-0001")["last_seen_ms"] > 0, 12)
     soon = json.loads(suite.ctl("--json", "certs", "--days", "30").stdout)
     assert soon == []
     later = json.loads(suite.ctl("--json", "certs", "--days", "400").stdout)

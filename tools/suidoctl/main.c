@@ -169,19 +169,24 @@ static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
         json_str("firmware", g->firmware, 1);
         json_str("key_id", g->key_id, 1);
         json_str("cert_serial", g->cert_serial, 1);
-        printf("\"cert_days_left\":%ld}", days);
+        printf("\"cert_days_left\":%ld,\"last_seen_ms\":%llu}", days,
+               (unsigned long long)g->last_seen_ms);
     } else {
-        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5ld  %s\n", g->id, state_name(g->state),
+        char seen[32] = "never";
+        if (g->last_seen_ms)
+            snprintf(seen, sizeof seen, "%llus ago",
+                     (unsigned long long)((cm_now_ms() - g->last_seen_ms) / 1000));
+        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5ld  %-12s %s\n", g->id, state_name(g->state),
                g->site, g->kind, g->model ? g->model : "", g->firmware ? g->firmware : "", days,
-               g->key_id && *g->key_id ? g->key_id : "(no key)");
+               seen, g->key_id && *g->key_id ? g->key_id : "(no key)");
     }
 }
 
 static void header_line(const ctl *c)
 {
     if (!c->json)
-        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5s  %s\n", "ID", "STATE", "SITE", "KIND",
-               "MODEL", "FIRMWARE", "DAYS", "KEY");
+        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5s  %-12s %s\n", "ID", "STATE", "SITE",
+               "KIND", "MODEL", "FIRMWARE", "DAYS", "LAST SEEN", "KEY");
 }
 
 static int cmd_list(ctl *c, long within_days)
