@@ -114,6 +114,10 @@ static void on_gateway_message(void *ctx, void *arg, const char *peer)
                 res.header ? (unsigned long long)res.header->seq : 0ULL);
         out.status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
         out.reason = (char *)res.reason;
+        /* evidence, not a record: a refused envelope is kept up to the broker's 64 KiB limit, so
+         * the refusal always fits the archive's frame limit */
+        if (out.envelope.len > VERIFY_MAX_ENVELOPE)
+            out.envelope.len = VERIFY_MAX_ENVELOPE;
         out.header = res.header;
         cm_stage_send(v->to_archive, &out);
     } else {

@@ -2,6 +2,7 @@
 #include "verify_check.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@ typedef struct session {
     char gw[65];
     uint64_t boot_epoch;
     uint32_t key_seq;
+    size_t key_len;
     uint8_t wrapped_hash[32]; /* which wrapped key this aead came from */
     cm_aead *aead;
 } session;
@@ -98,17 +100,32 @@ static uint32_t hash_str(const char *s, uint64_t a, uint64_t b)
 
 /* The cached session key for (gw, boot epoch, key_seq), unwrapping `wrapped` if it is new.
  * Direct-mapped cache: a collision evicts the older session, which then costs one more unwrap. */
+/* Key length the header's cipher announces, or 0 for a cipher we do not accept. */
+static size_t cipher_key_len(int cipher)
+{
+    switch (cipher) {
+    case SUIDO__CIPHER__CIPHER_AES_128_GCM:
+        return 16;
+    case SUIDO__CIPHER__CIPHER_AES_192_GCM:
+        return 24;
+    case SUIDO__CIPHER__CIPHER_AES_256_GCM:
+        return 32;
+    default:
+        return 0;
+    }
+}
+
 static cm_err session_aead(verify_ctx *v, const char *gw, uint64_t epoch, uint32_t key_seq,
-                           const ProtobufCBinaryData *wrapped, cm_aead **out)
+                           const ProtobufCBinaryData *wrapped, size_t key_len, cm_aead **out)
 {
     uint8_t h[32];
     unsigned int hl = 0;
-    if (!v->unwrap || wrapped->len != CM_WRAPPED_LEN ||
+    if (!v->unwrap || key_len == 0 || wrapped->len != CM_WRAPPED_LEN ||
         EVP_Digest(wrapped->data, wrapped->len, h, &hl, EVP_sha256(), NULL) != 1)
         return CM_ERR_DECRYPT;
     session *s = &v->sessions[hash_str(gw, epoch, key_seq) & (SESSION_SLOTS - 1)];
     if (s->aead && s->boot_epoch == epoch && s->key_seq == key_seq && strcmp(s->gw, gw) == 0 &&
-        memcmp(s->wrapped_hash, h, 32) == 0) {
+        s->key_len == key_len && memcmp(s->wrapped_hash, h, 32) == 0) {
         *out = s->aead;
         return CM_OK;
     }
@@ -117,8 +134,11 @@ static cm_err session_aead(verify_ctx *v, const char *gw, uint64_t epoch, uint32
     cm_err rc = cm_rsa_unwrap(v->unwrap, wrapped->data, wrapped->len, NULL, 0, 1, key,
                               sizeof key, &keylen);
     v->unwraps++;
-    if (rc != CM_OK)
+    /* the key must be the size the header's cipher names: no silent AES-128 for "AES-256" */
+    if (rc != CM_OK || keylen != key_len) {
+        OPENSSL_cleanse(key, sizeof key);
         return CM_ERR_DECRYPT;
+    }
     cm_aead_destroy(&s->aead);
     rc = cm_aead_new(key, keylen, &s->aead);
     OPENSSL_cleanse(key, sizeof key);
@@ -127,6 +147,7 @@ static cm_err session_aead(verify_ctx *v, const char *gw, uint64_t epoch, uint32
     snprintf(s->gw, sizeof s->gw, "%s", gw);
     s->boot_epoch = epoch;
     s->key_seq = key_seq;
+    s->key_len = key_len;
     memcpy(s->wrapped_hash, h, 32);
     *out = s->aead;
     return CM_OK;
@@ -189,14 +210,18 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
     if (len > VERIFY_MAX_ENVELOPE)
         REJECT(CM_ERR_TOO_BIG, "too_big");
     env = suido__signed_envelope__unpack(NULL, len, msg);
-    if (!env)
+    /* unknown fields are refused: what is stored must be exactly what was signed, nothing else */
+    if (!env || env->base.n_unknown_fields)
         REJECT(CM_ERR_DECODE, "malformed_envelope");
     if (env->header.len == 0 || env->header.len > VERIFY_MAX_HEADER || env->signature.len == 0 ||
-        env->signature.len > CM_SIG_MAX)
+        env->signature.len > 4 * CM_SIG_MAX)
         REJECT(CM_ERR_DECODE, "malformed_envelope");
     res->header = suido__header__unpack(NULL, env->header.len, env->header.data);
     Suido__Header *h = res->header;
-    if (!h)
+    if (!h || h->base.n_unknown_fields)
+        REJECT(CM_ERR_DECODE, "malformed_header");
+    /* sequence numbers and epochs are stored as SQLite integers (signed 64-bit) */
+    if (h->seq > INT64_MAX || h->boot_epoch > INT64_MAX || h->timestamp_ms > INT64_MAX)
         REJECT(CM_ERR_DECODE, "malformed_header");
     if (h->version != 1)
         REJECT(CM_ERR_DECODE, "unsupported_version");
@@ -240,8 +265,8 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
     if (kind != SUIDO__KIND__KIND_BIRTH && h->cipher != SUIDO__CIPHER__CIPHER_NONE) {
         cm_aead *a = NULL;
         if (h->iv.len != CM_GCM_IV_LEN || bodylen < CM_GCM_TAG_LEN ||
-            session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq, &h->wrapped_key, &a) !=
-                CM_OK)
+            session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq, &h->wrapped_key,
+                         cipher_key_len(h->cipher), &a) != CM_OK)
             REJECT(CM_ERR_DECRYPT, "decrypt");
         size_t ptlen = bodylen - CM_GCM_TAG_LEN;
         plain = malloc(ptlen ? ptlen : 1);
@@ -258,7 +283,7 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
     case SUIDO__KIND__KIND_DATA:
     case SUIDO__KIND__KIND_BACKFILL:
         res->batch = suido__telemetry_batch__unpack(NULL, bodylen, body);
-        if (!res->batch)
+        if (!res->batch || res->batch->base.n_unknown_fields)
             REJECT(CM_ERR_DECODE, "malformed_body");
         if (res->batch->n_readings == 0 || res->batch->n_readings > VERIFY_MAX_READINGS ||
             res->batch->n_readings != h->reading_count)
@@ -271,12 +296,13 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         break;
     case SUIDO__KIND__KIND_BIRTH:
         res->birth = suido__birth__unpack(NULL, bodylen, body);
-        if (!res->birth)
+        if (!res->birth || res->birth->base.n_unknown_fields)
             REJECT(CM_ERR_DECODE, "malformed_body");
         if (res->birth->cipher != SUIDO__CIPHER__CIPHER_NONE) {
             cm_aead *a;
             if (session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq,
-                             &res->birth->wrapped_key, &a) != CM_OK)
+                             &res->birth->wrapped_key, cipher_key_len(res->birth->cipher),
+                             &a) != CM_OK)
                 REJECT(CM_ERR_DECRYPT, "decrypt");
         }
         break;

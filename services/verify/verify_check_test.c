@@ -112,6 +112,7 @@ typedef struct msg_opts {
     const uint8_t *key;   /* session key: encrypt when set */
     uint32_t key_seq;
     int flip_body, flip_tag, bad_count;
+    int cipher;           /* header's cipher when encrypting (default AES-256-GCM) */
     double value;
 } msg_opts;
 
@@ -144,7 +145,7 @@ static uint8_t *build(const msg_opts *o, size_t *len)
             assert_int_equal(cm_rsa_wrap(wrap_pub, o->key, 32, wrapped, &wlen), CM_OK);
             memcpy(wrapped_for, o->key, 32);
         }
-        h.cipher = SUIDO__CIPHER__CIPHER_AES_256_GCM;
+        h.cipher = o->cipher ? o->cipher : SUIDO__CIPHER__CIPHER_AES_256_GCM;
         h.iv.data = iv;
         h.iv.len = sizeof iv;
         h.key_seq = o->key_seq;
@@ -279,6 +280,23 @@ static void test_garbage_is_refused(void **state)
         verify_result_clear(&res);
     }
     free(m);
+    /* anything added outside the signed fields is refused, not stored */
+    m = build(&o, &len);
+    uint8_t *more = malloc(len + 3);
+    memcpy(more, m, len);
+    memcpy(more + len, "\x7a\x01x", 3); /* field 15, length-delimited, 1 byte */
+    assert_int_equal(verify_message(v, T, cm_now_ms(), more, len + 3, &res), CM_ERR_DECODE);
+    assert_string_equal(res.reason, "malformed_envelope");
+    verify_result_clear(&res);
+    free(more);
+    free(m);
+    /* a sequence beyond what the archive can store */
+    o.seq = UINT64_MAX;
+    m = build(&o, &len);
+    verify_message(v, T, cm_now_ms(), m, len, &res);
+    assert_string_equal(res.reason, "malformed_header");
+    verify_result_clear(&res);
+    free(m);
     uint8_t *big = calloc(1, VERIFY_MAX_ENVELOPE + 1);
     assert_int_equal(verify_message(v, T, cm_now_ms(), big, VERIFY_MAX_ENVELOPE + 1, &res),
                      CM_ERR_TOO_BIG);
@@ -300,6 +318,11 @@ static void test_encrypted_session_unwraps_once(void **state)
     }
     assert_int_equal(verify_unwraps(v), 1);
     o.seq = 6;
+    o.cipher = SUIDO__CIPHER__CIPHER_AES_128_GCM; /* a 32-byte key is no AES-128 key */
+    assert_string_equal(check(v, T, &o), "decrypt");
+    o.cipher = 99;
+    assert_string_equal(check(v, T, &o), "decrypt");
+    o.cipher = 0;
     o.flip_tag = 1; /* signed after the tag was damaged: only GCM can notice */
     assert_string_equal(check(v, T, &o), "decrypt");
     verify_ctx *nokey = verify_new(NULL, lookup, NULL, 300000);
