@@ -142,6 +142,11 @@ class Suite:
             pass
         return 0
 
+    def seen(self, epoch):
+        """How many records of boot epoch `epoch` the archive holds, stored or refused."""
+        return self.query("SELECT (SELECT count(*) FROM batches WHERE boot_epoch=?) + "
+                          "(SELECT count(*) FROM rejects WHERE boot_epoch=?)", epoch, epoch)[0][0]
+
     def db(self):
         path = self.dir / "state" / "archive" / "archive.db"
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)

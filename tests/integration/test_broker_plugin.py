@@ -98,11 +98,6 @@ def try_publish(c, topic, payload):
     c.c.publish(topic, payload, qos=1)
 
 
-def seen(suite, epoch):
-    return suite.query("SELECT (SELECT count(*) FROM batches WHERE boot_epoch=?) + "
-                       "(SELECT count(*) FROM rejects WHERE boot_epoch=?)", epoch, epoch)[0][0]
-
-
 def metric(suite, name):
     return suite.metric("mosquitto", name)
 
@@ -176,7 +171,7 @@ def test_identity_missing_from_the_state_file_is_refused(suite, state, pb):
         c.close()
     assert "event=refused reason=not_listed user=gw-0007" in broker_log(suite)
     time.sleep(1.0)
-    assert seen(suite, 7601) == 0
+    assert suite.seen(7601) == 0
 
 
 def test_suspended_gateway_is_cut_at_once_cannot_come_back_and_returns_when_active(
@@ -227,12 +222,12 @@ def test_suspended_gateway_is_cut_at_once_cannot_come_back_and_returns_when_acti
         back.subscribe("suido/v1/gw-0002/cmd")
         back.publish("suido/v1/gw-0002/data",
                      envelope(pb, suite, "gw-0002", 1, [("level", 5.0)], epoch=7603))
-        assert wait_until(lambda: seen(suite, 7603) == 1, 10)
+        assert wait_until(lambda: suite.seen(7603) == 1, 10)
         time.sleep(1.5)  # longer than a sweep
         assert not back.refused.is_set()
     finally:
         back.close()
-    assert seen(suite, 7602) == 0
+    assert suite.seen(7602) == 0
 
 
 def test_malformed_or_missing_state_file_at_run_time_keeps_the_last_good_version(suite, state):
@@ -315,10 +310,10 @@ def test_retained_publish_on_own_data_topic_is_refused_and_never_stored(suite, p
     try:
         g.publish("suido/v1/gw-0001/data",
                   envelope(pb, suite, "gw-0001", 1, [("level", 5.0)], epoch=7612))
-        assert wait_until(lambda: seen(suite, 7612) == 1, 10)
+        assert wait_until(lambda: suite.seen(7612) == 1, 10)
     finally:
         g.close()
-    assert seen(suite, 7611) == 0
+    assert suite.seen(7611) == 0
 
 
 # ---------------------------------------------------------------- lab broker

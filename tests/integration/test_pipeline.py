@@ -122,6 +122,10 @@ def test_limit_breach_raises_an_alert_that_is_stored_and_published(suite, pb):
     mon = Client(suite, *suite.tls_files("monitor"), client_id="monitor")
     assert mon.connect()
     mon.subscribe("suido/v1/alerts/#")
+    # a gateway asking for the same alerts gets none: alerts are for operators only
+    spy = Client(suite, *suite.tls_files("gw-0001"), client_id="gw-0001")
+    assert spy.connect()
+    spy.subscribe("suido/v1/alerts/#")
     gw = Client(suite, *suite.tls_files("gw-0008"), client_id="gw-0008")
     assert gw.connect()
     try:
@@ -143,9 +147,11 @@ def test_limit_breach_raises_an_alert_that_is_stored_and_published(suite, pb):
         a = pb.Alert()
         a.ParseFromString(payload)
         assert a.rule == "limit_hh" and a.gateway_id == "gw-0008" and not a.cleared
+        assert spy.messages == []
     finally:
         gw.close()
         mon.close()
+        spy.close()
 
 
 def test_reading_on_a_channel_the_profile_does_not_know_is_counted(suite, pb):
