@@ -2,12 +2,14 @@
 # SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build/san/.
 
 SAN ?= 0
+# BUILD_DIR: where the build goes (default build/), so that two checkouts' builds never mix.
+BUILD_ROOT := $(or $(BUILD_DIR),build)
 ifeq ($(SAN),1)
-  BUILD := build/san
+  BUILD := $(BUILD_ROOT)/san
   SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   OPT := -O1
 else
-  BUILD := build
+  BUILD := $(BUILD_ROOT)
   SANFLAGS :=
   OPT := -O2 -D_FORTIFY_SOURCE=2
 endif
