@@ -13,10 +13,12 @@
  *                                  suido/v1/+/cmd
  *
  * Rules:
- *  - The plugin never allows anything: an ACL check it does not deny returns
+ *  - For services the plugin never allows anything: an ACL check it does not deny returns
  *    MOSQ_ERR_PLUGIN_DEFER, so the acl_file decides. (In 2.0.11 the first callback that does not
- *    defer decides, and the plugin runs before the acl_file: returning MOSQ_ERR_SUCCESS would
- *    widen the ACL. Measured; see the README.)
+ *    defer decides, and the plugin runs before the acl_file. Measured; see the README.)
+ *  - For identities listed with the role "gateway" the plugin is the ACL: their rights follow
+ *    from the id (gateway_may), so a gateway provisioned by the registry needs no acl_file edit
+ *    and no broker reload. The identity, will and retain checks above still come first.
  *  - Everything runs on the broker's single thread; nothing here locks.
  *  - Kicks happen only on MOSQ_EVT_TICK, never inside another callback (the client being checked
  *    would be torn down under the broker's feet).
@@ -58,6 +60,7 @@ static const char *const STATE_REASONS[ST_N] = {"state_active", "state_provision
 struct ident {
     char *id; /* NULL: empty slot */
     uint8_t state;
+    bool gateway; /* listed with the role "gateway": the plugin decides its topic rights */
 };
 
 struct table {
@@ -117,6 +120,13 @@ static int table_get(const struct table *t, const char *id)
     if (!t || !id) return -1;
     const struct ident *e = table_slot(t, id);
     return e->id ? e->state : -1;
+}
+
+static bool table_is_gateway(const struct table *t, const char *id)
+{
+    if (!t || !id) return false;
+    const struct ident *e = table_slot(t, id);
+    return e->id && e->gateway;
 }
 
 /* ------------------------------------------------------------------ text checks */
@@ -197,6 +207,28 @@ static bool is_cmd_topic(const char *t)
     return slash && slash != gw && strcmp(slash, "/cmd") == 0;
 }
 
+/* A gateway's rights follow from its id alone (docs/architecture.md, "Broker ACL"): it publishes
+ * its own birth, data, backfill, death and cmdres topics and subscribes to (and is delivered) its
+ * own ack and cmd topics; nothing else. Exact topic names only, so wildcard filters are refused. */
+static bool gateway_may(const char *gw, const char *topic, int access)
+{
+    static const char pre[] = "suido/v1/";
+    static const char *const pub[] = {"birth", "data", "backfill", "death", "cmdres"};
+    static const char *const sub[] = {"ack", "cmd"};
+    size_t gl = strlen(gw);
+    if (strncmp(topic, pre, sizeof(pre) - 1) != 0) return false;
+    const char *t = topic + sizeof(pre) - 1;
+    if (strncmp(t, gw, gl) != 0 || t[gl] != '/') return false;
+    const char *leaf = t + gl + 1;
+    bool is_pub = access == MOSQ_ACL_WRITE;
+    const char *const *list = is_pub ? pub : sub;
+    size_t n = is_pub ? sizeof(pub) / sizeof(pub[0]) : sizeof(sub) / sizeof(sub[0]);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(leaf, list[i]) == 0) return true;
+    }
+    return false;
+}
+
 /* Copies v into out (size >= 4 * LOGV_MAX + 8) so that it is safe in a key=value log line:
  * printable ASCII except space, '"' and '\' stays, every other byte becomes \xNN; long values are
  * cut with "...". */
@@ -262,6 +294,7 @@ struct plugin {
 
     struct {
         unsigned long long refused_identity, refused_state, kicked, denied_retain, denied_will,
+            denied_gateway_acl,
             denied_topic, state_reloads, state_errors;
     } c;
 };
@@ -321,16 +354,17 @@ static struct table *parse_state(char *text, size_t len, struct parse_err *e)
         p = nl + 1;
         while (*s == ' ' || *s == '\t') s++;
         if (*s == '\0' || *s == '#') continue;
-        char *f[3] = {NULL, NULL, NULL};
+        char *f[4] = {NULL, NULL, NULL, NULL};
         int nf = 0;
-        while (*s && nf < 3) {
+        while (*s && nf < 4) {
             f[nf++] = s;
             while (*s && *s != ' ' && *s != '\t') s++;
             if (*s) *s++ = '\0';
             while (*s == ' ' || *s == '\t') s++;
         }
-        if (nf != 2) {
-            perr(e, lineno, "expected '<id> <state>', got %s", nf == 1 ? "one field" : "more than two");
+        if (nf != 2 && !(nf == 3 && strcmp(f[2], "gateway") == 0)) {
+            perr(e, lineno, "expected '<id> <state> [gateway]', got %s",
+                 nf == 1 ? "one field" : nf == 3 ? "an unknown role" : "more than three");
             goto fail;
         }
         const char *why = identity_problem(f[0]);
@@ -362,6 +396,7 @@ static struct table *parse_state(char *text, size_t len, struct parse_err *e)
             goto fail;
         }
         slot->state = (uint8_t)st;
+        slot->gateway = nf == 3;
         t->count++;
         t->by_state[st]++;
     }
@@ -627,6 +662,7 @@ static void write_metrics(struct plugin *p)
         C(denied_retain, "Retained publishes or deliveries denied."),
         C(denied_will, "Will messages denied (cmd or $CONTROL/ topic)."),
         C(denied_topic, "Publishes or subscriptions denied for a malformed topic."),
+        C(denied_gateway_acl, "Gateway publishes or subscriptions outside its own topics."),
         C(state_reloads, "Good versions of the state file loaded (the first included)."),
         C(state_errors, "Versions of the state file refused (missing or malformed)."),
 #undef C
@@ -738,7 +774,18 @@ static int on_acl_check(int event, void *event_data, void *userdata)
             logv(b3, sizeof(b3), ev->topic));
         return MOSQ_ERR_ACL_DENIED;
     }
-    return MOSQ_ERR_PLUGIN_DEFER; /* never SUCCESS: the acl_file decides the rest */
+    if (table_is_gateway(p->tab, user)) {
+        if (gateway_may(user, ev->topic, ev->access)) return MOSQ_ERR_SUCCESS;
+        /* A delivery check is the broker asking on its own behalf: deny it quietly. */
+        if (ev->access != MOSQ_ACL_READ) {
+            p->c.denied_gateway_acl++;
+            LOG(MOSQ_LOG_NOTICE, "event=denied reason=gateway_acl user=%s access=%s topic=%s",
+                logv(b1, sizeof(b1), user), is_will ? "will" : access_name(ev->access),
+                logv(b3, sizeof(b3), ev->topic));
+        }
+        return MOSQ_ERR_ACL_DENIED;
+    }
+    return MOSQ_ERR_PLUGIN_DEFER; /* services: the acl_file decides the rest */
 }
 
 /* Only called when the listener does not take the username from the certificate (2.0.11 skips

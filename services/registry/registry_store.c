@@ -454,14 +454,15 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
     sqlite3_stmt *st;
     cm_err rc = CM_OK;
     if (sqlite3_prepare_v2(s->db,
-                           "SELECT id, state FROM gateways UNION ALL SELECT id, state FROM services"
-                           " ORDER BY 1",
+                           "SELECT id, state, ' gateway' FROM gateways"
+                           " UNION ALL SELECT id, state, '' FROM services ORDER BY 1",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = CM_ERR_DB;
     } else {
         while (sqlite3_step(st) == SQLITE_ROW)
-            fprintf(f, "%s %s\n", (const char *)sqlite3_column_text(st, 0),
-                    registry_state_name(sqlite3_column_int(st, 1)));
+            fprintf(f, "%s %s%s\n", (const char *)sqlite3_column_text(st, 0),
+                    registry_state_name(sqlite3_column_int(st, 1)),
+                    (const char *)sqlite3_column_text(st, 2));
         sqlite3_finalize(st);
     }
     if (fflush(f) != 0 || fsync(fileno(f)) != 0)

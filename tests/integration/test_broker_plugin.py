@@ -62,7 +62,7 @@ class StateFile:
         lines = []
         for line in self.original.splitlines():
             f = line.split()
-            lines.append(f"{ident} {state}" if f and f[0] == ident else line)
+            lines.append(" ".join([ident, state] + f[2:]) if f and f[0] == ident else line)
         return "\n".join(lines) + "\n"
 
     def without(self, ident):
@@ -332,7 +332,8 @@ class Lab:
         self.state.write_text(state_text if state_text is not None
                               else (src / "identities.state").read_text())
         acl = (src / "acl").read_text()
-        acl = acl.replace("user gw-0008\n", "user gw-0008\ntopic write suido/v1/gw-0008/cmd\n")
+        # a grant the plugin must not let through (gateways get their rights from the plugin)
+        acl += "\nuser gw-0008\ntopic write suido/v1/gw-0008/cmd\n"
         acl += "\nuser monitor\ntopic read suido/v1/#\n"
         (root / "acl").write_text(acl)
         (root / "data").mkdir(exist_ok=True)
@@ -419,18 +420,24 @@ def spy(lab):
         m.close()
 
 
-def test_plugin_never_widens_the_acl_file(lab, spy):
+def test_plugin_grants_a_gateway_its_own_topics_and_nothing_more(lab, spy):
+    """Gateways listed with the role "gateway" get their rights from the plugin alone: the lab's
+    acl_file lets gw-0008 publish on its own cmd topic, the plugin does not."""
+    before = lab.metric("suido_broker_denied_gateway_acl_total")
     g = lab.client("gw-0008")
     assert g.connect()
     try:
-        g.publish("suido/v1/gw-0007/data", b"not mine")    # acl_file: denied
-        g.publish("suido/v1/gw-0008/cmd", b"lab grant")    # acl_file (lab): allowed
+        g.publish("suido/v1/gw-0007/data", b"not mine")    # another gateway's topic
+        g.publish("suido/v1/gw-0008/cmd", b"lab grant")    # acl_file allows, the plugin does not
         g.publish("suido/v1/gw-0008/data", b"mine")        # allowed
         assert wait_until(lambda: ("suido/v1/gw-0008/data", b"mine") in spy.messages, 5)
     finally:
         g.close()
-    assert ("suido/v1/gw-0008/cmd", b"lab grant") in spy.messages
+    assert ("suido/v1/gw-0008/cmd", b"lab grant") not in spy.messages
     assert not any(t == "suido/v1/gw-0007/data" for t, _ in spy.messages)
+    assert wait_until(lambda: lab.metric("suido_broker_denied_gateway_acl_total") >= before + 2, 3)
+    assert ("event=denied reason=gateway_acl user=gw-0008 access=write "
+            "topic=suido/v1/gw-0008/cmd") in lab.text()
 
 
 def test_retained_publish_is_denied_even_where_the_broker_allows_retain(lab, spy):
@@ -514,7 +521,9 @@ def test_kicked_session_does_not_get_its_will_published(lab, spy):
 @pytest.mark.parametrize("content,needle", [
     (None, "error=\"cannot open: No such file or directory\""),
     ("gw-0001 active\ngw-0002 sleepy\n", "line=2 error=\"unknown state sleepy"),
-    ("gw-0001 active\ngw-0002\n", "line=2 error=\"expected '<id> <state>', got one field"),
+    ("gw-0001 active\ngw-0002\n", "line=2 error=\"expected '<id> <state> [gateway]', got one field"),
+    ("gw-0001 active gateway\ngw-0002 active operator\n",
+     "line=2 error=\"expected '<id> <state> [gateway]', got an unknown role"),
     ("gw-0001 active\ngw+#/x active\n", "line=2 error=\"bad id gw+#/x (wildcard_or_slash)"),
     ("gw-0001 active\ngw-0001 revoked\n", "line=2 error=\"gw-0001 is listed twice"),
     ("gw-0001 active", "line=1 error=\"no newline at the end"),
