@@ -135,4 +135,4 @@ bench: deps
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD_ROOT) -name '*.d' 2>/dev/null)

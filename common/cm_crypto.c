@@ -18,6 +18,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <openssl/bn.h>
 #include <time.h>
 
@@ -545,16 +546,8 @@ static uint64_t asn1_time_ms(const ASN1_TIME *t)
     return s < 0 ? 0 : (uint64_t)s * 1000u;
 }
 
-cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out)
+static cm_err cert_facts(X509 *x, cm_cert_info *out)
 {
-    memset(out, 0, sizeof *out);
-    FILE *f = fopen(pem_path, "r");
-    if (!f)
-        return CM_ERR_KEY;
-    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
-    if (!x)
-        return CM_ERR_KEY;
     cm_err rc = CM_ERR_CRYPTO;
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
     char *hex = bn ? BN_bn2hex(bn) : NULL;
@@ -573,6 +566,50 @@ cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out)
 out:
     OPENSSL_free(hex);
     BN_free(bn);
+    return rc;
+}
+
+cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out)
+{
+    memset(out, 0, sizeof *out);
+    FILE *f = fopen(pem_path, "r");
+    if (!f)
+        return CM_ERR_KEY;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x)
+        return CM_ERR_KEY;
+    cm_err rc = cert_facts(x, out);
     X509_free(x);
+    return rc;
+}
+
+cm_err cm_cert_check(const uint8_t *pem, size_t len, const char *ca_path, uint64_t now_ms,
+                     cm_cert_info *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!pem || len == 0 || len > 16384 || !ca_path)
+        return CM_ERR_INVAL;
+    cm_err rc = CM_ERR_KEY;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    if (!x || !store || !ctx)
+        goto out;
+    rc = CM_ERR_SIGNATURE;
+    if (X509_STORE_load_file(store, ca_path) != 1 || X509_STORE_CTX_init(ctx, store, x, NULL) != 1)
+        goto out;
+    X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(ctx);
+    X509_VERIFY_PARAM_set_time(vp, (time_t)(now_ms / 1000));
+    X509_VERIFY_PARAM_set_purpose(vp, X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(ctx) != 1)
+        goto out;
+    rc = cert_facts(x, out);
+out:
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    X509_free(x);
+    BIO_free(bio);
     return rc;
 }

@@ -97,4 +97,9 @@ typedef struct cm_cert_info {
     uint64_t not_before_ms, not_after_ms;
 } cm_cert_info;
 cm_err cm_cert_info_load(const char *pem_path, cm_cert_info *out);
+/* Facts of one PEM certificate held in memory, after checking that the CA in ca_path issued it,
+ * that it is valid at now_ms and that it may be used by a TLS client. CM_ERR_KEY: not a
+ * certificate; CM_ERR_SIGNATURE: not issued by that CA, expired or not yet valid. */
+cm_err cm_cert_check(const uint8_t *pem, size_t len, const char *ca_path, uint64_t now_ms,
+                     cm_cert_info *out);
 #endif

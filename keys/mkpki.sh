@@ -5,6 +5,8 @@
 #                        [--days D] [--force]
 #   keys/mkpki.sh OUTDIR --revoke ID     revoke the current TLS cert of gateway/service ID
 #   keys/mkpki.sh OUTDIR --gencrl        re-issue ca/crl.pem (it is valid for 30 days only)
+#   keys/mkpki.sh OUTDIR --add-gateway ID  issue one more gateway (TLS key and certificate, signing
+#                                        key) into OUTDIR/gateways/ID; an id is never issued twice
 #
 # Every TLS key is EC P-256. Certificates are issued with `openssl ca` from a config file kept in
 # OUTDIR/ca/openssl.cnf (paths in it are relative to OUTDIR/ca, so the directory can be moved).
@@ -21,6 +23,7 @@ usage: keys/mkpki.sh OUTDIR [--gateways N] [--services "registry ingest ..."] [-
                             [--keygen PATH] [--days D] [--force]
        keys/mkpki.sh OUTDIR --revoke GATEWAY_OR_SERVICE_ID
        keys/mkpki.sh OUTDIR --gencrl
+       keys/mkpki.sh OUTDIR --add-gateway GATEWAY_ID [--days D]
 EOF
     exit 2
 }
@@ -35,6 +38,7 @@ DAYS=397
 FORCE=0
 MODE=create
 REVOKE_ID=""
+ADD_ID=""
 
 need_arg() { [[ $# -ge 2 ]] || die "option $1 needs a value"; }
 while [[ $# -gt 0 ]]; do
@@ -47,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --force) FORCE=1; shift ;;
         --revoke) need_arg "$@"; MODE=revoke; REVOKE_ID=$2; shift 2 ;;
         --gencrl) MODE=gencrl; shift ;;
+        --add-gateway) need_arg "$@"; MODE=add-gateway; ADD_ID=$2; shift 2 ;;
         -h|--help) usage ;;
         -*) die "unknown option: $1 (see --help)" ;;
         *) [[ -z "$OUT" ]] || die "only one OUTDIR may be given (got '$OUT' and '$1')"; OUT=$1; shift ;;
@@ -90,6 +95,29 @@ if [[ $MODE != create ]]; then
     [[ -f "$CA/ca.key" && -f "$CA/openssl.cnf" && -f "$CA/db/index.txt" ]] ||
         die "$OUT is not a PKI made by mkpki.sh (missing ca/ca.key, ca/openssl.cnf or ca/db/index.txt)"
     lock_ca
+    if [[ $MODE == add-gateway ]]; then
+        # Same rule as broker/mkconf.sh and the registry: 1..64 of [a-z0-9-]; "alerts" is taken.
+        [[ "$ADD_ID" =~ ^[a-z0-9-]{1,64}$ && "$ADD_ID" != alerts ]] ||
+            die "bad gateway id '$ADD_ID' (1-64 of [a-z0-9-], not 'alerts')"
+        d="$OUT/gateways/$ADD_ID"
+        [[ ! -e "$d" ]] || die "$d exists: gateway ids are never reused"
+        ! awk -F'\t' -v cn="/CN=$ADD_ID" '$6 == cn { f = 1 } END { exit !f }' "$CA/db/index.txt" ||
+            die "this CA has already issued a certificate for $ADD_ID: gateway ids are never reused"
+        [[ "$DAYS" =~ ^[0-9]+$ && "$DAYS" -ge 1 && "$DAYS" -le 3650 ]] || die "--days must be 1..3650"
+        mkdir -p "$OUT/gateways"
+        tmp=$(mktemp -d "$OUT/gateways/.add.XXXXXX")
+        trap 'rm -rf -- "$tmp"' EXIT
+        ossl req -config "$CA/openssl.cnf" -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$tmp/client.key" -out "$tmp/client.csr" -subj "/CN=$ADD_ID"
+        ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/sign.key"
+        ossl pkey -in "$tmp/sign.key" -pubout -out "$tmp/sign.pub"
+        ca_cmd -notext -in "$tmp/client.csr" -out "$tmp/client.crt" -extensions ext_gateway -days "$DAYS"
+        rm -f "$tmp/client.csr"
+        chmod 0644 "$tmp/client.crt" "$tmp/sign.pub"
+        mv -- "$tmp" "$d"
+        echo "$PROG: issued gateway $ADD_ID in $d (not yet known to the registry: use suidoctl gateway provision)"
+        exit 0
+    fi
     if [[ $MODE == gencrl ]]; then
         gencrl
         echo "$PROG: re-issued $CA/crl.pem (valid 30 days); send SIGHUP to the broker to load it"

@@ -133,6 +133,7 @@ server_key = $(key archive)
 
 [registry]
 inventory = $inv
+ca = $DIR/ca/ca.crt
 
 [broker]
 state_file = $DIR/mosquitto/identities.state
@@ -228,6 +229,8 @@ database = $DIR/state/archive/archive.db
 
 [pki]
 dir = $DIR
+script = $TOP/keys/mkpki.sh
+broker = ssl://127.0.0.1:$BASE
 EOT
 
 echo "$BASE" >"$DIR/broker.port"

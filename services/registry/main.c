@@ -32,6 +32,7 @@ static const cm_conf_spec SPEC[] = {
     {"registry", "expiry_warn_days", 0, "certificate warnings, days before expiry (30, 7, 1)"},
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
+    {"registry", "ca", 0, "deployment CA certificate: provisioned gateways' certificates must chain to it"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -43,6 +44,7 @@ typedef struct registry {
     void *events;     /* PUB, may be NULL */
     void *to_archive; /* audit events, may be NULL */
     const char *state_file;
+    const char *ca; /* NULL: provisioning is refused */
     long warn_days[3];
     uint64_t next_expiry_check_ms;
     cm_metric *expiry_alerts;
@@ -210,6 +212,65 @@ static void on_set_service_state(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
     set_state(ctx, arg, "service");
+}
+
+/* Provisioning: a new gateway whose certificate the deployment CA issued (CN = id) and whose
+ * signing key is P-256 enters the registry as "provisioned": the broker refuses it until an
+ * administrator activates it. An id ever used before, disposed ones included, is refused. */
+static void on_add_gateway(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    const Suido__GatewayInfo *g = q->req->gateway;
+    cm_cert_info ci;
+    cm_err e = CM_OK;
+    const char *why = "ok";
+    if (!r->ca) {
+        e = CM_ERR_CONFIG;
+        why = "no [registry] ca configured";
+    } else if (!g || !g->id || !*g->id || !g->site || !*g->site || !g->kind || !*g->kind ||
+               g->sign_pub_der.len == 0 || q->req->cert_pem.len == 0) {
+        e = CM_ERR_INVAL;
+        why = "id, site, kind, signing key and certificate are required";
+    } else if ((e = cm_cert_check(q->req->cert_pem.data, q->req->cert_pem.len, r->ca,
+                                  cm_now_ms(), &ci)) != CM_OK) {
+        why = "certificate not issued by the deployment CA, or not valid now";
+    } else if (strcmp(ci.subject_cn, g->id) != 0) {
+        e = CM_ERR_INVAL;
+        why = "certificate CN is not the gateway id";
+    } else {
+        registry_new_gateway ng = {g->id, g->site, g->kind, g->model, g->firmware,
+                                   g->sign_pub_der.data, g->sign_pub_der.len, &ci,
+                                   SUIDO__ENTITY_STATE__STATE_PROVISIONED};
+        e = registry_store_add_gateway(r->store, &ng);
+        why = e == CM_ERR_DUPLICATE ? "id already used (ids are never reused)"
+              : e == CM_OK          ? "ok"
+                                    : "refused";
+    }
+    char detail[256];
+    snprintf(detail, sizeof detail, "site=%s kind=%s result=%s why=\"%s\"",
+             g && g->site ? g->site : "", g && g->kind ? g->kind : "", cm_strerror(e), why);
+    const char *id = g && g->id ? g->id : "";
+    cm_info("peer=%s gateway=%s %s", peer, id, detail);
+    audit(r, e == CM_OK ? "gateway_provisioned" : "gateway_provision_refused", id,
+          *q->actor ? q->actor : peer, detail);
+    registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, "add_gateway", cm_strerror(e));
+    if (e != CM_OK) {
+        Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+        rep.status = e;
+        rep.error = (char *)why;
+        reply(r, q->route, &rep);
+        return;
+    }
+    publish_identities(r);
+    announce(r, "gateway", id, SUIDO__ENTITY_STATE__STATE_PROVISIONED, "");
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    Suido__GatewayInfo info;
+    if (registry_store_get(r->store, id, &info) == CM_OK)
+        rep.gateway = &info;
+    reply(r, q->route, &rep);
+    if (rep.gateway)
+        registry_info_clear(&info);
 }
 
 static void on_login(void *ctx, void *arg, const char *peer)
@@ -470,6 +531,7 @@ static const cm_dispatch DISPATCH[] = {
     {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
     {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
     {"set_gateway_state", "suidoctl", on_set_gateway_state},
+    {"add_gateway", "suidoctl", on_add_gateway},
     {"set_service_state", "suidoctl", on_set_service_state},
     {"seen", "verify", on_seen},
     {"login", "suidoctl,monitor", on_login},
@@ -495,6 +557,7 @@ static const struct {
     {"list_gateways", ROLE_VIEWER},
     {"logout", ROLE_VIEWER},
     {"set_gateway_state", ROLE_ADMIN},
+    {"add_gateway", ROLE_ADMIN},
     {"set_service_state", ROLE_ADMIN},
     {"operator_add", ROLE_ADMIN},
     {"set_operator_state", ROLE_ADMIN},
@@ -537,6 +600,8 @@ static const char *op_name(int op)
         return "set_gateway_state";
     case SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE:
         return "set_service_state";
+    case SUIDO__REGISTRY_OP__REG_ADD_GATEWAY:
+        return "add_gateway";
     case SUIDO__REGISTRY_OP__REG_SEEN:
         return "seen";
     case SUIDO__REGISTRY_OP__REG_LOGIN:
@@ -675,6 +740,7 @@ int main(int argc, char **argv)
                              &r.to_archive, err))
         cm_svc_die(s, "%s", err);
     r.state_file = cm_conf_get(s->conf, "broker", "state_file");
+    r.ca = cm_conf_get(s->conf, "registry", "ca");
     publish_identities(&r);
     r.requests = cm_metric_counter(s->metrics, "suido_registry_requests_total", "look-ups received");
     r.rejected = cm_metric_counter(s->metrics, "suido_registry_rejected_total",

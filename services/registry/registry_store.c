@@ -168,18 +168,65 @@ static cm_err import_service(registry_store *s, const cm_conf *inv, const char *
     return CM_OK;
 }
 
+/* Inserts one gateway. if_absent: an existing id is left alone (*added = 0); otherwise an id that
+ * was ever used (disposed ones included) is CM_ERR_DUPLICATE. */
+static cm_err insert_gateway(registry_store *s, const registry_new_gateway *g, int if_absent,
+                             int *added)
+{
+    *added = 0;
+    cm_pubkey *pk = NULL;
+    if (cm_pubkey_from_der(g->sign_pub_der, g->sign_pub_len, &pk) != CM_OK)
+        return CM_ERR_KEY;
+    sqlite3_stmt *ins = NULL;
+    cm_err rc = CM_ERR_DB;
+    if (sqlite3_prepare_v2(s->db,
+                           if_absent ? "INSERT OR IGNORE INTO gateways(id,state,site,kind,model,"
+                                       "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
+                                       "cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)"
+                                     : "INSERT INTO gateways(id,state,site,kind,model,"
+                                       "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
+                                       "cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &ins, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(ins, 1, g->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(ins, 2, g->state);
+    sqlite3_bind_text(ins, 3, g->site, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 4, g->kind, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 5, g->model ? g->model : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 6, g->firmware ? g->firmware : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(ins, 7, g->sign_pub_der, (int)g->sign_pub_len, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 8, cm_pubkey_key_id(pk), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 9, g->cert->serial, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 10, g->cert->sha256, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(ins, 11, (sqlite3_int64)g->cert->not_after_ms);
+    sqlite3_bind_int64(ins, 12, (sqlite3_int64)cm_now_ms());
+    int st = sqlite3_step(ins);
+    if (st == SQLITE_CONSTRAINT) {
+        rc = CM_ERR_DUPLICATE;
+    } else if (st == SQLITE_DONE) {
+        *added = sqlite3_changes(s->db);
+        rc = CM_OK;
+    }
+out:
+    sqlite3_finalize(ins);
+    cm_pubkey_destroy(&pk);
+    return rc;
+}
+
+cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g)
+{
+    if (!valid_id(g->id) || !g->site || !*g->site || !g->kind || !*g->kind)
+        return CM_ERR_INVAL;
+    int added = 0;
+    return insert_gateway(s, g, 0, &added);
+}
+
 cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
                              char err[CM_CONF_ERRLEN])
 {
     *added = 0;
-    sqlite3_stmt *ins = NULL;
     cm_err rc = CM_OK;
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db,
-                           "INSERT OR IGNORE INTO gateways(id,state,site,kind,model,firmware,"
-                           "sign_pub,key_id,cert_serial,cert_sha256,cert_not_after_ms,created_ms)"
-                           " VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-                           -1, &ins, NULL) != SQLITE_OK) {
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
         rc = CM_ERR_DB;
         goto out;
@@ -235,31 +282,19 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
             rc = CM_ERR_CRYPTO;
             goto out;
         }
-        sqlite3_reset(ins);
-        sqlite3_bind_text(ins, 1, id, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(ins, 2, SUIDO__ENTITY_STATE__STATE_ACTIVE);
-        sqlite3_bind_text(ins, 3, site, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 4, kind, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 5, model ? model : "", -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 6, fw ? fw : "", -1, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(ins, 7, der, (int)derlen, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 8, cm_pubkey_key_id(pk), -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 9, ci.serial, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 10, ci.sha256, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(ins, 11, (sqlite3_int64)ci.not_after_ms);
-        sqlite3_bind_int64(ins, 12, (sqlite3_int64)cm_now_ms());
-        int st = sqlite3_step(ins);
+        registry_new_gateway g = {id, site, kind, model, fw, der, derlen, &ci,
+                                  SUIDO__ENTITY_STATE__STATE_ACTIVE};
+        int one = 0;
+        rc = insert_gateway(s, &g, 1, &one);
         free(der);
         cm_pubkey_destroy(&pk);
-        if (st != SQLITE_DONE) {
+        if (rc != CM_OK) {
             snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
-            rc = CM_ERR_DB;
             goto out;
         }
-        *added += sqlite3_changes(s->db);
+        *added += one;
     }
 out:
-    sqlite3_finalize(ins);
     if (sqlite3_exec(s->db, rc == CM_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK &&
         rc == CM_OK) {
         snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));

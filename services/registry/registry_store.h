@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "cm_conf.h"
+#include "cm_crypto.h"
 #include "cm_err.h"
 #include "suido.pb-c.h"
 
@@ -25,6 +26,19 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inventory, int *a
                              char err[CM_CONF_ERRLEN]);
 /* Fills info (strings and key bytes malloc'd; free with registry_info_clear).
  * CM_ERR_UNKNOWN if absent. */
+/* A gateway to add: every string borrowed; the certificate facts already checked. */
+typedef struct registry_new_gateway {
+    const char *id, *site, *kind, *model, *firmware;
+    const uint8_t *sign_pub_der;
+    size_t sign_pub_len;
+    const cm_cert_info *cert;
+    int state;
+} registry_new_gateway;
+
+/* Adds a gateway (provisioning). CM_ERR_DUPLICATE when the id was ever used, disposed ids
+ * included: an id is never reused. CM_ERR_KEY: the signing key is not a P-256 public key. */
+cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g);
+
 cm_err registry_store_get(registry_store *s, const char *id, Suido__GatewayInfo *info);
 void registry_info_clear(Suido__GatewayInfo *info);
 /* Calls fn for each gateway in id order. */

@@ -191,3 +191,80 @@ def test_certificates_near_expiry_raise_one_alert_each(suite, tmp_path):
         assert len(alerts()) == before
     finally:
         restart_registry(suite)
+
+
+def test_provisioned_gateway_gets_a_field_bundle_and_works_once_activated(suite, pb, tmp_path):
+    from wire import Client
+    bundle = tmp_path / "bundle-gw-0100"
+    out = json.loads(suite.ctl("--json", "gateway", "provision", "gw-0100", "--site", "hill-res",
+                               "--kind", "reservoir", "--model", "RTU-9", "--firmware", "2.1.0",
+                               "--out", bundle).stdout)
+    assert out == {"id": "gw-0100", "state": "provisioned", "bundle": str(bundle)}
+    files = {p.name for p in bundle.iterdir()}
+    assert {"client.crt", "client.key", "sign.key", "ca.crt", "wrap.pub", "gateway.conf"} <= files
+    assert not any(p.stat().st_mode & 0o077 for p in bundle.iterdir() if p.suffix == ".key")
+    conf = (bundle / "gateway.conf").read_text()
+    assert "id = gw-0100" in conf and f"broker = ssl://127.0.0.1:{suite.port}" in conf
+    show = json.loads(suite.ctl("--json", "gateway", "show", "gw-0100").stdout)
+    assert show["state"] == "provisioned" and show["site"] == "hill-res"
+    assert show["model"] == "RTU-9" and show["cert_days_left"] > 300 and show["key_id"]
+    assert identity_state(suite, "gw-0100") == "provisioned"
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM audit WHERE event='gateway_provisioned' AND subject='gw-0100' "
+        "AND actor='admin'")[0][0] == 1, 5)
+
+    def publish(epoch, ack_wanted):
+        c = Client(suite, str(bundle / "client.crt"), str(bundle / "client.key"),
+                   client_id="gw-0100", ca=str(bundle / "ca.crt"))
+        try:
+            if c.connect():
+                c.subscribe("suido/v1/gw-0100/ack")
+                time.sleep(0.3)
+                try:
+                    c.publish("suido/v1/gw-0100/data",
+                              envelope(pb, suite, "gw-0100", 1, [("level", 4.0)], epoch=epoch))
+                except RuntimeError:  # cut by the broker (identity not active)
+                    pass
+            return wait_until(lambda: any(t == "suido/v1/gw-0100/ack" for t, _ in c.messages),
+                              10 if ack_wanted else 1.5)
+        finally:
+            c.close()
+
+    # provisioned is not yet in service: the broker lets nothing through
+    assert not publish(8301, False)
+    assert suite.seen(8301) == 0
+    suite.ctl("gateway", "activate", "gw-0100")
+    time.sleep(0.5)  # the plugin reads the identity file within 200 ms
+    assert publish(8302, True), suite.log("archive")[-2000:]
+    assert suite.query("SELECT count(*) FROM batches WHERE gateway='gw-0100' "
+                       "AND boot_epoch=8302")[0][0] == 1
+
+    # an id is never issued twice: not while it exists, nor after it is gone
+    again = suite.ctl("gateway", "provision", "gw-0100", "--site", "x", "--kind", "reservoir",
+                      "--out", tmp_path / "again", check=False)
+    assert again.returncode == 1 and "never reused" in again.stderr
+    assert not (tmp_path / "again").exists()
+
+
+def test_provisioning_needs_an_admin_and_a_valid_request(suite, tmp_path):
+    def issued(gw):
+        return [l.split("\t")[0] for l in
+                (suite.dir / "ca" / "db" / "index.txt").read_text().splitlines()
+                if l.endswith(f"/CN={gw}")]
+
+    r = suite.ctl("gateway", "provision", "gw-0101", "--site", "s", "--kind", "reservoir",
+                  "--out", tmp_path / "b", token="not-a-token", check=False)
+    assert r.returncode == 1 and "denied" in r.stderr
+    assert not (tmp_path / "b").exists() and issued("gw-0101") == []
+    r = suite.ctl("gateway", "provision", "gw-0102", "--kind", "reservoir", "--out",
+                  tmp_path / "c", check=False)
+    assert r.returncode == 2 and "--site" in r.stderr and issued("gw-0102") == []
+    # the registry refuses (no site): the certificate issued for it is revoked again, so nothing
+    # usable stays behind, and the refusal is audited
+    r = suite.ctl("gateway", "provision", "gw-0103", "--site", "", "--kind", "reservoir",
+                  "--out", tmp_path / "d", check=False)
+    assert r.returncode == 1 and "site" in r.stderr
+    assert issued("gw-0103") == ["R"] and not (tmp_path / "d").exists()
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM audit WHERE event='gateway_provision_refused' "
+        "AND subject='gw-0103'")[0][0] == 1, 5)

@@ -2,6 +2,8 @@
  *
  *   suidoctl [-c CONF] [--json] gateway list | show ID
  *   suidoctl [-c CONF] gateway suspend|activate|revoke|dispose ID [--reason TEXT]
+ *   suidoctl [-c CONF] [--json] gateway provision ID --site S --kind K --out DIR
+ *                                [--model M] [--firmware F]
  *   suidoctl [-c CONF] service suspend|activate|revoke ID [--reason TEXT]
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
@@ -43,6 +45,7 @@
 #include "cm_registry.h"
 #include "cm_time.h"
 #include "cm_zmq.h"
+#include "provision.h"
 #include "suido.pb-c.h"
 
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3 };
@@ -55,6 +58,8 @@ static const cm_conf_spec SPEC[] = {
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "archive database (read-only) for audit verify"},
     {"pki", "dir", 0, "deployment PKI folder (gateways/<id>/ private keys destroyed at disposal)"},
+    {"pki", "script", 0, "keys/mkpki.sh, which issues a provisioned gateway's credentials"},
+    {"pki", "broker", 0, "broker URL written into field bundles, e.g. ssl://host:8883"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -73,6 +78,7 @@ static void usage(void)
             "usage: suidoctl [-c CONF] [--json] COMMAND\n"
             "  gateway list | show ID\n"
             "  gateway suspend|activate|revoke|dispose ID [--reason TEXT]\n"
+            "  gateway provision ID --site S --kind K --out DIR [--model M] [--firmware F]\n"
             "  service suspend|activate|revoke ID [--reason TEXT]\n"
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
@@ -133,6 +139,60 @@ static Suido__RegistryReply *call(ctl *c, const Suido__RegistryRequest *req)
         fail(EXIT_FAILED, "refused: %s", why);
     }
     return rep;
+}
+
+static void json_str(const char *k, const char *v, int comma);
+
+/* provision_register_fn: like call(), but a refusal returns instead of exiting, so that the
+ * provisioning can undo what it issued. */
+static int register_gateway(void *ctx, const Suido__RegistryRequest *req)
+{
+    ctl *c = ctx;
+    if (!c->reg)
+        connect_registry(c);
+    Suido__RegistryRequest with_token = *req;
+    with_token.token = (char *)(c->token ? c->token : "");
+    Suido__RegistryReply *rep = NULL;
+    if (cm_registry_call(c->reg, &with_token, &rep) != CM_OK) {
+        fprintf(stderr, "suidoctl: the registry did not answer\n");
+        return 1;
+    }
+    int rc = (int)rep->status;
+    if (rc != 0)
+        fprintf(stderr, "suidoctl: refused: %s\n",
+                rep->status == CM_ERR_DENIED
+                    ? "denied: log in first (--token or $SUIDO_TOKEN) with the admin role"
+                    : (rep->error && *rep->error ? rep->error : cm_strerror(rep->status)));
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return rc;
+}
+
+static int cmd_provision(ctl *c, const provision_request *r)
+{
+    /* Checked before anything is issued, so that a stale token does not burn the id (the CA
+     * never issues an id twice). The registry checks the role again when the gateway is added. */
+    Suido__RegistryRequest check = SUIDO__REGISTRY_REQUEST__INIT;
+    check.op = SUIDO__REGISTRY_OP__REG_SESSION_CHECK;
+    Suido__RegistryReply *who = call(c, &check);
+    int admin = who->operator_ && who->operator_->role && strcmp(who->operator_->role, "admin") == 0;
+    suido__registry_reply__free_unpacked(who, NULL);
+    if (!admin)
+        fail(EXIT_FAILED, "refused: provisioning needs an operator session with the admin role");
+    int rc = provision_gateway(c->conf, r, register_gateway, c);
+    if (rc != 0)
+        return rc == 2 ? EXIT_USAGE : EXIT_FAILED;
+    if (c->json) {
+        printf("{");
+        json_str("id", r->id, 1);
+        json_str("state", "provisioned", 1);
+        json_str("bundle", r->out, 0);
+        printf("}\n");
+    } else {
+        printf("gateway %s: provisioned; field bundle in %s\n"
+               "activate it when it is installed: suidoctl gateway activate %s\n",
+               r->id, r->out, r->id);
+    }
+    return EXIT_OK;
 }
 
 static const char *state_name(int s)
@@ -511,6 +571,7 @@ int main(int argc, char **argv)
     int nargs = 0;
     const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
     const char *role = NULL, *who = NULL;
+    provision_request prov = {0};
     long days = 30;
     c.token = getenv("SUIDO_TOKEN");
     for (int i = 1; i < argc; i++) {
@@ -536,6 +597,16 @@ int main(int argc, char **argv)
             role = argv[++i];
         else if (strcmp(argv[i], "--operator") == 0 && i + 1 < argc)
             who = argv[++i];
+        else if (strcmp(argv[i], "--site") == 0 && i + 1 < argc)
+            prov.site = argv[++i];
+        else if (strcmp(argv[i], "--kind") == 0 && i + 1 < argc)
+            prov.kind = argv[++i];
+        else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            prov.model = argv[++i];
+        else if (strcmp(argv[i], "--firmware") == 0 && i + 1 < argc)
+            prov.firmware = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            prov.out = argv[++i];
         else if (argv[i][0] == '-' || nargs == 8)
             usage();
         else
@@ -559,7 +630,10 @@ int main(int argc, char **argv)
         rc = cmd_list(&c, days);
     else if (strcmp(cmd, "gateway") == 0 && nargs == 3 && strcmp(args[1], "show") == 0)
         rc = cmd_show(&c, args[2]);
-    else if ((strcmp(cmd, "gateway") == 0 || strcmp(cmd, "service") == 0) && nargs == 3)
+    else if (strcmp(cmd, "gateway") == 0 && nargs == 3 && strcmp(args[1], "provision") == 0) {
+        prov.id = args[2];
+        rc = cmd_provision(&c, &prov);
+    } else if ((strcmp(cmd, "gateway") == 0 || strcmp(cmd, "service") == 0) && nargs == 3)
         rc = cmd_set_state(&c, cmd, args[1], args[2], reason);
     else if (strcmp(cmd, "audit") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
         rc = cmd_audit_verify(&c, db);
