@@ -36,6 +36,14 @@ const char *cm_signer_key_id(const cm_signer *s);
 cm_err cm_signer_sign(cm_signer *s, const uint8_t *header, size_t hlen, const uint8_t *body,
                       size_t blen, uint8_t *sig, size_t *siglen);
 
+/* Commands (gate -> gateway): ECDSA P-256 / SHA-256 over CM_CMD_DOMAIN, its terminating NUL,
+ * and the exact serialized Command (at most CM_CMD_MAX bytes). The domain keeps a command
+ * signature from ever passing as a telemetry signature and the other way round. */
+#define CM_CMD_DOMAIN "suido-cmd-v1"
+#define CM_CMD_MAX 4096
+cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
+                       size_t *siglen);
+
 /* ---- ECDSA P-256 verification (platform side) ---- */
 typedef struct cm_pubkey cm_pubkey;
 /* From SubjectPublicKeyInfo DER; refuses anything but a P-256 EC key. */
@@ -53,6 +61,9 @@ cm_err cm_pubkey_verify(const cm_pubkey *k, const uint8_t *header, size_t hlen,
 /* Plain ECDSA-SHA256 verification of msg (no domain prefix), used by conformance tests. */
 cm_err cm_pubkey_verify_raw(const cm_pubkey *k, const uint8_t *msg, size_t len,
                             const uint8_t *sig, size_t siglen);
+/* A command signature (see cm_command_sign); CM_ERR_SIGNATURE for anything but a valid one. */
+cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *cmd, size_t len, const uint8_t *sig,
+                         size_t siglen);
 
 /* ---- AES-GCM with a session key: the key schedule is done once per session ---- */
 typedef struct cm_aead cm_aead;

@@ -1,5 +1,7 @@
 /* gateway: state and publishing of one simulated field gateway (see gateway.h): births, signed
- * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking. */
+ * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking, and
+ * commands (queued from Paho's thread, decided by commands.c, applied to the signal model,
+ * answered with a signed command result). */
 #include "gateway.h"
 
 #include <errno.h>
@@ -25,6 +27,7 @@
 #define POLL_BUDGET 16         /* publishes per poll, so one fast gateway cannot starve others */
 #define SESSION_KEY_LEN 32
 #define MAX_WINDOW_MS 60000    /* a batch never covers more than this much time */
+#define CMD_QUEUE 16           /* commands waiting for the main thread, per gateway */
 
 static const char *const attack_names[GW_ATTACK__COUNT] = {
     "none", "tampered", "replay", "wrong-key", "skew", "malformed", "flood", "oversize",
@@ -65,6 +68,31 @@ typedef struct buf {
     size_t len, cap;
 } buf;
 
+/* A command as received, waiting for the main thread. */
+typedef struct cmd_msg {
+    uint8_t *p;              /* malloc'd copy of the payload (NULL when empty or oversize) */
+    size_t len;
+} cmd_msg;
+
+/* The result of the last decided command, until it is published. Its envelope is (re)built when
+ * it is published (again, if the session key changed meanwhile), with the same seq. */
+typedef struct cmd_result {
+    int active;
+    int built;               /* env holds this result's envelope */
+    uint32_t built_key_seq;
+    uint64_t seq;
+    cmd_reason reason;
+    char command_id[CMD_ID_MAX + 1];
+    char channel[CMD_NAME_MAX + 1];
+    double value;            /* in force on the actuator after the decision */
+    uint64_t ts_ms;          /* gateway clock at the decision */
+} cmd_result;
+
+typedef struct seq_list {
+    uint64_t *v;
+    size_t n, cap;
+} seq_list;
+
 struct gateway {
     const gw_settings *set;
     char *id, *site, *model, *firmware;
@@ -73,7 +101,7 @@ struct gateway {
     size_t nch;
     sig_state sig;
     uint64_t boot_epoch;
-    char t_data[128], t_birth[128], t_death[128], t_ack[128];
+    char t_data[128], t_birth[128], t_death[128], t_ack[128], t_cmd[128], t_cmdres[128];
     cm_signer *signer, *wrong_signer;
     cm_mqtt *mqtt;
 
@@ -100,8 +128,7 @@ struct gateway {
     uint64_t next_seq, first_seq, last_seq, last_legit_seq;
     uint64_t batches_made, legit_sent, attacked_sent, readings_sent, births_sent, attack_drops;
     uint64_t attacks_made;
-    uint64_t *att_seqs;
-    size_t n_att, cap_att;
+    seq_list att;            /* attacked seqs, increasing */
     pending pend;
     buf env, body, ct, replay;
     Suido__Reading rd[GW_MAX_BATCH];
@@ -109,14 +136,27 @@ struct gateway {
     Suido__ChannelDecl decl[SIG_MAX_CHANNELS];
     Suido__ChannelDecl *declp[SIG_MAX_CHANNELS];
 
+    /* commands (main thread) */
+    const sig_actuator *act;
+    size_t nact;
+    cmd_state cst;
+    cmd_result cres;
+    seq_list cres_seqs;      /* every seq a command result took, increasing */
+    seq_list cres_unsent;    /* those that never left */
+    uint64_t cmd_applied, cmd_refused[CMD__REASONS], cres_sent;
+
     /* shared with Paho's thread */
     atomic_uint conn_gen;    /* successful connections so far */
     atomic_ullong acked_seq; /* highest seq acked for our boot epoch */
-    pthread_mutex_t mu;      /* guards ring_* and lat* */
+    pthread_mutex_t mu;      /* guards ring_*, lat* and the command queue (cq*, cmd_*) */
     uint64_t *ring_seq, *ring_us;
     float *lat;
     size_t n_lat;
     uint64_t lat_total, lat_rng;
+    cmd_msg cq[CMD_QUEUE];   /* ring: cq_len commands from cq_head */
+    size_t cq_head, cq_len;
+    uint64_t cmd_received, cmd_dropped;
+    atomic_uint cq_count;    /* cq_len, readable without the mutex (scheduling only) */
 };
 
 /* ------------------------------------------------------------------ small helpers */
@@ -257,10 +297,47 @@ static cm_err seal_envelope(gateway *g, cm_signer *signer, const uint8_t *hdr, s
     return CM_OK;
 }
 
+/* The path of every sequenced envelope (data, command result): packs the header of kind with
+ * seq, ts and count; with a session key in use, encrypts the plaintext g->body.p[0..blen) with
+ * AES-GCM (a fresh IV in the header, those exact header bytes as the AAD); then signs and packs
+ * the envelope into g->env. tamper: flip one body byte after signing (tampered attack). */
+static cm_err seal_body(gateway *g, Suido__Kind kind, uint64_t seq, uint64_t ts, uint32_t count,
+                        size_t blen, cm_signer *signer, int tamper)
+{
+    uint8_t hdr[HEADER_CAP], iv[CM_GCM_IV_LEN];
+    size_t hlen;
+    uint8_t *body = g->body.p;
+    cm_err e;
+    if (g->set->wrap) {
+        /* unique per key: 4 random salt bytes of the session || 64-bit message counter */
+        memcpy(iv, g->iv_salt, 4);
+        uint64_t c = g->iv_ctr++;
+        for (int i = 0; i < 8; i++)
+            iv[4 + i] = (uint8_t)(c >> (56 - 8 * i));
+        /* the header is packed first, with the IV in it: those exact bytes are the AAD */
+        e = pack_header(g, kind, seq, ts, count, iv, hdr, &hlen);
+        if (e != CM_OK)
+            return e;
+        if (buf_reserve(&g->ct, blen + CM_GCM_TAG_LEN))
+            return CM_ERR_NOMEM;
+        e = cm_aead_seal(g->aead, iv, hdr, hlen, g->body.p, blen, g->ct.p);
+        if (e != CM_OK)
+            return e;
+        body = g->ct.p;
+        blen += CM_GCM_TAG_LEN;
+    } else {
+        e = pack_header(g, kind, seq, ts, count, NULL, hdr, &hlen);
+        if (e != CM_OK)
+            return e;
+    }
+    return seal_envelope(g, signer, hdr, hlen, body, blen, tamper ? blen / 2 : SIZE_MAX);
+}
+
 /* A signed envelope whose body is a packed message (birth, death); never encrypted. */
 static cm_err envelope_of(gateway *g, Suido__Kind kind, const ProtobufCMessage *msg)
 {
     g->pend.built = 0; /* g->env is about to hold something else */
+    g->cres.built = 0;
     uint8_t hdr[HEADER_CAP];
     size_t hlen;
     cm_err e = pack_header(g, kind, 0, cm_now_ms(), 0, NULL, hdr, &hlen);
@@ -385,40 +462,35 @@ static cm_err build_data(gateway *g)
     uint64_t ts = p->ts_ms;
     if (p->attack == GW_ATTACK_SKEW)
         ts = (uint64_t)((int64_t)ts + (int64_t)set->skew_s * 1000);
-    uint8_t hdr[HEADER_CAP], iv[CM_GCM_IV_LEN];
-    size_t hlen;
-    uint8_t *body = g->body.p;
-    cm_err e;
-    if (set->wrap) {
-        /* unique per key: 4 random salt bytes of the session || 64-bit message counter */
-        memcpy(iv, g->iv_salt, 4);
-        uint64_t c = g->iv_ctr++;
-        for (int i = 0; i < 8; i++)
-            iv[4 + i] = (uint8_t)(c >> (56 - 8 * i));
-        /* the header is packed first, with the IV in it: those exact bytes are the AAD */
-        e = pack_header(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, iv, hdr, &hlen);
-        if (e != CM_OK)
-            return e;
-        if (buf_reserve(&g->ct, blen + CM_GCM_TAG_LEN))
-            return CM_ERR_NOMEM;
-        e = cm_aead_seal(g->aead, iv, hdr, hlen, g->body.p, blen, g->ct.p);
-        if (e != CM_OK)
-            return e;
-        body = g->ct.p;
-        blen += CM_GCM_TAG_LEN;
-    } else {
-        e = pack_header(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, NULL, hdr, &hlen);
-        if (e != CM_OK)
-            return e;
-    }
     cm_signer *signer = p->attack == GW_ATTACK_WRONG_KEY ? g->wrong_signer : g->signer;
-    size_t flip = p->attack == GW_ATTACK_TAMPERED ? blen / 2 : SIZE_MAX;
-    e = seal_envelope(g, signer, hdr, hlen, body, blen, flip);
+    cm_err e = seal_body(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, blen, signer,
+                         p->attack == GW_ATTACK_TAMPERED);
     if (e != CM_OK)
         return e;
     if (p->attack == GW_ATTACK_MALFORMED)
         g->env.len /= 2; /* a valid envelope cut in half */
     return CM_OK;
+}
+
+/* Envelope of the pending command result into g->env: the packed CommandResult, sealed like a
+ * data batch (encrypted under the session key when one is in use) with the result's own seq. */
+static cm_err build_cmdres(gateway *g)
+{
+    cmd_result *r = &g->cres;
+    g->pend.built = 0; /* g->env is about to hold something else */
+    Suido__CommandResult cr = SUIDO__COMMAND_RESULT__INIT;
+    cr.command_id = r->command_id;
+    cr.outcome = r->reason == CMD_OK ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
+                                     : SUIDO__COMMAND_OUTCOME__OUTCOME_REFUSED;
+    cr.reason = (char *)cmd_reason_name(r->reason);
+    cr.channel = r->channel;
+    cr.value = r->value;
+    cr.ts_ms = r->ts_ms;
+    size_t blen = suido__command_result__get_packed_size(&cr);
+    if (buf_reserve(&g->body, blen + 1))
+        return CM_ERR_NOMEM;
+    blen = suido__command_result__pack(&cr, g->body.p);
+    return seal_body(g, SUIDO__KIND__KIND_CMDRES, r->seq, cm_now_ms(), 0, blen, g->signer, 0);
 }
 
 /* ------------------------------------------------------------------ MQTT callbacks (Paho) */
@@ -437,9 +509,49 @@ static void record_latency(gateway *g, double ms)
         g->lat[j] = (float)ms;
 }
 
+/* A command arrived (Paho's thread): copy it into the queue for the main thread, which decides
+ * on it in gateway_poll. Never blocks Paho: a full queue drops the command, with a log line and
+ * a counter. An oversize payload is queued without its bytes and decided as malformed. */
+static void enqueue_command(gateway *g, const void *payload, size_t len)
+{
+    cmd_msg m = {NULL, 0};
+    int nomem = 0;
+    if (len > 0 && len <= CMD_MAX_PAYLOAD) {
+        if ((m.p = malloc(len)) != NULL) {
+            memcpy(m.p, payload, len);
+            m.len = len;
+        } else
+            nomem = 1;
+    }
+    pthread_mutex_lock(&g->mu);
+    g->cmd_received++;
+    int full = g->cq_len == CMD_QUEUE;
+    if (full || nomem)
+        g->cmd_dropped++;
+    else {
+        g->cq[(g->cq_head + g->cq_len) % CMD_QUEUE] = m;
+        g->cq_len++;
+        atomic_store(&g->cq_count, (unsigned)g->cq_len);
+    }
+    uint64_t dropped = g->cmd_dropped;
+    pthread_mutex_unlock(&g->mu);
+    if (full || nomem) {
+        free(m.p);
+        cm_warn("gw=%s len=%zu event=command_dropped reason=%s dropped=%" PRIu64, g->id, len,
+                nomem ? "out_of_memory" : "queue_full", dropped);
+    }
+}
+
 static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
 {
     gateway *g = ctx;
+    if (strcmp(topic, g->t_cmd) == 0) {
+        /* without a gate key we never subscribe; a subscription left in the persistent session
+         * by an earlier run can still deliver, and such commands are ignored */
+        if (g->set->cmd_key)
+            enqueue_command(g, payload, len);
+        return 1;
+    }
     if (strcmp(topic, g->t_ack) != 0)
         return 1;
     Suido__Ack *a = suido__ack__unpack(NULL, len, payload);
@@ -513,8 +625,10 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     }
     atomic_init(&g->conn_gen, 0);
     atomic_init(&g->acked_seq, 0);
+    atomic_init(&g->cq_count, 0);
     g->kind = idn->kind;
     g->nch = sig_channels(idn->kind, &g->ch);
+    g->nact = sig_actuators(idn->kind, &g->act);
     sig_init(&g->sig, idn->kind, sig_site_seed(set->seed, idn->id));
     g->lat_rng = sig_site_seed(set->seed ^ 0x5157u, idn->id);
     for (size_t i = 0; i < g->nch; i++) {
@@ -535,6 +649,8 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     snprintf(g->t_birth, sizeof g->t_birth, "suido/v1/%s/birth", g->id);
     snprintf(g->t_death, sizeof g->t_death, "suido/v1/%s/death", g->id);
     snprintf(g->t_ack, sizeof g->t_ack, "suido/v1/%s/ack", g->id);
+    snprintf(g->t_cmd, sizeof g->t_cmd, "suido/v1/%s/cmd", g->id);
+    snprintf(g->t_cmdres, sizeof g->t_cmdres, "suido/v1/%s/cmdres", g->id);
 
     char dir[4096], path[4200], ca[4200], crt[4200], key[4200];
     cm_err e = CM_OK;
@@ -580,8 +696,11 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
         };
         e = cm_mqtt_new(&o, &g->mqtt);
     }
+    /* like the acks: QoS 1 in the persistent session, subscribed again after every reconnect */
     if (e == CM_OK)
         e = cm_mqtt_subscribe(g->mqtt, g->t_ack, 1);
+    if (e == CM_OK && set->cmd_key)
+        e = cm_mqtt_subscribe(g->mqtt, g->t_cmd, 1);
     if (e != CM_OK) {
         gateway_destroy(&g);
         return e;
@@ -655,20 +774,35 @@ static int take_batch(gateway *g, uint64_t now_us)
     return 1;
 }
 
-static void note_attacked_seq(gateway *g, uint64_t seq)
+/* Appends seq to a report list (what a list is for says its caller). */
+static void note_seq(gateway *g, seq_list *l, const char *what, uint64_t seq)
 {
-    if (g->n_att == g->cap_att) {
-        size_t nc = g->cap_att ? g->cap_att * 2 : 64;
-        uint64_t *p = realloc(g->att_seqs, nc * sizeof *p);
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        uint64_t *p = realloc(l->v, nc * sizeof *p);
         if (!p) {
-            cm_error("gw=%s error=\"out of memory recording attacked seq %" PRIu64 "\"", g->id,
+            cm_error("gw=%s error=\"out of memory recording %s seq %" PRIu64 "\"", g->id, what,
                      seq);
             return;
         }
-        g->att_seqs = p;
-        g->cap_att = nc;
+        l->v = p;
+        l->cap = nc;
     }
-    g->att_seqs[g->n_att++] = seq;
+    l->v[l->n++] = seq;
+}
+
+/* Number of entries <= x in an increasing list. */
+static size_t count_le(const seq_list *l, uint64_t x)
+{
+    size_t lo = 0, hi = l->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (l->v[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 /* The pending batch has left (published, or an attack the client refused): account for it. */
@@ -686,7 +820,7 @@ static void batch_done(gateway *g, int published)
         g->last_legit_seq = p->seq;
     } else {
         if (p->seq)
-            note_attacked_seq(g, p->seq);
+            note_seq(g, &g->att, "attacked", p->seq);
         if (published)
             g->attacked_sent++;
         else
@@ -739,6 +873,124 @@ static cm_err send_pending(gateway *g)
     return e; /* a legitimate batch stays pending until it goes out */
 }
 
+/* ------------------------------------------------------------------ commands (main thread) */
+
+static int can_publish(const gateway *g)
+{
+    return cm_mqtt_is_connected(g->mqtt) && cm_mqtt_inflight(g->mqtt) < g->set->max_inflight;
+}
+
+/* The oldest queued command into *m (the caller frees m->p); 0 when none waits. */
+static int dequeue_command(gateway *g, cmd_msg *m)
+{
+    pthread_mutex_lock(&g->mu);
+    int got = g->cq_len > 0;
+    if (got) {
+        *m = g->cq[g->cq_head];
+        g->cq[g->cq_head] = (cmd_msg){NULL, 0};
+        g->cq_head = (g->cq_head + 1) % CMD_QUEUE;
+        g->cq_len--;
+        atomic_store(&g->cq_count, (unsigned)g->cq_len);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return got;
+}
+
+/* Decides on one command, acts on it if accepted (the signal model shows it from the next scan),
+ * and makes its result pending with the next sequence number. Only called when no data batch
+ * holds a sequence number, so results and batches leave in the order of their numbers. */
+static void decide_command(gateway *g, const cmd_msg *m)
+{
+    cmd_decision d;
+    uint64_t now = cm_now_ms();
+    /* an oversize payload was queued without its bytes: cmd_check refuses it as malformed */
+    cmd_check(&g->cst, g->set->cmd_key, g->id, now, g->act, g->nact, m->p, m->len, &d);
+    double in_force = 0.0;
+    if (d.reason == CMD_OK) {
+        in_force = sig_actuate(&g->sig, (size_t)d.actuator, d.value);
+        g->cmd_applied++;
+    } else {
+        if (d.actuator >= 0)
+            in_force = sig_actuator_value(&g->sig, (size_t)d.actuator);
+        g->cmd_refused[d.reason]++;
+    }
+    cmd_result *r = &g->cres;
+    memset(r, 0, sizeof *r);
+    r->active = 1;
+    r->seq = g->next_seq++;
+    r->reason = d.reason;
+    snprintf(r->command_id, sizeof r->command_id, "%s", d.command_id);
+    snprintf(r->channel, sizeof r->channel, "%s", d.channel);
+    r->value = in_force;
+    r->ts_ms = now;
+    /* the strings of a decision are restricted to printable ASCII without quotes: safe to log */
+    if (d.reason == CMD_OK)
+        cm_info("gw=%s command=%s channel=%s value=%g in_force=%g seq=%" PRIu64
+                " event=command_applied",
+                g->id, d.command_id, d.channel, d.value, in_force, r->seq);
+    else
+        cm_warn("gw=%s command=%s channel=%s len=%zu reason=%s seq=%" PRIu64
+                " event=command_refused",
+                g->id, d.command_id[0] ? d.command_id : "-", d.channel[0] ? d.channel : "-",
+                m->len, cmd_reason_name(d.reason), r->seq);
+}
+
+/* The pending result has left, or never will: account for its seq either way. */
+static void cmdres_done(gateway *g, int published)
+{
+    note_seq(g, &g->cres_seqs, "cmdres", g->cres.seq);
+    if (published)
+        g->cres_sent++;
+    else
+        note_seq(g, &g->cres_unsent, "unsent cmdres", g->cres.seq);
+    g->cres.active = 0;
+}
+
+/* Publishes the pending command result. CM_ERR_UNAVAILABLE: try again later (same seq). */
+static cm_err send_cmdres(gateway *g)
+{
+    cmd_result *r = &g->cres;
+    if (!r->built || (g->set->wrap && r->built_key_seq != g->key_seq)) {
+        cm_err e = build_cmdres(g);
+        if (e != CM_OK) {
+            cm_error("gw=%s seq=%" PRIu64 " error=\"cannot build command result: %s\"", g->id,
+                     r->seq, cm_strerror(e));
+            cmdres_done(g, 0);
+            return CM_OK;
+        }
+        r->built = 1;
+        r->built_key_seq = g->key_seq;
+    }
+    cm_err e = cm_mqtt_publish(g->mqtt, g->t_cmdres, g->env.p, g->env.len, 1, 0);
+    if (e == CM_ERR_UNAVAILABLE)
+        return e;
+    if (e != CM_OK)
+        cm_error("gw=%s seq=%" PRIu64 " error=\"command result refused: %s\"", g->id, r->seq,
+                 cm_strerror(e));
+    cmdres_done(g, e == CM_OK);
+    return CM_OK;
+}
+
+/* Works through the command queue: one result at a time is pending, and the next command is
+ * decided only once it has left. Returns the number of results handed to MQTT. */
+static int poll_commands(gateway *g)
+{
+    int sent = 0;
+    for (int budget = CMD_QUEUE; budget > 0; budget--) {
+        if (!g->cres.active) {
+            cmd_msg m;
+            if (!dequeue_command(g, &m))
+                break;
+            decide_command(g, &m);
+            free(m.p);
+        }
+        if (!can_publish(g) || send_cmdres(g) != CM_OK)
+            break;
+        sent++;
+    }
+    return sent;
+}
+
 int gateway_poll(gateway *g, uint64_t now_ms)
 {
     (void)now_ms; /* the schedule runs in microseconds */
@@ -763,12 +1015,22 @@ int gateway_poll(gateway *g, uint64_t now_ms)
         g->births_sent++;
         sent++;
     }
+    /* Envelopes leave in the order of their sequence numbers: the batch that already holds one
+     * first, then command results, which take theirs when decided; no new batch while a result
+     * waits. */
+    if (g->pend.active) {
+        if (!can_publish(g) || send_pending(g) != CM_OK)
+            return sent;
+        sent++;
+    }
+    sent += poll_commands(g);
+    if (g->cres.active)
+        return sent;
     uint64_t now_us = cm_mono_us();
     for (int budget = POLL_BUDGET; budget > 0; budget--) {
         if (!g->pend.active && !take_batch(g, now_us))
             break;
-        if (!cm_mqtt_is_connected(g->mqtt) ||
-            cm_mqtt_inflight(g->mqtt) >= g->set->max_inflight)
+        if (!can_publish(g))
             break;
         if (send_pending(g) != CM_OK)
             break;
@@ -779,6 +1041,8 @@ int gateway_poll(gateway *g, uint64_t now_ms)
 
 uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms)
 {
+    if (g->cres.active || atomic_load(&((gateway *)g)->cq_count))
+        return !cm_mqtt_is_connected(g->mqtt) ? now_ms + 20 : g->cres.active ? now_ms + 1 : now_ms;
     if (gateway_done(g))
         return now_ms + 1000;
     if (!cm_mqtt_is_connected(g->mqtt))
@@ -794,7 +1058,8 @@ uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms)
 
 int gateway_done(const gateway *g)
 {
-    return g->set->max_batches && g->batches_made >= g->set->max_batches && !g->pend.active;
+    return g->set->max_batches && g->batches_made >= g->set->max_batches && !g->pend.active &&
+           !g->cres.active;
 }
 
 void gateway_goodbye(gateway *g)
@@ -826,16 +1091,11 @@ uint64_t gateway_acked_batches(const gateway *g)
         a = g->last_seq;
     if (!g->first_seq || a < g->first_seq)
         return 0;
-    /* attacked seqs are recorded in increasing order: count those <= a */
-    size_t lo = 0, hi = g->n_att;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (g->att_seqs[mid] <= a)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return a - g->first_seq + 1 - lo;
+    /* attacked seqs (all >= first_seq) and command results are not legitimate batches; both
+     * lists are in increasing order */
+    size_t not_data = count_le(&g->att, a) + count_le(&g->cres_seqs, a) -
+                      count_le(&g->cres_seqs, g->first_seq - 1);
+    return a - g->first_seq + 1 - not_data;
 }
 
 int gateway_all_acked(const gateway *g)
@@ -862,6 +1122,47 @@ size_t gateway_latencies(gateway *g, double *dst, size_t cap, uint64_t *total)
     return n;
 }
 
+void gateway_command_counts(gateway *g, gw_cmd_counts *acc)
+{
+    pthread_mutex_lock(&g->mu);
+    acc->received += g->cmd_received;
+    acc->dropped += g->cmd_dropped;
+    acc->pending += g->cq_len;
+    pthread_mutex_unlock(&g->mu);
+    acc->applied += g->cmd_applied;
+    for (int i = 0; i < CMD__REASONS; i++) {
+        acc->by_reason[i] += g->cmd_refused[i];
+        acc->refused += g->cmd_refused[i];
+    }
+    acc->results_sent += g->cres_sent;
+    acc->results_unsent += g->cres_unsent.n + (uint64_t)g->cres.active;
+}
+
+void gw_cmd_counts_json(const gw_cmd_counts *c, FILE *f)
+{
+    fprintf(f,
+            "{\"received\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"refused\":%" PRIu64
+            ",\"refused_by_reason\":{",
+            c->received, c->applied, c->refused);
+    for (int i = CMD_OK + 1; i < CMD__REASONS; i++)
+        fprintf(f, "%s\"%s\":%" PRIu64, i > CMD_OK + 1 ? "," : "", cmd_reason_name((cmd_reason)i),
+                c->by_reason[i]);
+    fprintf(f,
+            "},\"dropped_queue_full\":%" PRIu64 ",\"pending_at_exit\":%" PRIu64
+            ",\"results_sent\":%" PRIu64 ",\"results_unsent\":%" PRIu64 "}",
+            c->dropped, c->pending, c->results_sent, c->results_unsent);
+}
+
+static void json_seqs(FILE *f, const seq_list *l, const cmd_result *extra)
+{
+    fputc('[', f);
+    for (size_t i = 0; i < l->n; i++)
+        fprintf(f, "%s%" PRIu64, i ? "," : "", l->v[i]);
+    if (extra && extra->active)
+        fprintf(f, "%s%" PRIu64, l->n ? "," : "", extra->seq);
+    fputc(']', f);
+}
+
 static void json_str(FILE *f, const char *s)
 {
     fputc('"', f);
@@ -886,16 +1187,27 @@ void gateway_write_json(gateway *g, FILE *f)
             ",\"boot_epoch\":%" PRIu64 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
             ",\"legit_sent\":%" PRIu64 ",\"attacked_sent\":%" PRIu64 ",\"attacked_seqs\":[",
             g->boot_epoch, g->first_seq, g->last_seq, g->legit_sent, g->attacked_sent);
-    for (size_t i = 0; i < g->n_att; i++)
-        fprintf(f, "%s%" PRIu64, i ? "," : "", g->att_seqs[i]);
+    for (size_t i = 0; i < g->att.n; i++)
+        fprintf(f, "%s%" PRIu64, i ? "," : "", g->att.v[i]);
     fprintf(f,
             "],\"attack_dropped\":%" PRIu64 ",\"acked_seq\":%" PRIu64
             ",\"acked_batches\":%" PRIu64 ",\"readings_sent\":%" PRIu64
             ",\"births_sent\":%" PRIu64 ",\"key_seq\":%u,\"connections\":%u,"
-            "\"unsent_at_exit\":%d}",
+            "\"unsent_at_exit\":%d",
             g->attack_drops, acked(g), gateway_acked_batches(g), g->readings_sent,
             g->births_sent, g->key_seq, atomic_load(&g->conn_gen),
             g->pend.active && g->pend.attack == GW_ATTACK_NONE);
+    /* a result still pending at exit took its seq and never left: listed in both */
+    fputs(",\"cmdres_seqs\":", f);
+    json_seqs(f, &g->cres_seqs, &g->cres);
+    fputs(",\"cmdres_unsent_seqs\":", f);
+    json_seqs(f, &g->cres_unsent, &g->cres);
+    gw_cmd_counts c;
+    memset(&c, 0, sizeof c);
+    gateway_command_counts(g, &c);
+    fputs(",\"commands\":", f);
+    gw_cmd_counts_json(&c, f);
+    fputc('}', f);
 }
 
 void gateway_destroy(gateway **gp)
@@ -908,6 +1220,13 @@ void gateway_destroy(gateway **gp)
     cm_mqtt_destroy(&g->mqtt);
     if (g->pend.active && g->pend.attack == GW_ATTACK_NONE)
         cm_warn("gw=%s seq=%" PRIu64 " event=unsent_batch_discarded", g->id, g->pend.seq);
+    if (g->cres.active)
+        cm_warn("gw=%s seq=%" PRIu64 " event=unsent_command_result_discarded", g->id,
+                g->cres.seq);
+    if (g->cq_len)
+        cm_warn("gw=%s commands=%zu event=undecided_commands_discarded", g->id, g->cq_len);
+    for (size_t i = 0; i < g->cq_len; i++)
+        free(g->cq[(g->cq_head + i) % CMD_QUEUE].p);
     cm_signer_destroy(&g->signer);
     cm_signer_destroy(&g->wrong_signer);
     cm_aead_destroy(&g->aead);
@@ -917,7 +1236,9 @@ void gateway_destroy(gateway **gp)
     buf_free(&g->ct);
     buf_free(&g->replay);
     pthread_mutex_destroy(&g->mu);
-    free(g->att_seqs);
+    free(g->att.v);
+    free(g->cres_seqs.v);
+    free(g->cres_unsent.v);
     free(g->ring_seq);
     free(g->ring_us);
     free(g->lat);

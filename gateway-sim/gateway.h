@@ -1,17 +1,27 @@
 /* gateway: one simulated field gateway — its MQTT session, signing key, optional session
- * encryption, sequence numbers, the next batch to publish and the acknowledgements it received.
+ * encryption, sequence numbers, the next batch to publish, the acknowledgements it received, and
+ * the commands of the command gate it acts on (validated by commands.c, applied to signals.c,
+ * answered with a signed KIND_CMDRES envelope on suido/v1/<gw>/cmdres).
  *
- * Threads: everything except the acknowledgement path runs on the simulator's main thread (the
- * signer, the AEAD context and the buffers are not shared). Paho's thread only delivers acks and
- * connection events; the state those touch is atomic or guarded by the gateway's mutex, and the
- * main thread never holds that mutex while calling into MQTT.
+ * Threads: everything except the acknowledgement and command-arrival paths runs on the
+ * simulator's main thread (the signer, the AEAD context, the signal model and the buffers are not
+ * shared). Paho's thread only delivers acks, commands and connection events: an ack updates the
+ * ack state, a command is copied into a small bounded queue (a full queue drops it with a log
+ * line and a counter rather than block Paho), and gateway_poll decides, acts and reports on the
+ * main thread. The state Paho's thread touches is atomic or guarded by the gateway's mutex, and
+ * the main thread never holds that mutex while calling into MQTT.
  *
- * Sequence contract (what the report promises): every data batch that leaves the gateway with a
- * fresh sequence number takes the next one, starting at 1 in each boot epoch. Legitimate batches
- * are published until accepted (a refusal for a full window or a lost connection only delays
- * them); attacked batches are listed by sequence number. Hence the legitimate sequence numbers
- * are exactly [first_seq, last_seq] minus attacked_seqs. A replayed envelope reuses an earlier
- * sequence number and takes none. */
+ * Sequence contract (what the report promises): every envelope that leaves the gateway with a
+ * fresh sequence number — a data batch or a command result — takes the next one, starting at 1
+ * in each boot epoch, and they go out in the order of their numbers (a batch that holds a number
+ * is published before a command result takes the next one, a command result before the next
+ * batch). Legitimate batches are published until accepted (a refusal for a full window or a lost
+ * connection only delays them); attacked batches are listed by sequence number (attacked_seqs),
+ * and so are command results (cmdres_seqs; any never published also in cmdres_unsent_seqs).
+ * first_seq and last_seq are the numbers of the first and last data batch (a command result may
+ * lie outside them). Hence the legitimate data sequence numbers are exactly
+ * [first_seq, last_seq] minus attacked_seqs minus cmdres_seqs. A replayed envelope reuses an
+ * earlier sequence number and takes none; births and deaths carry seq 0. */
 #ifndef GW_GATEWAY_H
 #define GW_GATEWAY_H
 #include <stdint.h>
@@ -19,6 +29,7 @@
 
 #include "cm_crypto.h"
 #include "cm_err.h"
+#include "commands.h"
 #include "signals.h"
 
 #define GW_MAX_BATCH 256
@@ -55,6 +66,7 @@ typedef struct gw_settings {
     int skew_s;                /* timestamp shift of the skew attack */
     uint64_t seed;             /* signal seed of the run */
     int max_inflight;          /* MQTT in-flight window per gateway */
+    const cm_pubkey *cmd_key;  /* the command gate's key; NULL: no command subscription */
 } gw_settings;
 
 /* One inventory entry. */
@@ -75,13 +87,14 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *id, gateway **out)
 /* Starts connecting in the background (never blocks). */
 cm_err gateway_start(gateway *g);
 
-/* Does what is due at monotonic time now_ms: a birth after each (re)connect, then data batches
- * while they are due and the in-flight window has room. Never blocks. Returns the number of
- * messages handed to MQTT. */
+/* Does what is due at monotonic time now_ms: a birth after each (re)connect; then the batch that
+ * already holds a sequence number, if any; then queued commands (decided, applied, answered with
+ * a command result); then data batches while they are due and the in-flight window has room.
+ * Never blocks. Returns the number of messages handed to MQTT. */
 int gateway_poll(gateway *g, uint64_t now_ms);
 /* Monotonic ms at which gateway_poll next has work (<= now_ms: at once). */
 uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms);
-/* 1 once max_batches data batches have left the gateway. */
+/* 1 once max_batches data batches have left the gateway (and no command result waits). */
 int gateway_done(const gateway *g);
 /* Publishes an orderly Death{reason="shutdown"} if connected (best effort). */
 void gateway_goodbye(gateway *g);
@@ -102,6 +115,23 @@ uint64_t gateway_readings_sent(const gateway *g);
  * the number of samples measured (which can exceed those kept). */
 size_t gateway_latencies(gateway *g, double *dst, size_t cap, uint64_t *total);
 size_t gateway_latency_count(gateway *g);
+
+/* Command counters. received = applied + refused + dropped + pending. */
+typedef struct gw_cmd_counts {
+    uint64_t received;                 /* messages on the command topic */
+    uint64_t applied;
+    uint64_t refused;                  /* sum of by_reason */
+    uint64_t by_reason[CMD__REASONS];  /* refusals per reason (CMD_OK stays 0) */
+    uint64_t dropped;                  /* queue full (or no memory): neither decided nor answered */
+    uint64_t pending;                  /* still queued, not decided yet */
+    uint64_t results_sent;             /* command results accepted by the MQTT client */
+    uint64_t results_unsent;           /* command results that never left */
+} gw_cmd_counts;
+
+/* Adds this gateway's command counters to *acc. */
+void gateway_command_counts(gateway *g, gw_cmd_counts *acc);
+/* Writes counters as the report's "commands" object (see README.md). */
+void gw_cmd_counts_json(const gw_cmd_counts *c, FILE *f);
 
 /* Writes the gateway's report object (see README.md). */
 void gateway_write_json(gateway *g, FILE *f);

@@ -3,7 +3,8 @@
  *
  * One thread schedules every gateway by its next due time and never blocks on a slow one: a
  * gateway whose window is full or whose connection is down keeps its batch and is polled again
- * later. Paho's threads deliver acks and connection events. At the end (duration, max-batches, or
+ * later. Paho's threads deliver acks, commands (queued per gateway, acted on by this thread) and
+ * connection events. At the end (duration, max-batches, or
  * SIGINT/SIGTERM) publishing stops, acks are optionally awaited, the JSON report is written and
  * every client is disconnected and freed. */
 #include <dirent.h>
@@ -31,7 +32,7 @@
 #define MAX_GATEWAYS 10000
 
 typedef struct options {
-    const char *broker, *deploy, *inventory, *ids, *state_dir, *report;
+    const char *broker, *deploy, *inventory, *ids, *state_dir, *report, *command_key;
     long gateways;
     double rate;
     long batch;
@@ -86,6 +87,9 @@ static void usage(FILE *f)
         "                        to cover everything sent (default 0)\n"
         "  --seed N              seed of the simulated signals (default 1)\n"
         "  --max-inflight W      MQTT in-flight window per gateway (default 64)\n"
+        "  --command-key FILE    the command gate's P-256 public key (PEM); commands on\n"
+        "                        suido/v1/<gw>/cmd are verified with it (default\n"
+        "                        DEPLOYDIR/platform/command.pub; no such file: no commands)\n"
         "  --quiet               no progress line, warnings and errors only\n"
         "  --help                this text\n",
         f);
@@ -126,7 +130,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     enum { O_BROKER = 256, O_DEPLOY, O_INVENTORY, O_GATEWAYS, O_IDS, O_RATE, O_BATCH, O_DURATION,
            O_MAX_BATCHES, O_ENCRYPT, O_ATTACK, O_ATTACK_EVERY, O_SKEW, O_STATE_DIR, O_REPORT,
-           O_WAIT_ACKS, O_SEED, O_MAX_INFLIGHT, O_QUIET, O_HELP };
+           O_WAIT_ACKS, O_SEED, O_MAX_INFLIGHT, O_QUIET, O_HELP, O_COMMAND_KEY };
     static const struct option longopts[] = {
         {"broker", required_argument, NULL, O_BROKER},
         {"deploy", required_argument, NULL, O_DEPLOY},
@@ -146,6 +150,7 @@ static int parse_args(int argc, char **argv, options *o)
         {"wait-acks", required_argument, NULL, O_WAIT_ACKS},
         {"seed", required_argument, NULL, O_SEED},
         {"max-inflight", required_argument, NULL, O_MAX_INFLIGHT},
+        {"command-key", required_argument, NULL, O_COMMAND_KEY},
         {"quiet", no_argument, NULL, O_QUIET},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
@@ -219,6 +224,7 @@ static int parse_args(int argc, char **argv, options *o)
                 return -1;
             break;
         case O_QUIET: o->quiet = 1; break;
+        case O_COMMAND_KEY: o->command_key = optarg; break;
         case 'h':
         case O_HELP: usage(stdout); return 1;
         default:
@@ -438,6 +444,8 @@ typedef struct sim {
     size_t n;
     gateway **gw;
     cm_rsa *wrap;
+    cm_pubkey *cmd_key;        /* NULL: commands disabled */
+    char cmd_key_path[4096];
     char **signers;
     size_t n_signers;
 } sim;
@@ -496,6 +504,8 @@ static int write_report(sim *s, double elapsed_s, double total_s)
         return -1;
     }
     uint64_t legit = 0, readings = 0, acked = 0, lat_total = 0;
+    gw_cmd_counts cmds;
+    memset(&cmds, 0, sizeof cmds);
     size_t n_lat = 0;
     for (size_t i = 0; i < s->n; i++)
         n_lat += gateway_latency_count(s->gw[i]);
@@ -509,6 +519,7 @@ static int write_report(sim *s, double elapsed_s, double total_s)
         legit += gateway_legit_sent(g);
         readings += gateway_readings_sent(g);
         acked += gateway_acked_batches(g);
+        gateway_command_counts(g, &cmds);
         if (lat) {
             uint64_t tot = 0;
             got += gateway_latencies(g, lat + got, n_lat - got, &tot);
@@ -516,8 +527,10 @@ static int write_report(sim *s, double elapsed_s, double total_s)
         }
     }
     totals t = sum_up(s);
+    fputs("\n],\n\"commands\":", f);
+    gw_cmd_counts_json(&cmds, f);
     fprintf(f,
-            "\n],\n\"batches_sent\":%" PRIu64 ",\"legit_sent\":%" PRIu64
+            ",\n\"batches_sent\":%" PRIu64 ",\"legit_sent\":%" PRIu64
             ",\"attacked_sent\":%" PRIu64 ",\"readings_sent\":%" PRIu64
             ",\"acked_batches\":%" PRIu64 ",\n\"elapsed_s\":%.3f,\"total_s\":%.3f,"
             "\"batches_per_s\":%.1f,\n",
@@ -534,10 +547,10 @@ static int write_report(sim *s, double elapsed_s, double total_s)
     fprintf(f,
             "\"settings\":{\"rate\":%g,\"batch\":%ld,\"encrypt\":%s,\"attack\":\"%s\","
             "\"attack_every\":%ld,\"skew_s\":%ld,\"max_batches\":%lld,\"seed\":%llu,"
-            "\"max_inflight\":%ld}}\n",
+            "\"max_inflight\":%ld,\"commands\":%s}}\n",
             s->o.rate, s->o.batch, s->o.encrypt ? "true" : "false",
             s->o.attack ? gw_attack_name(s->o.attack) : "none", s->o.attack_every, s->o.skew_s,
-            s->o.max_batches, s->o.seed, s->o.max_inflight);
+            s->o.max_batches, s->o.seed, s->o.max_inflight, s->cmd_key ? "true" : "false");
     free(lat);
     int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
@@ -546,6 +559,37 @@ static int write_report(sim *s, double elapsed_s, double total_s)
         unlink(tmp);
         return -1;
     }
+    return 0;
+}
+
+/* The command gate's public key: --command-key, or DEPLOYDIR/platform/command.pub. A key file
+ * that does not exist disables commands (no gateway subscribes), said once here; a file that
+ * exists but is not a P-256 public key is a setup error. */
+static int load_command_key(sim *s)
+{
+    const options *o = &s->o;
+    if (o->command_key)
+        snprintf(s->cmd_key_path, sizeof s->cmd_key_path, "%s", o->command_key);
+    else
+        snprintf(s->cmd_key_path, sizeof s->cmd_key_path, "%s/platform/command.pub", o->deploy);
+    struct stat st;
+    if (stat(s->cmd_key_path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+        if (o->command_key)
+            cm_warn("path=%s event=commands_disabled reason=\"no command key file\"",
+                    s->cmd_key_path);
+        else
+            cm_info("path=%s event=commands_disabled reason=\"no command key file\"",
+                    s->cmd_key_path);
+        return 0;
+    }
+    cm_err e = cm_pubkey_load_pem(s->cmd_key_path, &s->cmd_key);
+    if (e != CM_OK) {
+        fprintf(stderr, PROG ": %s: cannot load the command gate's key: %s\n", s->cmd_key_path,
+                cm_strerror(e));
+        return -1;
+    }
+    cm_info("path=%s key_id=%s event=commands_enabled", s->cmd_key_path,
+            cm_pubkey_key_id(s->cmd_key));
     return 0;
 }
 
@@ -581,6 +625,8 @@ static int setup(sim *s)
     if (o->attack == GW_ATTACK_WRONG_KEY &&
         list_signing_gateways(o->deploy, &s->signers, &s->n_signers))
         return -1;
+    if (load_command_key(s) != 0)
+        return -1;
 
     s->set = (gw_settings){
         .broker = o->broker,
@@ -595,6 +641,7 @@ static int setup(sim *s)
         .skew_s = (int)o->skew_s,
         .seed = o->seed,
         .max_inflight = (int)o->max_inflight,
+        .cmd_key = s->cmd_key,
     };
     if (!(s->gw = calloc(s->n, sizeof *s->gw)))
         return -1;
@@ -636,6 +683,7 @@ static void teardown(sim *s)
         free(s->signers[i]);
     free(s->signers);
     cm_rsa_destroy(&s->wrap);
+    cm_pubkey_destroy(&s->cmd_key); /* after the gateways, which borrow it */
     free(s->sel);
     free(s->inv);
     cm_conf_destroy(&s->inv_conf);

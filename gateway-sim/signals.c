@@ -21,13 +21,19 @@ static const sig_channel reservoir_ch[] = {
 static const sig_channel pumping_ch[] = {
     {"pump1_status", "1"},        {"pump2_status", "1"},         {"flow", "L/s"},
     {"suction_pressure", "bar"}, {"discharge_pressure", "bar"}, {"power", "kW"},
+    {"tank_level", "m"},
 };
+
+/* actuators, per kind (see signals.h); the ranges are the gateway's own safety limits */
+static const sig_actuator treatment_act[] = {{"dosing", "mg/L", 0.0, 4.0}};
+static const sig_actuator reservoir_act[] = {{"inlet_valve", "%", 0.0, 100.0}};
+static const sig_actuator pumping_act[] = {{"pump1", "1", 0.0, 1.0}, {"pump2", "1", 0.0, 1.0}};
 
 /* channel indices, per kind */
 enum { T_RAW_FLOW, T_TREATED_FLOW, T_RAW_TURB, T_TREATED_TURB, T_CHLORINE, T_PH, T_CLEARWELL,
        T_DOSING };
 enum { R_LEVEL, R_INFLOW, R_OUTFLOW, R_CHLORINE };
-enum { P_PUMP1, P_PUMP2, P_FLOW, P_SUCTION, P_DISCHARGE, P_POWER };
+enum { P_PUMP1, P_PUMP2, P_FLOW, P_SUCTION, P_DISCHARGE, P_POWER, P_TANK };
 
 /* nominal sizes of a site with scale 1 */
 #define RES_DEMAND_LS 80.0
@@ -38,12 +44,18 @@ enum { P_PUMP1, P_PUMP2, P_FLOW, P_SUCTION, P_DISCHARGE, P_POWER };
 #define CL_DECAY_PER_S (0.05 / 3600.0) /* bulk decay of free chlorine, first order */
 #define TRT_DEMAND_LS 120.0
 #define TRT_LEVEL_SET_M 3.0
+#define TRT_CL_DEMAND_MGL 0.6  /* chlorine the water consumes before the outlet, mg/L */
+#define TRT_CONTACT_S 900.0    /* the residual follows a dose change over the contact tank */
+#define HYPO_MG_PER_L 125000.0 /* sodium hypochlorite solution, 125 g/L of chlorine */
 #define PMP_DEMAND_LS 70.0
 #define PMP_ONE_LS 95.0
 #define PMP_TWO_LS 160.0
-#define PMP_TANK_HEIGHT_M 8.0
-#define PMP_LEAD_ON_M 3.0
-#define PMP_ALL_OFF_M 6.5
+#define PMP_LEAD_ON_M 2.3      /* the lead pump starts below this tank level */
+#define PMP_ALL_OFF_M 5.0      /* every pump under automatic control stops above this one */
+#define PMP_ASSIST_LOW_M 1.5   /* below this the assist pump runs whatever the demand */
+#define PMP_ASSIST_MAX_M 3.8   /* the assist pump starts only below this level */
+#define PMP_ASSIST_OFF_M 4.2   /* and stops above this one */
+#define EMPTY_M 0.01           /* a tank this low delivers no more than flows into it */
 
 size_t sig_channels(sig_kind k, const sig_channel **out)
 {
@@ -61,6 +73,34 @@ size_t sig_channels(sig_kind k, const sig_channel **out)
         *out = NULL;
         return 0;
     }
+}
+
+size_t sig_actuators(sig_kind k, const sig_actuator **out)
+{
+    switch (k) {
+    case SIG_TREATMENT:
+        *out = treatment_act;
+        return sizeof treatment_act / sizeof treatment_act[0];
+    case SIG_RESERVOIR:
+        *out = reservoir_act;
+        return sizeof reservoir_act / sizeof reservoir_act[0];
+    case SIG_PUMPING:
+        *out = pumping_act;
+        return sizeof pumping_act / sizeof pumping_act[0];
+    default:
+        *out = NULL;
+        return 0;
+    }
+}
+
+int sig_actuator_find(sig_kind k, const char *name)
+{
+    const sig_actuator *a;
+    size_t n = sig_actuators(k, &a);
+    for (size_t i = 0; name && i < n; i++)
+        if (strcmp(a[i].name, name) == 0)
+            return (int)i;
+    return -1;
 }
 
 static const char *const kind_names[SIG__KINDS] = {"treatment", "reservoir", "pumping"};
@@ -168,6 +208,9 @@ static double lag(double x, double target, double dt, double tau)
     return x + (target - x) * a;
 }
 
+/* Residual chlorine a treatment plant aims at under automatic dosing, at local hour h. */
+static double trt_cl_target(double h) { return 1.0 + 0.08 * sin(2.0 * PI * (h - 3.0) / 24.0); }
+
 void sig_init(sig_state *s, sig_kind kind, uint64_t seed)
 {
     memset(s, 0, sizeof *s);
@@ -184,6 +227,7 @@ void sig_init(sig_state *s, sig_kind kind, uint64_t seed)
     case SIG_TREATMENT:
         s->level_m = 2.5 + sig_uniform(s);
         s->inflow_ls = TRT_DEMAND_LS * s->scale * 0.7;
+        s->dose_mgl = s->chlorine + TRT_CL_DEMAND_MGL;
         break;
     case SIG_RESERVOIR:
         s->level_m = 4.5 + 3.5 * sig_uniform(s);
@@ -191,10 +235,54 @@ void sig_init(sig_state *s, sig_kind kind, uint64_t seed)
         s->inflow_ls = s->pump_on[0] ? RES_FEED_LS * s->scale : 0.0;
         break;
     case SIG_PUMPING:
-        s->level_m = 3.5 + 2.5 * sig_uniform(s);
+        s->level_m = 2.5 + 2.5 * sig_uniform(s);
         break;
     default:
         break;
+    }
+    s->valve_pct = 100.0;
+}
+
+double sig_actuate(sig_state *s, size_t a, double value)
+{
+    switch (s->kind) {
+    case SIG_PUMPING:
+        if (a < 2) {
+            int on = value >= 0.5;
+            if (on && !s->pump_on[a])
+                s->starts++;
+            s->pump_on[a] = on;
+            s->pump_manual[a] = 1;
+        }
+        break;
+    case SIG_TREATMENT:
+        if (a == 0) {
+            s->dose_manual = 1;
+            s->dose_set_mgl = value;
+            s->dose_mgl = value; /* the dosing pump follows its setpoint at once */
+        }
+        break;
+    case SIG_RESERVOIR:
+        if (a == 0)
+            s->valve_pct = value;
+        break;
+    default:
+        break;
+    }
+    return sig_actuator_value(s, a);
+}
+
+double sig_actuator_value(const sig_state *s, size_t a)
+{
+    switch (s->kind) {
+    case SIG_PUMPING:
+        return a < 2 ? (double)s->pump_on[a] : 0.0;
+    case SIG_TREATMENT:
+        return a == 0 ? s->dose_mgl : 0.0;
+    case SIG_RESERVOIR:
+        return a == 0 ? s->valve_pct : 0.0;
+    default:
+        return 0.0;
     }
 }
 
@@ -206,8 +294,12 @@ static void step_reservoir(sig_state *s, double dt, double d)
         s->pump_on[0] = 1;
         s->starts++;
     }
+    /* the inlet valve throttles the feed in proportion to its opening */
+    double feed = s->pump_on[0] ? RES_FEED_LS * s->scale * s->valve_pct / 100.0 : 0.0;
+    s->inflow_ls = lag(s->inflow_ls, feed, dt, 30.0);
     s->outflow_ls = RES_DEMAND_LS * s->scale * d;
-    s->inflow_ls = lag(s->inflow_ls, s->pump_on[0] ? RES_FEED_LS * s->scale : 0.0, dt, 30.0);
+    if (s->level_m < EMPTY_M && s->outflow_ls > s->inflow_ls)
+        s->outflow_ls = s->inflow_ls; /* an empty tank delivers only what comes in */
     s->level_m += (s->inflow_ls - s->outflow_ls) / 1000.0 * dt / SIG_RESERVOIR_AREA_M2;
     s->level_m = clampd(s->level_m, 0.0, SIG_RESERVOIR_HEIGHT_M);
     /* fully mixed tank: fresh water dilutes towards the feed concentration, bulk decay always */
@@ -218,7 +310,7 @@ static void step_reservoir(sig_state *s, double dt, double d)
     s->chlorine += dt * (q / vol * (RES_CL_IN - s->chlorine) - CL_DECAY_PER_S * s->chlorine);
 }
 
-static void step_treatment(sig_state *s, double dt, double d)
+static void step_treatment(sig_state *s, double dt, double h, double d)
 {
     s->outflow_ls = TRT_DEMAND_LS * s->scale * d;
     /* production follows the clearwell level (proportional control) with a 15 min lag */
@@ -232,35 +324,56 @@ static void step_treatment(sig_state *s, double dt, double d)
         s->turb_spike += 4.0 + 8.0 * sig_uniform(s);
     s->turb_spike *= exp(-dt / (3.0 * 3600.0));
     s->ph_drift = clampd(s->ph_drift + 0.002 * sqrt(dt) * sig_gauss(s), -0.3, 0.3);
+    /* chlorine: the automatic control doses the target residual plus the water's demand; a
+     * commanded setpoint replaces that dose. The residual at the outlet follows the dose less
+     * the demand, lagging by the contact tank. */
+    s->dose_mgl = s->dose_manual ? s->dose_set_mgl : trt_cl_target(h) + TRT_CL_DEMAND_MGL;
+    s->chlorine = lag(s->chlorine, fmax(0.0, s->dose_mgl - TRT_CL_DEMAND_MGL), dt, TRT_CONTACT_S);
 }
 
 static int pumps_running(const sig_state *s) { return s->pump_on[0] + s->pump_on[1]; }
 
+/* Automatic lead/assist control with hysteresis on the tank level. A commanded pump is out of
+ * automatic control: its state stays as commanded, and if it was the lead, the other pump leads
+ * alone. Duty rotation happens only while both pumps are automatic. */
 static void step_pumping(sig_state *s, double dt, double d)
 {
     int lead = s->lead, lagp = 1 - s->lead;
+    if (s->pump_manual[lead] && !s->pump_manual[lagp]) {
+        lead = lagp;
+        lagp = 1 - lead;
+    }
+    int auto_lead = !s->pump_manual[lead], auto_lag = !s->pump_manual[lagp];
     if (pumps_running(s) && s->level_m > PMP_ALL_OFF_M) {
-        s->pump_on[0] = s->pump_on[1] = 0;
-        s->lead = lagp; /* duty rotation: the other pump leads the next cycle */
+        if (auto_lead)
+            s->pump_on[lead] = 0;
+        if (auto_lag)
+            s->pump_on[lagp] = 0;
+        if (auto_lead && auto_lag)
+            s->lead = lagp; /* duty rotation: the other pump leads the next cycle */
     } else {
-        if (!s->pump_on[lead] && s->level_m < PMP_LEAD_ON_M) {
+        if (auto_lead && !s->pump_on[lead] && s->level_m < PMP_LEAD_ON_M) {
             s->pump_on[lead] = 1;
             s->starts++;
         }
         /* assist pump for high demand or a low tank, with its own hysteresis */
-        if (s->pump_on[lead] && !s->pump_on[lagp] && (d > 1.0 || s->level_m < 2.0) &&
-            s->level_m < 5.0) {
+        if (auto_lag && s->pump_on[lead] && !s->pump_on[lagp] &&
+            (d > 1.0 || s->level_m < PMP_ASSIST_LOW_M) && s->level_m < PMP_ASSIST_MAX_M) {
             s->pump_on[lagp] = 1;
             s->starts++;
-        } else if (s->pump_on[lagp] && (d < 0.8 || s->level_m > 5.5) && s->level_m >= 2.0)
+        } else if (auto_lag && s->pump_on[lagp] && (d < 0.8 || s->level_m > PMP_ASSIST_OFF_M) &&
+                   s->level_m >= PMP_ASSIST_LOW_M)
             s->pump_on[lagp] = 0;
     }
     int n = pumps_running(s);
     double target = n == 0 ? 0.0 : n == 1 ? PMP_ONE_LS * s->scale : PMP_TWO_LS * s->scale;
     s->inflow_ls = lag(s->inflow_ls, target, dt, 20.0); /* station flow into the tank */
     s->outflow_ls = PMP_DEMAND_LS * s->scale * d;
+    if (s->level_m < EMPTY_M && s->outflow_ls > s->inflow_ls)
+        s->outflow_ls = s->inflow_ls;
     s->level_m += (s->inflow_ls - s->outflow_ls) / 1000.0 * dt / SIG_PUMPING_TANK_AREA_M2;
-    s->level_m = clampd(s->level_m, 0.0, PMP_TANK_HEIGHT_M);
+    /* a pump kept running by command fills the tank to its overflow, and no higher */
+    s->level_m = clampd(s->level_m, 0.0, SIG_PUMPING_TANK_HEIGHT_M);
 }
 
 /* Measurement noise of channel c: an Ornstein-Uhlenbeck process (stationary deviation sigma,
@@ -287,16 +400,17 @@ static void report(sig_state *s, double h, double dt)
         v[T_RAW_TURB] = clampd(noisy(s, T_RAW_TURB, raw, 0.15, dt), 1.0, 20.0);
         v[T_TREATED_TURB] =
             clampd(noisy(s, T_TREATED_TURB, 0.08 + 0.012 * raw, 0.01, dt), 0.05, 0.5);
-        double cl = 1.0 + 0.08 * sin(2.0 * PI * (h - 3.0) / 24.0);
-        v[T_CHLORINE] = clampd(noisy(s, T_CHLORINE, cl, 0.02, dt), 0.4, 1.2);
+        /* the analyser spans 0-5 mg/L */
+        v[T_CHLORINE] = clampd(noisy(s, T_CHLORINE, s->chlorine, 0.02, dt), 0.0, 5.0);
         v[T_PH] = clampd(noisy(s, T_PH, 7.4 + s->ph_drift + 0.05 * sin(2.0 * PI * h / 24.0),
                                0.02, dt),
                          6.5, 8.5);
         v[T_CLEARWELL] =
             clampd(noisy(s, T_CLEARWELL, s->level_m, 0.004, dt), 0.0, SIG_CLEARWELL_HEIGHT_M);
-        /* sodium hypochlorite at 125 g/L; dose = residual + about 0.6 mg/L demand */
-        v[T_DOSING] =
-            fmax(0.0, noisy(s, T_DOSING, prod * 3600.0 * (cl + 0.6) / 125000.0, 0.05, dt));
+        /* hypochlorite solution pumped for the chlorine dose on the production flow; a stopped
+         * dosing pump reads exactly zero */
+        double lph = prod * 3600.0 * s->dose_mgl / HYPO_MG_PER_L;
+        v[T_DOSING] = lph > 0.0 ? fmax(0.0, noisy(s, T_DOSING, lph, 0.05, dt)) : 0.0;
         break;
     }
     case SIG_RESERVOIR:
@@ -321,6 +435,7 @@ static void report(sig_state *s, double h, double dt)
         /* hydraulic power over a 70 % wire-to-water efficiency, plus the controls */
         double kw = flow / 1000.0 * (discharge - suction) * 1e5 / 0.70 / 1000.0;
         v[P_POWER] = n ? fmax(0.0, noisy(s, P_POWER, kw + 0.5, 0.4, dt)) : 0.3;
+        v[P_TANK] = clampd(noisy(s, P_TANK, s->level_m, 0.005, dt), 0.0, SIG_PUMPING_TANK_HEIGHT_M);
         break;
     }
     default:
@@ -330,10 +445,10 @@ static void report(sig_state *s, double h, double dt)
 
 static void step_kind(sig_state *s, double dt, uint64_t t)
 {
-    double d = sig_demand(sig_local_hour(s, t));
+    double h = sig_local_hour(s, t), d = sig_demand(h);
     switch (s->kind) {
     case SIG_TREATMENT:
-        step_treatment(s, dt, d);
+        step_treatment(s, dt, h, d);
         break;
     case SIG_RESERVOIR:
         step_reservoir(s, dt, d);

@@ -9,8 +9,14 @@
  * noise, correlated over about 20 s like a real instrument's, so that readings taken moments
  * apart differ by little.
  *
- * Determinism: the same seed and the same sequence of sig_step() times give the same values,
- * bit for bit (the random generator is our own, not rand()). */
+ * Actuators: each kind has a few actuators that a command can move (sig_actuators): pumps of a
+ * pumping station (manual run/stop overriding the automatic control), the chlorine dosing
+ * setpoint of a treatment plant, the inlet valve of a reservoir. Until commanded, every actuator
+ * is under automatic control; a commanded value stays in force until commanded otherwise.
+ *
+ * Determinism: the same seed and the same sequence of sig_step() times (and of sig_actuate()
+ * calls between the same steps) give the same values, bit for bit (the random generator is our
+ * own, not rand(); sig_actuate draws no random numbers). */
 #ifndef GW_SIGNALS_H
 #define GW_SIGNALS_H
 #include <stddef.h>
@@ -30,7 +36,8 @@ typedef struct sig_channel {
 #define SIG_RESERVOIR_AREA_M2 400.0
 #define SIG_CLEARWELL_HEIGHT_M 5.0
 #define SIG_CLEARWELL_AREA_M2 600.0
-#define SIG_PUMPING_TANK_AREA_M2 150.0 /* the tank a pumping station fills (not reported) */
+#define SIG_PUMPING_TANK_AREA_M2 150.0 /* the tank a pumping station fills (tank_level) */
+#define SIG_PUMPING_TANK_HEIGHT_M 6.0  /* its overflow: the modelled level stays in 0..6 m */
 
 typedef struct sig_state {
     sig_kind kind;
@@ -49,6 +56,13 @@ typedef struct sig_state {
     int pump_on[2];       /* pumps (pumping) or the reservoir feed pump (pump_on[0]) */
     int lead;             /* which pump starts first next time (duty rotation) */
     uint32_t starts;      /* pump starts so far, for tests */
+
+    /* actuators (see sig_actuate); zero after sig_init means automatic control */
+    int pump_manual[2];   /* pumping: 1 once the pump was commanded (pump_on is then fixed) */
+    int dose_manual;      /* treatment: 1 once the dosing setpoint was commanded */
+    double dose_set_mgl;  /* treatment: the commanded chlorine dose, mg/L */
+    double dose_mgl;      /* treatment: chlorine dose applied now (automatic or commanded) */
+    double valve_pct;     /* reservoir: inlet valve position, % open (100 after sig_init) */
 
     double noise[SIG_MAX_CHANNELS]; /* current measurement error per channel */
     double v[SIG_MAX_CHANNELS];     /* last reported values, in channel order */
@@ -76,6 +90,32 @@ void sig_init(sig_state *s, sig_kind kind, uint64_t seed);
 void sig_step(sig_state *s, uint64_t t_ms);
 /* Local hour of day (0..24) of the site at t_ms, including its phase. */
 double sig_local_hour(const sig_state *s, uint64_t t_ms);
+
+/* One actuator of a site kind: its name as commands address it, its unit, and the range the
+ * gateway itself considers safe (inclusive). */
+typedef struct sig_actuator {
+    const char *name;
+    const char *unit;
+    double lo, hi;
+} sig_actuator;
+
+#define SIG_MAX_ACTUATORS 2
+
+/* Actuator list of kind; returns the count (<= SIG_MAX_ACTUATORS):
+ *   pumping:   "pump1", "pump2"  unit "1",    0..1   (>= 0.5 runs the pump, below stops it)
+ *   treatment: "dosing"          unit "mg/L", 0..4   (chlorine dose; drives dosing_rate, chlorine)
+ *   reservoir: "inlet_valve"     unit "%",    0..100 (scales the feed into the tank) */
+size_t sig_actuators(sig_kind k, const sig_actuator **out);
+/* Index of the actuator called name for kind, or -1. */
+int sig_actuator_find(sig_kind k, const char *name);
+/* Puts actuator a (an index into sig_actuators(s->kind)) to value, which the caller has checked
+ * against the actuator's range; from then on that value is in force (the automatic control no
+ * longer moves that actuator) and later sig_step()s show its effect. Draws no random numbers.
+ * Returns the value now in force (a pump: 1 running, 0 stopped). */
+double sig_actuate(sig_state *s, size_t a, double value);
+/* Value in force on actuator a: the commanded one, or what the automatic control does now (a
+ * pump's run state, the automatic chlorine dose, the valve position). */
+double sig_actuator_value(const sig_state *s, size_t a);
 
 /* Uniform double in [0,1) and standard normal variate from the state's generator (also used by
  * the simulator for attack randomness, so one seed fixes a whole run). */

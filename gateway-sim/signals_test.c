@@ -1,6 +1,7 @@
 /* signals_test: unit tests of the simulated process values (gateway-sim/signals.c): ranges over
- * simulated days, the shape of the demand curve, the tank mass balance, pump duty cycling and
- * determinism for a seed. */
+ * simulated days, the shape of the demand curve, the tank mass balance, pump duty cycling,
+ * determinism for a seed, the actuators (pump overrides, dosing setpoint, inlet valve) and the
+ * pumping station's tank level. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #define T0_MS 1700006400000ull /* 2023-11-15 00:00:00 UTC */
 #define STEP_MS 10000ull
 #define DAY_STEPS (86400000ull / STEP_MS)
+#define PMP_TEST_LOW_M 1.0 /* well below where the automatic control would start a pump */
 
 static int channel_index(sig_kind k, const char *name)
 {
@@ -64,9 +66,11 @@ static void test_channels(void **state)
     assert_int_equal(sig_channels(SIG_RESERVOIR, &ch), 4);
     assert_string_equal(ch[0].name, "level");
     assert_string_equal(ch[0].unit, "m");
-    assert_int_equal(sig_channels(SIG_PUMPING, &ch), 6);
+    assert_int_equal(sig_channels(SIG_PUMPING, &ch), 7);
     assert_string_equal(ch[4].name, "discharge_pressure");
     assert_string_equal(ch[4].unit, "bar");
+    assert_string_equal(ch[6].name, "tank_level");
+    assert_string_equal(ch[6].unit, "m");
     sig_kind k;
     assert_int_equal(sig_kind_parse("pumping", &k), 0);
     assert_int_equal(k, SIG_PUMPING);
@@ -89,6 +93,7 @@ static void test_ranges(void **state)
     static const range pmp[] = {
         {"pump1_status", 0, 1},       {"pump2_status", 0, 1}, {"flow", 0, 250},
         {"suction_pressure", 0.5, 6}, {"discharge_pressure", 0.5, 6}, {"power", 0, 200},
+        {"tank_level", 0, SIG_PUMPING_TANK_HEIGHT_M},
     };
     /* several sites each: phase and size differ per gateway id */
     const char *gws[] = {"gw-0001", "gw-0002", "gw-0417", "x"};
@@ -330,6 +335,277 @@ static void test_random(void **state)
     assert_true(fabs(sq / n - 1.0) < 0.02);
 }
 
+/* ------------------------------------------------------------------ actuators */
+
+/* Index of channel name of the state's kind (asserted to exist). */
+static int ch(const sig_state *s, const char *name)
+{
+    int i = channel_index(s->kind, name);
+    assert_true(i >= 0);
+    return i;
+}
+
+/* Commands actuator name of s's kind to value; returns the value in force. */
+static double actuate(sig_state *s, const char *name, double value)
+{
+    int a = sig_actuator_find(s->kind, name);
+    assert_true(a >= 0);
+    return sig_actuate(s, (size_t)a, value);
+}
+
+static void test_actuator_table(void **state)
+{
+    (void)state;
+    const sig_actuator *a;
+    assert_int_equal(sig_actuators(SIG_PUMPING, &a), 2);
+    assert_string_equal(a[0].name, "pump1");
+    assert_string_equal(a[1].name, "pump2");
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(a[i].unit, "1");
+        assert_true(a[i].lo == 0.0 && a[i].hi == 1.0);
+    }
+    assert_int_equal(sig_actuators(SIG_TREATMENT, &a), 1);
+    assert_string_equal(a[0].name, "dosing");
+    assert_string_equal(a[0].unit, "mg/L");
+    assert_true(a[0].lo == 0.0 && a[0].hi == 4.0);
+    assert_int_equal(sig_actuators(SIG_RESERVOIR, &a), 1);
+    assert_string_equal(a[0].name, "inlet_valve");
+    assert_string_equal(a[0].unit, "%");
+    assert_true(a[0].lo == 0.0 && a[0].hi == 100.0);
+    assert_int_equal(sig_actuator_find(SIG_PUMPING, "pump2"), 1);
+    assert_int_equal(sig_actuator_find(SIG_PUMPING, "dosing"), -1);
+    assert_int_equal(sig_actuator_find(SIG_RESERVOIR, NULL), -1);
+}
+
+/* Both pumps commanded off stay off whatever the tank does; flow, pressure and power follow. */
+static void test_pumps_commanded_off(void **state)
+{
+    (void)state;
+    sig_state s;
+    sig_init(&s, SIG_PUMPING, sig_site_seed(1, "gw-0005"));
+    int p1 = ch(&s, "pump1_status"), p2 = ch(&s, "pump2_status"), flow = ch(&s, "flow"),
+        dis = ch(&s, "discharge_pressure"), pw = ch(&s, "power"), tank = ch(&s, "tank_level");
+    uint64_t t = T0_MS;
+    for (int i = 0; i < 720; i++, t += STEP_MS) /* two hours of automatic control */
+        sig_step(&s, t);
+    assert_true(actuate(&s, "pump1", 0.0) == 0.0);
+    assert_true(actuate(&s, "pump2", 0.2) == 0.0); /* below 0.5 means stop */
+    uint32_t starts = s.starts;
+    double min_tank = 1e9;
+    for (uint64_t i = 0; i < DAY_STEPS; i++, t += STEP_MS) {
+        sig_step(&s, t);
+        assert_true(s.v[p1] == 0.0 && s.v[p2] == 0.0);
+        assert_true(s.v[tank] >= 0.0 && s.v[tank] <= SIG_PUMPING_TANK_HEIGHT_M);
+        if (i > 30) { /* the flow has run down after five minutes */
+            assert_true(s.v[flow] == 0.0);
+            assert_true(s.v[pw] == 0.3);
+            assert_true(s.v[dis] < 3.0);
+        }
+        if (s.v[tank] < min_tank)
+            min_tank = s.v[tank];
+    }
+    assert_int_equal(s.starts, starts);   /* the automatic control started nothing */
+    assert_true(min_tank < PMP_TEST_LOW_M); /* the tank ran down without a pump */
+}
+
+/* A pump commanded on keeps running past the level where the automatic control stops; the tank
+ * fills to its overflow and no higher; pump2 commanded off never starts. Then pump1 commanded
+ * off stops for good. */
+static void test_pump_commanded_on(void **state)
+{
+    (void)state;
+    sig_state s;
+    sig_init(&s, SIG_PUMPING, sig_site_seed(2, "gw-0006"));
+    int p1 = ch(&s, "pump1_status"), p2 = ch(&s, "pump2_status"), flow = ch(&s, "flow"),
+        pw = ch(&s, "power"), tank = ch(&s, "tank_level");
+    uint64_t t = T0_MS;
+    sig_step(&s, t);
+    assert_true(actuate(&s, "pump1", 1.0) == 1.0);
+    assert_true(actuate(&s, "pump2", 0.0) == 0.0);
+    double max_tank = 0.0;
+    for (uint64_t i = 0; i < DAY_STEPS; i++) {
+        t += STEP_MS;
+        sig_step(&s, t);
+        assert_true(s.v[p1] == 1.0 && s.v[p2] == 0.0);
+        assert_true(s.v[tank] >= 0.0 && s.v[tank] <= SIG_PUMPING_TANK_HEIGHT_M);
+        assert_true(s.level_m <= SIG_PUMPING_TANK_HEIGHT_M);
+        if (i > 30) {
+            assert_true(s.v[flow] > 50.0 && s.v[flow] < 150.0); /* one pump's flow */
+            assert_true(s.v[pw] > 5.0);
+        }
+        if (s.v[tank] > max_tank)
+            max_tank = s.v[tank];
+    }
+    assert_true(max_tank > SIG_PUMPING_TANK_HEIGHT_M - 0.1); /* it ran on to the overflow */
+    assert_true(actuate(&s, "pump1", 0.0) == 0.0);
+    for (uint64_t i = 0; i < DAY_STEPS / 2; i++) {
+        t += STEP_MS;
+        sig_step(&s, t);
+        assert_true(s.v[p1] == 0.0 && s.v[p2] == 0.0);
+    }
+    assert_true(s.v[flow] == 0.0);
+}
+
+/* With one pump commanded off, the other still runs under automatic control and cycles. */
+static void test_other_pump_stays_automatic(void **state)
+{
+    (void)state;
+    sig_state s;
+    sig_init(&s, SIG_PUMPING, sig_site_seed(1, "gw-0005"));
+    int p1 = ch(&s, "pump1_status"), p2 = ch(&s, "pump2_status"), tank = ch(&s, "tank_level");
+    uint64_t t = T0_MS;
+    sig_step(&s, t);
+    actuate(&s, "pump1", 0.0);
+    uint64_t on2 = 0, off2 = 0;
+    uint32_t starts = s.starts;
+    for (uint64_t i = 0; i < 2 * DAY_STEPS; i++) {
+        t += STEP_MS;
+        sig_step(&s, t);
+        assert_true(s.v[p1] == 0.0);
+        assert_true(s.v[tank] >= 0.0 && s.v[tank] <= SIG_PUMPING_TANK_HEIGHT_M);
+        on2 += s.v[p2] == 1.0;
+        off2 += s.v[p2] == 0.0;
+    }
+    assert_true(on2 > 0 && off2 > 0);
+    assert_true(s.starts >= starts + 2);
+}
+
+/* The reported tank level is the modelled one plus small noise, cycles under automatic control,
+ * and stays within 0..6 m. */
+static void test_tank_level(void **state)
+{
+    (void)state;
+    const char *gws[] = {"gw-0001", "gw-0005", "gw-0417", "x"};
+    for (size_t g = 0; g < 4; g++) {
+        sig_state s;
+        sig_init(&s, SIG_PUMPING, sig_site_seed(3, gws[g]));
+        int tank = ch(&s, "tank_level");
+        double lo = 1e9, hi = -1e9;
+        for (uint64_t i = 0; i < 2 * DAY_STEPS; i++) {
+            sig_step(&s, T0_MS + i * STEP_MS);
+            double v = s.v[tank];
+            assert_true(v >= 0.0 && v <= SIG_PUMPING_TANK_HEIGHT_M);
+            assert_true(fabs(v - s.level_m) < 0.05);
+            lo = fmin(lo, v);
+            hi = fmax(hi, v);
+        }
+        assert_true(hi - lo > 1.5);
+        assert_true(hi < SIG_PUMPING_TANK_HEIGHT_M - 0.5); /* automatic control stops in time */
+    }
+}
+
+/* The dosing setpoint drives the hypochlorite flow (dosing_rate, L/h, proportional to the
+ * production flow) and, through the contact tank, the residual chlorine. */
+static void test_dosing_setpoint(void **state)
+{
+    (void)state;
+    sig_state s;
+    sig_init(&s, SIG_TREATMENT, sig_site_seed(1, "gw-0009"));
+    int dos = ch(&s, "dosing_rate"), cl = ch(&s, "chlorine"), q = ch(&s, "treated_flow");
+    uint64_t t = T0_MS;
+    for (int i = 0; i < 720; i++, t += STEP_MS)
+        sig_step(&s, t);
+    /* automatic: about 1 mg/L residual, dose = residual + demand */
+    double auto_dose = sig_actuator_value(&s, 0);
+    assert_true(auto_dose > 1.4 && auto_dose < 1.8);
+    assert_true(s.v[cl] > 0.8 && s.v[cl] < 1.2);
+
+    assert_true(actuate(&s, "dosing", 3.0) == 3.0);
+    assert_true(sig_actuator_value(&s, 0) == 3.0);
+    double prev_cl = s.v[cl];
+    for (int i = 0; i < 540; i++, t += STEP_MS) { /* 90 min: six contact-tank time constants */
+        sig_step(&s, t);
+        assert_true(fabs(s.v[cl] - prev_cl) < 0.1); /* no step change: the residual ramps */
+        prev_cl = s.v[cl];
+    }
+    double ratio = s.v[dos] / s.v[q]; /* L/h per L/s of production */
+    assert_true(fabs(ratio - 3600.0 * 3.0 / 125000.0) < 0.005);
+    assert_true(fabs(s.v[cl] - 2.4) < 0.1);
+    assert_true(sig_actuator_value(&s, 0) == 3.0); /* stays in force */
+
+    /* the highest safe dose stays inside the analyser's span */
+    actuate(&s, "dosing", 4.0);
+    for (int i = 0; i < 540; i++, t += STEP_MS) {
+        sig_step(&s, t);
+        assert_true(s.v[cl] >= 0.0 && s.v[cl] <= 5.0);
+        assert_true(s.v[dos] >= 0.0 && s.v[dos] <= 50.0);
+    }
+    assert_true(fabs(s.v[cl] - 3.4) < 0.1);
+
+    /* dosing stopped: nothing pumped, the residual decays to nothing */
+    actuate(&s, "dosing", 0.0);
+    for (int i = 0; i < 1080; i++, t += STEP_MS)
+        sig_step(&s, t);
+    assert_true(s.v[dos] == 0.0);
+    assert_true(s.v[cl] < 0.1);
+}
+
+/* The inlet valve scales the feed into the reservoir; closed, the tank only drains. */
+static void test_inlet_valve(void **state)
+{
+    (void)state;
+    sig_state s;
+    sig_init(&s, SIG_RESERVOIR, sig_site_seed(1, "gw-0002"));
+    int in = ch(&s, "inflow"), lv = ch(&s, "level");
+    assert_true(sig_actuator_value(&s, 0) == 100.0); /* fully open until commanded */
+    uint64_t t = T0_MS;
+    sig_step(&s, t);
+    assert_true(actuate(&s, "inlet_valve", 50.0) == 50.0);
+    double full = 150.0 * s.scale; /* the feed pump's flow at this site */
+    int n_on = 0;
+    for (uint64_t i = 0; i < DAY_STEPS; i++) {
+        t += STEP_MS;
+        sig_step(&s, t);
+        if (i > 30) /* the feed has settled at its throttled flow */
+            assert_true(s.v[in] < 0.5 * full + 5.0);
+        if (s.pump_on[0] && i > 30 && s.v[in] > 0.4 * full)
+            n_on++;
+    }
+    assert_true(n_on > 100); /* the feed ran, at about half its flow */
+    assert_true(sig_actuator_value(&s, 0) == 50.0);
+
+    actuate(&s, "inlet_valve", 0.0);
+    for (int i = 0; i < 30; i++, t += STEP_MS)
+        sig_step(&s, t);
+    double level = s.level_m;
+    for (uint64_t i = 0; i < DAY_STEPS / 4; i++, t += STEP_MS) {
+        sig_step(&s, t);
+        assert_true(s.v[in] == 0.0);
+        assert_true(s.level_m <= level + 1e-9); /* nothing comes in */
+        assert_true(s.v[lv] >= 0.5 && s.v[lv] <= 9.5);
+        level = s.level_m;
+    }
+}
+
+/* Commands keep the determinism contract: the same seed, steps and commands at the same points
+ * give the same values; a command changes what follows. */
+static void run_commanded(uint64_t seed, int with_cmd, double *out, size_t n_steps)
+{
+    sig_state s;
+    sig_init(&s, SIG_PUMPING, seed);
+    for (size_t i = 0; i < n_steps; i++) {
+        if (with_cmd && i == n_steps / 3)
+            actuate(&s, "pump2", 1.0);
+        if (with_cmd && i == n_steps / 2)
+            actuate(&s, "pump1", 0.0);
+        sig_step(&s, T0_MS + i * 4321);
+        memcpy(out + i * SIG_MAX_CHANNELS, s.v, SIG_MAX_CHANNELS * sizeof(double));
+    }
+}
+
+static void test_determinism_with_commands(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    static double a[N * SIG_MAX_CHANNELS], b[N * SIG_MAX_CHANNELS];
+    run_commanded(sig_site_seed(42, "gw-0007"), 1, a, N);
+    run_commanded(sig_site_seed(42, "gw-0007"), 1, b, N);
+    assert_memory_equal(a, b, sizeof a);
+    run_commanded(sig_site_seed(42, "gw-0007"), 0, b, N);
+    assert_memory_equal(a, b, N / 3 * SIG_MAX_CHANNELS * sizeof(double)); /* same until then */
+    assert_memory_not_equal(a, b, sizeof a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +620,14 @@ int main(void)
         cmocka_unit_test(test_time_edges),
         cmocka_unit_test(test_noise_correlated),
         cmocka_unit_test(test_random),
+        cmocka_unit_test(test_actuator_table),
+        cmocka_unit_test(test_pumps_commanded_off),
+        cmocka_unit_test(test_pump_commanded_on),
+        cmocka_unit_test(test_other_pump_stays_automatic),
+        cmocka_unit_test(test_tank_level),
+        cmocka_unit_test(test_dosing_setpoint),
+        cmocka_unit_test(test_inlet_valve),
+        cmocka_unit_test(test_determinism_with_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -377,6 +377,11 @@ done
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$OUT/platform/wrap.key"
 ossl pkey -in "$OUT/platform/wrap.key" -pubout -out "$OUT/platform/wrap.pub"
 
+# ---------------------------------------------------------------- command signing keypair
+# The command gate signs every command with command.key; gateways hold command.pub only.
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$OUT/platform/command.key"
+ossl pkey -in "$OUT/platform/command.key" -pubout -out "$OUT/platform/command.pub"
+
 # ---------------------------------------------------------------- negative-test material
 if [[ $TEST -eq 1 ]]; then
     T="$OUT/test"

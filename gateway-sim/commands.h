@@ -1,0 +1,89 @@
+/* commands: the gateway's decision on one command from the command gate, as a pure function of
+ * the received bytes, the gate's public key, the gateway's own id, its clock, its actuators and a
+ * small per-gateway memory (cmd_state) — no MQTT, no threads, so that every refusal can be tested
+ * directly (commands_test.c). The gateway (gateway.c) acts on an accepted command and reports the
+ * decision as a KIND_CMDRES envelope.
+ *
+ * Wire format (proto/suido.proto): the payload on suido/v1/<gw>/cmd is a SignedCommand
+ * {command = exact serialized Command bytes, signature = ECDSA P-256/SHA-256 DER over
+ * "suido-cmd-v1" || 0x00 || command}.
+ *
+ * Checks, in this order; the first that fails is the reason:
+ *   malformed         payload over CMD_MAX_PAYLOAD, not a SignedCommand, empty signature, Command
+ *                     not decodable, unknown fields in either, a missing field (command_id,
+ *                     gateway_id, channel, unit, issued_ms, expires_ms), a field over its length
+ *                     limit or with characters other than printable ASCII without space, '"' and
+ *                     '\', or expires_ms < issued_ms
+ *   bad_signature     the signature is not valid under the gate's key (or there is no key)
+ *   wrong_gateway     gateway_id is not this gateway's id
+ *   expired           now_ms > expires_ms, or issued_ms > now_ms + CMD_MAX_SKEW_MS
+ *   replayed          command_id among the last CMD_SEEN_MAX accepted ids, or issued_ms <= the
+ *                     issued_ms of the last accepted command
+ *   unknown_actuator  channel is not one of this site's actuators
+ *   wrong_unit        unit is not that actuator's unit
+ *   out_of_range      value NaN or infinite, or outside the actuator's safe range
+ * Only an accepted command changes cmd_state; a refused one changes nothing. The seen-id memory
+ * is bounded: an id older than the last CMD_SEEN_MAX accepted ones is forgotten, and the
+ * strictly increasing issued_ms rule still refuses the exact replay of such a command. */
+#ifndef GW_COMMANDS_H
+#define GW_COMMANDS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_crypto.h"
+#include "signals.h"
+
+#define CMD_DOMAIN CM_CMD_DOMAIN      /* signed as these 12 bytes and a 0x00 (cm_crypto.h) */
+#define CMD_MAX_PAYLOAD CM_CMD_MAX    /* bytes of SignedCommand; a real one is about 250 */
+#define CMD_MAX_SKEW_MS 300000u       /* issued_ms may lie this far in the future */
+#define CMD_SEEN_MAX 256              /* accepted command ids remembered */
+#define CMD_ID_MAX 128                /* longest command_id */
+#define CMD_NAME_MAX 64               /* longest gateway_id and channel */
+#define CMD_UNIT_MAX 16               /* longest unit */
+#define CMD_ID_HASH 16                /* bytes of SHA-256(command_id) kept per seen id */
+
+typedef enum cmd_reason {
+    CMD_OK = 0,
+    CMD_MALFORMED,
+    CMD_BAD_SIGNATURE,
+    CMD_WRONG_GATEWAY,
+    CMD_EXPIRED,
+    CMD_REPLAYED,
+    CMD_UNKNOWN_ACTUATOR,
+    CMD_WRONG_UNIT,
+    CMD_OUT_OF_RANGE,
+    CMD__REASONS
+} cmd_reason;
+
+/* "ok", "malformed", "bad_signature", ... (the CommandResult.reason strings); static. */
+const char *cmd_reason_name(cmd_reason r);
+
+/* Per-gateway memory of accepted commands. Zero-initialised (memset or calloc) it is the state
+ * of a gateway that has accepted nothing yet. Owned by the caller; used by one thread. */
+typedef struct cmd_state {
+    uint64_t last_issued_ms;                     /* of the last accepted command, 0: none */
+    uint8_t seen[CMD_SEEN_MAX][CMD_ID_HASH];     /* ring of accepted ids (hashed) */
+    uint32_t n_seen;                             /* valid entries, <= CMD_SEEN_MAX */
+    uint32_t next;                               /* ring slot the next accepted id goes to */
+} cmd_state;
+
+/* What was decided, and what the result report needs. Strings are empty when the command did
+ * not decode that far (or the field broke its limits); they only ever hold characters allowed by
+ * the malformed check, so they are safe to log. */
+typedef struct cmd_decision {
+    cmd_reason reason;
+    int actuator;                     /* index into the actuator table, -1 if unknown */
+    double value;                     /* the requested value (meaningful for CMD_OK) */
+    char command_id[CMD_ID_MAX + 1];
+    char channel[CMD_NAME_MAX + 1];
+} cmd_decision;
+
+/* Decides on the payload received on the gateway's command topic. key: the gate's public key
+ * (NULL refuses everything as bad_signature); own_id: this gateway's id; now_ms: gateway wall
+ * clock; act/n_act: this site's actuators (sig_actuators). On CMD_OK the command's id and
+ * issued_ms are recorded in st; otherwise st is not touched. Fills *out and returns its reason. */
+cmd_reason cmd_check(cmd_state *st, const cm_pubkey *key, const char *own_id, uint64_t now_ms,
+                     const sig_actuator *act, size_t n_act, const uint8_t *payload, size_t len,
+                     cmd_decision *out);
+
+#endif
