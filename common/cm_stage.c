@@ -55,6 +55,13 @@ static void handle(cm_stage_ctx *c)
     zmq_msg_close(&msg);
 }
 
+static int readable(void *sock)
+{
+    int ev = 0;
+    size_t len = sizeof ev;
+    return zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len) == 0 && (ev & ZMQ_POLLIN);
+}
+
 void cm_stage_run(cm_stage_ctx *c)
 {
     cm_metrics *mx = c->svc->metrics;
@@ -63,20 +70,27 @@ void cm_stage_run(cm_stage_ctx *c)
     c->denied = cm_metric_counter(mx, "suido_stage_denied_total",
                                   "frames of a kind the sending peer may not send");
     while (!cm_daemon_stopping) {
-        zmq_pollitem_t it[2] = {{.socket = c->input, .events = ZMQ_POLLIN},
-                                {.socket = cm_events_socket(c->events), .events = ZMQ_POLLIN}};
-        int n = zmq_poll(it, c->events ? 2 : 1, 100);
-        if (n > 0 && c->events && (it[1].revents & ZMQ_POLLIN))
+        zmq_pollitem_t it[3] = {{.socket = c->input, .events = ZMQ_POLLIN}};
+        int n_it = 1, ev_at = -1, side_at = -1;
+        if (c->events) {
+            ev_at = n_it;
+            it[n_it++] = (zmq_pollitem_t){.socket = cm_events_socket(c->events),
+                                          .events = ZMQ_POLLIN};
+        }
+        if (c->side) {
+            side_at = n_it;
+            it[n_it++] = (zmq_pollitem_t){.socket = c->side, .events = ZMQ_POLLIN};
+        }
+        int n = zmq_poll(it, n_it, 100);
+        if (n > 0 && ev_at >= 0 && (it[ev_at].revents & ZMQ_POLLIN))
             cm_events_drain(c->events);
+        if (n > 0 && side_at >= 0 && (it[side_at].revents & ZMQ_POLLIN))
+            for (int i = 0; i < 64 && readable(c->side); i++)
+                c->on_side(c->handler_ctx);
         if (n > 0 && (it[0].revents & ZMQ_POLLIN)) {
             /* a burst at most, so timers and group commits keep their rhythm */
-            for (int i = 0; i < 512; i++) {
-                int ev = 0;
-                size_t len = sizeof ev;
-                if (zmq_getsockopt(c->input, ZMQ_EVENTS, &ev, &len) != 0 || !(ev & ZMQ_POLLIN))
-                    break;
+            for (int i = 0; i < 512 && readable(c->input); i++)
                 handle(c);
-            }
         }
         if (c->on_tick)
             c->on_tick(c->handler_ctx);

@@ -18,6 +18,10 @@ typedef struct cm_stage_ctx {
     /* called at least every 100 ms and after each burst, for timers and group commits */
     void (*on_tick)(void *handler_ctx);
     cm_events *events; /* optional: the registry's events, handled between bursts */
+    /* optional: a request socket (an API) served between bursts: on_side is called when it is
+     * readable and receives at most one request per call */
+    void *side;
+    void (*on_side)(void *handler_ctx);
 } cm_stage_ctx;
 
 /* Kind of a StageMessage for dispatch: "alert" or "audit" if it carries one, "reject" if verify
