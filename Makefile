@@ -25,7 +25,7 @@ CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPI
 LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
 LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath -lpthread -lm
 
-SERVICES := registry ingest verify profile anomaly archive
+SERVICES := registry ingest verify profile anomaly archive gate
 
 PROTO_C := $(GEN)/suido.pb-c.c
 PROTO_H := $(GEN)/suido.pb-c.h

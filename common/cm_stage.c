@@ -14,6 +14,8 @@ const char *cm_stage_kind(const Suido__StageMessage *m)
         return "alert";
     if (m->audit)
         return "audit";
+    if (m->command)
+        return "command";
     if (m->status == SUIDO__VERIFY_STATUS__VERIFY_REJECTED)
         return "reject";
     const char *slash = m->topic ? strrchr(m->topic, '/') : NULL;

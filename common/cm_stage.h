@@ -24,7 +24,7 @@ typedef struct cm_stage_ctx {
     void (*on_side)(void *handler_ctx);
 } cm_stage_ctx;
 
-/* Kind of a StageMessage for dispatch: "alert" or "audit" if it carries one, "reject" if verify
+/* Kind of a StageMessage for dispatch: "alert", "audit" or "command" if it carries one, "reject" if verify
  * refused it, else the topic's last level ("data", "birth", ...). */
 const char *cm_stage_kind(const Suido__StageMessage *m);
 

@@ -66,7 +66,7 @@ wait_port() {
 
 stop_all() {
     [[ -d "$PIDS" ]] || return 0
-    local order="gateway-sim ingest verify profile anomaly-* archive registry mosquitto" n f pid
+    local order="gateway-sim ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
     for n in $order; do
         for f in "$PIDS"/$n.pid; do
             [[ -f "$f" ]] || continue
@@ -108,7 +108,7 @@ cmd_run() {
     PORT=$(cat "$RUN/broker.port")
     mkdir -p "$PIDS" "$LOG"
     local s
-    for s in registry ingest verify profile archive; do
+    for s in registry ingest verify profile archive gate; do
         "$BIN/suido-$s" -c "$RUN/etc/$s.conf" -n >/dev/null
     done
     start mosquitto mosquitto -c "$RUN/mosquitto/mosquitto.conf"
@@ -119,6 +119,7 @@ cmd_run() {
         s=$(basename "$f" .conf)
         start "$s" "$BIN/suido-anomaly" -c "$f"
     done
+    start gate "$BIN/suido-gate" -c "$RUN/etc/gate.conf"
     start profile "$BIN/suido-profile" -c "$RUN/etc/profile.conf"
     start verify "$BIN/suido-verify" -c "$RUN/etc/verify.conf"
     start ingest "$BIN/suido-ingest" -c "$RUN/etc/ingest.conf"

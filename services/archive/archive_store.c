@@ -1,16 +1,18 @@
 /* archive_store: SQLite persistence of batches, events, refusals and alerts. */
 #include "archive_store.h"
 
+#include <math.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cm_audit.h"
 #include "cm_log.h"
+#include "cm_time.h"
 
-#define SCHEMA_VERSION 2 /* 2: audit log */
+#define SCHEMA_VERSION 3 /* 2: audit log; 3: command log */
 
-enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_AUDIT, ST_HEAD, ST__COUNT };
+enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_AUDIT, ST_HEAD, ST_COMMAND, ST__COUNT };
 
 struct archive_store {
     sqlite3 *db;
@@ -48,7 +50,14 @@ static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS audit("
     " seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, source TEXT NOT NULL,"
     " event TEXT NOT NULL, subject TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL,"
-    " hash BLOB NOT NULL);";
+    " hash BLOB NOT NULL);"
+    /* every step of every command: the gate's decision, the gateway's result, the follow-up */
+    "CREATE TABLE IF NOT EXISTS command_log("
+    " id INTEGER PRIMARY KEY, command_id TEXT NOT NULL, gateway TEXT NOT NULL,"
+    " actuator TEXT NOT NULL, value REAL, unit TEXT NOT NULL, requested_by TEXT NOT NULL,"
+    " issued_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, decision TEXT NOT NULL,"
+    " detail TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS command_log_by_id ON command_log(command_id, id);";
 
 static const char *const SQL[ST__COUNT] = {
     [ST_BATCH] = "INSERT OR IGNORE INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
@@ -64,6 +73,8 @@ static const char *const SQL[ST__COUNT] = {
     [ST_AUDIT] = "INSERT INTO audit(seq,ts_ms,source,event,subject,actor,detail,hash)"
                  " VALUES(?,?,?,?,?,?,?,?)",
     [ST_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+    [ST_COMMAND] = "INSERT INTO command_log(command_id,gateway,actuator,value,unit,requested_by,"
+                   "issued_ms,expires_ms,decision,detail,ts_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
 };
 
 /* Reads the audit chain's head from the database. */
@@ -97,14 +108,14 @@ cm_err archive_store_open(const char *path, archive_store **out)
     if (sqlite3_step(q) == SQLITE_ROW)
         version = sqlite3_column_int(q, 0);
     sqlite3_finalize(q);
-    /* version 1 lacks only the audit table, which the schema below adds */
-    if (version != 0 && version != 1 && version != SCHEMA_VERSION) {
+    /* versions 1 and 2 lack only tables (audit, command_log) that the schema below adds */
+    if (version < 0 || version > SCHEMA_VERSION) {
         cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
                  version, SCHEMA_VERSION);
         goto fail_quiet;
     }
     if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version=2", NULL, NULL, &errmsg) != SQLITE_OK) {
+        sqlite3_exec(s->db, "PRAGMA user_version=3", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
         goto fail_quiet;
@@ -190,6 +201,25 @@ cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m)
     if (rc == CM_OK && sqlite3_changes(s->db) == 0)
         rc = CM_ERR_DUPLICATE;
     return rc;
+}
+
+cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m)
+{
+    const Suido__Command *c = m->command;
+    sqlite3_stmt *st = s->st[ST_COMMAND];
+    sqlite3_bind_text(st, 1, c->command_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, c->gateway_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, c->channel, -1, SQLITE_STATIC);
+    if (isfinite(c->value))
+        sqlite3_bind_double(st, 4, c->value);
+    sqlite3_bind_text(st, 5, c->unit, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, c->requested_by, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)c->issued_ms);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)c->expires_ms);
+    sqlite3_bind_text(st, 9, m->decision, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, m->reason ? m->reason : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 11, (sqlite3_int64)(m->received_ms ? m->received_ms : cm_now_ms()));
+    return step(s, st);
 }
 
 cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m)

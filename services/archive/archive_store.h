@@ -23,6 +23,9 @@ void archive_store_rollback(archive_store *s);
 /* Adds a verified data/backfill batch. CM_ERR_DUPLICATE if (gateway, epoch, seq) is stored. */
 cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m);
 /* Adds a birth, death or command result. */
+/* One step of a command (m->command, m->decision, m->reason as detail), from the gate. The
+ * strings must be set (the caller checks). */
+cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m);
 cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m);
 /* Adds a refused message with its reason (the audit trail of refusals). */
 cm_err archive_store_reject(archive_store *s, const Suido__StageMessage *m, const char *reason);

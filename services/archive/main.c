@@ -199,6 +199,25 @@ static void on_event(void *ctx, void *arg, const char *peer)
     after_record(a);
 }
 
+static int text_ok(const char *s, size_t max) { return s && *s && strlen(s) <= max; }
+
+static void on_command(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    archiver *a = ctx;
+    Suido__StageMessage *m = arg;
+    const Suido__Command *c = m->command;
+    if (!c || !text_ok(c->command_id, 128) || !text_ok(c->gateway_id, 64) ||
+        !text_ok(c->channel, 64) || !c->unit || !c->requested_by || !text_ok(m->decision, 128) ||
+        !tx_open(a)) {
+        cm_warn("peer=%s error=\"incomplete command record refused\"", peer);
+        return;
+    }
+    if (archive_store_command(a->store, m) == CM_OK)
+        cm_metric_inc(a->events);
+    after_record(a);
+}
+
 static void on_reject(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -256,10 +275,11 @@ static const cm_dispatch DISPATCH[] = {
     {"backfill", "profile", on_batch},
     {"birth", "profile", on_event},
     {"death", "profile", on_event},
-    {"cmdres", "profile", on_event},
+    {"cmdres", "profile", on_batch}, /* numbered like data: stored, deduplicated and acked */
+    {"command", "gate", on_command},
     {"reject", "verify,profile", on_reject},
-    {"alert", "anomaly,registry", on_alert},
-    {"audit", "verify,profile,anomaly,registry", on_audit},
+    {"alert", "anomaly,registry,gate", on_alert},
+    {"audit", "verify,profile,anomaly,registry,gate", on_audit},
     {NULL, NULL, NULL},
 };
 

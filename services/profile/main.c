@@ -7,7 +7,11 @@
  *          [output archive] PUSH to the archive.
  *          [output anomaly] one PUSH per anomaly shard; a gateway always goes to the same shard
  *          (FNV-1a of its id modulo the number of shards), so per-gateway state stays in one
- *          place. */
+ *          place.
+ *          [output gate] optional PUSH to the command gate: mapped readings and command results,
+ *          its view of the plant. Never blocks the pipeline: when the gate is away or slow the
+ *          frame is dropped and counted (the gate then finds its data stale and refuses
+ *          commands that depend on it). */
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -32,8 +36,9 @@ typedef struct profiler {
     cm_profile *profile;
     void *to_archive;
     void *shards[MAX_SHARDS];
+    void *to_gate; /* may be NULL */
     int n_shards;
-    cm_metric *mapped, *unknown, *births_refused;
+    cm_metric *mapped, *unknown, *births_refused, *gate_dropped;
 } profiler;
 
 static unsigned shard_of(const char *gw, int n)
@@ -42,6 +47,12 @@ static unsigned shard_of(const char *gw, int n)
     for (; *gw; gw++)
         h = (h ^ (uint8_t)*gw) * 16777619u;
     return h % (unsigned)n;
+}
+
+static void to_gate(profiler *p, const Suido__StageMessage *m)
+{
+    if (p->to_gate && cm_zsend_pb(p->to_gate, &m->base, ZMQ_DONTWAIT) != CM_OK)
+        cm_metric_inc(p->gate_dropped);
 }
 
 static void on_data(void *ctx, void *arg, const char *peer)
@@ -96,6 +107,7 @@ static void on_data(void *ctx, void *arg, const char *peer)
     m->n_mapped = k;
     m->mapped = ptrs;
     cm_stage_send(p->shards[shard_of(m->header->gateway_id, p->n_shards)], m);
+    to_gate(p, m);
     m->envelope = env;
     m->batch = batch;
     m->n_mapped = 0;
@@ -139,12 +151,26 @@ static void on_passthrough(void *ctx, void *arg, const char *peer)
     cm_stage_send(p->to_archive, arg);
 }
 
+/* A command result is stored like any numbered envelope, and the gate learns what happened. */
+static void on_cmdres(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    profiler *p = ctx;
+    Suido__StageMessage *m = arg;
+    cm_stage_send(p->to_archive, m);
+    ProtobufCBinaryData env = m->envelope;
+    m->envelope.len = 0;
+    m->envelope.data = NULL;
+    to_gate(p, m);
+    m->envelope = env;
+}
+
 static const cm_dispatch DISPATCH[] = {
     {"data", "verify", on_data},
     {"backfill", "verify", on_data},
     {"birth", "verify", on_birth},
     {"death", "verify", on_passthrough},
-    {"cmdres", "verify", on_passthrough},
+    {"cmdres", "verify", on_cmdres},
     {NULL, NULL, NULL},
 };
 
@@ -187,6 +213,11 @@ int main(int argc, char **argv)
                              &p.to_archive, err))
         cm_svc_die(s, "%s", err);
     connect_shards(&p, err);
+    if (cm_conf_get(s->conf, "output gate", "connect") &&
+        cm_zsock_client_conf(s->zctx, s->conf, "output gate", ZMQ_PUSH, &s->keys, &p.to_gate, err))
+        cm_svc_die(s, "%s", err);
+    p.gate_dropped = cm_metric_counter(s->metrics, "suido_profile_gate_dropped_total",
+                                       "frames for the command gate dropped (gate away or slow)");
     p.mapped = cm_metric_counter(s->metrics, "suido_profile_mapped_total", "readings mapped");
     p.unknown = cm_metric_counter(s->metrics, "suido_profile_unknown_channel_total",
                                   "readings on channels the profile does not know");
@@ -206,6 +237,8 @@ int main(int argc, char **argv)
     cm_info("event=stopping");
     zmq_close(input);
     zmq_close(p.to_archive);
+    if (p.to_gate)
+        zmq_close(p.to_gate);
     for (int i = 0; i < p.n_shards; i++)
         zmq_close(p.shards[i]);
     cm_profile_destroy(&p.profile);

@@ -129,6 +129,7 @@ static void on_gateway_message(void *ctx, void *arg, const char *peer)
         out.header = res.header;
         out.batch = res.batch;
         out.birth = res.birth;
+        out.cmdres = res.cmdres;
         mark_seen(v, res.gateway_id);
         cm_stage_send(v->to_profile, &out);
     }

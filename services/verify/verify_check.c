@@ -83,6 +83,8 @@ void verify_result_clear(verify_result *res)
         suido__telemetry_batch__free_unpacked(res->batch, NULL);
     if (res->birth)
         suido__birth__free_unpacked(res->birth, NULL);
+    if (res->cmdres)
+        suido__command_result__free_unpacked(res->cmdres, NULL);
     memset(res, 0, sizeof *res);
 }
 
@@ -246,8 +248,11 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         REJECT(CM_ERR_SIGNATURE, "bad_signature");
 
     /* from here on the header is the gateway's own word */
-    int live = kind == SUIDO__KIND__KIND_DATA;
-    if (kind == SUIDO__KIND__KIND_DATA || kind == SUIDO__KIND__KIND_BACKFILL) {
+    /* A command result takes its sequence number from the same counter as data and is sent
+     * live, so it follows the same freshness and replay rules (a replayed result could make
+     * the gate believe an actuator moved). */
+    int live = kind == SUIDO__KIND__KIND_DATA || kind == SUIDO__KIND__KIND_CMDRES;
+    if (live || kind == SUIDO__KIND__KIND_BACKFILL) {
         if (h->seq == 0)
             REJECT(CM_ERR_DECODE, "zero_sequence");
         if (live) {
@@ -306,8 +311,15 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
                 REJECT(CM_ERR_DECRYPT, "decrypt");
         }
         break;
+    case SUIDO__KIND__KIND_CMDRES:
+        res->cmdres = suido__command_result__unpack(NULL, bodylen, body);
+        if (!res->cmdres || res->cmdres->base.n_unknown_fields || !res->cmdres->command_id ||
+            !*res->cmdres->command_id || strlen(res->cmdres->command_id) > 128 ||
+            !isfinite(res->cmdres->value))
+            REJECT(CM_ERR_DECODE, "malformed_body");
+        break;
     default:
-        break; /* death and cmdres carry no readings; their signature is what matters here */
+        break; /* a death carries no readings; its signature is what matters here */
     }
     if (live)
         seq_check(v, res->gateway_id, h->boot_epoch, h->seq, 1);

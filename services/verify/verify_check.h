@@ -36,6 +36,7 @@ typedef struct verify_result {
     Suido__Header *header;      /* decoded, when it got that far */
     Suido__TelemetryBatch *batch; /* decoded (decrypted) body of data/backfill */
     Suido__Birth *birth;        /* decoded body of birth */
+    Suido__CommandResult *cmdres; /* decoded body of cmdres */
     char site[64];              /* from the registry */
     char gw_kind[32];           /* site kind from the registry */
 } verify_result;

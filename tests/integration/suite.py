@@ -15,7 +15,7 @@ import time
 TOP = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("SUIDO_BUILD", TOP / "build"))
 BIN = BUILD / "bin"
-SERVICES = ["registry", "archive", "anomaly-0", "anomaly-1", "profile", "verify", "ingest"]
+SERVICES = ["registry", "archive", "anomaly-0", "anomaly-1", "gate", "profile", "verify", "ingest"]
 
 
 def port_free(port):

@@ -13,6 +13,8 @@
  *   suidoctl [-c CONF] [--json] operator add ID --role viewer|operator|admin [--password-file F]
  *   suidoctl [-c CONF] [--json] operator list | suspend|activate|revoke|dispose ID
  *   suidoctl [-c CONF] [--json] access [--operator ID]
+ *   suidoctl [-c CONF] [--json] command GATEWAY ACTUATOR VALUE [--unit U] [--reason TEXT]
+ *   suidoctl [-c CONF] [--json] command status COMMAND_ID
  *
  * Everything but login needs an operator session: --token TOKEN or $SUIDO_TOKEN (printed by
  * login; password + TOTP code; 30 minutes). Changes of state and operator administration need
@@ -25,11 +27,15 @@
  * Disposal also destroys the gateway's private key files kept in the deployment (overwritten,
  * then removed), so nothing of the identity remains usable.
  *
- * Exit codes: 0 done; 1 refused or failed (the reason is printed); 2 usage; 3 the registry or
- * archive could not be reached. CONF defaults to $SUIDO_CONF, else run/etc/suidoctl.conf. */
+ * Commands go to the command gate ([gate] section: connect, server_key), which decides, signs
+ * and sends them; an operator or admin session is needed.
+ *
+ * Exit codes: 0 done; 1 refused or failed (the reason is printed); 2 usage; 3 the registry,
+ * gate or archive could not be reached. CONF defaults to $SUIDO_CONF, else run/etc/suidoctl.conf. */
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +63,9 @@ static const cm_conf_spec SPEC[] = {
     {"service", "*", 0, "other daemon keys are ignored"},
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "archive database (read-only) for audit verify"},
+    {"gate", "connect", 0, "command gate API endpoint"},
+    {"gate", "server_key", 0, "command gate CURVE public key file"},
+    {"gate", "timeout_ms", 0, "how long to wait for the gate (default 10000)"},
     {"pki", "dir", 0, "deployment PKI folder (gateways/<id>/ private keys destroyed at disposal)"},
     {"pki", "script", 0, "keys/mkpki.sh, which issues a provisioned gateway's credentials"},
     {"pki", "broker", 0, "broker URL written into field bundles, e.g. ssl://host:8883"},
@@ -88,6 +97,8 @@ static void usage(void)
             "  operator add ID --role viewer|operator|admin [--password-file F]\n"
             "  operator list | suspend|activate|revoke|dispose ID\n"
             "  access [--operator ID]\n"
+            "  command GATEWAY ACTUATOR VALUE [--unit U] [--reason TEXT]\n"
+            "  command status COMMAND_ID\n"
             "options: --token TOKEN (or $SUIDO_TOKEN), --json, -c CONF\n");
     exit(EXIT_USAGE);
 }
@@ -192,6 +203,110 @@ static int cmd_provision(ctl *c, const provision_request *r)
                "activate it when it is installed: suidoctl gateway activate %s\n",
                r->id, r->out, r->id);
     }
+    return EXIT_OK;
+}
+
+/* One request to the command gate and its reply (caller frees). Exits when it does not answer. */
+static Suido__GateReply *gate_call(ctl *c, Suido__GateRequest *req)
+{
+    char err[CM_CONF_ERRLEN];
+    const char *ep = cm_conf_get(c->conf, "gate", "connect");
+    const char *keyf = cm_conf_get(c->conf, "gate", "server_key");
+    char key[CM_Z85_LEN + 1];
+    long timeout = 10000;
+    if (!ep || !keyf)
+        fail(EXIT_USAGE, "%s: commands need [gate] connect and server_key", cm_conf_name(c->conf));
+    if (cm_conf_long(c->conf, "gate", "timeout_ms", 10000, 100, 600000, &timeout, err) != CM_OK)
+        fail(EXIT_USAGE, "%s", err);
+    if (cm_curve_load_public(keyf, key) != CM_OK)
+        fail(EXIT_FAILED, "%s: not a CURVE public key", keyf);
+    if (!c->zctx) {
+        if (cm_curve_load_keypair(cm_conf_get(c->conf, "service", "curve_public"),
+                                  cm_conf_get(c->conf, "service", "curve_secret"),
+                                  &c->keys) != CM_OK)
+            fail(EXIT_FAILED, "%s: suidoctl's CURVE keys are unusable", cm_conf_name(c->conf));
+        c->zctx = zmq_ctx_new();
+    }
+    void *sock = NULL;
+    if (cm_zsock_client(c->zctx, ZMQ_DEALER, ep, key, &c->keys, &sock) != CM_OK)
+        fail(EXIT_UNAVAILABLE, "cannot connect to the gate at %s", ep);
+    req->token = (char *)(c->token ? c->token : "");
+    zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+    Suido__GateReply *rep = NULL;
+    if (cm_zsend_pb(sock, &req->base, 0) == CM_OK && zmq_poll(&it, 1, timeout) == 1) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, 0) >= 0)
+            rep = suido__gate_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+    }
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(sock);
+    if (!rep)
+        fail(EXIT_UNAVAILABLE, "the command gate did not answer");
+    if (rep->status != 0)
+        fail(rep->status == CM_ERR_UNAVAILABLE ? EXIT_UNAVAILABLE : EXIT_FAILED, "refused: %s",
+             rep->error && *rep->error ? rep->error : cm_strerror(rep->status));
+    return rep;
+}
+
+static int cmd_command(ctl *c, const char *gw, const char *actuator, const char *value,
+                       const char *unit, const char *reason)
+{
+    char *end;
+    double v = strtod(value, &end);
+    if (end == value || *end)
+        fail(EXIT_USAGE, "VALUE must be a number (got '%s')", value);
+    Suido__GateRequest req = SUIDO__GATE_REQUEST__INIT;
+    req.op = SUIDO__GATE_OP__GATE_COMMAND;
+    req.gateway_id = (char *)gw;
+    req.actuator = (char *)actuator;
+    req.value = v; /* NaN and Inf too: the gate refuses them, and that refusal is audited */
+    req.unit = (char *)(unit ? unit : "");
+    req.reason = (char *)(reason ? reason : "");
+    Suido__GateReply *rep = gate_call(c, &req);
+    int sent = rep->decision && strcmp(rep->decision, "sent") == 0;
+    if (c->json) {
+        printf("{");
+        json_str("decision", rep->decision, 1);
+        json_str("reason", rep->reason, 1);
+        json_str("detail", rep->detail, 1);
+        json_str("command_id", rep->command_id, 1);
+        json_str("unit", rep->unit, 1);
+        double shown = sent ? rep->value : v;
+        if (isfinite(shown))
+            printf("\"value\":%.17g,", shown);
+        else
+            printf("\"value\":null,"); /* JSON has no NaN or infinity */
+        printf("\"expires_ms\":%llu}\n", (unsigned long long)rep->expires_ms);
+    } else if (sent) {
+        printf("sent %s: %s (expires in %llu s)\n", rep->command_id, rep->detail,
+               (unsigned long long)((rep->expires_ms - cm_now_ms()) / 1000));
+    } else {
+        fprintf(stderr, "suidoctl: refused: %s: %s\n", rep->reason, rep->detail);
+    }
+    suido__gate_reply__free_unpacked(rep, NULL);
+    return sent ? EXIT_OK : EXIT_FAILED;
+}
+
+static int cmd_command_status(ctl *c, const char *id)
+{
+    Suido__GateRequest req = SUIDO__GATE_REQUEST__INIT;
+    req.op = SUIDO__GATE_OP__GATE_STATUS;
+    req.command_id = (char *)id;
+    Suido__GateReply *rep = gate_call(c, &req);
+    if (c->json) {
+        printf("{");
+        json_str("command_id", rep->command_id, 1);
+        json_str("outcome", rep->outcome, 1);
+        json_str("unit", rep->unit, 1);
+        printf("\"value\":%.17g,\"expires_ms\":%llu}\n", rep->value,
+               (unsigned long long)rep->expires_ms);
+    } else {
+        printf("%s: %s (%.6g %s)\n", rep->command_id, rep->outcome, rep->value, rep->unit);
+    }
+    suido__gate_reply__free_unpacked(rep, NULL);
     return EXIT_OK;
 }
 
@@ -570,7 +685,7 @@ int main(int argc, char **argv)
     const char *args[8];
     int nargs = 0;
     const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
-    const char *role = NULL, *who = NULL;
+    const char *role = NULL, *who = NULL, *unit = NULL;
     provision_request prov = {0};
     long days = 30;
     c.token = getenv("SUIDO_TOKEN");
@@ -597,6 +712,8 @@ int main(int argc, char **argv)
             role = argv[++i];
         else if (strcmp(argv[i], "--operator") == 0 && i + 1 < argc)
             who = argv[++i];
+        else if (strcmp(argv[i], "--unit") == 0 && i + 1 < argc)
+            unit = argv[++i];
         else if (strcmp(argv[i], "--site") == 0 && i + 1 < argc)
             prov.site = argv[++i];
         else if (strcmp(argv[i], "--kind") == 0 && i + 1 < argc)
@@ -649,6 +766,10 @@ int main(int argc, char **argv)
         rc = cmd_operator_add(&c, args[2], role, pwfile);
     else if (strcmp(cmd, "operator") == 0 && nargs == 3)
         rc = cmd_operator_state(&c, args[1], args[2]);
+    else if (strcmp(cmd, "command") == 0 && nargs == 3 && strcmp(args[1], "status") == 0)
+        rc = cmd_command_status(&c, args[2]);
+    else if (strcmp(cmd, "command") == 0 && nargs == 4)
+        rc = cmd_command(&c, args[1], args[2], args[3], unit, reason);
     else
         usage();
     cm_registry_destroy(&c.reg);
