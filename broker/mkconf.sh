@@ -123,6 +123,7 @@ trap 'rm -f "$tmp_acl" "$tmp_conf" "$tmp_state"' EXIT
     # checked before grants.
     echo "user ingest"
     echo "topic deny suido/v1/alerts/#"
+    echo "topic read \$SYS/broker/log/#"
     for k in birth data backfill death cmdres; do echo "topic read suido/v1/+/$k"; done
     echo
     echo "user archive"
@@ -257,6 +258,9 @@ autosave_interval 1
 
 # ---------------------------------------------------------------- logging
 log_dest stderr
+# The same lines on \$SYS/broker/log/<level>: suido-ingest turns the refusals among them into
+# audit events (services/ingest/broker_log.h). Only ingest may read them.
+log_dest topic
 log_type error
 log_type warning
 log_type notice

@@ -109,6 +109,17 @@ cm_err cm_stage_send(void *sock, const Suido__StageMessage *m)
     }
 }
 
+static void security_to_audit(void *sock, const char *event, const char *subject,
+                              const char *detail)
+{
+    cm_stage_audit(sock, "zmq", event, subject, "zmq", detail);
+}
+
+void cm_stage_audit_security(cm_svc *s, void *sock)
+{
+    cm_svc_on_security(s, security_to_audit, sock);
+}
+
 cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
                       const char *actor, const char *detail)
 {

@@ -40,4 +40,8 @@ cm_err cm_stage_send(void *sock, const Suido__StageMessage *m);
 cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
                       const char *actor, const char *detail);
 
+/* Sends this process's own security events (cm_svc_on_security: refused handshakes) to the
+ * audit log through sock, a PUSH to the archive. */
+void cm_stage_audit_security(cm_svc *s, void *sock);
+
 #endif

@@ -1,5 +1,6 @@
 /* cm_svc: shared service runtime and dispatch helpers. */
 #include "cm_svc.h"
+#include "cm_time.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -43,6 +44,11 @@ cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_s
                                     "CURVE handshakes refused by this process's allow-lists");
     s->zap_allowed = cm_metric_gauge(s->metrics, "suido_zap_allowed_total",
                                      "CURVE handshakes admitted");
+    s->handshakes_refused = cm_metric_counter(s->metrics, "suido_zmq_handshakes_refused_total",
+                                              "handshakes refused on this process's sockets");
+    s->security_suppressed = cm_metric_counter(s->metrics, "suido_security_events_suppressed_total",
+                                               "security events over the audit budget");
+    cm_ratelimit_init(&s->security_limit, 10000, 30);
     cm_daemon_signals();
     return s;
 }
@@ -89,8 +95,45 @@ int cm_svc_peer_revoked(const cm_svc *s, const char *peer)
     return 0;
 }
 
+void cm_svc_on_security(cm_svc *s,
+                        void (*fn)(void *ctx, const char *event, const char *subject,
+                                   const char *detail),
+                        void *ctx)
+{
+    s->on_security = fn;
+    s->security_ctx = ctx;
+}
+
+/* cm_zap_event_fn: a refused handshake on one of this process's sockets. */
+static void handshake_refused(void *ctx, const char *domain, const char *what,
+                              const char *endpoint, unsigned value)
+{
+    cm_svc *s = ctx;
+    cm_metric_inc(s->handshakes_refused);
+    char subject[160], detail[256];
+    snprintf(subject, sizeof subject, "%s:%s", s->name, domain);
+    snprintf(detail, sizeof detail, "socket=%s reason=%s endpoint=%s code=0x%x", subject, what,
+             endpoint, value);
+    cm_warn("event=handshake_refused %s", detail);
+    if (!s->on_security)
+        return;
+    uint64_t closed = 0;
+    int pass = cm_ratelimit_take(&s->security_limit, cm_now_ms(), &closed);
+    if (closed) {
+        char sum[96];
+        snprintf(sum, sizeof sum, "events=%llu window_s=10 (over the audit budget)",
+                 (unsigned long long)closed);
+        s->on_security(s->security_ctx, "security_events_suppressed", s->name, sum);
+    }
+    if (pass)
+        s->on_security(s->security_ctx, "zmq_handshake_refused", subject, detail);
+    else
+        cm_metric_inc(s->security_suppressed);
+}
+
 void cm_svc_tick(cm_svc *s)
 {
+    cm_zap_drain_events(s->zap, handshake_refused, s);
     cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));
     cm_metric_set(s->zap_allowed, (int64_t)cm_zap_allowed(s->zap));
     cm_metrics_flush(s->metrics, 0);

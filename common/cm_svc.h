@@ -10,6 +10,7 @@
 #define CM_SVC_H
 #include "cm_conf.h"
 #include "cm_metrics.h"
+#include "cm_ratelimit.h"
 #include "cm_daemon.h"
 #include "cm_zmq.h"
 
@@ -23,6 +24,11 @@ typedef struct cm_svc {
     cm_metrics *metrics;
     cm_metric *zap_denied, *zap_allowed;
     char revoked_peers[32][64]; /* service ids revoked since start (see cm_events) */
+    /* security events of the process's own sockets (refused handshakes), for the audit log */
+    void (*on_security)(void *ctx, const char *event, const char *subject, const char *detail);
+    void *security_ctx;
+    cm_ratelimit security_limit;
+    cm_metric *handshakes_refused, *security_suppressed;
     int n_revoked_peers;
     int check_only;
 } cm_svc;
@@ -30,8 +36,15 @@ typedef struct cm_svc {
 cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec);
 void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
- * (suido_zap_denied_total, suido_zap_allowed_total) and writes the metrics file each second. */
+ * (suido_zap_denied_total, suido_zap_allowed_total), reports refused handshakes on the server
+ * sockets (counted, logged, and handed to on_security at most 30 per 10 s, the rest summed up in
+ * one "security_events_suppressed" event) and writes the metrics file each second. */
 void cm_svc_tick(cm_svc *s);
+/* Where security events of this process go (typically an audit socket to the archive). */
+void cm_svc_on_security(cm_svc *s,
+                        void (*fn)(void *ctx, const char *event, const char *subject,
+                                   const char *detail),
+                        void *ctx);
 /* Revoked service identities: their established connections are ignored as well (ZAP only
  * sees new handshakes). */
 void cm_svc_set_peer_revoked(cm_svc *s, const char *peer, int revoked);

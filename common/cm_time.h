@@ -2,6 +2,7 @@
 #ifndef CM_TIME_H
 #define CM_TIME_H
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 static inline uint64_t cm_now_ms(void)
@@ -16,6 +17,15 @@ static inline uint64_t cm_mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ms as "YYYY-MM-DDTHH:MM:SSZ" (UTC) into out (at least 21 bytes). */
+static inline void cm_time_iso(uint64_t ms, char *out, size_t len)
+{
+    time_t t = (time_t)(ms / 1000u);
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, len, "%llu", (unsigned long long)ms);
 }
 
 static inline uint64_t cm_mono_us(void)

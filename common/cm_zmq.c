@@ -74,7 +74,21 @@ typedef struct allow_entry {
     char key[CM_Z85_LEN + 1];
 } allow_entry;
 
+#define MAX_MONITORS 16
+#define MONITORED_EVENTS                                                                           \
+    (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |                  \
+     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+
+/* A server socket's handshake failures, read on the thread that owns the socket. */
+typedef struct zap_monitor {
+    void *pair;
+    char domain[64];
+} zap_monitor;
+
 struct cm_zap {
+    void *ctx;
+    zap_monitor monitors[MAX_MONITORS];
+    size_t n_monitors;
     void *sock;
     pthread_t thread;
     pthread_mutex_t lock;
@@ -184,6 +198,7 @@ cm_err cm_zap_start(void *ctx, cm_zap **out)
     cm_zap *z = calloc(1, sizeof *z);
     if (!z)
         return CM_ERR_NOMEM;
+    z->ctx = ctx;
     z->entries = calloc(MAX_ALLOW, sizeof *z->entries);
     z->revoked = calloc(MAX_ALLOW, sizeof *z->revoked);
     z->sock = zmq_socket(ctx, ZMQ_REP);
@@ -253,6 +268,64 @@ cm_err cm_zap_set_revoked(cm_zap *z, const char *public_z85, int revoked)
     return rc;
 }
 
+/* Watches sock's handshakes: the failures (a NULL or PLAIN client on a CURVE socket, a broken
+ * greeting, a key ZAP refused) are read later by cm_zap_drain_events. */
+static cm_err zap_watch(cm_zap *z, void *sock, const char *domain)
+{
+    if (z->n_monitors >= MAX_MONITORS)
+        return CM_ERR_TOO_BIG;
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://cm-monitor-%p-%zu", (void *)z, z->n_monitors);
+    void *pair = NULL;
+    int linger = 0;
+    if (zmq_socket_monitor(sock, ep, MONITORED_EVENTS) != 0 ||
+        !(pair = zmq_socket(z->ctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(pair, ep) != 0) {
+        if (pair)
+            zmq_close(pair);
+        return CM_ERR_IO;
+    }
+    zap_monitor *m = &z->monitors[z->n_monitors++];
+    m->pair = pair;
+    snprintf(m->domain, sizeof m->domain, "%s", domain);
+    return CM_OK;
+}
+
+void cm_zap_drain_events(cm_zap *z, cm_zap_event_fn fn, void *ctx)
+{
+    for (size_t i = 0; z && i < z->n_monitors; i++) {
+        for (int k = 0; k < 256; k++) {
+            zmq_msg_t head, addr;
+            zmq_msg_init(&head);
+            zmq_msg_init(&addr);
+            int got = zmq_msg_recv(&head, z->monitors[i].pair, ZMQ_DONTWAIT) >= 0 &&
+                      zmq_msg_more(&head) &&
+                      zmq_msg_recv(&addr, z->monitors[i].pair, ZMQ_DONTWAIT) >= 0;
+            if (got && zmq_msg_size(&head) == 6) {
+                const uint8_t *d = zmq_msg_data(&head);
+                uint16_t event;
+                uint32_t value;
+                memcpy(&event, d, 2);
+                memcpy(&value, d + 2, 4);
+                char where[128];
+                size_t n = zmq_msg_size(&addr) < sizeof where - 1 ? zmq_msg_size(&addr)
+                                                                   : sizeof where - 1;
+                memcpy(where, zmq_msg_data(&addr), n);
+                where[n] = '\0';
+                const char *what = event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth_refused"
+                                   : event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                       ? "protocol_error"
+                                       : "handshake_failed";
+                fn(ctx, z->monitors[i].domain, what, where, value);
+            }
+            zmq_msg_close(&head);
+            zmq_msg_close(&addr);
+            if (!got)
+                break;
+        }
+    }
+}
+
 uint64_t cm_zap_denied(const cm_zap *z) { return atomic_load(&((cm_zap *)z)->denied); }
 uint64_t cm_zap_allowed(const cm_zap *z) { return atomic_load(&((cm_zap *)z)->allowed); }
 
@@ -264,6 +337,8 @@ void cm_zap_stop(cm_zap **zp)
     atomic_store(&z->stop, 1);
     pthread_join(z->thread, NULL);
     zmq_close(z->sock);
+    for (size_t i = 0; i < z->n_monitors; i++)
+        zmq_close(z->monitors[i].pair);
     pthread_mutex_destroy(&z->lock);
     memset(z->entries, 0, MAX_ALLOW * sizeof *z->entries);
     free(z->entries);
@@ -366,10 +441,14 @@ cm_err cm_zsock_server_conf(void *ctx, cm_zap *zap, const cm_conf *conf, const c
         }
     }
     rc = cm_zsock_server(ctx, type, bind, section, own, out);
-    if (rc != CM_OK)
+    if (rc != CM_OK) {
         snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] cannot bind %s: %s", cm_conf_name(conf),
                  cm_conf_line(conf, section, "bind"), section, bind, zmq_strerror(errno));
-    return rc;
+        return rc;
+    }
+    if (zap_watch(zap, *out, section) != CM_OK)
+        cm_warn("socket=%s error=\"handshake failures of this socket are not watched\"", section);
+    return CM_OK;
 }
 
 cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,

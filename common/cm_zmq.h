@@ -37,6 +37,14 @@ cm_err cm_zap_allow(cm_zap *z, const char *domain, const char *peer, const char 
 /* Marks a key revoked (no handshake with it succeeds on any socket of this process) or, with
  * revoked = 0, admitted again where its allow-lists name it. */
 cm_err cm_zap_set_revoked(cm_zap *z, const char *public_z85, int revoked);
+/* Handshake failures on the server sockets made by cm_zsock_server_conf (which watches each):
+ * what = "auth_refused" (ZAP said no: unknown or revoked key), "protocol_error" (for example a
+ * NULL or PLAIN client on a CURVE socket; value is libzmq's ZMQ_PROTOCOL_ERROR_* code) or
+ * "handshake_failed"; endpoint as libzmq reports it. Call from the thread that owns the sockets;
+ * never blocks. */
+typedef void (*cm_zap_event_fn)(void *ctx, const char *domain, const char *what,
+                                const char *endpoint, unsigned value);
+void cm_zap_drain_events(cm_zap *z, cm_zap_event_fn fn, void *ctx);
 uint64_t cm_zap_denied(const cm_zap *z);
 uint64_t cm_zap_allowed(const cm_zap *z);
 void cm_zap_stop(cm_zap **z);

@@ -145,6 +145,10 @@ EOT
 [output verify]
 connect = $(ep 4)
 server_key = $(key verify)
+
+[output archive]
+connect = $(ep 2)
+server_key = $(key archive)
 EOT
 } >"$DIR/etc/ingest.conf"
 
@@ -212,12 +216,16 @@ done
 
 [input]
 bind = $(ep 2)
-allow = $(allow verify profile anomaly registry gate)
+allow = $(allow verify profile anomaly registry gate ingest)
+
+[api]
+bind = $(ep 8)
+allow = $(allow suidoctl)
 
 [archive]
 commit_ms = 50
 EOT
-events_client; } >"$DIR/etc/archive.conf"
+registry_client; events_client; } >"$DIR/etc/archive.conf"
 
 { service_head gate; mqtt_section gate; cat <<EOT
 
@@ -251,6 +259,8 @@ timeout_ms = 5000
 
 [archive]
 database = $DIR/state/archive/archive.db
+connect = $(ep 8)
+server_key = $(key archive)
 
 [gate]
 connect = $(ep 6)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "archive_cases.h"
 #include "cm_audit.h"
 #include "cm_log.h"
 #include "cm_time.h"
@@ -123,7 +124,7 @@ cm_err archive_store_open(const char *path, archive_store **out)
     for (int i = 0; i < ST__COUNT; i++)
         if (sqlite3_prepare_v2(s->db, SQL[i], -1, &s->st[i], NULL) != SQLITE_OK)
             goto fail;
-    if (load_head(s) != CM_OK)
+    if (load_head(s) != CM_OK || archive_cases_init(s->db) != CM_OK)
         goto fail;
     *out = s;
     return CM_OK;
@@ -202,6 +203,8 @@ cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m)
         rc = CM_ERR_DUPLICATE;
     return rc;
 }
+
+sqlite3 *archive_store_db(archive_store *s) { return s->db; }
 
 cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m)
 {

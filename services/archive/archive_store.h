@@ -8,6 +8,8 @@
 #ifndef ARCHIVE_STORE_H
 #define ARCHIVE_STORE_H
 #include <stdint.h>
+#include <sqlite3.h>
+
 #include "cm_err.h"
 #include "suido.pb-c.h"
 
@@ -15,6 +17,8 @@ typedef struct archive_store archive_store;
 
 cm_err archive_store_open(const char *path, archive_store **out);
 void archive_store_close(archive_store **s);
+/* The database handle, for the modules that keep their own tables in it (archive_cases). */
+sqlite3 *archive_store_db(archive_store *s);
 
 cm_err archive_store_begin(archive_store *s);
 cm_err archive_store_commit(archive_store *s);

@@ -10,6 +10,10 @@
  * every replay, and the security events other services send it.
  *
  * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly, registry.
+ *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases (list, show
+ *          with past cases, acknowledge, close with cause and action), for a valid operator
+ *          session (registry); viewers read, operators and admins change.
+ *          [registry] DEALER to the registry (session checks).
  *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only. */
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +21,10 @@
 
 #include "archive_acks.h"
 #include "archive_store.h"
+#include "archive_cases.h"
 #include "cm_log.h"
 #include "cm_crypto.h"
+#include "cm_registry.h"
 #include "cm_mqtt.h"
 #include "cm_stage.h"
 #include "cm_time.h"
@@ -27,6 +33,8 @@ static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
+    CM_ZSOCK_SERVER_ROWS("api"),
+    CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
     {"archive", "commit_ms", 0, "longest wait before a group commit (50)"},
     {"archive", "max_batch", 0, "most records per commit (500)"},
@@ -47,6 +55,8 @@ typedef struct archiver {
     archive_store *store;
     archive_acks *acks;
     cm_mqtt *mqtt;
+    cm_registry *reg;
+    void *api;
     long commit_ms, max_batch;
     int in_tx;
     long tx_records;
@@ -130,6 +140,29 @@ static void after_record(archiver *a)
 {
     if (++a->tx_records >= a->max_batch)
         tx_commit(a);
+}
+
+/* An audit entry the archive makes itself, inside the open transaction. */
+static void archive_audit_self(archiver *a, const char *event, const char *subject,
+                               const char *actor, const char *detail)
+{
+    Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
+    e.ts_ms = cm_now_ms();
+    e.event = (char *)event;
+    e.subject = (char *)subject;
+    e.actor = (char *)actor;
+    e.detail = (char *)detail;
+    if (tx_open(a) && archive_store_audit(a->store, "archive", &e) == CM_OK) {
+        cm_metric_inc(a->audited);
+        after_record(a);
+    }
+}
+
+/* The archive's own refused handshakes go straight into its audit log. */
+static void own_security_event(void *ctx, const char *event, const char *subject,
+                               const char *detail)
+{
+    archive_audit_self(ctx, event, subject, "zmq", detail);
 }
 
 /* A refused message becomes an audit event: what was refused, from whom, why. */
@@ -244,6 +277,22 @@ static void on_audit(void *ctx, void *arg, const char *peer)
     after_record(a);
 }
 
+typedef struct past_collect {
+    char (*text)[640];
+    size_t n;
+} past_collect;
+
+static void collect_past(void *ctx, const Suido__AlertCase *c)
+{
+    past_collect *p = ctx;
+    if (p->n >= 3)
+        return;
+    char when[32];
+    cm_time_iso(c->closed_ms, when, sizeof when);
+    snprintf(p->text[p->n++], 640, "%s by %s: cause: %s; action: %s", when, c->closed_by,
+             c->cause, c->action);
+}
+
 static void on_alert(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -251,8 +300,23 @@ static void on_alert(void *ctx, void *arg, const char *peer)
     Suido__StageMessage *m = arg;
     if (!m->topic || strncmp(m->topic, "suido/v1/alerts/", 16) != 0 || !tx_open(a))
         return;
-    if (archive_store_alert(a->store, m) != CM_OK)
+    if (archive_store_alert(a->store, m) != CM_OK ||
+        archive_cases_record(archive_store_db(a->store), m->alert, cm_now_ms()) != CM_OK)
         return;
+    /* a raised alert carries what operators found and did the last times */
+    char past_text[3][640];
+    char *past[3];
+    past_collect pc = {past_text, 0};
+    if (!m->alert->cleared && m->alert->id)
+        archive_cases_past(archive_store_db(a->store), m->alert->id, 0, 3, collect_past, &pc);
+    for (size_t i = 0; i < pc.n; i++)
+        past[i] = past_text[i];
+    /* the sender's own past_cases (if any) are never published: ours replace them while
+     * packing, then the message is given back as it came (the loop frees it) */
+    size_t their_n = m->alert->n_past_cases;
+    char **theirs = m->alert->past_cases;
+    m->alert->n_past_cases = pc.n;
+    m->alert->past_cases = past;
     cm_metric_inc(a->alerts_stored);
     if (a->n_alerts < MAX_PENDING_ALERTS) {
         pending_alert *p = &a->alerts[a->n_alerts];
@@ -266,7 +330,178 @@ static void on_alert(void *ctx, void *arg, const char *peer)
     } else {
         cm_metric_inc(a->alerts_unpublished);
     }
+    m->alert->n_past_cases = their_n;
+    m->alert->past_cases = theirs;
     after_record(a);
+}
+
+/* ------------------------------------------------------------------ the operators' API */
+
+typedef struct case_list {
+    Suido__AlertCase **items;
+    size_t n, cap;
+} case_list;
+
+static char *dup_text(const char *s) { return strdup(s ? s : ""); }
+
+static void case_collect(void *ctx, const Suido__AlertCase *c)
+{
+    case_list *l = ctx;
+    if (l->n == l->cap)
+        return;
+    Suido__AlertCase *d = malloc(sizeof *d);
+    if (!d)
+        return;
+    *d = *c;
+    d->alert_id = dup_text(c->alert_id);
+    d->gateway_id = dup_text(c->gateway_id);
+    d->site = dup_text(c->site);
+    d->channel = dup_text(c->channel);
+    d->rule = dup_text(c->rule);
+    d->state = dup_text(c->state);
+    d->evidence = dup_text(c->evidence);
+    d->acked_by = dup_text(c->acked_by);
+    d->closed_by = dup_text(c->closed_by);
+    d->cause = dup_text(c->cause);
+    d->action = dup_text(c->action);
+    l->items[l->n++] = d;
+}
+
+static void case_list_free(case_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        Suido__AlertCase *c = l->items[i];
+        char *strs[] = {c->alert_id, c->gateway_id, c->site, c->channel, c->rule, c->state,
+                        c->evidence, c->acked_by, c->closed_by, c->cause, c->action};
+        for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++)
+            free(strs[k]);
+        free(c);
+    }
+    free(l->items);
+}
+
+static void api_reply(archiver *a, zmq_msg_t *route, Suido__ArchiveReply *rep)
+{
+    zmq_msg_t copy;
+    zmq_msg_init(&copy);
+    zmq_msg_copy(&copy, route);
+    if (zmq_msg_send(&copy, a->api, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&copy);
+        return;
+    }
+    if (cm_zsend_pb(a->api, &rep->base, ZMQ_DONTWAIT) != CM_OK)
+        cm_warn("error=\"reply dropped\"");
+}
+
+/* The operator behind token and whether their role may change cases; 0 for a valid session. */
+static int session(archiver *a, const char *token, char who[65], int *may_change)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_SESSION_CHECK;
+    req.token = (char *)(token ? token : "");
+    Suido__RegistryReply *rep = NULL;
+    if (cm_registry_call(a->reg, &req, &rep) != CM_OK)
+        return -1;
+    int ok = rep->status == 0 && rep->operator_ && rep->operator_->id && rep->operator_->role;
+    if (ok) {
+        snprintf(who, 65, "%s", rep->operator_->id);
+        *may_change = strcmp(rep->operator_->role, "operator") == 0 ||
+                      strcmp(rep->operator_->role, "admin") == 0;
+    }
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return ok ? 0 : -1;
+}
+
+static void on_api(void *ctx)
+{
+    archiver *a = ctx;
+    zmq_msg_t route, body;
+    char peer[64], who[65] = "";
+    zmq_msg_init(&route);
+    zmq_msg_init(&body);
+    Suido__ArchiveRequest *q = NULL;
+    Suido__ArchiveReply rep = SUIDO__ARCHIVE_REPLY__INIT;
+    case_list cases = {0}, past = {0};
+    int may_change = 0;
+    if (zmq_msg_recv(&route, a->api, ZMQ_DONTWAIT) < 0)
+        goto out;
+    if (!zmq_msg_more(&route) || cm_zrecv(a->api, &body, peer, sizeof peer, 0) != CM_OK)
+        goto out;
+    q = suido__archive_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+    static const cm_dispatch API_PEERS = {"api", "suidoctl,monitor", NULL};
+    sqlite3 *db = archive_store_db(a->store);
+    cm_err rc = CM_OK;
+    if (!q || !cm_dispatch_peer_ok(&API_PEERS, peer) || cm_svc_peer_revoked(a->svc, peer)) {
+        rc = q ? CM_ERR_DENIED : CM_ERR_DECODE;
+        archive_audit_self(a, "request_denied", peer, peer, q ? "reason=not_allowed" : "malformed");
+    } else if (session(a, q->token, who, &may_change) != 0) {
+        rc = CM_ERR_DENIED;
+    } else if ((q->op == SUIDO__ARCHIVE_OP__ALERT_ACK || q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE) &&
+               !may_change) {
+        rc = CM_ERR_DENIED;
+        archive_audit_self(a, "request_denied", "", who, "op=alert_change reason=role");
+    } else {
+        size_t cap = q->limit && q->limit < 1000 ? q->limit : 100;
+        cases.items = calloc(cap, sizeof *cases.items);
+        cases.cap = cases.items ? cap : 0;
+        switch (q->op) {
+        case SUIDO__ARCHIVE_OP__ALERT_LIST:
+            rc = archive_cases_list(db, q->all, (unsigned)cap, case_collect, &cases);
+            break;
+        case SUIDO__ARCHIVE_OP__ALERT_SHOW:
+            past.items = calloc(20, sizeof *past.items);
+            past.cap = past.items ? 20 : 0;
+            rc = archive_cases_get(db, q->case_id, case_collect, &cases);
+            if (rc == CM_OK && cases.n == 1)
+                rc = archive_cases_past(db, cases.items[0]->alert_id, q->case_id, 20,
+                                        case_collect, &past);
+            break;
+        case SUIDO__ARCHIVE_OP__ALERT_ACK:
+        case SUIDO__ARCHIVE_OP__ALERT_CLOSE: {
+            int ack = q->op == SUIDO__ARCHIVE_OP__ALERT_ACK;
+            if (!tx_open(a)) {
+                rc = CM_ERR_DB;
+                break;
+            }
+            rc = ack ? archive_cases_ack(db, q->case_id, who, cm_now_ms())
+                     : archive_cases_close(db, q->case_id, who, q->cause, q->action, cm_now_ms());
+            char detail[1200], subject[32];
+            snprintf(subject, sizeof subject, "case-%llu", (unsigned long long)q->case_id);
+            snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"",
+                     cm_strerror(rc), ack ? "" : (q->cause ? q->cause : ""),
+                     ack ? "" : (q->action ? q->action : ""));
+            archive_audit_self(a,
+                               rc != CM_OK ? "alert_change_refused"
+                               : ack       ? "alert_acknowledged"
+                                           : "alert_closed",
+                               subject, who, detail);
+            tx_commit(a); /* the operator's change is on disk before the answer */
+            if (rc == CM_OK)
+                rc = archive_cases_get(db, q->case_id, case_collect, &cases);
+            break;
+        }
+        default:
+            rc = CM_ERR_INVAL;
+        }
+    }
+    rep.status = (uint32_t)rc;
+    rep.error = (char *)(rc == CM_ERR_DENIED && q && q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE &&
+                                 may_change
+                             ? "the condition is still active: acknowledge it now, close it "
+                               "with cause and action once it has cleared"
+                             : cm_strerror(rc));
+    rep.n_cases = cases.n;
+    rep.cases = cases.items;
+    rep.n_past = past.n;
+    rep.past = past.items;
+    api_reply(a, &route, &rep);
+out:
+    case_list_free(&cases);
+    case_list_free(&past);
+    if (q)
+        suido__archive_request__free_unpacked(q, NULL);
+    zmq_msg_close(&route);
+    zmq_msg_close(&body);
 }
 
 /* The archive's attack surface: who may hand it what. */
@@ -279,7 +514,7 @@ static const cm_dispatch DISPATCH[] = {
     {"command", "gate", on_command},
     {"reject", "verify,profile", on_reject},
     {"alert", "anomaly,registry,gate", on_alert},
-    {"audit", "verify,profile,anomaly,registry,gate", on_audit},
+    {"audit", "ingest,verify,profile,anomaly,registry,gate", on_audit},
     {NULL, NULL, NULL},
 };
 
@@ -302,6 +537,7 @@ int main(int argc, char **argv)
     if (archive_store_open(db, &a.store) != CM_OK)
         cm_svc_die(s, "%s: cannot open the archive database", db);
     a.acks = archive_acks_new(a.store);
+    cm_svc_on_security(s, own_security_event, &a);
     if (!a.acks)
         cm_svc_die(s, "out of memory");
     if (cm_mqtt_new(&mo, &a.mqtt) != CM_OK)
@@ -309,7 +545,9 @@ int main(int argc, char **argv)
     if (cm_mqtt_connect(a.mqtt, 0) != CM_OK)
         cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
     void *input;
-    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err))
+    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
+        cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &a.api, err) ||
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &a.reg, err))
         cm_svc_die(s, "%s", err);
 
     cm_metrics *mx = s->metrics;
@@ -335,13 +573,16 @@ int main(int argc, char **argv)
     if (cm_events_new(s, "events", NULL, NULL, &events, err))
         cm_svc_die(s, "%s", err);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
-                          .on_tick = on_tick, .events = events};
+                          .on_tick = on_tick, .events = events, .side = a.api,
+                          .on_side = on_api};
     cm_stage_run(&stage);
     cm_events_destroy(&events);
 
     cm_info("event=stopping");
     tx_commit(&a);
     zmq_close(input);
+    zmq_close(a.api);
+    cm_registry_destroy(&a.reg);
     cm_mqtt_destroy(&a.mqtt);
     archive_acks_destroy(&a.acks);
     archive_store_close(&a.store);

@@ -574,6 +574,7 @@ int main(int argc, char **argv)
                              &g.to_archive, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &g.reg, err))
         cm_svc_die(s, "%s", err);
+    cm_stage_audit_security(s, g.to_archive);
     if (cm_mqtt_new(&mo, &g.mqtt) != CM_OK || cm_mqtt_connect(g.mqtt, 0) != CM_OK)
         cm_svc_die(s, "cannot start the MQTT client");
     cm_metrics *mx = s->metrics;

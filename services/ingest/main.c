@@ -7,21 +7,30 @@
  * the QoS 1 PUBACK before the callback runs, so reliability comes from the archive's end-to-end
  * ack to the gateway, not from this hop.
  *
+ * It also reads the broker's own log ($SYS/broker/log/#, QoS 0) and hands the security events in
+ * it — refused TLS handshakes, protocol errors, what the broker plugin refused — to the audit log,
+ * at most BROKER_EVENTS_BUDGET per 10 s (broker_log).
+ *
  * Sockets: [mqtt] MQTT/TLS client "ingest" (subscribe only).
- *          [output verify] PUSH to every verifier replica (round robin). */
+ *          [output verify] PUSH to every verifier replica (round robin).
+ *          [output archive] PUSH to the archive: audit events from the broker's log (optional). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "broker_log.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_mqtt.h"
+#include "cm_ratelimit.h"
 #include "cm_stage.h"
 #include "cm_time.h"
 
 #define MAX_PAYLOAD 65536
+#define BROKER_LOG_TOPIC "$SYS/broker/log/#"
+#define BROKER_EVENTS_BUDGET 30
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
@@ -35,16 +44,45 @@ static const char *const TOPICS[] = {"suido/v1/+/birth", "suido/v1/+/data", "sui
 
 typedef struct ingest {
     cm_svc *svc;
-    void *to_verify; /* used only on the MQTT callback thread */
+    void *to_verify;  /* used only on the MQTT callback thread */
+    void *to_archive; /* audit events; MQTT callback thread only; may be NULL */
+    cm_ratelimit limit;
+    cm_metric *broker_events, *broker_suppressed;
     cm_metric *received, *bytes, *forwarded, *bad_topic, *too_big, *connects, *lost;
     cm_metric *connected;
 } ingest;
+
+/* One line of the broker's log: a security event goes to the audit log, within the budget. */
+static void on_broker_log(ingest *in, const char *line, size_t len)
+{
+    broker_event ev;
+    if (!in->to_archive || !broker_log_classify(line, len, &ev))
+        return;
+    uint64_t closed = 0;
+    int pass = cm_ratelimit_take(&in->limit, cm_now_ms(), &closed);
+    if (closed) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "events=%llu window_s=10 (over the audit budget)",
+                 (unsigned long long)closed);
+        cm_stage_audit(in->to_archive, "ingest", "broker_events_suppressed", "", "broker", detail);
+    }
+    if (!pass) {
+        cm_metric_inc(in->broker_suppressed);
+        return;
+    }
+    cm_metric_inc(in->broker_events);
+    cm_stage_audit(in->to_archive, "ingest", ev.event, ev.subject, "broker", ev.detail);
+}
 
 /* Runs on Paho's thread. Returns 1 once the message is handed on; 0 (only while stopping) makes
  * Paho deliver it again. */
 static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
 {
     ingest *in = ctx;
+    if (strncmp(topic, "$SYS/broker/log/", 16) == 0) {
+        on_broker_log(in, payload, len);
+        return 1;
+    }
     cm_metric_inc(in->received);
     cm_metric_add(in->bytes, len);
     char gw[65], kind[16];
@@ -119,11 +157,22 @@ int main(int argc, char **argv)
     if (cm_zsock_client_conf(s->zctx, s->conf, "output verify", ZMQ_PUSH, &s->keys, &in.to_verify,
                              err))
         cm_svc_die(s, "%s", err);
+    if (cm_conf_get(s->conf, "output archive", "connect") &&
+        cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
+                             &in.to_archive, err))
+        cm_svc_die(s, "%s", err);
+    cm_ratelimit_init(&in.limit, 10000, BROKER_EVENTS_BUDGET);
+    in.broker_events = cm_metric_counter(mx, "suido_ingest_broker_events_total",
+                                         "security events from the broker's log, audited");
+    in.broker_suppressed = cm_metric_counter(mx, "suido_ingest_broker_events_suppressed_total",
+                                             "broker security events over the audit budget");
     cm_mqtt *mqtt = NULL;
     if (cm_mqtt_new(&mo, &mqtt) != CM_OK)
         cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
     for (size_t i = 0; i < sizeof TOPICS / sizeof TOPICS[0]; i++)
         cm_mqtt_subscribe(mqtt, TOPICS[i], 1);
+    if (in.to_archive)
+        cm_mqtt_subscribe(mqtt, BROKER_LOG_TOPIC, 0); /* best effort: not queued while away */
     if (cm_mqtt_connect(mqtt, 0) != CM_OK)
         cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
 
@@ -134,6 +183,8 @@ int main(int argc, char **argv)
     cm_info("event=stopping");
     cm_mqtt_destroy(&mqtt);
     zmq_close(in.to_verify);
+    if (in.to_archive)
+        zmq_close(in.to_archive);
     cm_svc_destroy(&in.svc);
     return 0;
 }

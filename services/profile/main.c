@@ -212,6 +212,7 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &p.to_archive, err))
         cm_svc_die(s, "%s", err);
+    cm_stage_audit_security(s, p.to_archive);
     connect_shards(&p, err);
     if (cm_conf_get(s->conf, "output gate", "connect") &&
         cm_zsock_client_conf(s->zctx, s->conf, "output gate", ZMQ_PUSH, &s->keys, &p.to_gate, err))

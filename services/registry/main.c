@@ -535,7 +535,7 @@ static const cm_dispatch DISPATCH[] = {
     {"set_service_state", "suidoctl", on_set_service_state},
     {"seen", "verify", on_seen},
     {"login", "suidoctl,monitor", on_login},
-    {"session_check", "suidoctl,monitor,gate", on_session_check},
+    {"session_check", "suidoctl,monitor,gate,archive", on_session_check},
     {"logout", "suidoctl,monitor", on_logout},
     {"operator_add", "suidoctl", on_operator_add},
     {"set_operator_state", "suidoctl", on_set_operator_state},
@@ -739,6 +739,8 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &r.to_archive, err))
         cm_svc_die(s, "%s", err);
+    if (r.to_archive)
+        cm_stage_audit_security(s, r.to_archive);
     r.state_file = cm_conf_get(s->conf, "broker", "state_file");
     r.ca = cm_conf_get(s->conf, "registry", "ca");
     publish_identities(&r);

@@ -169,6 +169,7 @@ int main(int argc, char **argv)
                              &v.to_archive, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &v.registry, err))
         cm_svc_die(s, "%s", err);
+    cm_stage_audit_security(s, v.to_archive);
     v.check = verify_new(unwrap, lookup, v.registry, (uint64_t)window_s * 1000u);
     if (!v.check)
         cm_svc_die(s, "out of memory");

@@ -21,6 +21,33 @@ def test_clients_without_a_valid_certificate_cannot_connect(suite, who):
         c.close()
 
 
+def test_refusals_inside_the_broker_reach_the_audit_log(suite):
+    """TLS refusals and what the broker plugin denies are logged by the broker, which ingest
+    reads on $SYS/broker/log/# and hands to the audit log."""
+    def count(event, subject=None):
+        sql = "SELECT count(*) FROM audit WHERE event=? AND source='ingest' AND actor='broker'"
+        args = [event] + ([subject] if subject else [])
+        return suite.query(sql + (" AND subject=?" if subject else ""), *args)[0][0]
+
+    tls, denied = count("broker_tls_refused"), count("broker_access_denied", "gw-0001")
+    c = Client(suite, *suite.tls_files("wrongca"), client_id="gw-0001")
+    try:
+        assert not c.connect(timeout=3)
+    finally:
+        c.close()
+    a = Client(suite, *suite.tls_files("gw-0001"), client_id="gw-0001")
+    assert a.connect()
+    try:
+        a.publish("suido/v1/gw-0002/data", b"not mine")
+    finally:
+        a.close()
+    assert wait_until(lambda: count("broker_tls_refused") > tls, 10)
+    assert wait_until(lambda: count("broker_access_denied", "gw-0001") > denied, 10)
+    detail = suite.query("SELECT detail FROM audit WHERE event='broker_access_denied' AND "
+                         "subject='gw-0001' ORDER BY seq DESC LIMIT 1")[0][0]
+    assert "topic=suido/v1/gw-0002/data" in detail
+
+
 def test_a_valid_gateway_connects(suite):
     c = Client(suite, *suite.tls_files("gw-0002"), client_id="gw-0002")
     try:
@@ -120,7 +147,7 @@ def test_curve_allow_list_admits_only_the_expected_peers(suite, pb):
     # a key nobody issued, and a real service key that has no business here, are refused
     denied_before = suite.metric("archive", "suido_zap_denied_total")
     curve_push(suite, archive_port, "archive", zmq.curve_keypair(), alert_frame(pb, "stranger"))
-    curve_push(suite, archive_port, "archive", service_keys(suite, "ingest"),
+    curve_push(suite, archive_port, "archive", service_keys(suite, "monitor"),
                alert_frame(pb, "wrong_peer"))
     assert wait_until(lambda: suite.metric("archive", "suido_zap_denied_total")
                       >= denied_before + 2, 5)

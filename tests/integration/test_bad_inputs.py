@@ -1154,22 +1154,34 @@ def zmq_push_plain(port, payload, mechanism):
         s.close()
 
 
+def handshake_audits(suite, socket_name, reason):
+    return suite.query("SELECT count(*) FROM audit WHERE event='zmq_handshake_refused' AND "
+                       "subject=? AND detail LIKE ?", socket_name, f"%reason={reason} %")[0][0]
+
+
 def test_null_and_plain_mechanism_clients_get_nothing_through(suite, pb):
     verify_port, archive_port = suite.base + 4, suite.base + 2
     env = envelope(pb, suite, "gw-0007", 1, [("level", 5.0)], epoch=9109)
     recv0 = {s: settled(suite, s, "suido_stage_received_total") for s in ("verify", "archive")}
     zap0 = {s: suite.metric(s, "suido_zap_denied_total") for s in ("verify", "archive")}
+    audited0 = {s: handshake_audits(suite, f"{s}:input", "protocol_error")
+                for s in ("verify", "archive")}
     for mech in ("null", "plain"):
         zmq_push_plain(verify_port, stage_frame(pb, "gw-0007", env), mech)
         zmq_push_plain(archive_port, alert_frame(pb, f"{mech}_mechanism"), mech)
     time.sleep(1.3)  # metrics are rewritten every second
+    # (the archive does receive frames meanwhile: the audit events of these refusals)
+    assert suite.metric("verify", "suido_stage_received_total") == recv0["verify"]
     for s in ("verify", "archive"):
-        assert suite.metric(s, "suido_stage_received_total") == recv0[s], s
         # the handshake fails on the mechanism, before any ZAP request
         assert suite.metric(s, "suido_zap_denied_total") == zap0[s], s
     assert fate(suite, env) is None
     assert suite.query("SELECT count(*) FROM alerts WHERE rule IN "
                        "('null_mechanism','plain_mechanism')") == [(0,)]
+    # refused below ZAP, and still in the audit log: two attempts on each socket
+    for s in ("verify", "archive"):
+        assert wait_until(lambda: handshake_audits(suite, f"{s}:input", "protocol_error")
+                          >= audited0[s] + 2, 5), s
     # control: the very same frame over CURVE as ingest is verified and stored
     curve_push(suite, verify_port, "verify", service_keys(suite, "ingest"),
                stage_frame(pb, "gw-0007", env))
@@ -1185,10 +1197,13 @@ def test_curve_keys_not_on_the_allow_list_of_verify_and_profile_are_refused(
     port = suite.base + port_off
     recv0 = settled(suite, target, "suido_stage_received_total")
     denied0 = suite.metric(target, "suido_zap_denied_total")
+    audited0 = handshake_audits(suite, f"{target}:input", "auth_refused")
     env = envelope(pb, suite, "gw-0007", 2, [("level", 5.0)], epoch=9109)
     for keys in (zmq.curve_keypair(), service_keys(suite, "archive")):
         curve_push(suite, port, server, keys, stage_frame(pb, "gw-0007", env))
     assert wait_until(lambda: suite.metric(target, "suido_zap_denied_total") >= denied0 + 2, 5)
+    assert wait_until(lambda: handshake_audits(suite, f"{target}:input", "auth_refused")
+                      >= audited0 + 2, 5)
     time.sleep(1.2)
     assert suite.metric(target, "suido_stage_received_total") == recv0
     assert fate(suite, env) is None

@@ -15,6 +15,8 @@
  *   suidoctl [-c CONF] [--json] access [--operator ID]
  *   suidoctl [-c CONF] [--json] command GATEWAY ACTUATOR VALUE [--unit U] [--reason TEXT]
  *   suidoctl [-c CONF] [--json] command status COMMAND_ID
+ *   suidoctl [-c CONF] [--json] alert list [--all] | show CASE | ack CASE
+ *   suidoctl [-c CONF] alert close CASE --cause TEXT --action TEXT
  *
  * Everything but login needs an operator session: --token TOKEN or $SUIDO_TOKEN (printed by
  * login; password + TOTP code; 30 minutes). Changes of state and operator administration need
@@ -63,6 +65,9 @@ static const cm_conf_spec SPEC[] = {
     {"service", "*", 0, "other daemon keys are ignored"},
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "archive database (read-only) for audit verify"},
+    {"archive", "connect", 0, "archive API endpoint (alert cases)"},
+    {"archive", "server_key", 0, "archive CURVE public key file"},
+    {"archive", "timeout_ms", 0, "how long to wait for the archive (default 10000)"},
     {"gate", "connect", 0, "command gate API endpoint"},
     {"gate", "server_key", 0, "command gate CURVE public key file"},
     {"gate", "timeout_ms", 0, "how long to wait for the gate (default 10000)"},
@@ -99,6 +104,8 @@ static void usage(void)
             "  access [--operator ID]\n"
             "  command GATEWAY ACTUATOR VALUE [--unit U] [--reason TEXT]\n"
             "  command status COMMAND_ID\n"
+            "  alert list [--all] | show CASE | ack CASE\n"
+            "  alert close CASE --cause TEXT --action TEXT   (once the condition has cleared)\n"
             "options: --token TOKEN (or $SUIDO_TOKEN), --json, -c CONF\n");
     exit(EXIT_USAGE);
 }
@@ -206,17 +213,20 @@ static int cmd_provision(ctl *c, const provision_request *r)
     return EXIT_OK;
 }
 
-/* One request to the command gate and its reply (caller frees). Exits when it does not answer. */
-static Suido__GateReply *gate_call(ctl *c, Suido__GateRequest *req)
+/* One request to the service whose API is configured in [section] (connect, server_key,
+ * timeout_ms) and its reply, unpacked with d (caller frees). Exits when it does not answer. */
+static ProtobufCMessage *rpc(ctl *c, const char *section, const ProtobufCMessage *req,
+                             const ProtobufCMessageDescriptor *d)
 {
     char err[CM_CONF_ERRLEN];
-    const char *ep = cm_conf_get(c->conf, "gate", "connect");
-    const char *keyf = cm_conf_get(c->conf, "gate", "server_key");
+    const char *ep = cm_conf_get(c->conf, section, "connect");
+    const char *keyf = cm_conf_get(c->conf, section, "server_key");
     char key[CM_Z85_LEN + 1];
     long timeout = 10000;
     if (!ep || !keyf)
-        fail(EXIT_USAGE, "%s: commands need [gate] connect and server_key", cm_conf_name(c->conf));
-    if (cm_conf_long(c->conf, "gate", "timeout_ms", 10000, 100, 600000, &timeout, err) != CM_OK)
+        fail(EXIT_USAGE, "%s: this needs [%s] connect and server_key", cm_conf_name(c->conf),
+             section);
+    if (cm_conf_long(c->conf, section, "timeout_ms", 10000, 100, 600000, &timeout, err) != CM_OK)
         fail(EXIT_USAGE, "%s", err);
     if (cm_curve_load_public(keyf, key) != CM_OK)
         fail(EXIT_FAILED, "%s: not a CURVE public key", keyf);
@@ -229,26 +239,134 @@ static Suido__GateReply *gate_call(ctl *c, Suido__GateRequest *req)
     }
     void *sock = NULL;
     if (cm_zsock_client(c->zctx, ZMQ_DEALER, ep, key, &c->keys, &sock) != CM_OK)
-        fail(EXIT_UNAVAILABLE, "cannot connect to the gate at %s", ep);
-    req->token = (char *)(c->token ? c->token : "");
+        fail(EXIT_UNAVAILABLE, "cannot connect to %s at %s", section, ep);
     zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
-    Suido__GateReply *rep = NULL;
-    if (cm_zsend_pb(sock, &req->base, 0) == CM_OK && zmq_poll(&it, 1, timeout) == 1) {
+    ProtobufCMessage *rep = NULL;
+    if (cm_zsend_pb(sock, req, 0) == CM_OK && zmq_poll(&it, 1, timeout) == 1) {
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, sock, 0) >= 0)
-            rep = suido__gate_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+            rep = protobuf_c_message_unpack(d, NULL, zmq_msg_size(&m), zmq_msg_data(&m));
         zmq_msg_close(&m);
     }
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(sock);
     if (!rep)
-        fail(EXIT_UNAVAILABLE, "the command gate did not answer");
-    if (rep->status != 0)
-        fail(rep->status == CM_ERR_UNAVAILABLE ? EXIT_UNAVAILABLE : EXIT_FAILED, "refused: %s",
-             rep->error && *rep->error ? rep->error : cm_strerror(rep->status));
+        fail(EXIT_UNAVAILABLE, "the %s did not answer", section);
     return rep;
+}
+
+/* Exits with the reply's refusal unless status is 0. */
+static void check_status(uint32_t status, const char *error)
+{
+    if (status == 0)
+        return;
+    if (status == CM_ERR_DENIED && (!error || strcmp(error, cm_strerror(CM_ERR_DENIED)) == 0))
+        error = "denied: log in first (--token or $SUIDO_TOKEN) with a role that may do this";
+    fail(status == CM_ERR_UNAVAILABLE ? EXIT_UNAVAILABLE : EXIT_FAILED, "refused: %s",
+         error && *error ? error : cm_strerror(status));
+}
+
+static Suido__GateReply *gate_call(ctl *c, Suido__GateRequest *req)
+{
+    req->token = (char *)(c->token ? c->token : "");
+    Suido__GateReply *rep =
+        (Suido__GateReply *)rpc(c, "gate", &req->base, &suido__gate_reply__descriptor);
+    check_status(rep->status, rep->error);
+    return rep;
+}
+
+static Suido__ArchiveReply *archive_call(ctl *c, Suido__ArchiveRequest *req)
+{
+    req->token = (char *)(c->token ? c->token : "");
+    Suido__ArchiveReply *rep =
+        (Suido__ArchiveReply *)rpc(c, "archive", &req->base, &suido__archive_reply__descriptor);
+    check_status(rep->status, rep->error);
+    return rep;
+}
+
+static void print_case(const ctl *c, const Suido__AlertCase *k, int first)
+{
+    static const char *const SEV[] = {"info", "warning", "alarm", "critical"};
+    const char *sev = k->severity >= 0 && k->severity <= 3 ? SEV[k->severity] : "?";
+    char raised[32];
+    cm_time_iso(k->raised_ms, raised, sizeof raised);
+    if (c->json) {
+        printf("%s{\"case_id\":%llu,", first ? "" : ",", (unsigned long long)k->case_id);
+        json_str("alert_id", k->alert_id, 1);
+        json_str("gateway", k->gateway_id, 1);
+        json_str("site", k->site, 1);
+        json_str("channel", k->channel, 1);
+        json_str("rule", k->rule, 1);
+        json_str("severity", sev, 1);
+        json_str("state", k->state, 1);
+        json_str("evidence", k->evidence, 1);
+        json_str("acked_by", k->acked_by, 1);
+        json_str("closed_by", k->closed_by, 1);
+        json_str("cause", k->cause, 1);
+        json_str("action", k->action, 1);
+        printf("\"active\":%s,\"occurrences\":%u,\"raised_ms\":%llu}", k->active ? "true" : "false",
+               k->occurrences, (unsigned long long)k->raised_ms);
+    } else {
+        printf("%-6llu %-12s %-8s %-10s %-8s %-22s %-14s x%-3u %s\n",
+               (unsigned long long)k->case_id, k->state, sev, k->active ? "active" : "cleared",
+               k->gateway_id, k->channel, k->rule, k->occurrences, k->evidence);
+        if (*k->cause)
+            printf("       closed by %s: cause: %s; action: %s\n", k->closed_by, k->cause,
+                   k->action);
+    }
+}
+
+static int cmd_alert(ctl *c, const char *verb, const char *id, int all, const char *cause,
+                     const char *action)
+{
+    Suido__ArchiveRequest req = SUIDO__ARCHIVE_REQUEST__INIT;
+    char *end = NULL;
+    if (id) {
+        req.case_id = strtoull(id, &end, 10);
+        if (!*id || *end)
+            fail(EXIT_USAGE, "CASE must be a case number (got '%s')", id);
+    }
+    if (strcmp(verb, "list") == 0 && !id) {
+        req.op = SUIDO__ARCHIVE_OP__ALERT_LIST;
+        req.all = all;
+    } else if (strcmp(verb, "show") == 0 && id) {
+        req.op = SUIDO__ARCHIVE_OP__ALERT_SHOW;
+    } else if (strcmp(verb, "ack") == 0 && id) {
+        req.op = SUIDO__ARCHIVE_OP__ALERT_ACK;
+    } else if (strcmp(verb, "close") == 0 && id) {
+        if (!cause || !action || !*cause || !*action)
+            fail(EXIT_USAGE, "alert close needs --cause TEXT and --action TEXT: what was found "
+                             "and what was done, for whoever meets this alert next");
+        req.op = SUIDO__ARCHIVE_OP__ALERT_CLOSE;
+        req.cause = (char *)cause;
+        req.action = (char *)action;
+    } else {
+        usage();
+    }
+    Suido__ArchiveReply *rep = archive_call(c, &req);
+    if (c->json) {
+        printf("{\"cases\":[");
+        for (size_t i = 0; i < rep->n_cases; i++)
+            print_case(c, rep->cases[i], i == 0);
+        printf("],\"past\":[");
+        for (size_t i = 0; i < rep->n_past; i++)
+            print_case(c, rep->past[i], i == 0);
+        printf("]}\n");
+    } else {
+        printf("%-6s %-12s %-8s %-10s %-8s %-22s %-14s %-4s %s\n", "CASE", "STATE", "SEVERITY",
+               "CONDITION", "GATEWAY", "CHANNEL", "RULE", "N", "EVIDENCE");
+        for (size_t i = 0; i < rep->n_cases; i++)
+            print_case(c, rep->cases[i], i == 0);
+        if (req.op == SUIDO__ARCHIVE_OP__ALERT_SHOW) {
+            printf("past cases of this kind on this asset: %zu\n", rep->n_past);
+            for (size_t i = 0; i < rep->n_past; i++)
+                print_case(c, rep->past[i], 0);
+        }
+    }
+    suido__archive_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
 }
 
 static int cmd_command(ctl *c, const char *gw, const char *actuator, const char *value,
@@ -685,7 +803,8 @@ int main(int argc, char **argv)
     const char *args[8];
     int nargs = 0;
     const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
-    const char *role = NULL, *who = NULL, *unit = NULL;
+    const char *role = NULL, *who = NULL, *unit = NULL, *cause = NULL, *action = NULL;
+    int all = 0;
     provision_request prov = {0};
     long days = 30;
     c.token = getenv("SUIDO_TOKEN");
@@ -712,6 +831,12 @@ int main(int argc, char **argv)
             role = argv[++i];
         else if (strcmp(argv[i], "--operator") == 0 && i + 1 < argc)
             who = argv[++i];
+        else if (strcmp(argv[i], "--cause") == 0 && i + 1 < argc)
+            cause = argv[++i];
+        else if (strcmp(argv[i], "--action") == 0 && i + 1 < argc)
+            action = argv[++i];
+        else if (strcmp(argv[i], "--all") == 0)
+            all = 1;
         else if (strcmp(argv[i], "--unit") == 0 && i + 1 < argc)
             unit = argv[++i];
         else if (strcmp(argv[i], "--site") == 0 && i + 1 < argc)
@@ -768,6 +893,8 @@ int main(int argc, char **argv)
         rc = cmd_operator_state(&c, args[1], args[2]);
     else if (strcmp(cmd, "command") == 0 && nargs == 3 && strcmp(args[1], "status") == 0)
         rc = cmd_command_status(&c, args[2]);
+    else if (strcmp(cmd, "alert") == 0 && (nargs == 2 || nargs == 3))
+        rc = cmd_alert(&c, args[1], nargs == 3 ? args[2] : NULL, all, cause, action);
     else if (strcmp(cmd, "command") == 0 && nargs == 4)
         rc = cmd_command(&c, args[1], args[2], args[3], unit, reason);
     else

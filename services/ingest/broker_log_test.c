@@ -1,0 +1,105 @@
+/* broker_log tests: real Mosquitto 2.0.11 and plugin log lines (as seen in the suite's broker
+ * logs) are classified; ordinary lines are not; the rate limit (cm_ratelimit) passes a budget
+ * per window and reports what it suppressed exactly once. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "broker_log.h"
+#include "cm_ratelimit.h"
+
+static int classify(const char *line, broker_event *ev)
+{
+    return broker_log_classify(line, strlen(line), ev);
+}
+
+static void test_refusals_become_events(void **state)
+{
+    (void)state;
+    broker_event ev;
+    assert_int_equal(classify("OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify "
+                              "failed", &ev), 1);
+    assert_string_equal(ev.event, "broker_tls_refused");
+    assert_string_equal(ev.subject, "");
+    assert_int_equal(classify("Client <unknown> disconnected: Protocol error.", &ev), 1);
+    assert_string_equal(ev.event, "broker_protocol_error");
+    assert_int_equal(classify("suido_plugin: event=refused reason=state_revoked user=gw-0008 "
+                              "client_id=gw-0008 address=127.0.0.1 access=connect", &ev), 1);
+    assert_string_equal(ev.event, "broker_identity_refused");
+    assert_string_equal(ev.subject, "gw-0008");
+    assert_int_equal(classify("suido_plugin: event=denied reason=gateway_acl user=gw-0003 "
+                              "access=write topic=suido/v1/gw-0004/data", &ev), 1);
+    assert_string_equal(ev.event, "broker_access_denied");
+    assert_string_equal(ev.subject, "gw-0003");
+    assert_int_equal(classify("suido_plugin: event=kick user=gw-0009 reason=state_suspended "
+                              "sessions=1", &ev), 1);
+    assert_string_equal(ev.event, "broker_session_cut");
+    assert_int_equal(classify("Client gw-0002 already connected, closing old connection.", &ev),
+                     1);
+    assert_string_equal(ev.event, "broker_session_takeover");
+    assert_string_equal(ev.subject, "gw-0002");
+}
+
+static void test_ordinary_lines_are_not_events(void **state)
+{
+    (void)state;
+    broker_event ev;
+    assert_int_equal(classify("New connection from 127.0.0.1:40000 on port 23000.", &ev), 0);
+    assert_int_equal(classify("New client connected from 127.0.0.1:40000 as gw-0001 (p2, c0, "
+                              "k30, u'gw-0001').", &ev), 0);
+    assert_int_equal(classify("Client gw-0001 disconnected.", &ev), 0);
+    assert_int_equal(classify("suido_plugin: event=state_loaded identities=20", &ev), 0);
+    assert_int_equal(broker_log_classify("", 0, &ev), 0);
+}
+
+static void test_detail_is_safe_and_bounded(void **state)
+{
+    (void)state;
+    char line[1000];
+    memset(line, 'x', sizeof line);
+    memcpy(line, "OpenSSL Error\n\"\\", 16);
+    broker_event ev;
+    assert_int_equal(broker_log_classify(line, sizeof line, &ev), 1);
+    assert_int_equal(strlen(ev.detail), sizeof ev.detail - 1);
+    assert_null(strchr(ev.detail, '\n'));
+    assert_null(strchr(ev.detail, '"'));
+    assert_null(strchr(ev.detail, '\\'));
+    /* a line that is not NUL-terminated is never read past its length */
+    assert_int_equal(broker_log_classify("OpenSSL Errorzzz", 13, &ev), 1);
+    assert_string_equal(ev.detail, "OpenSSL Error");
+}
+
+static void test_rate_limit_passes_a_budget_and_reports_the_rest_once(void **state)
+{
+    (void)state;
+    cm_ratelimit l;
+    cm_ratelimit_init(&l, 10000, 3);
+    uint64_t closed = 99;
+    int passed = 0;
+    for (int i = 0; i < 10; i++)
+        passed += cm_ratelimit_take(&l, 1000 + (uint64_t)i, &closed);
+    assert_int_equal(passed, 3);
+    assert_int_equal(closed, 0);
+    /* the next window: the 7 suppressed are reported once, and the budget is back */
+    assert_int_equal(cm_ratelimit_take(&l, 12000, &closed), 1);
+    assert_int_equal(closed, 7);
+    assert_int_equal(cm_ratelimit_take(&l, 12001, &closed), 1);
+    assert_int_equal(closed, 0);
+    /* a clock going back opens a new window rather than stalling */
+    assert_int_equal(cm_ratelimit_take(&l, 500, &closed), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refusals_become_events),
+        cmocka_unit_test(test_ordinary_lines_are_not_events),
+        cmocka_unit_test(test_detail_is_safe_and_bounded),
+        cmocka_unit_test(test_rate_limit_passes_a_budget_and_reports_the_rest_once),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
