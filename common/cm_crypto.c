@@ -188,16 +188,24 @@ cm_err cm_signer_sign(cm_signer *s, const uint8_t *header, size_t hlen, const ui
     return CM_OK;
 }
 
-cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
-                       size_t *siglen)
+cm_err cm_sign_domain(cm_signer *s, const char *domain, const uint8_t *msg, size_t len,
+                      uint8_t *sig, size_t *siglen)
 {
     size_t cap = CM_SIG_MAX;
-    if (len > CM_CMD_MAX || EVP_DigestSignInit(s->md, NULL, EVP_sha256(), NULL, s->key) != 1 ||
-        EVP_DigestSignUpdate(s->md, CM_CMD_DOMAIN, sizeof CM_CMD_DOMAIN) != 1 ||
-        EVP_DigestSignUpdate(s->md, cmd, len) != 1 || EVP_DigestSignFinal(s->md, sig, &cap) != 1)
+    if (EVP_DigestSignInit(s->md, NULL, EVP_sha256(), NULL, s->key) != 1 ||
+        EVP_DigestSignUpdate(s->md, domain, strlen(domain) + 1) != 1 ||
+        EVP_DigestSignUpdate(s->md, msg, len) != 1 || EVP_DigestSignFinal(s->md, sig, &cap) != 1)
         return CM_ERR_CRYPTO;
     *siglen = cap;
     return CM_OK;
+}
+
+cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
+                       size_t *siglen)
+{
+    if (len > CM_CMD_MAX)
+        return CM_ERR_INVAL;
+    return cm_sign_domain(s, CM_CMD_DOMAIN, cmd, len, sig, siglen);
 }
 
 /* ------------------------------------------------------------ verification */
@@ -332,15 +340,28 @@ cm_err cm_pubkey_verify_raw(const cm_pubkey *k, const uint8_t *msg, size_t len,
     return verify_parts(k, 0, msg, len, NULL, 0, sig, siglen);
 }
 
+cm_err cm_verify_domain(const cm_pubkey *k, const char *domain, const uint8_t *msg, size_t len,
+                        const uint8_t *sig, size_t siglen)
+{
+    if (!strict_der(sig, siglen))
+        return CM_ERR_SIGNATURE;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (!md)
+        return CM_ERR_NOMEM;
+    int ok = EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k->key) == 1 &&
+             EVP_DigestVerifyUpdate(md, domain, strlen(domain) + 1) == 1 &&
+             EVP_DigestVerifyUpdate(md, msg, len) == 1 &&
+             EVP_DigestVerifyFinal(md, sig, siglen) == 1;
+    EVP_MD_CTX_free(md);
+    return ok ? CM_OK : CM_ERR_SIGNATURE;
+}
+
 cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *cmd, size_t len, const uint8_t *sig,
                          size_t siglen)
 {
-    uint8_t msg[sizeof CM_CMD_DOMAIN + CM_CMD_MAX];
     if (len > CM_CMD_MAX)
         return CM_ERR_SIGNATURE;
-    memcpy(msg, CM_CMD_DOMAIN, sizeof CM_CMD_DOMAIN);
-    memcpy(msg + sizeof CM_CMD_DOMAIN, cmd, len);
-    return verify_parts(k, 0, msg, sizeof CM_CMD_DOMAIN + len, NULL, 0, sig, siglen);
+    return cm_verify_domain(k, CM_CMD_DOMAIN, cmd, len, sig, siglen);
 }
 
 /* ------------------------------------------------------------------ AES-GCM */

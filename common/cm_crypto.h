@@ -41,6 +41,12 @@ cm_err cm_signer_sign(cm_signer *s, const uint8_t *header, size_t hlen, const ui
  * signature from ever passing as a telemetry signature and the other way round. */
 #define CM_CMD_DOMAIN "suido-cmd-v1"
 #define CM_CMD_MAX 4096
+/* Data profiles (registry -> services): the same scheme over the profile file's exact bytes. */
+#define CM_PROFILE_DOMAIN "suido-profile-v1"
+/* ECDSA P-256 / SHA-256 over domain, its terminating NUL, and msg: the one scheme behind the
+ * command and profile signatures. */
+cm_err cm_sign_domain(cm_signer *s, const char *domain, const uint8_t *msg, size_t len,
+                      uint8_t *sig, size_t *siglen);
 cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
                        size_t *siglen);
 
@@ -61,6 +67,9 @@ cm_err cm_pubkey_verify(const cm_pubkey *k, const uint8_t *header, size_t hlen,
 /* Plain ECDSA-SHA256 verification of msg (no domain prefix), used by conformance tests. */
 cm_err cm_pubkey_verify_raw(const cm_pubkey *k, const uint8_t *msg, size_t len,
                             const uint8_t *sig, size_t siglen);
+/* A signature made by cm_sign_domain (strict DER); CM_ERR_SIGNATURE for anything else. */
+cm_err cm_verify_domain(const cm_pubkey *k, const char *domain, const uint8_t *msg, size_t len,
+                        const uint8_t *sig, size_t siglen);
 /* A command signature (see cm_command_sign); CM_ERR_SIGNATURE for anything but a valid one. */
 cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *cmd, size_t len, const uint8_t *sig,
                          size_t siglen);

@@ -13,8 +13,19 @@ struct cm_events {
     void *sock;
     cm_events_gateway_fn on_gateway;
     void *ctx;
+    void (*on_other)(void *ctx, const char *kind, const char *id);
+    void *other_ctx;
     cm_metric *received;
 };
+
+void cm_events_on_other(cm_events *e, void (*fn)(void *ctx, const char *kind, const char *id),
+                        void *ctx)
+{
+    if (!e)
+        return;
+    e->on_other = fn;
+    e->other_ctx = ctx;
+}
 
 cm_err cm_events_new(cm_svc *s, const char *section, cm_events_gateway_fn on_gateway,
                      void *ctx, cm_events **out, char err[CM_CONF_ERRLEN])
@@ -62,6 +73,8 @@ static void handle(cm_events *e, const Suido__RegistryEvent *ev)
         cm_svc_set_peer_revoked(e->svc, ev->id, !active);
     } else if (strcmp(ev->kind, "gateway") == 0 && e->on_gateway) {
         e->on_gateway(e->ctx, ev->id, ev->state);
+    } else if (e->on_other) {
+        e->on_other(e->other_ctx, ev->kind, ev->id);
     }
 }
 

@@ -17,6 +17,10 @@ typedef void (*cm_events_gateway_fn)(void *ctx, const char *id, int state);
 cm_err cm_events_new(cm_svc *s, const char *section, cm_events_gateway_fn on_gateway,
                      void *ctx, cm_events **out, char err[CM_CONF_ERRLEN]);
 void cm_events_destroy(cm_events **e);
+/* Called for the other events: kind "profile" (id: the new version in force) and "channels"
+ * (id: a gateway whose declared channels changed). NULL-safe. */
+void cm_events_on_other(cm_events *e, void (*fn)(void *ctx, const char *kind, const char *id),
+                        void *ctx);
 /* The SUB socket, for the caller's zmq_poll (NULL-safe). */
 void *cm_events_socket(const cm_events *e);
 /* Handles every pending event (NULL-safe). */

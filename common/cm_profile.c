@@ -44,6 +44,7 @@ static const cm_conf_spec SPEC[] = {
     {"channel", "max_rate", 0, "largest credible change per second"},
     {"channel", "period_s", 0, "expected reporting period"},
     {"channel", "confidential", 0, "yes|no"},
+    {"channel", "deviation", 0, "yes|no: judge statistical deviation (single-regime channels)"},
     {"actuator", "quantity", 1, "what is commanded"},
     {"actuator", "unit", 1, "unit of commanded values"},
     {"actuator", "range", 1, "operating envelope min, max"},
@@ -644,6 +645,10 @@ cm_err cm_profile_parse(const cm_conf *conf, cm_profile **out, char err[CM_CONF_
         if (conf_s && strcmp(conf_s, "yes") != 0 && strcmp(conf_s, "no") != 0)
             BAD("confidential", "confidential must be yes or no");
         c->confidential = conf_s && strcmp(conf_s, "yes") == 0;
+        const char *dev_s = cm_conf_get(conf, sec, "deviation");
+        if (dev_s && strcmp(dev_s, "yes") != 0 && strcmp(dev_s, "no") != 0)
+            BAD("deviation", "deviation must be yes or no");
+        c->deviation = dev_s && strcmp(dev_s, "yes") == 0;
         p->n++;
     }
     if (p->n == 0) {

@@ -15,6 +15,9 @@
  *   max_rate = 0.02                # largest credible change per second (optional)
  *   period_s = 1                   # expected reporting period
  *   confidential = no
+ *   deviation = no                 # yes: the anomaly checker also judges statistical deviation
+ *                                  # from the channel's own recent behaviour; only for channels
+ *                                  # with one regime (quality, pressure), not switched flows
  *
  * Actuators, the interlocks that refuse commands to them, and relations between channels follow
  * the channels, one section each, so that every rule is written out in full:
@@ -78,6 +81,7 @@ typedef struct cm_channel {
     double max_rate;        /* 0: no rate check */
     double period_s;
     int confidential;
+    int deviation;          /* 1: judge statistical deviation (`deviation = yes`; default no) */
 } cm_channel;
 
 #define CM_INTERLOCK_MAX_CONDS 8

@@ -460,6 +460,49 @@ static void test_relations(void **state)
                  6, "unknown key 'area' in [relation pumping.p]");
 }
 
+/* `deviation = yes|no` on a channel: optional, default no, anything else refused with its line. */
+static void test_channel_deviation(void **state)
+{
+    (void)state;
+    char err[CM_CONF_ERRLEN];
+    static const char PRESSURE[] = "[channel reservoir.pressure]\n" /* 1 */
+                                   "quantity = pressure\n"          /* 2 */
+                                   "unit = bar\n"                   /* 3 */
+                                   "range = 0, 10\n";               /* 4 */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%sdeviation = yes\n", PRESSURE);
+    cm_profile *p = with(buf, err);
+    if (!p)
+        fail_msg("%s", err);
+    assert_int_equal(cm_profile_channel(p, "reservoir", "pressure")->deviation, 1);
+    assert_int_equal(cm_profile_channel(p, "reservoir", "level")->deviation, 0); /* default */
+    cm_profile_destroy(&p);
+    snprintf(buf, sizeof buf, "%sdeviation = no\n", PRESSURE);
+    p = with(buf, err);
+    if (!p)
+        fail_msg("%s", err);
+    assert_int_equal(cm_profile_channel(p, "reservoir", "pressure")->deviation, 0);
+    cm_profile_destroy(&p);
+    const char *bad[] = {"Yes", "1", "true", "yes please"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(buf, sizeof buf, "%sdeviation = %s\n", PRESSURE, bad[i]);
+        refused(buf, 5, "channel reservoir.pressure", "deviation must be yes or no");
+    }
+    snprintf(buf, sizeof buf, "%sdeviation =\n", PRESSURE);
+    refused(buf, 5, "channel reservoir.pressure", "deviation must be yes or no");
+
+    /* the simulated utility marks its single-regime channels only */
+    assert_int_equal(cm_profile_load("examples/sim-utility/profile.conf", &p, err), CM_OK);
+    assert_int_equal(cm_profile_channel(p, "treatment", "chlorine")->deviation, 1);
+    assert_int_equal(cm_profile_channel(p, "treatment", "ph")->deviation, 1);
+    assert_int_equal(cm_profile_channel(p, "treatment", "treated_turbidity")->deviation, 1);
+    assert_int_equal(cm_profile_channel(p, "treatment", "raw_turbidity")->deviation, 0);
+    assert_int_equal(cm_profile_channel(p, "reservoir", "chlorine")->deviation, 1);
+    assert_int_equal(cm_profile_channel(p, "pumping", "flow")->deviation, 0);
+    assert_int_equal(cm_profile_channel(p, "pumping", "pump1_status")->deviation, 0);
+    cm_profile_destroy(&p);
+}
+
 /* SHA-256 of the 80 bytes below, from `printf '...' | sha256sum`. */
 static const char SMALL[] = "[profile]\nname = s\nversion = 1\n"
                             "[channel a.b]\nquantity = q\nunit = m\nrange = 0, 1\n";
@@ -536,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_bad_actuators),
         cmocka_unit_test(test_bad_interlocks),
         cmocka_unit_test(test_relations),
+        cmocka_unit_test(test_channel_deviation),
         cmocka_unit_test(test_digest),
         cmocka_unit_test(test_unit_convert),
     };

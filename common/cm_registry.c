@@ -6,7 +6,9 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "cm_daemon.h"
 #include "cm_log.h"
+#include "cm_profile.h"
 #include "cm_time.h"
 #include "suido.pb-c.h"
 
@@ -50,6 +52,64 @@ fail:
     free(r->cache);
     free(r);
     return rc;
+}
+
+cm_err cm_registry_profile(cm_registry *r, const cm_conf *conf, const char *section,
+                           cm_profile **out, char err[CM_CONF_ERRLEN])
+{
+    *out = NULL;
+    const char *file = cm_conf_get(conf, section, "file");
+    const char *keyf = cm_conf_get(conf, section, "registry_key");
+    if (file)
+        return cm_profile_load(file, out, err);
+    if (!keyf || !r) {
+        snprintf(err, CM_CONF_ERRLEN, "%s: [%s] needs file or registry_key (and [registry])",
+                 cm_conf_name(conf), section);
+        return CM_ERR_CONFIG;
+    }
+    cm_pubkey *key = NULL;
+    if (cm_pubkey_load_pem(keyf, &key) != CM_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "%s: not a P-256 public key", keyf);
+        return CM_ERR_KEY;
+    }
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_PROFILE;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(r, &req, &rep);
+    if (rc == CM_OK && rep->status != 0)
+        rc = CM_ERR_UNAVAILABLE;
+    if (rc != CM_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "the registry has no profile for us (or did not answer)");
+    } else if (cm_verify_domain(key, CM_PROFILE_DOMAIN, rep->profile_text.data,
+                                rep->profile_text.len, rep->profile_signature.data,
+                                rep->profile_signature.len) != CM_OK) {
+        snprintf(err, CM_CONF_ERRLEN, "profile version %llu: signature is not the registry's "
+                 "(%s)", (unsigned long long)rep->profile_version, keyf);
+        rc = CM_ERR_SIGNATURE;
+    } else {
+        char name[64];
+        snprintf(name, sizeof name, "registry:profile-v%llu",
+                 (unsigned long long)rep->profile_version);
+        rc = cm_profile_load_text(name, (const char *)rep->profile_text.data,
+                                  rep->profile_text.len, out, err);
+    }
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    cm_pubkey_destroy(&key);
+    return rc;
+}
+
+cm_err cm_registry_profile_wait(cm_registry *r, const cm_conf *conf, const char *section,
+                                long wait_ms, cm_profile **out, char err[CM_CONF_ERRLEN])
+{
+    uint64_t until = cm_mono_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    for (;;) {
+        cm_err rc = cm_registry_profile(r, conf, section, out, err);
+        if (rc != CM_ERR_UNAVAILABLE || cm_mono_ms() >= until || cm_daemon_stopping)
+            return rc;
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 void cm_registry_destroy(cm_registry **rp)

@@ -13,6 +13,7 @@
 #include "suido.pb-c.h"
 
 typedef struct cm_registry cm_registry;
+struct cm_profile;
 
 typedef struct cm_gateway {
     char id[65];
@@ -42,6 +43,21 @@ cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
 /* Sends req without waiting for the answer (which the next call drops): for reports that need
  * no reply. CM_ERR_UNAVAILABLE when it cannot even be queued. */
 cm_err cm_registry_notify(cm_registry *r, const Suido__RegistryRequest *req);
+
+/* The data profile a service works with: [section] file, a local file (tools, tests), or
+ * [section] registry_key, the registry's profile key: then the version in force is fetched from
+ * the registry (REG_GET_PROFILE), its signature checked and its text parsed. One of the two keys
+ * is needed (CM_ERR_CONFIG); CM_ERR_UNAVAILABLE when the registry does not answer or has no
+ * profile, CM_ERR_SIGNATURE when the signature is not the registry's; err says why. */
+cm_err cm_registry_profile(cm_registry *r, const cm_conf *conf, const char *section,
+                           struct cm_profile **out, char err[CM_CONF_ERRLEN]);
+/* The same at a service's start: while the registry does not answer (it may be starting too),
+ * tries again for up to wait_ms. */
+cm_err cm_registry_profile_wait(cm_registry *r, const cm_conf *conf, const char *section,
+                                long wait_ms, struct cm_profile **out, char err[CM_CONF_ERRLEN]);
+#define CM_PROFILE_SPEC_ROWS(section)                                                              \
+    {section, "file", 0, "data profile file (else fetched from the registry)"},                    \
+        {section, "registry_key", 0, "the registry's profile signing public key (PEM)"}
 
 /* Drops what is cached about id, so the next look-up asks the registry (after a registry event
  * announcing a change of state). */

@@ -434,7 +434,8 @@ static void report(sig_state *s, double h, double dt)
         v[P_DISCHARGE] = clampd(noisy(s, P_DISCHARGE, discharge, 0.03, dt), 0.5, 6.0);
         /* hydraulic power over a 70 % wire-to-water efficiency, plus the controls */
         double kw = flow / 1000.0 * (discharge - suction) * 1e5 / 0.70 / 1000.0;
-        v[P_POWER] = n ? fmax(0.0, noisy(s, P_POWER, kw + 0.5, 0.4, dt)) : 0.3;
+        /* stopped: the controls' standby draw, still measured with the meter's noise */
+        v[P_POWER] = fmax(0.0, noisy(s, P_POWER, n ? kw + 0.5 : 0.3, n ? 0.4 : 0.02, dt));
         v[P_TANK] = clampd(noisy(s, P_TANK, s->level_m, 0.005, dt), 0.0, SIG_PUMPING_TANK_HEIGHT_M);
         break;
     }

@@ -398,7 +398,7 @@ static void test_pumps_commanded_off(void **state)
         assert_true(s.v[tank] >= 0.0 && s.v[tank] <= SIG_PUMPING_TANK_HEIGHT_M);
         if (i > 30) { /* the flow has run down after five minutes */
             assert_true(s.v[flow] == 0.0);
-            assert_true(s.v[pw] == 0.3);
+            assert_true(fabs(s.v[pw] - 0.3) < 0.1); /* standby draw, measured with noise */
             assert_true(s.v[dis] < 3.0);
         }
         if (s.v[tank] < min_tank)

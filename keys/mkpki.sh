@@ -382,6 +382,18 @@ ossl pkey -in "$OUT/platform/wrap.key" -pubout -out "$OUT/platform/wrap.pub"
 ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$OUT/platform/command.key"
 ossl pkey -in "$OUT/platform/command.key" -pubout -out "$OUT/platform/command.pub"
 
+# ---------------------------------------------------------------- profile signing keypair
+# The registry signs every version of the data profile with profile.key; services verify with
+# profile.pub before they use a version.
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$OUT/platform/profile.key"
+ossl pkey -in "$OUT/platform/profile.key" -pubout -out "$OUT/platform/profile.pub"
+
+# ---------------------------------------------------------------- backup signing keypair
+# `suidoctl backup create` signs each backup's manifest with backup.key; verify and restore refuse
+# a manifest that backup.pub does not verify (a foreign or forged backup).
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$OUT/platform/backup.key"
+ossl pkey -in "$OUT/platform/backup.key" -pubout -out "$OUT/platform/backup.pub"
+
 # ---------------------------------------------------------------- negative-test material
 if [[ $TEST -eq 1 ]]; then
     T="$OUT/test"

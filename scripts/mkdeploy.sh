@@ -137,6 +137,10 @@ ca = $DIR/ca/ca.crt
 
 [broker]
 state_file = $DIR/mosquitto/identities.state
+
+[profile]
+file = $DIR/profile.conf
+signing_key = $DIR/platform/profile.key
 EOT
 } >"$DIR/etc/registry.conf"
 
@@ -191,9 +195,9 @@ connect = $(ep 7)
 server_key = $(key gate)
 
 [profile]
-file = $DIR/profile.conf
+registry_key = $DIR/platform/profile.pub
 EOT
-events_client; } >"$DIR/etc/profile.conf"
+registry_client; events_client; } >"$DIR/etc/profile.conf"
 
 for ((i = 0; i < SHARDS; i++)); do
     { service_head anomaly "anomaly-$i"; cat <<EOT
@@ -207,9 +211,9 @@ connect = $(ep 2)
 server_key = $(key archive)
 
 [profile]
-file = $DIR/profile.conf
+registry_key = $DIR/platform/profile.pub
 EOT
-    events_client; } >"$DIR/etc/anomaly-$i.conf"
+    registry_client; events_client; } >"$DIR/etc/anomaly-$i.conf"
 done
 
 { service_head archive; mqtt_section archive; cat <<EOT
@@ -241,8 +245,10 @@ allow = $(allow profile)
 connect = $(ep 2)
 server_key = $(key archive)
 
+[profile]
+registry_key = $DIR/platform/profile.pub
+
 [gate]
-profile = $DIR/profile.conf
 command_key = $DIR/platform/command.key
 expiry_s = 30
 EOT

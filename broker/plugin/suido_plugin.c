@@ -291,6 +291,11 @@ struct plugin {
     bool in_kick;
     unsigned kick_hits;
     bool metrics_failing;
+    /* Denial log lines per second: a gateway can publish to foreign topics as fast as its link
+     * allows, and each line also travels to the audit log; the counter counts them all. */
+    time_t denial_second;
+    unsigned denial_lines;
+    unsigned long long denial_suppressed;
 
     struct {
         unsigned long long refused_identity, refused_state, kicked, denied_retain, denied_will,
@@ -723,6 +728,29 @@ static const char *client_problem(const struct plugin *p, const char *user, cons
     return NULL;
 }
 
+#define DENIAL_LINES_PER_SECOND 20
+
+/* At most DENIAL_LINES_PER_SECOND gateway-ACL denial lines per second; the number left out is
+ * logged once when the next second begins. */
+static bool denial_line_allowed(struct plugin *p)
+{
+    time_t now = time(NULL);
+    if (now != p->denial_second) {
+        if (p->denial_suppressed)
+            LOG(MOSQ_LOG_NOTICE, "event=denied_lines_suppressed count=%llu",
+                p->denial_suppressed);
+        p->denial_second = now;
+        p->denial_lines = 0;
+        p->denial_suppressed = 0;
+    }
+    if (p->denial_lines < DENIAL_LINES_PER_SECOND) {
+        p->denial_lines++;
+        return true;
+    }
+    p->denial_suppressed++;
+    return false;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
     (void)event;
@@ -779,9 +807,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
         /* A delivery check is the broker asking on its own behalf: deny it quietly. */
         if (ev->access != MOSQ_ACL_READ) {
             p->c.denied_gateway_acl++;
-            LOG(MOSQ_LOG_NOTICE, "event=denied reason=gateway_acl user=%s access=%s topic=%s",
-                logv(b1, sizeof(b1), user), is_will ? "will" : access_name(ev->access),
-                logv(b3, sizeof(b3), ev->topic));
+            if (denial_line_allowed(p))
+                LOG(MOSQ_LOG_NOTICE, "event=denied reason=gateway_acl user=%s access=%s topic=%s",
+                    logv(b1, sizeof(b1), user), is_will ? "will" : access_name(ev->access),
+                    logv(b3, sizeof(b3), ev->topic));
         }
         return MOSQ_ERR_ACL_DENIED;
     }

@@ -89,6 +89,10 @@ int det_stuck_update(det_stuck_state *s, const cm_channel *c, const det_stuck_pa
         return 0;
     if (s->has_run && ts_ms < s->last_ms)
         return 0;
+    if (value <= c->range_min && !s->raised) {
+        s->has_run = 0; /* resting at the bottom of the range: no run (see the header) */
+        return 0;
+    }
     if (!s->has_run) {
         stuck_restart(s, ts_ms, value);
         s->last_ms = ts_ms;

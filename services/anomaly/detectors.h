@@ -57,8 +57,10 @@ typedef struct det_stuck_state {
 /* Feeds one reading of channel c. p NULL = det_stuck_params_default(c). Raises when the run of
  * readings whose spread stays <= band covers window_s with at least 3 readings; clears when a
  * reading takes the spread above 2 x band (the run then restarts, so raising again needs a whole
- * new window). Never raises on a status channel (det_channel_is_status). A gap longer than
- * window_s restarts the run unless raised. */
+ * new window). Never raises on a status channel (det_channel_is_status), nor on a value resting
+ * at the bottom of the physical range: a flow meter below its low-flow cut-off reads exactly 0
+ * and so does a stopped machine, for hours, and that is the plant, not the sensor. A gap longer
+ * than window_s restarts the run unless raised. */
 int det_stuck_update(det_stuck_state *s, const cm_channel *c, const det_stuck_params *p,
                      uint64_t ts_ms, double value, anomaly_event *ev);
 

@@ -213,6 +213,17 @@ static void test_stuck_status_channel_exempt(void **state)
     for (int i = 0; i < 1000; i++)
         take(&ts, det_stuck_update(&ss, &sw, NULL, ms(i), 0.0, &ev), &ev, i);
     assert_int_equal(ts.n, 0);
+    /* an analog channel resting at the bottom of its range (no flow) is not stuck either, but
+     * one held anywhere above it is */
+    cm_channel flow = channel("flow", "L/s", 0, 500, 1);
+    det_stuck_state sf = {0}, sf2 = {0};
+    tally tf = {0}, tf2 = {0};
+    for (int i = 0; i < 36000; i++) {
+        take(&tf, det_stuck_update(&sf, &flow, NULL, ms(i), 0.0, &ev), &ev, i);
+        take(&tf2, det_stuck_update(&sf2, &flow, NULL, ms(i), 0.5, &ev), &ev, i);
+    }
+    assert_int_equal(tf.n, 0);
+    assert_int_equal(tf2.n, 1);
 }
 
 static void test_stuck_noisy_normal_no_alarm(void **state)

@@ -1,7 +1,16 @@
-/* suido-anomaly: one shard of the streaming anomaly checker. Keeps per (gateway, channel) state,
- * applies the profile's range, limits and rate checks (anomaly_rules), and sends alerts to the
- * archive, which stores them and publishes them on suido/v1/alerts/<site>. The profile stage
- * routes every gateway to one shard, so state is never split.
+/* suido-anomaly: one shard of the streaming anomaly checker. The profile stage routes every
+ * gateway to one shard, so a gateway's state is never split. The checking itself — range, limits
+ * and rate (anomaly_rules), stuck, missing data, deviation, tank balance and pumps-vs-flow
+ * (detectors), and optionally the learned cross-sensor model (learned, through live_rows) — lives
+ * in shard.c; this file wires it: it loads the profile and the optional model, receives batches,
+ * hands them to the shard, calls shard_tick every second for missing data, and sends each alert
+ * to the archive, which stores it and publishes it on suido/v1/alerts/<site>.
+ *
+ * Config: [profile] registry_key (the profile in force at the registry, signed; a new version
+ * announced by the registry replaces the shard, whose detector state starts afresh) or
+ * [profile] file (a local file); [anomaly] model (optional: a model from `suido-anomaly train`,
+ * checked against each profile version; a version the model does not fit is not taken).
+ * `suido-anomaly train|replay ...` runs the offline commands instead (cli.h).
  *
  * Sockets: [input] PULL, CURVE server, allow-list: profile.
  *          [output archive] PUSH to the archive (alerts). No MQTT: it cannot reach the broker. */
@@ -9,85 +18,64 @@
 #include <string.h>
 #include <zmq.h>
 
-#include "anomaly_rules.h"
 #include "cli.h"
 #include "cm_log.h"
 #include "cm_profile.h"
+#include "cm_registry.h"
 #include "cm_stage.h"
+#include "cm_time.h"
+#include "learned.h"
+#include "shard.h"
 
-#define STATE_SLOTS (1u << 16) /* bounded: a shard tracks at most this many channels */
+#define TICK_MS 1000 /* missing-data checks */
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
-    {"profile", "file", 1, "data profile"},
+    CM_PROFILE_SPEC_ROWS("profile"),
+    CM_REGISTRY_SPEC_ROWS("registry"),
+    {"anomaly", "model", 0, "learned model file (suido-anomaly train); optional"},
     {NULL, NULL, 0, NULL},
 };
 
-typedef struct slot {
-    char key[160]; /* "<gateway>/<channel id>" */
-    anomaly_state st;
-} slot;
-
 typedef struct checker {
     cm_svc *svc;
+    cm_registry *reg;
     cm_profile *profile;
+    learned_model *model;
+    shard *shard;
     void *to_archive;
-    slot *slots;
-    size_t used;
-    cm_metric *checked, *raised, *cleared, *untracked;
+    uint64_t next_tick_ms;
 } checker;
 
-static slot *state_for(checker *c, const char *gw, const char *channel)
+/* Shard callback: one Alert frame to the archive. */
+static void send_alert(void *ctx, const shard_alert *al)
 {
-    char key[160];
-    snprintf(key, sizeof key, "%s/%s", gw, channel);
-    uint32_t h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
-    for (uint32_t i = 0; i < STATE_SLOTS; i++) {
-        slot *s = &c->slots[(h + i) & (STATE_SLOTS - 1)];
-        if (s->key[0] == '\0') {
-            if (c->used >= STATE_SLOTS * 3 / 4)
-                return NULL;
-            snprintf(s->key, sizeof s->key, "%s", key);
-            c->used++;
-            return s;
-        }
-        if (strcmp(s->key, key) == 0)
-            return s;
-    }
-    return NULL;
-}
-
-static void emit(checker *c, const Suido__StageMessage *m, const cm_channel *ch,
-                 const Suido__MappedReading *r, const anomaly_event *e)
-{
-    char id[256], topic[128];
-    snprintf(id, sizeof id, "%s/%s/%s", m->header->gateway_id, ch->id, e->family);
-    snprintf(topic, sizeof topic, "suido/v1/alerts/%s", m->site && *m->site ? m->site : "unknown");
+    checker *c = ctx;
+    const anomaly_event *e = al->ev;
+    char topic[128];
+    snprintf(topic, sizeof topic, "suido/v1/alerts/%s", *al->site ? al->site : "unknown");
     Suido__Alert a = SUIDO__ALERT__INIT;
-    a.id = id;
-    a.gateway_id = m->header->gateway_id;
-    a.site = m->site;
-    a.channel = (char *)ch->id;
+    a.id = (char *)al->id;
+    a.gateway_id = (char *)al->gateway_id;
+    a.site = (char *)al->site;
+    a.channel = (char *)al->subject;
     a.rule = (char *)e->rule;
     a.severity = e->severity;
-    a.value = r->value;
+    a.value = al->value;
     a.limit = e->limit;
-    a.timestamp_ms = r->timestamp_ms;
+    a.timestamp_ms = al->timestamp_ms;
     a.evidence = (char *)e->evidence;
     a.cleared = e->cleared;
     Suido__StageMessage out = SUIDO__STAGE_MESSAGE__INIT;
     out.topic = topic;
-    out.received_ms = m->received_ms;
-    out.site = m->site;
+    out.received_ms = al->received_ms;
+    out.site = (char *)al->site;
     out.alert = &a;
-    cm_metric_inc(e->cleared ? c->cleared : c->raised);
-    cm_info("alert=%s rule=%s severity=%d cleared=%d value=%.4g", id, e->rule, e->severity,
-            e->cleared, r->value);
+    cm_info("alert=%s rule=%s severity=%d cleared=%d value=%.4g", al->id, e->rule, e->severity,
+            e->cleared, al->value);
     cm_stage_send(c->to_archive, &out);
 }
 
@@ -98,27 +86,66 @@ static void on_readings(void *ctx, void *arg, const char *peer)
     Suido__StageMessage *m = arg;
     if (!m->header || !m->header->gateway_id)
         return;
-    for (size_t i = 0; i < m->n_mapped; i++) {
-        const Suido__MappedReading *r = m->mapped[i];
-        const char *dot = r->channel ? strchr(r->channel, '.') : NULL;
-        char kind[32];
-        if (!dot || (size_t)(dot - r->channel) >= sizeof kind)
-            continue;
-        snprintf(kind, sizeof kind, "%.*s", (int)(dot - r->channel), r->channel);
-        const cm_channel *ch = cm_profile_channel(c->profile, kind, dot + 1);
-        if (!ch)
-            continue;
-        slot *s = state_for(c, m->header->gateway_id, ch->id);
-        if (!s) {
-            cm_metric_inc(c->untracked);
-            continue;
-        }
-        cm_metric_inc(c->checked);
-        anomaly_event ev[3];
-        int n = anomaly_eval(&s->st, ch, r->value, r->timestamp_ms, ev);
-        for (int k = 0; k < n; k++)
-            emit(c, m, ch, r, &ev[k]);
+    shard_batch b = {.gateway_id = m->header->gateway_id, .site = m->site,
+                     .site_kind = m->site_kind, .readings = m->mapped, .n_readings = m->n_mapped,
+                     .received_ms = m->received_ms};
+    shard_feed(c->shard, &b, cm_now_ms());
+}
+
+static void on_tick(void *ctx)
+{
+    checker *c = ctx;
+    uint64_t mono = cm_mono_ms();
+    if (mono < c->next_tick_ms)
+        return;
+    c->next_tick_ms = mono + TICK_MS;
+    shard_tick(c->shard, cm_now_ms());
+}
+
+/* Puts profile np in force with a new shard (and the model checked against it): on success the
+ * old shard, model and profile are gone; on failure nothing changes and np is freed. */
+static cm_err take_profile(checker *c, cm_profile *np)
+{
+    const char *path = cm_conf_get(c->svc->conf, "anomaly", "model");
+    char lerr[LEARNED_ERRLEN], serr[SHARD_ERRLEN];
+    learned_model *nm = NULL;
+    shard *ns = NULL;
+    if (path && learned_load(path, np, &nm, lerr) != CM_OK) {
+        cm_error("profile_version=%ld model=%s error=\"%s\"", cm_profile_version(np), path, lerr);
+        cm_profile_destroy(&np);
+        return CM_ERR_CONFIG;
     }
+    if (shard_new(np, nm, NULL, c->svc->metrics, send_alert, c, &ns, serr) != CM_OK) {
+        cm_error("profile_version=%ld error=\"%s\"", cm_profile_version(np), serr);
+        learned_destroy(&nm);
+        cm_profile_destroy(&np);
+        return CM_ERR_CONFIG;
+    }
+    shard_destroy(&c->shard);
+    learned_destroy(&c->model);
+    cm_profile_destroy(&c->profile);
+    c->shard = ns;
+    c->model = nm;
+    c->profile = np;
+    cm_info("profile=\"%s\" version=%ld model=%s event=profile_in_force", cm_profile_name(np),
+            cm_profile_version(np), nm ? path : "none");
+    return CM_OK;
+}
+
+static void on_new_profile(void *ctx, const char *kind, const char *id)
+{
+    if (strcmp(kind, "profile") != 0)
+        return;
+    long version = strtol(id, NULL, 10);
+    checker *c = ctx;
+    char err[CM_CONF_ERRLEN];
+    cm_profile *np = NULL;
+    if (cm_registry_profile(c->reg, c->svc->conf, "profile", &np, err) != CM_OK) {
+        cm_error("announced_version=%ld in_force=%ld error=\"%s\"", version,
+                 cm_profile_version(c->profile), err);
+        return;
+    }
+    take_profile(c, np);
 }
 
 static const cm_dispatch DISPATCH[] = {
@@ -134,38 +161,54 @@ int main(int argc, char **argv)
     checker c = {0};
     c.svc = cm_svc_start("anomaly", argc, argv, SPEC);
     cm_svc *s = c.svc;
-    char err[CM_CONF_ERRLEN];
-    if (cm_profile_load(cm_conf_get(s->conf, "profile", "file"), &c.profile, err) != CM_OK)
-        cm_svc_die(s, "%s", err);
+    char err[CM_CONF_ERRLEN], lerr[LEARNED_ERRLEN];
+    const char *model = cm_conf_get(s->conf, "anomaly", "model");
+    if (cm_conf_get(s->conf, "profile", "file")) {
+        /* a local profile: the model is checked against it before start (and by -n) */
+        cm_profile *p = NULL;
+        learned_model *m = NULL;
+        if (cm_profile_load(cm_conf_get(s->conf, "profile", "file"), &p, err) != CM_OK)
+            cm_svc_die(s, "%s", err);
+        if (model && learned_load(model, p, &m, lerr) != CM_OK)
+            cm_svc_die(s, "%s", lerr);
+        learned_destroy(&m);
+        cm_profile_destroy(&p);
+    }
     cm_svc_ready(s);
-    c.slots = calloc(STATE_SLOTS, sizeof *c.slots);
-    if (!c.slots)
-        cm_svc_die(s, "out of memory");
+    if (cm_conf_get(s->conf, "registry", "connect") &&
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &c.reg, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    cm_profile *first = NULL;
+    if (cm_registry_profile_wait(c.reg, s->conf, "profile", 15000, &first, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    if (take_profile(&c, first) != CM_OK)
+        cm_svc_die(s, "the profile in force and the model do not fit (see the log)");
+    if (c.model)
+        cm_info("event=model_loaded model=%s channels=%zu period_s=%g", model,
+                learned_channel_count(c.model), learned_period(c.model));
     void *input;
     if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &c.to_archive, err))
         cm_svc_die(s, "%s", err);
-    c.checked = cm_metric_counter(s->metrics, "suido_anomaly_checked_total", "readings checked");
-    c.raised = cm_metric_counter(s->metrics, "suido_anomaly_alerts_raised_total", "alerts raised");
-    c.cleared = cm_metric_counter(s->metrics, "suido_anomaly_alerts_cleared_total",
-                                  "alerts cleared");
-    c.untracked = cm_metric_counter(s->metrics, "suido_anomaly_untracked_total",
-                                    "readings not checked because the state table is full");
+    cm_stage_audit_security(s, c.to_archive);
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", NULL, NULL, &events, err))
         cm_svc_die(s, "%s", err);
+    cm_events_on_other(events, on_new_profile, &c);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &c,
-                          .events = events};
+                          .on_tick = on_tick, .events = events};
     cm_stage_run(&stage);
     cm_events_destroy(&events);
 
     cm_info("event=stopping");
     zmq_close(input);
     zmq_close(c.to_archive);
-    free(c.slots);
+    shard_destroy(&c.shard);
+    learned_destroy(&c.model);
     cm_profile_destroy(&c.profile);
+    cm_registry_destroy(&c.reg);
     cm_svc_destroy(&c.svc);
     return 0;
 }

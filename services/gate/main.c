@@ -31,6 +31,7 @@
 #define MAX_GATEWAYS 1024 /* plants held (about 18 KiB each, allocated on first reading) */
 #define MAX_COMMANDS 256  /* commands followed; the oldest finished one makes room */
 #define ANSWER_GRACE_MS 10000
+#define MAX_RETIRED_PROFILES 64 /* profile versions kept alive for the commands still followed */
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
@@ -40,7 +41,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     CM_MQTT_SPEC_ROWS("mqtt"),
-    {"gate", "profile", 1, "data profile (actuators, envelopes, interlocks)"},
+    CM_PROFILE_SPEC_ROWS("profile"),
     {"gate", "command_key", 1, "P-256 private key that signs commands (0600)"},
     {"gate", "expiry_s", 0, "how long a command stays valid (default 30 s)"},
     {NULL, NULL, 0, NULL},
@@ -67,6 +68,8 @@ typedef struct followed {
 typedef struct gate {
     cm_svc *svc;
     cm_profile *profile;
+    cm_profile *retired[MAX_RETIRED_PROFILES]; /* older versions: followed commands point in */
+    size_t n_retired;
     cm_signer *signer;
     cm_registry *reg;
     cm_mqtt *mqtt;
@@ -532,6 +535,34 @@ static void follow(void *ctx)
     }
 }
 
+/* A new profile version from the registry: new requests are decided against it at once. The
+ * commands already followed keep pointing into the version they were decided with, so older
+ * versions stay alive (up to MAX_RETIRED_PROFILES changes; then the gate keeps the one in force
+ * and says so: restart it to take more). */
+static void on_new_profile(void *ctx, const char *kind, const char *id)
+{
+    if (strcmp(kind, "profile") != 0)
+        return;
+    long version = strtol(id, NULL, 10);
+    gate *g = ctx;
+    char err[CM_CONF_ERRLEN];
+    if (g->n_retired == MAX_RETIRED_PROFILES) {
+        cm_error("announced_version=%ld error=\"too many profile changes since start; restart "
+                 "the gate to take this one\"", version);
+        return;
+    }
+    cm_profile *np = NULL;
+    if (cm_registry_profile(g->reg, g->svc->conf, "profile", &np, err) != CM_OK) {
+        cm_error("announced_version=%ld in_force=%ld error=\"%s\"", version,
+                 cm_profile_version(g->profile), err);
+        return;
+    }
+    cm_info("profile=\"%s\" version=%ld previous=%ld event=profile_in_force", cm_profile_name(np),
+            cm_profile_version(np), cm_profile_version(g->profile));
+    g->retired[g->n_retired++] = g->profile;
+    g->profile = np;
+}
+
 static void on_gateway_event(void *ctx, const char *id, int state)
 {
     (void)state;
@@ -552,8 +583,6 @@ int main(int argc, char **argv)
     g.svc = cm_svc_start("gate", argc, argv, SPEC);
     cm_svc *s = g.svc;
     char err[CM_CONF_ERRLEN];
-    if (cm_profile_load(cm_conf_get(s->conf, "gate", "profile"), &g.profile, err) != CM_OK)
-        cm_svc_die(s, "%s", err);
     const char *keyf = cm_conf_get(s->conf, "gate", "command_key");
     if (cm_key_file_check(keyf) != CM_OK || cm_signer_load(keyf, &g.signer) != CM_OK)
         cm_svc_die(s, "%s: not a private P-256 key readable by this user only", keyf);
@@ -562,9 +591,6 @@ int main(int argc, char **argv)
     cm_mqtt_opts mo = {.clean_session = 1, .max_inflight = 64, .verify_hostname = 1};
     if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
         cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
-    cm_info("profile=\"%s\" version=%ld actuators=%zu interlocks=%zu", cm_profile_name(g.profile),
-            cm_profile_version(g.profile), cm_profile_actuator_count(g.profile),
-            cm_profile_interlock_count(g.profile));
     cm_svc_ready(s);
 
     void *input;
@@ -574,6 +600,11 @@ int main(int argc, char **argv)
                              &g.to_archive, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &g.reg, err))
         cm_svc_die(s, "%s", err);
+    if (cm_registry_profile_wait(g.reg, s->conf, "profile", 15000, &g.profile, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    cm_info("profile=\"%s\" version=%ld actuators=%zu interlocks=%zu", cm_profile_name(g.profile),
+            cm_profile_version(g.profile), cm_profile_actuator_count(g.profile),
+            cm_profile_interlock_count(g.profile));
     cm_stage_audit_security(s, g.to_archive);
     if (cm_mqtt_new(&mo, &g.mqtt) != CM_OK || cm_mqtt_connect(g.mqtt, 0) != CM_OK)
         cm_svc_die(s, "cannot start the MQTT client");
@@ -595,6 +626,7 @@ int main(int argc, char **argv)
     cm_events *events = NULL;
     if (cm_events_new(s, "events", on_gateway_event, &g, &events, err))
         cm_svc_die(s, "%s", err);
+    cm_events_on_other(events, on_new_profile, &g);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &g,
                           .events = events, .on_tick = follow, .side = g.api, .on_side = on_api};
     cm_stage_run(&stage);
@@ -610,6 +642,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < MAX_GATEWAYS; i++)
         free(g.plants[i].plant);
     cm_profile_destroy(&g.profile);
+    for (size_t i = 0; i < g.n_retired; i++)
+        cm_profile_destroy(&g.retired[i]);
     cm_svc_destroy(&g.svc);
     return 0;
 }

@@ -13,9 +13,12 @@ static const struct {
     {"suido_plugin: event=denied", "broker_access_denied"},
     {"suido_plugin: event=kick", "broker_session_cut"},
     {"OpenSSL Error", "broker_tls_refused"},
+    {"SSL routines", "broker_tls_refused"}, /* "Client connection from <addr> failed: error:..." */
     {"disconnected: Protocol error", "broker_protocol_error"},
     {"disconnected due to protocol error", "broker_protocol_error"},
     {"malformed packet", "broker_protocol_error"},
+    {"oversize packet", "broker_protocol_error"},
+    {"QoS too high or retain not supported", "broker_protocol_error"},
     {"not authorised", "broker_not_authorised"},
     {"exceeded timeout", "broker_client_timeout"},
     {"already connected, closing old connection", "broker_session_takeover"},
@@ -41,6 +44,8 @@ static void subject_of(const char *line, size_t len, char out[65])
     if (!p)
         return;
     p += skip;
+    if (skip == 7 && strncmp(p, "connection from ", 16) == 0)
+        return; /* "Client connection from <address> failed": no identity yet */
     size_t n = 0;
     while (p + n < line + len && n < 64 &&
            ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= '0' && p[n] <= '9') || p[n] == '-' ||

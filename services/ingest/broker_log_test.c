@@ -38,6 +38,13 @@ static void test_refusals_become_events(void **state)
     assert_int_equal(classify("suido_plugin: event=kick user=gw-0009 reason=state_suspended "
                               "sessions=1", &ev), 1);
     assert_string_equal(ev.event, "broker_session_cut");
+    assert_int_equal(classify("Client connection from 127.0.0.1 failed: error:0A0000C1:SSL "
+                              "routines::no shared cipher.", &ev), 1);
+    assert_string_equal(ev.event, "broker_tls_refused");
+    assert_string_equal(ev.subject, "");
+    assert_int_equal(classify("Client gw-0004 disconnected due to oversize packet.", &ev), 1);
+    assert_string_equal(ev.event, "broker_protocol_error");
+    assert_string_equal(ev.subject, "gw-0004");
     assert_int_equal(classify("Client gw-0002 already connected, closing old connection.", &ev),
                      1);
     assert_string_equal(ev.event, "broker_session_takeover");

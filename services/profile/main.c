@@ -8,6 +8,10 @@
  *          [output anomaly] one PUSH per anomaly shard; a gateway always goes to the same shard
  *          (FNV-1a of its id modulo the number of shards), so per-gateway state stays in one
  *          place.
+ *          [registry] DEALER: the profile in force, and the units each gateway declared in its
+ *          last birth (stored there by whichever replica saw the birth; a replica caches them
+ *          and drops a gateway's entry when the registry announces a change), so that every
+ *          replica converts readings into the profile's units.
  *          [output gate] optional PUSH to the command gate: mapped readings and command results,
  *          its view of the plant. Never blocks the pipeline: when the gate is away or slow the
  *          frame is dropped and counted (the gate then finds its data stale and refuses
@@ -18,27 +22,42 @@
 
 #include "cm_log.h"
 #include "cm_profile.h"
+#include "cm_registry.h"
 #include "cm_stage.h"
 
 #define MAX_SHARDS 16
+#define UNIT_SLOTS 4096 /* gateways whose declared units a replica keeps; full: start afresh */
+
+/* The units a gateway declared, by channel name (absent: the profile's unit). */
+typedef struct declared {
+    char gw[65];
+    size_t n;
+    char (*channel)[65];
+    char (*unit)[16];
+} declared;
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
-    {"profile", "file", 1, "data profile"},
+    CM_PROFILE_SPEC_ROWS("profile"),
+    CM_REGISTRY_SPEC_ROWS("registry"),
     {NULL, NULL, 0, NULL},
 };
 
 typedef struct profiler {
     cm_svc *svc;
+    cm_registry *reg; /* NULL with a local profile file */
     cm_profile *profile;
+    cm_metric *version;
     void *to_archive;
     void *shards[MAX_SHARDS];
     void *to_gate; /* may be NULL */
     int n_shards;
-    cm_metric *mapped, *unknown, *births_refused, *gate_dropped;
+    cm_metric *mapped, *unknown, *births_refused, *gate_dropped, *converted, *units_unknown;
+    declared *units[UNIT_SLOTS];
+    size_t n_units;
 } profiler;
 
 static unsigned shard_of(const char *gw, int n)
@@ -47,6 +66,92 @@ static unsigned shard_of(const char *gw, int n)
     for (; *gw; gw++)
         h = (h ^ (uint8_t)*gw) * 16777619u;
     return h % (unsigned)n;
+}
+
+static void declared_free(declared **d)
+{
+    if (!*d)
+        return;
+    free((*d)->channel);
+    free((*d)->unit);
+    free(*d);
+    *d = NULL;
+}
+
+static size_t unit_slot(profiler *p, const char *gw)
+{
+    uint32_t h = 2166136261u;
+    for (const char *c = gw; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    size_t i = h % UNIT_SLOTS;
+    while (p->units[i] && strcmp(p->units[i]->gw, gw) != 0)
+        i = (i + 1) % UNIT_SLOTS;
+    return i;
+}
+
+static void units_forget(profiler *p, const char *gw)
+{
+    /* open addressing without tombstones: dropping one entry means starting afresh */
+    size_t i = unit_slot(p, gw);
+    if (!p->units[i])
+        return;
+    for (size_t k = 0; k < UNIT_SLOTS; k++)
+        declared_free(&p->units[k]);
+    p->n_units = 0;
+}
+
+/* What gw declared, from the cache or the registry; NULL when the registry does not answer. */
+static const declared *units_of(profiler *p, const char *gw)
+{
+    size_t i = unit_slot(p, gw);
+    if (p->units[i])
+        return p->units[i];
+    if (!p->reg)
+        return NULL;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_CHANNELS;
+    req.id = (char *)gw;
+    Suido__RegistryReply *rep = NULL;
+    if (cm_registry_call(p->reg, &req, &rep) != CM_OK || rep->status != 0) {
+        if (rep)
+            suido__registry_reply__free_unpacked(rep, NULL);
+        return NULL;
+    }
+    declared *d = calloc(1, sizeof *d);
+    size_t n = rep->n_channels;
+    if (d) {
+        d->channel = calloc(n ? n : 1, sizeof *d->channel);
+        d->unit = calloc(n ? n : 1, sizeof *d->unit);
+    }
+    if (!d || !d->channel || !d->unit) {
+        declared_free(&d);
+        suido__registry_reply__free_unpacked(rep, NULL);
+        return NULL;
+    }
+    snprintf(d->gw, sizeof d->gw, "%s", gw);
+    for (size_t k = 0; k < n; k++) {
+        snprintf(d->channel[k], sizeof d->channel[0], "%s", rep->channels[k]->name);
+        snprintf(d->unit[k], sizeof d->unit[0], "%s", rep->channels[k]->unit);
+    }
+    d->n = n;
+    suido__registry_reply__free_unpacked(rep, NULL);
+    if (p->n_units >= UNIT_SLOTS * 3 / 4) { /* bounded: start afresh */
+        for (size_t k = 0; k < UNIT_SLOTS; k++)
+            declared_free(&p->units[k]);
+        p->n_units = 0;
+    }
+    i = unit_slot(p, gw);
+    p->units[i] = d;
+    p->n_units++;
+    return d;
+}
+
+static const char *declared_unit(const declared *d, const char *channel)
+{
+    for (size_t k = 0; d && k < d->n; k++)
+        if (strcmp(d->channel[k], channel) == 0)
+            return d->unit[k];
+    return NULL;
 }
 
 static void to_gate(profiler *p, const Suido__StageMessage *m)
@@ -75,6 +180,9 @@ static void on_data(void *ctx, void *arg, const char *peer)
     }
     size_t k = 0;
     uint32_t unknown = 0;
+    const declared *d = units_of(p, m->header->gateway_id);
+    if (!d)
+        cm_metric_inc(p->units_unknown); /* registry away: the profile's units are assumed */
     for (size_t i = 0; i < n; i++) {
         const Suido__Reading *r = m->batch->readings[i];
         const cm_channel *c = cm_profile_channel(p->profile, m->site_kind, r->channel);
@@ -82,9 +190,18 @@ static void on_data(void *ctx, void *arg, const char *peer)
             unknown++;
             continue;
         }
+        double v = r->value;
+        const char *from = declared_unit(d, r->channel);
+        if (from && strcmp(from, c->unit) != 0) {
+            if (cm_unit_convert(from, c->unit, r->value, &v) != CM_OK) {
+                unknown++; /* the birth check lets only convertible units through */
+                continue;
+            }
+            cm_metric_inc(p->converted);
+        }
         suido__mapped_reading__init(&mr[k]);
         mr[k].channel = (char *)c->id;
-        mr[k].value = r->value;
+        mr[k].value = v;
         mr[k].unit = (char *)c->unit;
         mr[k].timestamp_ms = m->header->timestamp_ms + r->offset_ms;
         ptrs[k] = &mr[k];
@@ -140,6 +257,20 @@ static void on_birth(void *ctx, void *arg, const char *peer)
         cm_warn("topic=%s reason=%s result=birth_refused", m->topic, why);
         m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
         m->reason = (char *)why;
+    } else if (p->reg && m->header && m->header->gateway_id) {
+        /* every replica converts this gateway's readings from what it declared now */
+        Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+        req.op = SUIDO__REGISTRY_OP__REG_SET_CHANNELS;
+        req.id = m->header->gateway_id;
+        req.n_channels = m->birth->n_channels;
+        req.channels = m->birth->channels;
+        Suido__RegistryReply *rep = NULL;
+        if (cm_registry_call(p->reg, &req, &rep) != CM_OK || rep->status != 0)
+            cm_warn("gateway=%s error=\"declared channels not recorded by the registry\"",
+                    m->header->gateway_id);
+        if (rep)
+            suido__registry_reply__free_unpacked(rep, NULL);
+        units_forget(p, m->header->gateway_id);
     }
     cm_stage_send(p->to_archive, m);
 }
@@ -163,6 +294,33 @@ static void on_cmdres(void *ctx, void *arg, const char *peer)
     m->envelope.data = NULL;
     to_gate(p, m);
     m->envelope = env;
+}
+
+/* The registry announced a new profile version: fetched, checked and put in force at once (the
+ * stage keeps no state that refers to the old one). A version that cannot be fetched or does not
+ * check out leaves the one in force. */
+static void on_new_profile(void *ctx, const char *kind, const char *id)
+{
+    if (strcmp(kind, "channels") == 0) {
+        units_forget(ctx, id);
+        return;
+    }
+    if (strcmp(kind, "profile") != 0)
+        return;
+    long version = strtol(id, NULL, 10);
+    profiler *p = ctx;
+    char err[CM_CONF_ERRLEN];
+    cm_profile *np = NULL;
+    if (cm_registry_profile(p->reg, p->svc->conf, "profile", &np, err) != CM_OK) {
+        cm_error("announced_version=%ld in_force=%ld error=\"%s\"", version,
+                 cm_profile_version(p->profile), err);
+        return;
+    }
+    cm_info("profile=\"%s\" version=%ld previous=%ld event=profile_in_force", cm_profile_name(np),
+            cm_profile_version(np), cm_profile_version(p->profile));
+    cm_profile_destroy(&p->profile);
+    p->profile = np;
+    cm_metric_set(p->version, cm_profile_version(np));
 }
 
 static const cm_dispatch DISPATCH[] = {
@@ -201,11 +359,14 @@ int main(int argc, char **argv)
     p.svc = cm_svc_start("profile", argc, argv, SPEC);
     cm_svc *s = p.svc;
     char err[CM_CONF_ERRLEN];
-    if (cm_profile_load(cm_conf_get(s->conf, "profile", "file"), &p.profile, err) != CM_OK)
+    cm_svc_ready(s);
+    if (cm_conf_get(s->conf, "registry", "connect") &&
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &p.reg, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
+    if (cm_registry_profile_wait(p.reg, s->conf, "profile", 15000, &p.profile, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     cm_info("profile=\"%s\" version=%ld channels=%zu", cm_profile_name(p.profile),
             cm_profile_version(p.profile), cm_profile_channel_count(p.profile));
-    cm_svc_ready(s);
 
     void *input;
     if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
@@ -217,6 +378,10 @@ int main(int argc, char **argv)
     if (cm_conf_get(s->conf, "output gate", "connect") &&
         cm_zsock_client_conf(s->zctx, s->conf, "output gate", ZMQ_PUSH, &s->keys, &p.to_gate, err))
         cm_svc_die(s, "%s", err);
+    p.converted = cm_metric_counter(s->metrics, "suido_profile_converted_total",
+                                    "readings converted from the unit their gateway declared");
+    p.units_unknown = cm_metric_counter(s->metrics, "suido_profile_units_unknown_total",
+                                        "batches mapped without the gateway's declared units");
     p.gate_dropped = cm_metric_counter(s->metrics, "suido_profile_gate_dropped_total",
                                        "frames for the command gate dropped (gate away or slow)");
     p.mapped = cm_metric_counter(s->metrics, "suido_profile_mapped_total", "readings mapped");
@@ -224,12 +389,13 @@ int main(int argc, char **argv)
                                   "readings on channels the profile does not know");
     p.births_refused = cm_metric_counter(s->metrics, "suido_profile_births_refused_total",
                                          "births declaring unknown channels or units");
-    cm_metric_set(cm_metric_gauge(s->metrics, "suido_profile_version", "data profile version"),
-                  cm_profile_version(p.profile));
+    p.version = cm_metric_gauge(s->metrics, "suido_profile_version", "data profile version");
+    cm_metric_set(p.version, cm_profile_version(p.profile));
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", NULL, NULL, &events, err))
         cm_svc_die(s, "%s", err);
+    cm_events_on_other(events, on_new_profile, &p);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &p,
                           .events = events};
     cm_stage_run(&stage);
@@ -243,6 +409,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < p.n_shards; i++)
         zmq_close(p.shards[i]);
     cm_profile_destroy(&p.profile);
+    cm_registry_destroy(&p.reg);
+    for (size_t i = 0; i < UNIT_SLOTS; i++)
+        declared_free(&p.units[i]);
     cm_svc_destroy(&p.svc);
     return 0;
 }

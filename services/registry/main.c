@@ -11,6 +11,7 @@
  *          [output archive] PUSH: audit events. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zmq.h>
 
 #include <openssl/crypto.h>
@@ -19,7 +20,9 @@
 #include "cm_stage.h"
 #include "cm_svc.h"
 #include "cm_time.h"
+#include "cm_profile.h"
 #include "registry_operators.h"
+#include "registry_profile.h"
 #include "registry_store.h"
 #include "suido.pb-c.h"
 
@@ -33,6 +36,8 @@ static const cm_conf_spec SPEC[] = {
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {"registry", "ca", 0, "deployment CA certificate: provisioned gateways' certificates must chain to it"},
+    {"profile", "file", 0, "the data profile engineers edit; re-read when it changes"},
+    {"profile", "signing_key", 0, "P-256 key that signs each profile version (0600)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -45,6 +50,11 @@ typedef struct registry {
     void *to_archive; /* audit events, may be NULL */
     const char *state_file;
     const char *ca; /* NULL: provisioning is refused */
+    const char *profile_file; /* NULL: no profile distribution */
+    cm_signer *profile_signer;
+    struct stat profile_stat; /* of the version last offered, to notice a change */
+    uint64_t next_profile_check_ms;
+    cm_metric *profile_version, *profile_refusals;
     long warn_days[3];
     uint64_t next_expiry_check_ms;
     cm_metric *expiry_alerts;
@@ -271,6 +281,124 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
     reply(r, q->route, &rep);
     if (rep.gateway)
         registry_info_clear(&info);
+}
+
+/* Offers the profile file when it changed since the last look (or when forced): a good new
+ * version is stored, audited and announced; a bad one is refused, audited, and the version in
+ * force stays. Returns the offer's code. */
+static cm_err check_profile(registry *r, int force)
+{
+    struct stat st;
+    if (!r->profile_file)
+        return CM_OK;
+    if (stat(r->profile_file, &st) == 0 && !force && st.st_dev == r->profile_stat.st_dev &&
+        st.st_ino == r->profile_stat.st_ino && st.st_size == r->profile_stat.st_size &&
+        st.st_mtim.tv_sec == r->profile_stat.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == r->profile_stat.st_mtim.tv_nsec)
+        return CM_OK;
+    r->profile_stat = st;
+    registry_profile_offer o;
+    cm_err rc = registry_profile_offer_file(registry_store_db(r->store), r->profile_signer,
+                                            r->profile_file, cm_now_ms(), &o);
+    char detail[CM_CONF_ERRLEN + 128];
+    if (rc != CM_OK) {
+        cm_metric_inc(r->profile_refusals);
+        cm_error("profile=%s in_force=%ld error=\"%s\"", r->profile_file, o.old_version, o.why);
+        snprintf(detail, sizeof detail, "in_force=%ld why=\"%s\"", o.old_version, o.why);
+        audit(r, "profile_refused", "profile", "registry", detail);
+        return rc;
+    }
+    cm_metric_set(r->profile_version, o.new_version);
+    if (!o.changed)
+        return CM_OK;
+    cm_info("profile=%s from=%ld to=%ld digest=%s", r->profile_file, o.old_version,
+            o.new_version, o.digest);
+    snprintf(detail, sizeof detail, "from=%ld to=%ld sha256=%s", o.old_version, o.new_version,
+             o.digest);
+    audit(r, "profile_changed", "profile", "registry", detail);
+    char v[32];
+    snprintf(v, sizeof v, "%ld", o.new_version);
+    announce(r, "profile", v, 0, "");
+    return CM_OK;
+}
+
+static void on_set_channels(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    registry *r = ctx;
+    request *q = arg;
+    cm_err rc = registry_store_set_channels(r->store, q->req->id, q->req->channels,
+                                            q->req->n_channels);
+    if (rc != CM_OK) {
+        reply_error(r, q->route, rc);
+        return;
+    }
+    announce(r, "channels", q->req->id, 0, "");
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    reply(r, q->route, &rep);
+}
+
+typedef struct decls {
+    Suido__ChannelDecl items[256], *ptrs[256];
+    char names[256][65], units[256][16];
+    size_t n;
+} decls;
+
+static void collect_decl(void *ctx, const char *channel, const char *unit)
+{
+    decls *d = ctx;
+    if (d->n >= 256)
+        return;
+    suido__channel_decl__init(&d->items[d->n]);
+    snprintf(d->names[d->n], sizeof d->names[0], "%s", channel);
+    snprintf(d->units[d->n], sizeof d->units[0], "%s", unit);
+    d->items[d->n].name = d->names[d->n];
+    d->items[d->n].unit = d->units[d->n];
+    d->ptrs[d->n] = &d->items[d->n];
+    d->n++;
+}
+
+static void on_get_channels(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    registry *r = ctx;
+    request *q = arg;
+    static decls d;
+    d.n = 0;
+    cm_err rc = registry_store_get_channels(r->store, q->req->id, collect_decl, &d);
+    if (rc != CM_OK) {
+        reply_error(r, q->route, rc);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.n_channels = d.n;
+    rep.channels = d.ptrs;
+    reply(r, q->route, &rep);
+}
+
+static void on_get_profile(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    registry *r = ctx;
+    request *q = arg;
+    long version = 0;
+    uint8_t *text = NULL, *sig = NULL;
+    size_t len = 0, siglen = 0;
+    cm_err rc = registry_profile_current(registry_store_db(r->store), &version, &text, &len,
+                                         &sig, &siglen);
+    if (rc != CM_OK) {
+        reply_error(r, q->route, rc == CM_ERR_UNKNOWN ? CM_ERR_UNAVAILABLE : rc);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.profile_text.data = text;
+    rep.profile_text.len = len;
+    rep.profile_signature.data = sig;
+    rep.profile_signature.len = siglen;
+    rep.profile_version = (uint64_t)version;
+    reply(r, q->route, &rep);
+    free(text);
+    free(sig);
 }
 
 static void on_login(void *ctx, void *arg, const char *peer)
@@ -534,6 +662,9 @@ static const cm_dispatch DISPATCH[] = {
     {"add_gateway", "suidoctl", on_add_gateway},
     {"set_service_state", "suidoctl", on_set_service_state},
     {"seen", "verify", on_seen},
+    {"get_profile", "profile,anomaly,gate,suidoctl,monitor", on_get_profile},
+    {"set_channels", "profile", on_set_channels},
+    {"get_channels", "profile,suidoctl,monitor", on_get_channels},
     {"login", "suidoctl,monitor", on_login},
     {"session_check", "suidoctl,monitor,gate,archive", on_session_check},
     {"logout", "suidoctl,monitor", on_logout},
@@ -554,6 +685,8 @@ static const struct {
     {"login", -1},
     {"session_check", -1},
     {"get_gateway", ROLE_VIEWER},
+    {"get_profile", ROLE_VIEWER},
+    {"get_channels", ROLE_VIEWER},
     {"list_gateways", ROLE_VIEWER},
     {"logout", ROLE_VIEWER},
     {"set_gateway_state", ROLE_ADMIN},
@@ -604,6 +737,12 @@ static const char *op_name(int op)
         return "add_gateway";
     case SUIDO__REGISTRY_OP__REG_SEEN:
         return "seen";
+    case SUIDO__REGISTRY_OP__REG_GET_PROFILE:
+        return "get_profile";
+    case SUIDO__REGISTRY_OP__REG_SET_CHANNELS:
+        return "set_channels";
+    case SUIDO__REGISTRY_OP__REG_GET_CHANNELS:
+        return "get_channels";
     case SUIDO__REGISTRY_OP__REG_LOGIN:
         return "login";
     case SUIDO__REGISTRY_OP__REG_SESSION_CHECK:
@@ -648,7 +787,8 @@ static void handle_one(registry *r)
     const cm_dispatch *row = cm_dispatch_find(DISPATCH, op);
     request q = {.route = &route, .req = req, .peer = peer};
     /* the operations about one identity need a well-formed id */
-    static const char *const NEEDS_ID[] = {"get_gateway", "set_gateway_state",
+    static const char *const NEEDS_ID[] = {"get_gateway", "set_gateway_state", "set_channels",
+                                           "get_channels",
                                            "set_service_state", "login", "operator_add",
                                            "set_operator_state"};
     int needs_id = 0;
@@ -716,6 +856,22 @@ int main(int argc, char **argv)
     if (registry_store_import(scratch, inv, &added, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     registry_store_close(&scratch);
+    const char *pfile = cm_conf_get(s->conf, "profile", "file");
+    const char *pkey = cm_conf_get(s->conf, "profile", "signing_key");
+    if (pfile && (!pkey || cm_key_file_check(pkey) != CM_OK ||
+                  cm_signer_load(pkey, &r.profile_signer) != CM_OK))
+        cm_svc_die(s, "%s: [profile] file needs signing_key, a P-256 private key (0600)",
+                   cm_conf_name(s->conf));
+    if (pfile) {
+        /* refused by -n; at run time a refused file leaves the version in force (if any) */
+        cm_profile *check = NULL;
+        if (cm_profile_load(pfile, &check, err) != CM_OK) {
+            if (s->check_only)
+                cm_svc_die(s, "%s", err);
+            cm_warn("profile=%s error=\"%s\"", pfile, err);
+        }
+        cm_profile_destroy(&check);
+    }
     cm_svc_ready(s);
 
     char db[4096];
@@ -743,6 +899,26 @@ int main(int argc, char **argv)
         cm_stage_audit_security(s, r.to_archive);
     r.state_file = cm_conf_get(s->conf, "broker", "state_file");
     r.ca = cm_conf_get(s->conf, "registry", "ca");
+    r.profile_version = cm_metric_gauge(s->metrics, "suido_registry_profile_version",
+                                        "data profile version in force");
+    r.profile_refusals = cm_metric_counter(s->metrics, "suido_registry_profile_refusals_total",
+                                           "profile files refused (the version in force stays)");
+    if (registry_profile_init(registry_store_db(r.store)) != CM_OK)
+        cm_svc_die(s, "%s: cannot create the profile table", db);
+    r.profile_file = cm_conf_get(s->conf, "profile", "file");
+    if (r.profile_file) {
+        long v;
+        uint8_t *t = NULL, *g = NULL;
+        size_t tl, gl;
+        int have = registry_profile_current(registry_store_db(r.store), &v, &t, &tl, &g, &gl) ==
+                   CM_OK;
+        free(t);
+        free(g);
+        /* a profile that cannot be taken is fatal only when there is no version to keep */
+        if (check_profile(&r, 1) != CM_OK && !have)
+            cm_svc_die(s, "%s: no profile version in force and this one is refused (see the log)",
+                       r.profile_file);
+    }
     publish_identities(&r);
     r.requests = cm_metric_counter(s->metrics, "suido_registry_requests_total", "look-ups received");
     r.rejected = cm_metric_counter(s->metrics, "suido_registry_rejected_total",
@@ -765,6 +941,10 @@ int main(int argc, char **argv)
                 it.revents = (short)ev;
             }
         check_expiry(&r);
+        if (cm_mono_ms() >= r.next_profile_check_ms) {
+            check_profile(&r, 0);
+            r.next_profile_check_ms = cm_mono_ms() + 1000;
+        }
         cm_svc_tick(s);
     }
     cm_info("event=stopping");
@@ -773,6 +953,7 @@ int main(int argc, char **argv)
         zmq_close(r.events);
     if (r.to_archive)
         zmq_close(r.to_archive);
+    cm_signer_destroy(&r.profile_signer);
     registry_operators_close(&r.ops);
     registry_store_close(&r.store);
     cm_svc_destroy(&r.svc);

@@ -45,7 +45,11 @@ static const char SCHEMA[] =
     " cert_sha256 TEXT NOT NULL,"
     " cert_not_after_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
-    " cert_warned INTEGER NOT NULL DEFAULT 0);";
+    " cert_warned INTEGER NOT NULL DEFAULT 0);"
+    /* what each gateway declared in its last birth: its channels and their units */
+    "CREATE TABLE IF NOT EXISTS gateway_channels("
+    " gateway TEXT NOT NULL, channel TEXT NOT NULL, unit TEXT NOT NULL,"
+    " PRIMARY KEY(gateway, channel)) WITHOUT ROWID;";
 
 cm_err registry_store_open(const char *path, registry_store **out)
 {
@@ -510,6 +514,60 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
 }
 
 sqlite3 *registry_store_db(registry_store *s) { return s->db; }
+
+cm_err registry_store_set_channels(registry_store *s, const char *gw,
+                                   Suido__ChannelDecl *const *decl, size_t n)
+{
+    sqlite3_stmt *del = NULL, *ins = NULL;
+    cm_err rc = CM_ERR_DB;
+    if (!valid_id(gw) || n > 4096)
+        return CM_ERR_INVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!decl[i]->name || !*decl[i]->name || strlen(decl[i]->name) > 64 || !decl[i]->unit ||
+            strlen(decl[i]->unit) > 15)
+            return CM_ERR_INVAL;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM gateway_channels WHERE gateway=?", -1, &del,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO gateway_channels(gateway, channel, unit)"
+                                  " VALUES(?,?,?)", -1, &ins, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(del, 1, gw, -1, SQLITE_STATIC);
+    if (sqlite3_step(del) != SQLITE_DONE)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_reset(ins);
+        sqlite3_bind_text(ins, 1, gw, -1, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 2, decl[i]->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 3, decl[i]->unit, -1, SQLITE_STATIC);
+        if (sqlite3_step(ins) != SQLITE_DONE)
+            goto out;
+    }
+    rc = CM_OK;
+out:
+    sqlite3_finalize(del);
+    sqlite3_finalize(ins);
+    if (sqlite3_exec(s->db, rc == CM_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)
+        rc = CM_ERR_DB;
+    return rc;
+}
+
+cm_err registry_store_get_channels(registry_store *s, const char *gw,
+                                   void (*fn)(void *ctx, const char *channel, const char *unit),
+                                   void *ctx)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT channel, unit FROM gateway_channels WHERE gateway=?"
+                                  " ORDER BY channel", -1, &st, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    sqlite3_bind_text(st, 1, gw, -1, SQLITE_STATIC);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW)
+        fn(ctx, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1));
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+}
 
 cm_err registry_store_expiry(registry_store *s, uint64_t now_ms, const long thresholds[3],
                              registry_expiry_fn fn, void *ctx)

@@ -39,6 +39,13 @@ typedef struct registry_new_gateway {
  * included: an id is never reused. CM_ERR_KEY: the signing key is not a P-256 public key. */
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g);
 
+/* What gateway gw declared in its last birth (replaces what it declared before). */
+cm_err registry_store_set_channels(registry_store *s, const char *gw,
+                                   Suido__ChannelDecl *const *decl, size_t n);
+cm_err registry_store_get_channels(registry_store *s, const char *gw,
+                                   void (*fn)(void *ctx, const char *channel, const char *unit),
+                                   void *ctx);
+
 cm_err registry_store_get(registry_store *s, const char *id, Suido__GatewayInfo *info);
 void registry_info_clear(Suido__GatewayInfo *info);
 /* Calls fn for each gateway in id order. */

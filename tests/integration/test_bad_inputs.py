@@ -48,6 +48,25 @@ MiB = 1 << 20
 
 # ==================================================================================== helpers
 
+def broker_audit_mark(suite):
+    """What the audit log holds of the broker's refusals now (see broker_audited)."""
+    return (suite.query("SELECT count(*) FROM audit WHERE source='ingest' AND actor='broker'")[0][0],
+            suite.metric("ingest", "suido_ingest_broker_events_suppressed_total"))
+
+
+def broker_audited(suite, mark, event):
+    """A refusal inside the broker since mark reached the audit log as `event`, or was counted
+    over the audit budget (30 per 10 s; summed up in one broker_events_suppressed entry)."""
+    n, suppressed = mark
+
+    def seen():
+        rows = suite.query("SELECT event FROM audit WHERE source='ingest' AND actor='broker' "
+                           "ORDER BY seq LIMIT -1 OFFSET ?", n)
+        return any(e == event for (e,) in rows) or \
+            suite.metric("ingest", "suido_ingest_broker_events_suppressed_total") > suppressed
+    return wait_until(seen, 5)
+
+
 def all_alive(suite):
     broker = suite.procs["mosquitto"]
     assert broker.poll() is None, "the broker died:\n" + suite.log("mosquitto")
@@ -297,8 +316,10 @@ def test_tls_below_1_2_is_refused_with_a_protocol_version_alert(suite, version):
         ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
         ctx.maximum_version = getattr(ssl.TLSVersion, version)
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # so that this client really offers the old version
+    mark = broker_audit_mark(suite)
     ok, why = handshake(suite, ctx)
     assert not ok, f"{version} accepted: {why}"
+    assert broker_audited(suite, mark, "broker_tls_refused")
     # the alert comes from the broker (a client that could not offer it fails differently)
     assert "ALERT_PROTOCOL_VERSION" in why, why
     # control: the same client allowed up to TLS 1.2 gets in
@@ -631,6 +652,7 @@ FIRST_PACKETS = {
 
 @pytest.mark.parametrize("first", list(FIRST_PACKETS))
 def test_first_packet_not_connect_is_closed(suite, first):
+    mark = broker_audit_mark(suite)
     c = R.Conn(suite, "gw-0004")
     try:
         c.send(FIRST_PACKETS[first])
@@ -638,6 +660,7 @@ def test_first_packet_not_connect_is_closed(suite, first):
         assert c.seen == [], c.seen
     finally:
         c.close()
+    assert broker_audited(suite, mark, "broker_protocol_error")
     all_alive(suite)
     control_publish_acked(suite)
 
@@ -782,6 +805,7 @@ def test_payload_over_the_packet_limit_closes_the_connection_and_is_not_delivere
     fits = sized_envelope(pb, suite, "gw-0004", 9104, 1, room)
     over = sized_envelope(pb, suite, "gw-0004", 9104, 2, room + 1)
     mark = log_mark(suite)
+    audit_mark = broker_audit_mark(suite)
     c = R.open_session(suite, "gw-0004")
     try:
         c.send(R.publish(topic, over, pid=2))
@@ -790,6 +814,7 @@ def test_payload_over_the_packet_limit_closes_the_connection_and_is_not_delivere
     finally:
         c.close()
     assert "Client gw-0004 disconnected due to oversize packet." in log_since(suite, mark)
+    assert broker_audited(suite, audit_mark, "broker_protocol_error")
     c = R.open_session(suite, "gw-0004")
     try:
         c.send(R.publish(topic, fits, pid=1))

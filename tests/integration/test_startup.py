@@ -89,9 +89,10 @@ def test_malformed_profile_is_refused_with_line(suite, tmp_path):
     prof = tmp_path / "utility-profile.conf"
     prof.write_text((suite.dir / "profile.conf").read_text().replace(
         "limits = 0.5, 1.0, 9.0, 9.5", "limits = 9.5, 1.0, 9.0, 0.5"))
-    conf = edited(suite, tmp_path, "profile",
-                  lambda t: re.sub(r"file = .*", f"file = {prof}", t))
-    line = refused(check(suite, "profile", conf), "utility-profile.conf:")
+    # the registry loads the profile (and signs and distributes it): -n checks it
+    conf = edited(suite, tmp_path, "registry",
+                  lambda t: re.sub(r"(?m)^file = .*profile\.conf$", f"file = {prof}", t))
+    line = refused(check(suite, "registry", conf), "utility-profile.conf:")
     assert "LL <= L < H <= HH" in line
 
 
