@@ -295,7 +295,8 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             REJECT(CM_ERR_DECODE, "reading_count");
         for (size_t i = 0; i < res->batch->n_readings; i++) {
             const Suido__Reading *r = res->batch->readings[i];
-            if (!r->channel || !*r->channel || strlen(r->channel) > 64 || !isfinite(r->value))
+            if (!r->channel || !*r->channel || strlen(r->channel) > 64 || !isfinite(r->value) ||
+                r->offset_ms > VERIFY_MAX_OFFSET_MS)
                 REJECT(CM_ERR_DECODE, "invalid_reading");
         }
         break;

@@ -17,6 +17,9 @@
 #define VERIFY_MAX_ENVELOPE 65536
 #define VERIFY_MAX_HEADER 2048
 #define VERIFY_MAX_READINGS 4096
+/* A reading's offset from its batch's timestamp: a batch spans minutes at most, so an hour is
+ * generous; more would let one reading carry a date far in the future. */
+#define VERIFY_MAX_OFFSET_MS 3600000u
 
 typedef cm_err (*verify_lookup_fn)(void *ctx, const char *gateway_id, const cm_gateway **out);
 

@@ -114,6 +114,7 @@ typedef struct msg_opts {
     int flip_body, flip_tag, bad_count;
     int cipher;           /* header's cipher when encrypting (default AES-256-GCM) */
     double value;
+    uint32_t offset_ms;
 } msg_opts;
 
 /* Builds a SignedEnvelope the way a gateway does. Returns malloc'd bytes. */
@@ -122,6 +123,7 @@ static uint8_t *build(const msg_opts *o, size_t *len)
     Suido__Reading r = SUIDO__READING__INIT, *rp = &r;
     r.channel = "level";
     r.value = o->value;
+    r.offset_ms = o->offset_ms;
     Suido__TelemetryBatch b = SUIDO__TELEMETRY_BATCH__INIT;
     b.n_readings = 1;
     b.readings = &rp;
@@ -253,6 +255,13 @@ static void test_refusals(void **state)
     t = o;
     t.value = 0.0 / 0.0;
     assert_string_equal(check(v, T, &t), "invalid_reading");
+    /* a reading dated far after its batch would blind time-ordered detectors until then */
+    t = o;
+    t.seq = 11;
+    t.offset_ms = VERIFY_MAX_OFFSET_MS + 1;
+    assert_string_equal(check(v, T, &t), "invalid_reading");
+    t.offset_ms = VERIFY_MAX_OFFSET_MS;
+    assert_string_equal(check(v, T, &t), "ok");
     t = o;
     t.seq = 0;
     assert_string_equal(check(v, T, &t), "zero_sequence");
