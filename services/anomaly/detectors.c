@@ -169,6 +169,18 @@ int det_missing_seen(det_missing_state *s, uint64_t ts_ms, anomaly_event *ev)
     return n;
 }
 
+int det_missing_stopped(det_missing_state *s, anomaly_event *ev)
+{
+    int raised = s->raised;
+    s->has_seen = 0;
+    s->raised = 0;
+    if (!raised)
+        return 0;
+    set_event(ev, "missing_data", "missing", 1, s->limit_s,
+              "the gateway announced its shutdown: silence expected");
+    return 1;
+}
+
 int det_missing_check(det_missing_state *s, const cm_channel *c, uint64_t now_ms,
                       anomaly_event *ev)
 {

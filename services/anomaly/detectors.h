@@ -90,6 +90,10 @@ int det_missing_seen(det_missing_state *s, uint64_t ts_ms, anomaly_event *ev);
 int det_missing_check(det_missing_state *s, const cm_channel *c, uint64_t now_ms,
                       anomaly_event *ev);
 
+/* The gateway announced an orderly stop (its death message): silence is expected from now on,
+ * until its next reading. Clears a raised alert (returns 1 with the event), else returns 0. */
+int det_missing_stopped(det_missing_state *s, anomaly_event *ev);
+
 /* ---- 3. statistical deviation: rule "deviation", family "deviation" -------------------------- */
 
 typedef struct det_deviation_params {

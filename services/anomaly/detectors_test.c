@@ -317,6 +317,29 @@ static void test_missing_not_before_first_reading(void **state)
     assert_int_equal(t.raised, 1);
 }
 
+static void test_missing_after_an_announced_stop(void **state)
+{
+    (void)state;
+    cm_channel c = level_channel();
+    det_missing_state s = {0};
+    anomaly_event ev;
+    tally t = {0};
+    take(&t, det_missing_seen(&s, ms(0), &ev), &ev, 0);
+    take(&t, det_missing_check(&s, &c, ms(60), &ev), &ev, 60);
+    assert_int_equal(t.raised, 1);
+    /* the death arrives: the raised alert clears, and a day of silence raises nothing */
+    assert_int_equal(det_missing_stopped(&s, &ev), 1);
+    assert_int_equal(ev.cleared, 1);
+    assert_string_equal(ev.family, "missing");
+    assert_int_equal(det_missing_stopped(&s, &ev), 0);
+    for (int i = 61; i < 86400; i += 10)
+        assert_int_equal(det_missing_check(&s, &c, ms(i), &ev), 0);
+    /* it reports again: silence counts once more */
+    take(&t, det_missing_seen(&s, ms(86400), &ev), &ev, 86400);
+    take(&t, det_missing_check(&s, &c, ms(86460), &ev), &ev, 86460);
+    assert_int_equal(t.raised, 2);
+}
+
 static void test_missing_raises_once_and_clears(void **state)
 {
     (void)state;
@@ -908,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_stuck_ignores_nan_backwards_and_gaps),
         cmocka_unit_test(test_missing_limit),
         cmocka_unit_test(test_missing_not_before_first_reading),
+        cmocka_unit_test(test_missing_after_an_announced_stop),
         cmocka_unit_test(test_missing_raises_once_and_clears),
         cmocka_unit_test(test_missing_no_chatter_at_boundary),
         cmocka_unit_test(test_missing_jittery_normal_and_backwards),

@@ -92,6 +92,16 @@ static void on_readings(void *ctx, void *arg, const char *peer)
     shard_feed(c->shard, &b, cm_now_ms());
 }
 
+/* An orderly stop: the gateway's silence from now on is expected, not missing data. */
+static void on_death(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    checker *c = ctx;
+    Suido__StageMessage *m = arg;
+    if (m->header && m->header->gateway_id && m->status == SUIDO__VERIFY_STATUS__VERIFY_OK)
+        shard_gateway_stopped(c->shard, m->header->gateway_id, cm_now_ms());
+}
+
 static void on_tick(void *ctx)
 {
     checker *c = ctx;
@@ -151,6 +161,7 @@ static void on_new_profile(void *ctx, const char *kind, const char *id)
 static const cm_dispatch DISPATCH[] = {
     {"data", "profile", on_readings},
     {"backfill", "profile", on_readings},
+    {"death", "profile", on_death},
     {NULL, NULL, NULL},
 };
 

@@ -403,6 +403,19 @@ void shard_feed(shard *s, const shard_batch *b, uint64_t now_ms)
     s->cur = NULL;
 }
 
+void shard_gateway_stopped(shard *s, const char *gateway_id, uint64_t now_ms)
+{
+    for (size_t k = 0; k < s->chans.used; k++) {
+        if (strcmp(s->chans.keys[k].gw, gateway_id) != 0)
+            continue;
+        chan_state *cs = &s->chan[k];
+        anomaly_event ev;
+        if (det_missing_stopped(&cs->missing, &ev))
+            emit(s, s->chans.keys[k].gw, cs->site, cs->ch->id, &ev,
+                 cs->has_value ? cs->last_value : NAN, now_ms, now_ms);
+    }
+}
+
 void shard_tick(shard *s, uint64_t now_ms)
 {
     for (size_t k = 0; k < s->chans.used; k++) {

@@ -87,5 +87,8 @@ void shard_feed(shard *s, const shard_batch *b, uint64_t now_ms);
 
 /* Time-driven checks (missing data); call about every second. */
 void shard_tick(shard *s, uint64_t now_ms);
+/* gateway_id announced an orderly stop (death): its channels are not reported missing until it
+ * sends again, and missing-data alerts already raised for it are cleared. */
+void shard_gateway_stopped(shard *s, const char *gateway_id, uint64_t now_ms);
 
 #endif

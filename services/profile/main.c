@@ -275,11 +275,20 @@ static void on_birth(void *ctx, void *arg, const char *peer)
     cm_stage_send(p->to_archive, m);
 }
 
-static void on_passthrough(void *ctx, void *arg, const char *peer)
+/* A death is stored, and told to the gateway's shard (its silence is expected from now on). */
+static void on_death(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
     profiler *p = ctx;
-    cm_stage_send(p->to_archive, arg);
+    Suido__StageMessage *m = arg;
+    cm_stage_send(p->to_archive, m);
+    if (!m->header || !m->header->gateway_id)
+        return;
+    ProtobufCBinaryData env = m->envelope;
+    m->envelope.len = 0;
+    m->envelope.data = NULL;
+    cm_stage_send(p->shards[shard_of(m->header->gateway_id, p->n_shards)], m);
+    m->envelope = env;
 }
 
 /* A command result is stored like any numbered envelope, and the gate learns what happened. */
@@ -327,7 +336,7 @@ static const cm_dispatch DISPATCH[] = {
     {"data", "verify", on_data},
     {"backfill", "verify", on_data},
     {"birth", "verify", on_birth},
-    {"death", "verify", on_passthrough},
+    {"death", "verify", on_death},
     {"cmdres", "verify", on_cmdres},
     {NULL, NULL, NULL},
 };

@@ -31,6 +31,20 @@ def test_signed_batches_are_archived_exactly_once(suite):
     assert readings == 5 * 16
 
 
+def test_a_gateway_that_stopped_in_order_is_not_reported_missing(suite):
+    """An orderly stop (the death message) tells the anomaly checker that silence is expected;
+    a gateway that goes quiet without one is reported (missing_data) after a few periods."""
+    t0 = int(time.time() * 1000)
+    suite.sim("--ids", "gw-0006", "--max-batches", 3, "--rate", 10, "--wait-acks", 10)
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM events WHERE gateway='gw-0006' AND kind='death' "
+        "AND received_ms >= ?", t0)[0][0] == 1, 10)
+    time.sleep(8)  # beyond the 6 s silence limit of its 1 s channels
+    raised = suite.query("SELECT count(*) FROM alerts WHERE gateway='gw-0006' AND "
+                         "rule='missing_data' AND cleared=0 AND received_ms >= ?", t0)[0][0]
+    assert raised == 0
+
+
 def test_encrypted_batches_are_opened_and_archived(suite):
     unwraps = suite.metric("verify", "suido_verify_unwraps")
     rep = suite.sim("--ids", "gw-0002", "--max-batches", 4, "--rate", 10, "--encrypt",
