@@ -272,6 +272,12 @@ server_key = $(key archive)
 connect = $(ep 6)
 server_key = $(key gate)
 
+[backup]
+registry_database = $DIR/state/registry/registry.db
+signing_key = $DIR/platform/backup.key
+verify_key = $DIR/platform/backup.pub
+ca = $DIR/ca/ca.crt
+
 [pki]
 dir = $DIR
 script = $TOP/keys/mkpki.sh

@@ -8,6 +8,8 @@
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
  *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
+ *   suidoctl [-c CONF] [--json] backup create|verify DIR
+ *   suidoctl [-c CONF] [--json] backup restore DIR --to STATEDIR [--force]
  *   suidoctl [-c CONF] [--json] login ID --totp CODE [--password-file F] [--source S]
  *   suidoctl [-c CONF] logout
  *   suidoctl [-c CONF] [--json] operator add ID --role viewer|operator|admin [--password-file F]
@@ -47,6 +49,8 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "audit_check.h"
+#include "backup.h"
 #include "cm_audit.h"
 #include "cm_conf.h"
 #include "cm_log.h"
@@ -74,6 +78,10 @@ static const cm_conf_spec SPEC[] = {
     {"pki", "dir", 0, "deployment PKI folder (gateways/<id>/ private keys destroyed at disposal)"},
     {"pki", "script", 0, "keys/mkpki.sh, which issues a provisioned gateway's credentials"},
     {"pki", "broker", 0, "broker URL written into field bundles, e.g. ssl://host:8883"},
+    {"backup", "registry_database", 0, "registry database that backup create snapshots"},
+    {"backup", "signing_key", 0, "backup manifest signing key (PEM, 0600), for backup create"},
+    {"backup", "verify_key", 0, "backup manifest public key (PEM), for backup verify/restore"},
+    {"backup", "ca", 0, "deployment CA certificate: its SHA-256 is a backup's deployment id"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -97,6 +105,9 @@ static void usage(void)
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
             "  audit verify [--db PATH]  check the audit log's hash chain\n"
+            "  backup create DIR         signed online snapshot of the archive and registry\n"
+            "  backup verify DIR         check a backup: signature, hashes, audit chain, batches\n"
+            "  backup restore DIR --to STATEDIR [--force]  verify, then restore; services stopped\n"
             "  login ID --totp CODE [--password-file F] [--source S]\n"
             "  logout\n"
             "  operator add ID --role viewer|operator|admin [--password-file F]\n"
@@ -742,57 +753,26 @@ static int cmd_audit_verify(ctl *c, const char *db)
     char uri[4200];
     snprintf(uri, sizeof uri, "file:%s?mode=ro", db);
     sqlite3 *h = NULL;
-    sqlite3_stmt *st = NULL;
+    audit_check_result r;
     if (sqlite3_open_v2(uri, &h, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(h,
-                           "SELECT seq, ts_ms, source, event, subject, actor, detail, hash "
-                           "FROM audit ORDER BY rowid",
-                           -1, &st, NULL) != SQLITE_OK) {
+        audit_check_db(h, &r) != CM_OK) {
         fprintf(stderr, "suidoctl: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
         sqlite3_close(h);
         return EXIT_UNAVAILABLE;
     }
-    uint8_t prev[CM_AUDIT_HASH_LEN] = {0}, want[CM_AUDIT_HASH_LEN];
-    uint64_t n = 0, bad_seq = 0;
-    const char *why = NULL;
-    while (!why && sqlite3_step(st) == SQLITE_ROW) {
-        cm_audit_entry e = {
-            .seq = (uint64_t)sqlite3_column_int64(st, 0),
-            .ts_ms = (uint64_t)sqlite3_column_int64(st, 1),
-            .source = (const char *)sqlite3_column_text(st, 2),
-            .event = (const char *)sqlite3_column_text(st, 3),
-            .subject = (const char *)sqlite3_column_text(st, 4),
-            .actor = (const char *)sqlite3_column_text(st, 5),
-            .detail = (const char *)sqlite3_column_text(st, 6),
-        };
-        n++;
-        bad_seq = e.seq;
-        if (e.seq != n)
-            why = "entry missing or out of order";
-        else if (cm_audit_hash(prev, &e, want) != CM_OK)
-            why = "hash computation failed";
-        else if (sqlite3_column_bytes(st, 7) != CM_AUDIT_HASH_LEN ||
-                 memcmp(sqlite3_column_blob(st, 7), want, CM_AUDIT_HASH_LEN) != 0)
-            why = "entry altered (hash does not match its content and predecessor)";
-        else
-            memcpy(prev, want, CM_AUDIT_HASH_LEN);
-    }
-    sqlite3_finalize(st);
     sqlite3_close(h);
-    char head[2 * CM_AUDIT_HASH_LEN + 1];
-    for (int i = 0; i < CM_AUDIT_HASH_LEN; i++)
-        snprintf(head + 2 * i, 3, "%02x", prev[i]);
     if (c->json)
         printf("{\"ok\":%s,\"entries\":%llu,\"first_bad\":%llu,\"head\":\"%s\"}\n",
-               why ? "false" : "true", (unsigned long long)(why ? n - 1 : n),
-               (unsigned long long)(why ? bad_seq : 0), head);
-    if (why) {
+               r.why ? "false" : "true", (unsigned long long)r.entries,
+               (unsigned long long)r.bad_seq, r.head_hex);
+    if (r.why) {
         fprintf(stderr, "suidoctl: audit log BROKEN at entry %llu (position %llu): %s\n",
-                (unsigned long long)bad_seq, (unsigned long long)n, why);
+                (unsigned long long)r.bad_seq, (unsigned long long)r.rows, r.why);
         return EXIT_FAILED;
     }
     if (!c->json)
-        printf("audit log intact: %llu entries, head %s\n", (unsigned long long)n, head);
+        printf("audit log intact: %llu entries, head %s\n", (unsigned long long)r.rows,
+               r.head_hex);
     return EXIT_OK;
 }
 
@@ -805,6 +785,8 @@ int main(int argc, char **argv)
     const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
     const char *role = NULL, *who = NULL, *unit = NULL, *cause = NULL, *action = NULL;
     int all = 0;
+    const char *restore_to = NULL;
+    int force = 0;
     provision_request prov = {0};
     long days = 30;
     c.token = getenv("SUIDO_TOKEN");
@@ -837,6 +819,10 @@ int main(int argc, char **argv)
             action = argv[++i];
         else if (strcmp(argv[i], "--all") == 0)
             all = 1;
+        else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
+            restore_to = argv[++i];
+        else if (strcmp(argv[i], "--force") == 0)
+            force = 1;
         else if (strcmp(argv[i], "--unit") == 0 && i + 1 < argc)
             unit = argv[++i];
         else if (strcmp(argv[i], "--site") == 0 && i + 1 < argc)
@@ -879,6 +865,12 @@ int main(int argc, char **argv)
         rc = cmd_set_state(&c, cmd, args[1], args[2], reason);
     else if (strcmp(cmd, "audit") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
         rc = cmd_audit_verify(&c, db);
+    else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "create") == 0)
+        rc = backup_create(c.conf, args[2], c.json);
+    else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "verify") == 0)
+        rc = backup_verify(c.conf, args[2], c.json);
+    else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "restore") == 0)
+        rc = backup_restore(c.conf, args[2], restore_to, force, c.json);
     else if (strcmp(cmd, "login") == 0 && nargs == 2)
         rc = cmd_login(&c, args[1], pwfile, totp, source);
     else if (strcmp(cmd, "logout") == 0 && nargs == 1)

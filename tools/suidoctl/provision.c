@@ -12,20 +12,10 @@
 #include <unistd.h>
 
 #include "cm_crypto.h"
+#include "ctl_msg.h"
 
 #define MAX_FILE (64 * 1024)
 
-static int say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int say(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "suidoctl: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
 
 /* Runs SCRIPT PKI OPTION ID without a shell; 0 when it exits 0. Its messages go to stderr. */
 static int run_pki(const char *script, const char *pki, const char *option, const char *id)
@@ -95,18 +85,18 @@ static int write_bundle(const cm_conf *conf, const provision_request *r, const c
     snprintf(wrap, sizeof wrap, "%s/platform/wrap.pub", pki);
     snprintf(cmd, sizeof cmd, "%s/platform/command.pub", pki);
     if (mkdir(r->out, 0700) != 0)
-        return say("%s: cannot create the bundle directory: %s", r->out, strerror(errno));
+        return ctl_say("%s: cannot create the bundle directory: %s", r->out, strerror(errno));
     static const struct { const char *name; mode_t mode; } KEYS[] = {
         {"client.crt", 0644}, {"client.key", 0600}, {"sign.key", 0600}, {"sign.pub", 0644}};
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {
         snprintf(from, sizeof from, "%s/%s", gwdir, KEYS[i].name);
         if (copy_into(r->out, KEYS[i].name, from, KEYS[i].mode) != 0)
-            return say("%s: cannot copy into the bundle (%s)", from, strerror(errno));
+            return ctl_say("%s: cannot copy into the bundle (%s)", from, strerror(errno));
     }
     if (copy_into(r->out, "ca.crt", ca, 0644) != 0 || copy_into(r->out, "wrap.pub", wrap, 0644))
-        return say("%s or %s: cannot copy into the bundle", ca, wrap);
+        return ctl_say("%s or %s: cannot copy into the bundle", ca, wrap);
     if (access(cmd, R_OK) == 0 && copy_into(r->out, "command.pub", cmd, 0644) != 0)
-        return say("%s: cannot copy into the bundle", cmd);
+        return ctl_say("%s: cannot copy into the bundle", cmd);
     const char *broker = cm_conf_get(conf, "pki", "broker");
     char text[2048];
     int n = snprintf(text, sizeof text,
@@ -119,7 +109,7 @@ static int write_bundle(const cm_conf *conf, const provision_request *r, const c
                      r->firmware ? r->firmware : "", broker ? broker : "",
                      access(cmd, R_OK) == 0 ? "command_pub = command.pub\n" : "");
     if (n < 0 || (size_t)n >= sizeof text || put(r->out, "gateway.conf", text, (size_t)n, 0644))
-        return say("%s: cannot write gateway.conf", r->out);
+        return ctl_say("%s: cannot write gateway.conf", r->out);
     return 0;
 }
 
@@ -129,16 +119,16 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
     const char *pki = cm_conf_get(conf, "pki", "dir");
     const char *script = cm_conf_get(conf, "pki", "script");
     if (!pki || !script)
-        return say("%s: provisioning needs [pki] dir and script", cm_conf_name(conf));
+        return ctl_say("%s: provisioning needs [pki] dir and script", cm_conf_name(conf));
     if (!r->out || !r->site || !r->kind) {
         fprintf(stderr, "suidoctl: gateway provision needs --site, --kind and --out\n");
         return 2;
     }
     struct stat st;
     if (lstat(r->out, &st) == 0)
-        return say("%s: already exists (a bundle is never overwritten)", r->out);
+        return ctl_say("%s: already exists (a bundle is never overwritten)", r->out);
     if (run_pki(script, pki, "--add-gateway", r->id) != 0)
-        return say("%s: could not issue credentials for %s", script, r->id);
+        return ctl_say("%s: could not issue credentials for %s", script, r->id);
     char gwdir[4096], crt[4096], pub[4096];
     snprintf(gwdir, sizeof gwdir, "%s/gateways/%s", pki, r->id);
     snprintf(crt, sizeof crt, "%s/client.crt", gwdir);
@@ -150,7 +140,7 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
     size_t der_len = 0;
     int rc = 1;
     if (!crt_pem || cm_pubkey_load_pem(pub, &pk) != CM_OK || cm_pubkey_der(pk, &der, &der_len)) {
-        say("%s: the issued credentials are unreadable", gwdir);
+        ctl_say("%s: the issued credentials are unreadable", gwdir);
         goto revoke;
     }
     Suido__GatewayInfo g = SUIDO__GATEWAY_INFO__INIT;
@@ -173,7 +163,7 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
 revoke:
     /* Nothing half-made stays usable: the certificate the registry does not know is revoked. */
     if (run_pki(script, pki, "--revoke", r->id) != 0)
-        say("%s: could not revoke the certificate issued for %s; revoke it by hand", script, r->id);
+        ctl_say("%s: could not revoke the certificate issued for %s; revoke it by hand", script, r->id);
 out:
     free(crt_pem);
     free(der);
