@@ -52,4 +52,8 @@ int backup_verify(const cm_conf *conf, const char *dir, int json);
 int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, int force,
                    int json);
 
+/* `suidoctl archive verify`: the same checks on the live archive and registry (read-only,
+ * through their WAL, while the services run): the audit chain and every stored batch signature. */
+int archive_verify_live(const cm_conf *conf, int json);
+
 #endif

@@ -8,6 +8,7 @@
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
  *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
+ *   suidoctl [-c CONF] [--json] archive gaps [--gateway ID] | verify
  *   suidoctl [-c CONF] [--json] backup create|verify DIR
  *   suidoctl [-c CONF] [--json] backup restore DIR --to STATEDIR [--force]
  *   suidoctl [-c CONF] [--json] login ID --totp CODE [--password-file F] [--source S]
@@ -50,6 +51,7 @@
 #include <zmq.h>
 
 #include "audit_check.h"
+#include "archive_gaps.h"
 #include "backup.h"
 #include "cm_audit.h"
 #include "cm_conf.h"
@@ -105,6 +107,8 @@ static void usage(void)
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
             "  audit verify [--db PATH]  check the audit log's hash chain\n"
+            "  archive gaps [--gateway ID]  missing sequences per gateway and boot epoch\n"
+            "  archive verify            re-verify every stored batch signature and the audit chain\n"
             "  backup create DIR         signed online snapshot of the archive and registry\n"
             "  backup verify DIR         check a backup: signature, hashes, audit chain, batches\n"
             "  backup restore DIR --to STATEDIR [--force]  verify, then restore; services stopped\n"
@@ -785,6 +789,7 @@ int main(int argc, char **argv)
     const char *reason = NULL, *db = NULL, *pwfile = NULL, *totp = NULL, *source = NULL;
     const char *role = NULL, *who = NULL, *unit = NULL, *cause = NULL, *action = NULL;
     int all = 0;
+    const char *gateway = NULL;
     const char *restore_to = NULL;
     int force = 0;
     provision_request prov = {0};
@@ -813,6 +818,8 @@ int main(int argc, char **argv)
             role = argv[++i];
         else if (strcmp(argv[i], "--operator") == 0 && i + 1 < argc)
             who = argv[++i];
+        else if (strcmp(argv[i], "--gateway") == 0 && i + 1 < argc)
+            gateway = argv[++i];
         else if (strcmp(argv[i], "--cause") == 0 && i + 1 < argc)
             cause = argv[++i];
         else if (strcmp(argv[i], "--action") == 0 && i + 1 < argc)
@@ -865,6 +872,10 @@ int main(int argc, char **argv)
         rc = cmd_set_state(&c, cmd, args[1], args[2], reason);
     else if (strcmp(cmd, "audit") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
         rc = cmd_audit_verify(&c, db);
+    else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "gaps") == 0)
+        rc = archive_gaps(c.conf, gateway, c.json);
+    else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
+        rc = archive_verify_live(c.conf, c.json);
     else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "create") == 0)
         rc = backup_create(c.conf, args[2], c.json);
     else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "verify") == 0)
