@@ -808,7 +808,10 @@ def test_payload_over_the_packet_limit_closes_the_connection_and_is_not_delivere
     audit_mark = broker_audit_mark(suite)
     c = R.open_session(suite, "gw-0004")
     try:
-        c.send(R.publish(topic, over, pid=2))
+        try:
+            c.send(R.publish(topic, over, pid=2))
+        except (ssl.SSLError, OSError):
+            pass  # the broker may close the connection while the packet is still being written
         assert c.closed_within(5), "an oversized packet was accepted"
         assert all(p[0] != R.PUBACK for p in c.seen)
     finally:
