@@ -1,7 +1,8 @@
 /* gateway: state and publishing of one simulated field gateway (see gateway.h): births, signed
- * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking, and
+ * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking,
  * commands (queued from Paho's thread, decided by commands.c, applied to the signal model,
- * answered with a signed command result). */
+ * answered with a signed command result), and with a state directory the outbox (outbox.c) that
+ * keeps every batch on disk until the platform's end-to-end ack covers it. */
 #include "gateway.h"
 
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include "cm_log.h"
 #include "cm_mqtt.h"
 #include "cm_time.h"
+#include "outbox.h"
 #include "suido.pb-c.h"
 
 #define HEADER_CAP 640         /* packed Header: ids, IV and a 256-byte wrapped key fit easily */
@@ -28,6 +30,12 @@
 #define SESSION_KEY_LEN 32
 #define MAX_WINDOW_MS 60000    /* a batch never covers more than this much time */
 #define CMD_QUEUE 16           /* commands waiting for the main thread, per gateway */
+#define LIVE_MAX_AGE_MS 120000 /* a stored batch older than this is first published as backfill
+                                * (the verifier takes live data within +-300 s only) */
+#define RESEND_GRACE_MS 1000   /* after a reconnect, acks queued for us arrive before resends */
+#define STALL_BASE_MS 30000    /* no ack progress this long: republish what is unacked ... */
+#define STALL_MAX_MS 300000    /* ... doubling the wait each time, up to this */
+#define OLD_ACKS 16            /* acks of earlier boot epochs waiting for the main thread */
 
 static const char *const attack_names[GW_ATTACK__COUNT] = {
     "none", "tampered", "replay", "wrong-key", "skew", "malformed", "flood", "oversize",
@@ -93,6 +101,11 @@ typedef struct seq_list {
     size_t n, cap;
 } seq_list;
 
+/* An ack of an earlier boot epoch (for the outbox), handed from Paho's thread. */
+typedef struct old_ack {
+    uint64_t epoch, seq;
+} old_ack;
+
 struct gateway {
     const gw_settings *set;
     char *id, *site, *model, *firmware;
@@ -102,6 +115,7 @@ struct gateway {
     sig_state sig;
     uint64_t boot_epoch;
     char t_data[128], t_birth[128], t_death[128], t_ack[128], t_cmd[128], t_cmdres[128];
+    char t_backfill[128];
     cm_signer *signer, *wrong_signer;
     cm_mqtt *mqtt;
 
@@ -136,6 +150,30 @@ struct gateway {
     Suido__ChannelDecl decl[SIG_MAX_CHANNELS];
     Suido__ChannelDecl *declp[SIG_MAX_CHANNELS];
 
+    int stopped;             /* gateway_stop_taking was called */
+    int key_announced;       /* a birth announced the current session key */
+
+    /* outbox (NULL without one; main thread) */
+    outbox *ob;
+    buf obuf, dcopy;         /* an envelope read back; the DATA copy while BACKFILL is sealed */
+    size_t rec_bound;        /* no batch record of this gateway is larger on disk */
+    uint64_t first_pub;      /* highest seq of this epoch first published from the outbox */
+    uint64_t ob_unpub;       /* stored batches of this epoch not yet first published */
+    uint64_t ob_acked;       /* this epoch's ack as last applied to the outbox */
+    int ob_full;             /* the alarm stands: no room for another batch */
+    uint64_t not_taken, full_events, resent, first_as_backfill, epochs_skipped;
+    uint64_t skip_below;     /* older epochs below this are not waited for in this run */
+    uint64_t bar_epoch;      /* the older epoch live data waits for (0: none) */
+    uint64_t bar_since_ms;   /* since when nothing moved for it (while connected) */
+    uint64_t bar_ack;        /* highest ack seen for it (bar_ack_seen) */
+    int bar_ack_seen;
+    uint64_t bar_sent_upto;  /* highest seq of it republished in this run */
+    int rs_on;               /* a republishing pass: keys from (rs_epoch, rs_seq) to rs_until */
+    uint64_t rs_epoch, rs_seq, rs_until_epoch, rs_until_seq, rs_not_before_ms;
+    unsigned rs_gen;         /* connection generation the last reconnect pass was for */
+    uint64_t stall_ms, ack_wait_since_ms;
+    uint64_t ack_gap_seq;    /* this epoch's ack is stuck below this seq (0: no such gap) */
+
     /* commands (main thread) */
     const sig_actuator *act;
     size_t nact;
@@ -157,6 +195,8 @@ struct gateway {
     size_t cq_head, cq_len;
     uint64_t cmd_received, cmd_dropped;
     atomic_uint cq_count;    /* cq_len, readable without the mutex (scheduling only) */
+    old_ack oacks[OLD_ACKS]; /* acks of earlier epochs for the outbox (guarded by mu) */
+    size_t n_oacks;
 };
 
 /* ------------------------------------------------------------------ small helpers */
@@ -190,10 +230,12 @@ static char *xstrdup(const char *s, int *fail)
     return d;
 }
 
-/* Boot epoch: with a state directory max(stored + 1, now) written back atomically (temp file,
- * fsync, rename, fsync of the directory), so it strictly increases across runs even when two
- * runs start within the same second or the clock steps back. */
-static cm_err boot_epoch_next(const char *dir, const char *id, uint64_t *out)
+/* Boot epoch: with a state directory max(stored + 1, now, above + 1) written back atomically
+ * (temp file, fsync, rename, fsync of the directory), so it strictly increases across runs even
+ * when two runs start within the same second or the clock steps back; `above` is the highest
+ * epoch the outbox knows (so that an epoch file lost or restored from an old copy cannot make a
+ * new run reuse an epoch whose batches are stored). */
+static cm_err boot_epoch_next(const char *dir, const char *id, uint64_t above, uint64_t *out)
 {
     uint64_t now = (uint64_t)time(NULL);
     *out = now;
@@ -217,6 +259,8 @@ static cm_err boot_epoch_next(const char *dir, const char *id, uint64_t *out)
         cm_error("gw=%s path=%s error=\"%s\"", id, path, strerror(errno));
         return CM_ERR_IO;
     }
+    if (above && above + 1 > *out)
+        *out = above + 1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -384,9 +428,12 @@ static cm_err new_session_key(gateway *g)
     return CM_OK;
 }
 
+/* A birth after every (re)connect, with a fresh session key under --encrypt — unless the
+ * current key has not been announced yet (the outbox sealed batches under it before the first
+ * connection): then this birth announces it. */
 static cm_err make_birth(gateway *g)
 {
-    if (g->set->wrap) {
+    if (g->set->wrap && (!g->aead || g->key_announced)) {
         cm_err e = new_session_key(g);
         if (e != CM_OK)
             return e;
@@ -409,11 +456,21 @@ static cm_err make_birth(gateway *g)
         return CM_ERR_NOMEM;
     memcpy(g->birth.p, g->env.p, g->env.len);
     g->birth.len = g->env.len;
+    g->key_announced = 1;
     return CM_OK;
 }
 
+static cm_err build_data_kind(gateway *g, Suido__Kind kind);
+
 /* Data envelope of the pending batch into g->env, with the batch's attack applied. */
 static cm_err build_data(gateway *g)
+{
+    return build_data_kind(g, SUIDO__KIND__KIND_DATA);
+}
+
+/* The pending batch's envelope of kind DATA or BACKFILL (same epoch, seq, timestamp, readings)
+ * into g->env, with the batch's attack applied. */
+static cm_err build_data_kind(gateway *g, Suido__Kind kind)
 {
     pending *p = &g->pend;
     const gw_settings *set = g->set;
@@ -463,8 +520,7 @@ static cm_err build_data(gateway *g)
     if (p->attack == GW_ATTACK_SKEW)
         ts = (uint64_t)((int64_t)ts + (int64_t)set->skew_s * 1000);
     cm_signer *signer = p->attack == GW_ATTACK_WRONG_KEY ? g->wrong_signer : g->signer;
-    cm_err e = seal_body(g, SUIDO__KIND__KIND_DATA, p->seq, ts, p->n, blen, signer,
-                         p->attack == GW_ATTACK_TAMPERED);
+    cm_err e = seal_body(g, kind, p->seq, ts, p->n, blen, signer, p->attack == GW_ATTACK_TAMPERED);
     if (e != CM_OK)
         return e;
     if (p->attack == GW_ATTACK_MALFORMED)
@@ -542,6 +598,29 @@ static void enqueue_command(gateway *g, const void *payload, size_t len)
     }
 }
 
+/* Keeps the highest ack per earlier epoch for the main thread (Paho's thread). With more
+ * epochs than slots the newest ack replaces the oldest epoch's: an ack that is lost here only
+ * means the batches it covered are backfilled again and deduplicated. */
+static void note_old_ack(gateway *g, uint64_t epoch, uint64_t seq)
+{
+    pthread_mutex_lock(&g->mu);
+    size_t i = 0, low = 0;
+    while (i < g->n_oacks && g->oacks[i].epoch != epoch) {
+        if (g->oacks[i].epoch < g->oacks[low].epoch)
+            low = i;
+        i++;
+    }
+    if (i < g->n_oacks) {
+        if (seq > g->oacks[i].seq)
+            g->oacks[i].seq = seq;
+    } else if (g->n_oacks < OLD_ACKS) {
+        g->oacks[g->n_oacks++] = (old_ack){epoch, seq};
+    } else if (epoch > g->oacks[low].epoch) {
+        g->oacks[low] = (old_ack){epoch, seq};
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
 static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
 {
     gateway *g = ctx;
@@ -559,7 +638,11 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
         cm_warn("gw=%s topic=%s error=\"undecodable ack\" len=%zu", g->id, topic, len);
         return 1;
     }
-    /* acks of an earlier boot epoch (queued in our persistent session) are not ours */
+    /* acks of an earlier boot epoch (queued in our persistent session, or answering a backfill)
+     * concern only the outbox */
+    if (g->ob && a->gateway_id && strcmp(a->gateway_id, g->id) == 0 &&
+        a->boot_epoch < g->boot_epoch)
+        note_old_ack(g, a->boot_epoch, a->seq);
     if (a->gateway_id && strcmp(a->gateway_id, g->id) == 0 && a->boot_epoch == g->boot_epoch) {
         uint64_t now = cm_mono_us();
         pthread_mutex_lock(&g->mu);
@@ -592,6 +675,41 @@ static void on_connected(void *ctx, int reconnect)
 }
 
 /* ------------------------------------------------------------------ life cycle */
+
+/* Opens the gateway's outbox in the state directory and fixes the size bound of its records:
+ * two envelopes (DATA and BACKFILL) of at most a full header, a batch body of set->batch
+ * readings of the longest channel name, the GCM tag, a signature and the envelope's framing. */
+static cm_err open_outbox(gateway *g)
+{
+    const gw_settings *set = g->set;
+    size_t name_max = 0;
+    for (size_t i = 0; i < g->nch; i++)
+        if (strlen(g->ch[i].name) > name_max)
+            name_max = strlen(g->ch[i].name);
+    /* a reading: tag+len, name, tag+double, tag+varint offset; its own tag+len in the batch */
+    size_t body = (size_t)set->batch * (name_max + 2 + 9 + 6 + 3) + 16;
+    size_t env = HEADER_CAP + body + CM_GCM_TAG_LEN + CM_SIG_MAX + 3 * 6;
+    g->rec_bound = outbox_record_size(env, env);
+    cm_err e = outbox_open(set->state_dir, g->id, set->outbox_max_bytes, &g->ob);
+    if (e != CM_OK) {
+        cm_error("gw=%s dir=%s error=\"cannot open the outbox: %s\"", g->id, set->state_dir,
+                 cm_strerror(e));
+        return e;
+    }
+    if (g->rec_bound > set->outbox_max_bytes / 2) {
+        cm_error("gw=%s max_bytes=%" PRIu64 " record_bound=%zu error=\"outbox too small for "
+                 "this batch size\"",
+                 g->id, set->outbox_max_bytes, g->rec_bound);
+        return CM_ERR_CONFIG;
+    }
+    const ob_stats *st = outbox_stats(g->ob);
+    cm_info("gw=%s path=%s batches=%zu bytes=%" PRIu64 " torn=%" PRIu64 " corrupt=%" PRIu64
+            " event=outbox_opened",
+            g->id, outbox_path(g->ob), outbox_count(g->ob), outbox_bytes(g->ob), st->torn_tail,
+            st->corrupt);
+    g->stall_ms = STALL_BASE_MS;
+    return CM_OK;
+}
 
 cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out)
 {
@@ -651,6 +769,7 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     snprintf(g->t_ack, sizeof g->t_ack, "suido/v1/%s/ack", g->id);
     snprintf(g->t_cmd, sizeof g->t_cmd, "suido/v1/%s/cmd", g->id);
     snprintf(g->t_cmdres, sizeof g->t_cmdres, "suido/v1/%s/cmdres", g->id);
+    snprintf(g->t_backfill, sizeof g->t_backfill, "suido/v1/%s/backfill", g->id);
 
     char dir[4096], path[4200], ca[4200], crt[4200], key[4200];
     cm_err e = CM_OK;
@@ -671,8 +790,19 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
             cm_error("gw=%s path=%s error=\"cannot load the other key: %s\"", g->id,
                      idn->wrong_key, cm_strerror(e));
     }
+    if (e == CM_OK && set->state_dir && set->outbox_max_bytes)
+        e = open_outbox(g);
     if (e == CM_OK)
-        e = boot_epoch_next(set->state_dir, g->id, &g->boot_epoch);
+        e = boot_epoch_next(set->state_dir, g->id, g->ob ? outbox_max_epoch(g->ob) : 0,
+                            &g->boot_epoch);
+    if (e == CM_OK && g->ob && outbox_count(g->ob)) {
+        /* what an earlier run left unacked is backfilled first, oldest first */
+        g->rs_on = 1;
+        g->rs_until_epoch = g->boot_epoch - 1;
+        g->rs_until_seq = UINT64_MAX;
+        cm_info("gw=%s batches=%zu oldest_epoch=%" PRIu64 " event=outbox_backfill_pending", g->id,
+                outbox_count(g->ob), outbox_entry(g->ob, 0)->epoch);
+    }
     /* the will is fixed at connect time, so it is signed now, with seq 0 */
     if (e == CM_OK)
         e = death_envelope(g, "connection lost");
@@ -720,28 +850,52 @@ cm_err gateway_start(gateway *g)
 
 /* ------------------------------------------------------------------ publishing */
 
-/* Fixes the next batch: attack choice, sequence number, readings over the window since the
- * previous batch. Returns 0 when nothing is due. */
-static int take_batch(gateway *g, uint64_t now_us)
+/* 1 while --max-batches still allows another batch. */
+static int may_take(const gateway *g)
+{
+    return !g->set->max_batches || g->batches_made < g->set->max_batches;
+}
+
+/* The attack the next batch carries (GW_ATTACK_NONE: legitimate). */
+static gw_attack next_attack(const gateway *g)
 {
     const gw_settings *set = g->set;
-    if (set->max_batches && g->batches_made >= set->max_batches)
-        return 0;
     uint64_t n = g->batches_made + 1;
     gw_attack a = GW_ATTACK_NONE;
     if (set->attack != GW_ATTACK_NONE && n % (uint64_t)set->attack_every == 0)
         a = set->attack;
     if (a == GW_ATTACK_REPLAY && g->replay.len == 0)
         a = GW_ATTACK_NONE; /* nothing sent yet to replay: this one goes out legitimately */
-    int scheduled = g->interval_us && a != GW_ATTACK_FLOOD;
-    if (scheduled) {
-        if (now_us < g->next_due_us)
-            return 0;
-        g->next_due_us += g->interval_us;
-        if (g->next_due_us <= now_us) /* fell behind (window, outage): no catch-up burst */
-            g->next_due_us = now_us + g->interval_us;
-    }
-    g->batches_made = n;
+    return a;
+}
+
+static int scheduled(const gateway *g, gw_attack a)
+{
+    return g->interval_us && a != GW_ATTACK_FLOOD;
+}
+
+/* 1 when a batch with attack a is due at now_us. */
+static int batch_due(const gateway *g, uint64_t now_us, gw_attack a)
+{
+    return !scheduled(g, a) || now_us >= g->next_due_us;
+}
+
+/* Uses up the batch's slot in the schedule (taken or, with a full outbox, not). */
+static void consume_slot(gateway *g, uint64_t now_us, gw_attack a)
+{
+    if (!scheduled(g, a))
+        return;
+    g->next_due_us += g->interval_us;
+    if (g->next_due_us <= now_us) /* fell behind (window, outage): no catch-up burst */
+        g->next_due_us = now_us + g->interval_us;
+}
+
+/* Fixes the next batch into g->pend: attack a, sequence number, readings over the window since
+ * the previous batch. */
+static void fill_batch(gateway *g, gw_attack a)
+{
+    const gw_settings *set = g->set;
+    g->batches_made++;
     pending *p = &g->pend;
     p->active = 1;
     p->built = 0;
@@ -771,6 +925,19 @@ static int take_batch(gateway *g, uint64_t now_us)
         p->off[i] = off;
         p->val[i] = g->sig.v[c];
     }
+}
+
+/* Fixes the next batch when one is due (attack choice, sequence number, readings); 0 when
+ * nothing is due. */
+static int take_batch(gateway *g, uint64_t now_us)
+{
+    if (!may_take(g))
+        return 0;
+    gw_attack a = next_attack(g);
+    if (!batch_due(g, now_us, a))
+        return 0;
+    consume_slot(g, now_us, a);
+    fill_batch(g, a);
     return 1;
 }
 
@@ -805,28 +972,46 @@ static size_t count_le(const seq_list *l, uint64_t x)
     return lo;
 }
 
+/* A legitimate batch with seq and n readings has left (first publish). */
+static void legit_published(gateway *g, uint64_t seq, uint32_t n)
+{
+    if (!g->first_seq)
+        g->first_seq = seq;
+    g->last_seq = seq;
+    g->legit_sent++;
+    g->readings_sent += n;
+    g->last_legit_seq = seq;
+}
+
 /* The pending batch has left (published, or an attack the client refused): account for it. */
 static void batch_done(gateway *g, int published)
 {
     pending *p = &g->pend;
-    if (p->seq) {
-        if (!g->first_seq)
-            g->first_seq = p->seq;
-        g->last_seq = p->seq;
-    }
     if (p->attack == GW_ATTACK_NONE) {
-        g->legit_sent++;
-        g->readings_sent += p->n;
-        g->last_legit_seq = p->seq;
+        legit_published(g, p->seq, p->n);
     } else {
-        if (p->seq)
+        if (p->seq) {
+            if (!g->first_seq)
+                g->first_seq = p->seq;
+            g->last_seq = p->seq;
             note_seq(g, &g->att, "attacked", p->seq);
+        }
         if (published)
             g->attacked_sent++;
         else
             g->attack_drops++;
     }
     p->active = 0;
+}
+
+/* Remembers when seq was handed to MQTT, for its ack latency. Called before publishing: the ack
+ * may come back before cm_mqtt_publish returns. */
+static void note_send_time(gateway *g, uint64_t seq)
+{
+    pthread_mutex_lock(&g->mu);
+    g->ring_seq[seq % ACK_RING] = seq;
+    g->ring_us[seq % ACK_RING] = cm_mono_us();
+    pthread_mutex_unlock(&g->mu);
 }
 
 /* Publishes the pending batch. CM_ERR_UNAVAILABLE: try again later. */
@@ -843,13 +1028,8 @@ static cm_err send_pending(gateway *g)
         p->built = 1;
         p->built_key_seq = g->key_seq;
     }
-    if (p->attack == GW_ATTACK_NONE) {
-        /* before publishing: the ack may come back before cm_mqtt_publish returns */
-        pthread_mutex_lock(&g->mu);
-        g->ring_seq[p->seq % ACK_RING] = p->seq;
-        g->ring_us[p->seq % ACK_RING] = cm_mono_us();
-        pthread_mutex_unlock(&g->mu);
-    }
+    if (p->attack == GW_ATTACK_NONE)
+        note_send_time(g, p->seq);
     /* QoS 0 for the oversize attack: the broker drops the connection over it, and a QoS 1
      * message would be resent on every reconnect of the persistent session */
     int qos = p->attack == GW_ATTACK_OVERSIZE ? 0 : 1;
@@ -972,14 +1152,15 @@ static cm_err send_cmdres(gateway *g)
 }
 
 /* Works through the command queue: one result at a time is pending, and the next command is
- * decided only once it has left. Returns the number of results handed to MQTT. */
-static int poll_commands(gateway *g)
+ * decided only once it has left (and only with decide set: otherwise a result already pending
+ * is sent, nothing more). Returns the number of results handed to MQTT. */
+static int poll_commands(gateway *g, int decide)
 {
     int sent = 0;
     for (int budget = CMD_QUEUE; budget > 0; budget--) {
         if (!g->cres.active) {
             cmd_msg m;
-            if (!dequeue_command(g, &m))
+            if (!decide || !dequeue_command(g, &m))
                 break;
             decide_command(g, &m);
             free(m.p);
@@ -991,8 +1172,409 @@ static int poll_commands(gateway *g)
     return sent;
 }
 
+/* ------------------------------------------------------------------ outbox (main thread) */
+
+static uint64_t acked(const gateway *g);
+
+static int key_cmp(uint64_t e1, uint64_t s1, uint64_t e2, uint64_t s2)
+{
+    if (e1 != e2)
+        return e1 < e2 ? -1 : 1;
+    return s1 < s2 ? -1 : s1 > s2;
+}
+
+/* Seals the pending legitimate batch twice — DATA, exactly as it will first be published, and
+ * a BACKFILL copy with the same epoch, seq, timestamp and readings (the verifier wants the
+ * header's kind to match the topic, and the signature covers the header) — and appends both to
+ * the outbox, not yet synced. Before the first connection there is no session key yet under
+ * --encrypt: one is made here and the first birth announces it. */
+static cm_err store_batch(gateway *g)
+{
+    pending *p = &g->pend;
+    cm_err e = CM_OK;
+    if (g->set->wrap && !g->aead) {
+        e = new_session_key(g);
+        g->key_announced = 0;
+    }
+    if (e == CM_OK)
+        e = build_data_kind(g, SUIDO__KIND__KIND_DATA);
+    if (e == CM_OK && buf_reserve(&g->dcopy, g->env.len))
+        e = CM_ERR_NOMEM;
+    if (e == CM_OK) {
+        memcpy(g->dcopy.p, g->env.p, g->env.len);
+        g->dcopy.len = g->env.len;
+        e = build_data_kind(g, SUIDO__KIND__KIND_BACKFILL);
+    }
+    p->built = 0; /* g->env holds the backfill copy */
+    if (e == CM_OK)
+        e = outbox_append(g->ob, g->boot_epoch, p->seq, p->ts_ms, g->dcopy.p, g->dcopy.len,
+                          g->env.p, g->env.len);
+    return e;
+}
+
+/* Takes the batches that are due into the outbox and makes them durable with one sync; only
+ * then may they be published. An attacked batch is never stored: it is left in g->pend, taken
+ * only when everything stored has left (seq order on the wire). A full outbox raises the alarm
+ * once and skips the batch's slot (batches_not_taken) without using a sequence number; a batch
+ * that cannot be stored gives its number back. live_ok: sequenced envelopes may go out now. */
+static void take_into_outbox(gateway *g, uint64_t now_us, int live_ok)
+{
+    int taken = 0;
+    uint64_t seq0 = g->next_seq;
+    for (int budget = POLL_BUDGET; budget > 0 && may_take(g); budget--) {
+        gw_attack a = next_attack(g);
+        if (!batch_due(g, now_us, a))
+            break;
+        if (a != GW_ATTACK_NONE) {
+            if (taken || g->ob_unpub || g->cres.active || !live_ok)
+                break;
+            consume_slot(g, now_us, a);
+            fill_batch(g, a);
+            break;
+        }
+        /* --rate 0: as fast as what is stored drains into the in-flight window */
+        if (!g->interval_us && g->ob_unpub + (uint64_t)taken >= (uint64_t)g->set->max_inflight)
+            break;
+        ob_room r = outbox_room(g->ob, g->rec_bound);
+        if (r == OB_LATER)
+            break;
+        if (r == OB_FULL) {
+            if (!g->ob_full) {
+                g->ob_full = 1;
+                g->full_events++;
+                cm_warn("gw=%s path=%s batches=%zu bytes=%" PRIu64 " max_bytes=%" PRIu64
+                        " event=outbox_full alarm=1",
+                        g->id, outbox_path(g->ob), outbox_count(g->ob), outbox_bytes(g->ob),
+                        outbox_max_bytes(g->ob));
+            }
+            consume_slot(g, now_us, a);
+            g->not_taken++;
+            break;
+        }
+        if (g->ob_full) {
+            g->ob_full = 0;
+            cm_info("gw=%s batches=%zu not_taken=%" PRIu64 " event=outbox_room_again", g->id,
+                    outbox_count(g->ob), g->not_taken);
+        }
+        consume_slot(g, now_us, a);
+        fill_batch(g, a);
+        g->pend.active = 0;
+        cm_err e = store_batch(g);
+        if (e != CM_OK) {
+            cm_error("gw=%s seq=%" PRIu64 " error=\"cannot store batch: %s\" alarm=1", g->id,
+                     g->pend.seq, cm_strerror(e));
+            g->next_seq--;
+            g->batches_made--;
+            g->not_taken++;
+            break;
+        }
+        taken++;
+    }
+    if (taken && outbox_sync(g->ob) != CM_OK) {
+        cm_error("gw=%s first_seq=%" PRIu64 " batches=%d error=\"outbox sync failed: batches not "
+                 "taken\" alarm=1",
+                 g->id, seq0, taken);
+        g->next_seq = seq0;
+        g->batches_made -= (uint64_t)taken;
+        g->not_taken += (uint64_t)taken;
+        taken = 0;
+    }
+    g->ob_unpub += (uint64_t)taken;
+}
+
+/* The stored envelope of e (DATA or its BACKFILL copy) into g->obuf. */
+static cm_err read_stored(gateway *g, const ob_entry *e, int backfill)
+{
+    size_t len = backfill ? e->bf_len : e->data_len;
+    if (buf_reserve(&g->obuf, len))
+        return CM_ERR_NOMEM;
+    return outbox_read(g->ob, e, backfill, g->obuf.p, g->obuf.cap, &g->obuf.len);
+}
+
+/* First publishes of the stored batches of this epoch, in seq order, with their original
+ * bytes: as DATA while fresh, as their BACKFILL copy once older than LIVE_MAX_AGE_MS (taken
+ * while the broker was out of reach or while live data waited for an older epoch), which the
+ * verifier would refuse as live data. Returns the number handed to MQTT. */
+static int publish_stored(gateway *g)
+{
+    int sent = 0;
+    for (int budget = POLL_BUDGET; budget > 0 && g->ob_unpub && can_publish(g); budget--) {
+        const ob_entry *e =
+            outbox_entry(g->ob, outbox_find(g->ob, g->boot_epoch, g->first_pub + 1));
+        if (!e || e->epoch != g->boot_epoch) {
+            cm_error("gw=%s error=\"stored batches missing from the outbox index\"", g->id);
+            g->ob_unpub = 0; /* cannot happen: acks never pass what has left */
+            break;
+        }
+        uint64_t now = cm_now_ms();
+        int stale = now > e->ts_ms && now - e->ts_ms > LIVE_MAX_AGE_MS;
+        cm_err rc = read_stored(g, e, stale);
+        if (rc != CM_OK) {
+            /* the disk lost it after the sync: said loudly, and the rest still goes out */
+            cm_error("gw=%s seq=%" PRIu64 " error=\"stored batch unreadable: %s\" alarm=1",
+                     g->id, e->seq, cm_strerror(rc));
+            g->first_pub = e->seq;
+            g->ob_unpub--;
+            continue;
+        }
+        uint64_t seq = e->seq;
+        note_send_time(g, seq);
+        if (cm_mqtt_publish(g->mqtt, stale ? g->t_backfill : g->t_data, g->obuf.p, g->obuf.len,
+                            1, 0) != CM_OK)
+            break;
+        if (!stale && g->set->attack == GW_ATTACK_REPLAY &&
+            buf_reserve(&g->replay, g->obuf.len) == 0) {
+            memcpy(g->replay.p, g->obuf.p, g->obuf.len);
+            g->replay.len = g->obuf.len;
+        }
+        g->first_pub = seq;
+        g->ob_unpub--;
+        g->first_as_backfill += (uint64_t)stale;
+        legit_published(g, seq, (uint32_t)g->set->batch);
+        sent++;
+    }
+    return sent;
+}
+
+/* Starts (or restarts from the oldest batch) a republishing pass covering every stored batch up
+ * to (until_epoch, until_seq), from monotonic time not_before_ms. */
+static void start_pass(gateway *g, uint64_t until_epoch, uint64_t until_seq,
+                       uint64_t not_before_ms)
+{
+    if (!g->rs_on || key_cmp(until_epoch, until_seq, g->rs_until_epoch, g->rs_until_seq) > 0) {
+        g->rs_until_epoch = until_epoch;
+        g->rs_until_seq = until_seq;
+    }
+    g->rs_on = 1;
+    g->rs_epoch = g->rs_seq = 0;
+    g->rs_not_before_ms = not_before_ms;
+}
+
+/* The republishing pass: stored batches, oldest first, as their exact BACKFILL copies, only
+ * while fewer than backfill_inflight publishes are in flight (live data has already had its
+ * turn in this poll and keeps the rest of the window). bar: an older epoch still waiting for its
+ * acks; nothing later goes out before it is done. Returns the number handed to MQTT. */
+static int republish(gateway *g, uint64_t now_ms, uint64_t bar)
+{
+    int sent = 0;
+    for (int budget = POLL_BUDGET; budget > 0 && g->rs_on && now_ms >= g->rs_not_before_ms;
+         budget--) {
+        if (!cm_mqtt_is_connected(g->mqtt) ||
+            cm_mqtt_inflight(g->mqtt) >= g->set->backfill_inflight)
+            break;
+        size_t i = outbox_find(g->ob, g->rs_epoch, g->rs_seq);
+        const ob_entry *e = outbox_entry(g->ob, i);
+        if (e && e->epoch < g->skip_below)
+            e = outbox_entry(g->ob, outbox_find(g->ob, g->skip_below, 0));
+        if (!e || key_cmp(e->epoch, e->seq, g->rs_until_epoch, g->rs_until_seq) > 0 ||
+            (e->epoch == g->boot_epoch && e->seq > g->first_pub)) {
+            g->rs_on = 0; /* pass complete */
+            break;
+        }
+        if (bar && e->epoch > bar)
+            break; /* later epochs wait until the older one is acked (or given up) */
+        uint64_t epoch = e->epoch, seq = e->seq;
+        if (epoch == g->bar_epoch && seq > g->bar_sent_upto)
+            g->bar_sent_upto = seq;
+        if (read_stored(g, e, 1) == CM_OK) {
+            if (cm_mqtt_publish(g->mqtt, g->t_backfill, g->obuf.p, g->obuf.len, 1, 0) != CM_OK)
+                break;
+            g->resent++;
+            sent++;
+        } else {
+            cm_error("gw=%s epoch=%" PRIu64 " seq=%" PRIu64 " error=\"stored batch unreadable\" "
+                     "alarm=1",
+                     g->id, epoch, seq);
+        }
+        g->rs_epoch = epoch;
+        g->rs_seq = seq + 1;
+    }
+    return sent;
+}
+
+/* Applies the acks received since the last poll: those of earlier epochs (from Paho's thread)
+ * and this epoch's, which can never remove a batch that has not been published yet. */
+static void apply_acks(gateway *g, uint64_t now_ms)
+{
+    old_ack oa[OLD_ACKS];
+    pthread_mutex_lock(&g->mu);
+    size_t n = g->n_oacks;
+    memcpy(oa, g->oacks, n * sizeof *oa);
+    g->n_oacks = 0;
+    pthread_mutex_unlock(&g->mu);
+    size_t removed = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t r = outbox_ack(g->ob, oa[i].epoch, oa[i].seq);
+        removed += r;
+        if (oa[i].epoch == g->bar_epoch) {
+            if (!g->bar_ack_seen || oa[i].seq > g->bar_ack)
+                g->bar_ack = oa[i].seq;
+            g->bar_ack_seen = 1;
+            if (r)
+                g->bar_since_ms = now_ms;
+        }
+    }
+    uint64_t a = acked(g);
+    if (g->ack_gap_seq && a >= g->ack_gap_seq)
+        g->ack_gap_seq = 0; /* it was stored after all */
+    if (a > g->first_pub)
+        a = g->first_pub;
+    if (a > g->ob_acked) {
+        removed += outbox_ack(g->ob, g->boot_epoch, a);
+        g->ob_acked = a;
+    }
+    if (removed) {
+        g->ack_wait_since_ms = now_ms;
+        g->stall_ms = STALL_BASE_MS;
+    }
+}
+
+/* The older boot epoch live data must wait for (0: none). The archive acknowledges only the
+ * newest epoch it has seen of a gateway, so an older epoch's backfill is acked only if it is
+ * stored before anything of a newer epoch: its batches go first, and this epoch's sequenced
+ * envelopes wait. An epoch is given up on for this run (its batches stay stored, for the next
+ * run) once every one of its batches has been republished in this run and either its acks
+ * reveal a gap that no stored batch can fill (a number that never reached the archive: an
+ * attacked batch, a lost command result) or backfill_hold_ms passed, connected, without any of
+ * its batches being acked. */
+static uint64_t barrier(gateway *g, uint64_t now_ms)
+{
+    for (;;) {
+        size_t i = outbox_find(g->ob, g->skip_below, 0);
+        const ob_entry *e = outbox_entry(g->ob, i);
+        if (!e || e->epoch >= g->boot_epoch) {
+            g->bar_epoch = 0;
+            return 0;
+        }
+        if (e->epoch != g->bar_epoch) {
+            g->bar_epoch = e->epoch;
+            g->bar_since_ms = now_ms;
+            g->bar_ack_seen = 0;
+            g->bar_ack = 0;
+            g->bar_sent_upto = 0;
+        }
+        if (!cm_mqtt_is_connected(g->mqtt))
+            g->bar_since_ms = now_ms; /* an outage is not the archive's silence */
+        size_t end = outbox_find(g->ob, e->epoch + 1, 0), left = end - i;
+        int all_sent = g->bar_sent_upto >= outbox_entry(g->ob, end - 1)->seq;
+        int gap = g->bar_ack_seen && e->seq > g->bar_ack + 1;
+        if (!all_sent || (!gap && now_ms - g->bar_since_ms < g->set->backfill_hold_ms))
+            return e->epoch;
+        cm_warn("gw=%s epoch=%" PRIu64 " batches=%zu first_seq=%" PRIu64 " acked_seq=%" PRIu64
+                " reason=%s event=backfill_epoch_given_up alarm=1",
+                g->id, e->epoch, left, e->seq, g->bar_ack, gap ? "gap" : "no_ack");
+        g->epochs_skipped++;
+        g->skip_below = e->epoch + 1;
+    }
+}
+
+/* Stored batches that are out and unacked (those of given-up epochs aside). */
+static size_t waiting_acks(const gateway *g)
+{
+    size_t from = outbox_find(g->ob, g->skip_below, 0);
+    return outbox_count(g->ob) - from - (size_t)g->ob_unpub;
+}
+
+/* No ack progress for stall_ms while connected: republish everything unacked (a loss behind the
+ * broker's PUBACK: a broker or service crash), then wait twice as long before the next pass —
+ * unless this epoch's ack is stuck just below a number that left but is no stored batch (an
+ * attacked batch the platform refused, or a command result lost on the way, which cannot be
+ * resent): the archive's contiguous ack can never pass it, republishing cannot help, and the
+ * batches above it stay stored (alarm once per gap). */
+static void check_stall(gateway *g, uint64_t now_ms)
+{
+    size_t waiting = waiting_acks(g);
+    if (!waiting || !cm_mqtt_is_connected(g->mqtt)) {
+        g->ack_wait_since_ms = now_ms;
+        return;
+    }
+    if (now_ms - g->ack_wait_since_ms < g->stall_ms)
+        return;
+    uint64_t a = acked(g);
+    const ob_entry *e = outbox_entry(g->ob, outbox_find(g->ob, g->boot_epoch, 0));
+    if (e && e->epoch == g->boot_epoch && e->seq > a + 1 && a + 1 <= g->first_pub) {
+        if (g->ack_gap_seq != a + 1) {
+            g->ack_gap_seq = a + 1;
+            cm_warn("gw=%s seq=%" PRIu64 " kind=%s batches_above=%zu event=ack_gap alarm=1",
+                    g->id, a + 1,
+                    count_le(&g->att, a + 1) > count_le(&g->att, a) ? "attacked"
+                    : count_le(&g->cres_seqs, a + 1) > count_le(&g->cres_seqs, a)
+                        ? "command_result"
+                        : "unknown",
+                    waiting);
+        }
+        g->ack_wait_since_ms = now_ms;
+        return;
+    }
+    cm_info("gw=%s batches=%zu waited_ms=%" PRIu64 " event=acks_stalled_republishing", g->id,
+            waiting, now_ms - g->ack_wait_since_ms);
+    start_pass(g, g->boot_epoch, g->first_pub, now_ms);
+    g->ack_wait_since_ms = now_ms;
+    g->stall_ms = g->stall_ms * 2 > STALL_MAX_MS ? STALL_MAX_MS : g->stall_ms * 2;
+}
+
+/* gateway_poll with an outbox. Batches are taken on schedule whether or not the broker is
+ * reachable (they wait in the outbox); everything sequenced leaves in seq order after the birth
+ * of the connection; republishing comes last in each poll. */
+static int poll_outbox(gateway *g, uint64_t now_ms)
+{
+    int sent = 0;
+    unsigned gen = atomic_load(&g->conn_gen);
+    (void)barrier(g, now_ms); /* so that acks of the epoch we wait for are recognised */
+    apply_acks(g, now_ms);
+    if (gen > 1 && gen != g->rs_gen) {
+        /* reconnected: what left before may have been lost with the connection (or a broker
+         * crash); once the acks queued for us have arrived, republish what is still unacked */
+        g->rs_gen = gen;
+        start_pass(g, g->boot_epoch, g->first_pub, now_ms + RESEND_GRACE_MS);
+    }
+    if (gen != 0 && gen != g->birth_gen) {
+        cm_err e = make_birth(g);
+        if (e != CM_OK)
+            cm_error("gw=%s error=\"cannot make birth: %s\"", g->id, cm_strerror(e));
+        else {
+            g->birth_gen = gen;
+            g->birth_pending = 1;
+        }
+    }
+    if (g->birth_pending &&
+        cm_mqtt_publish(g->mqtt, g->t_birth, g->birth.p, g->birth.len, 1, 0) == CM_OK) {
+        g->birth_pending = 0;
+        g->births_sent++;
+        sent++;
+    }
+    int can_send = gen != 0 && gen == g->birth_gen && !g->birth_pending &&
+                   cm_mqtt_is_connected(g->mqtt);
+    uint64_t bar = barrier(g, now_ms);
+    check_stall(g, now_ms);
+    int live_ok = !bar;
+    for (int round = 0; round < 2; round++) {
+        if (can_send && live_ok) {
+            if (g->pend.active && can_publish(g) && send_pending(g) == CM_OK)
+                sent++;
+            if (!g->pend.active) {
+                /* a pending result holds a lower seq than anything stored since; new commands
+                 * are decided only once everything stored has left */
+                sent += poll_commands(g, !g->stopped && !g->ob_unpub);
+                if (!g->cres.active)
+                    sent += publish_stored(g);
+            }
+        }
+        if (round == 1 || g->stopped || g->pend.active)
+            break;
+        take_into_outbox(g, cm_mono_us(), live_ok);
+    }
+    if (can_send)
+        sent += republish(g, now_ms, bar);
+    return sent;
+}
+
 int gateway_poll(gateway *g, uint64_t now_ms)
 {
+    if (g->ob)
+        return poll_outbox(g, now_ms);
+    if (g->stopped)
+        return 0;
     (void)now_ms; /* the schedule runs in microseconds */
     int sent = 0;
     unsigned gen = atomic_load(&g->conn_gen);
@@ -1023,7 +1605,7 @@ int gateway_poll(gateway *g, uint64_t now_ms)
             return sent;
         sent++;
     }
-    sent += poll_commands(g);
+    sent += poll_commands(g, 1);
     if (g->cres.active)
         return sent;
     uint64_t now_us = cm_mono_us();
@@ -1039,8 +1621,43 @@ int gateway_poll(gateway *g, uint64_t now_ms)
     return sent;
 }
 
+void gateway_stop_taking(gateway *g) { g->stopped = 1; }
+
+static uint64_t next_wake_outbox(const gateway *g, uint64_t now_ms)
+{
+    uint64_t w = now_ms + 50; /* acks to apply, stall and hold timers */
+    if (cm_mqtt_is_connected(g->mqtt)) {
+        if (g->birth_pending || atomic_load(&((gateway *)g)->conn_gen) != g->birth_gen ||
+            g->pend.active || g->cres.active || (g->ob_unpub && !g->bar_epoch) ||
+            (!g->stopped && atomic_load(&((gateway *)g)->cq_count)))
+            w = now_ms + 1;
+        if (g->rs_on) {
+            /* waiting for an older epoch's acks is no reason to spin */
+            uint64_t r = g->rs_not_before_ms > now_ms ? g->rs_not_before_ms
+                                                      : now_ms + (g->bar_epoch ? 10 : 1);
+            if (r < w)
+                w = r;
+        }
+    }
+    if (!g->stopped && may_take(g)) {
+        uint64_t d;
+        if (!g->interval_us) {
+            d = now_ms + (g->ob_full ? 10 : 1);
+        } else {
+            uint64_t now_us = cm_mono_us();
+            d = g->next_due_us <= now_us ? now_ms
+                                         : now_ms + (g->next_due_us - now_us + 999) / 1000;
+        }
+        if (d < w)
+            w = d;
+    }
+    return w;
+}
+
 uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms)
 {
+    if (g->ob)
+        return next_wake_outbox(g, now_ms);
     if (g->cres.active || atomic_load(&((gateway *)g)->cq_count))
         return !cm_mqtt_is_connected(g->mqtt) ? now_ms + 20 : g->cres.active ? now_ms + 1 : now_ms;
     if (gateway_done(g))
@@ -1059,7 +1676,7 @@ uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms)
 int gateway_done(const gateway *g)
 {
     return g->set->max_batches && g->batches_made >= g->set->max_batches && !g->pend.active &&
-           !g->cres.active;
+           !g->cres.active && !g->ob_unpub;
 }
 
 void gateway_goodbye(gateway *g)
@@ -1100,6 +1717,8 @@ uint64_t gateway_acked_batches(const gateway *g)
 
 int gateway_all_acked(const gateway *g)
 {
+    if (g->ob)
+        return outbox_count(g->ob) == outbox_find(g->ob, g->skip_below, 0);
     return g->legit_sent == 0 || acked(g) >= g->last_legit_seq;
 }
 
@@ -1177,6 +1796,52 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+static void json_range(FILE *f, int *first, uint64_t epoch, uint64_t lo, uint64_t hi)
+{
+    fprintf(f, "%s{\"boot_epoch\":%" PRIu64 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
+               "}",
+            *first ? "" : ",", epoch, lo, hi);
+    *first = 0;
+}
+
+/* Every legitimate data batch's (epoch, seq) as ranges: with an outbox, all those ever stored
+ * in it, across runs (read back from the state directory); without, this run's published ones:
+ * first_seq..last_seq minus attacked and command-result seqs. */
+static void json_sent_ranges(const gateway *g, FILE *f)
+{
+    int first = 1;
+    if (g->ob) {
+        const ob_range *r;
+        size_t n = outbox_ranges(g->ob, &r);
+        for (size_t i = 0; i < n; i++)
+            json_range(f, &first, r[i].epoch, r[i].first, r[i].last);
+        return;
+    }
+    if (!g->legit_sent)
+        return;
+    uint64_t cur = g->first_seq;
+    size_t i = 0, j = 0;
+    while (cur <= g->last_seq) {
+        /* the next excluded seq: smallest of the two increasing lists' heads */
+        while (i < g->att.n && g->att.v[i] < cur)
+            i++;
+        while (j < g->cres_seqs.n && g->cres_seqs.v[j] < cur)
+            j++;
+        uint64_t x = UINT64_MAX;
+        if (i < g->att.n)
+            x = g->att.v[i];
+        if (j < g->cres_seqs.n && g->cres_seqs.v[j] < x)
+            x = g->cres_seqs.v[j];
+        if (x > g->last_seq) {
+            json_range(f, &first, g->boot_epoch, cur, g->last_seq);
+            break;
+        }
+        if (x > cur)
+            json_range(f, &first, g->boot_epoch, cur, x - 1);
+        cur = x + 1;
+    }
+}
+
 void gateway_write_json(gateway *g, FILE *f)
 {
     fputs("{\"id\":", f);
@@ -1207,7 +1872,29 @@ void gateway_write_json(gateway *g, FILE *f)
     gateway_command_counts(g, &c);
     fputs(",\"commands\":", f);
     gw_cmd_counts_json(&c, f);
-    fputc('}', f);
+    fprintf(f, ",\"batches_not_taken\":%" PRIu64 ",\"outbox_full\":%s,\"outbox\":",
+            g->not_taken, g->ob_full ? "true" : "false");
+    if (g->ob) {
+        const ob_stats *st = outbox_stats(g->ob);
+        fputs("{\"path\":", f);
+        json_str(f, outbox_path(g->ob));
+        fprintf(f,
+                ",\"stored\":%" PRIu64 ",\"resent\":%" PRIu64 ",\"acked_removed\":%" PRIu64
+                ",\"full_events\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"max_bytes\":%" PRIu64
+                ",\"records\":%zu,\"unpublished\":%" PRIu64 ",\"loaded\":%" PRIu64
+                ",\"first_as_backfill\":%" PRIu64 ",\"epochs_given_up\":%" PRIu64
+                ",\"torn_records\":%" PRIu64 ",\"corrupt_records\":%" PRIu64
+                ",\"write_errors\":%" PRIu64 ",\"ack_gap_seq\":%" PRIu64 "}",
+                st->stored, g->resent, st->acked_removed, g->full_events, outbox_bytes(g->ob),
+                outbox_max_bytes(g->ob), outbox_count(g->ob), g->ob_unpub, st->loaded,
+                g->first_as_backfill, g->epochs_skipped, st->torn_tail, st->corrupt,
+                st->write_errors, g->ack_gap_seq);
+    } else {
+        fputs("null", f);
+    }
+    fputs(",\"sent_ranges\":[", f);
+    json_sent_ranges(g, f);
+    fputs("]}", f);
 }
 
 void gateway_destroy(gateway **gp)
@@ -1227,6 +1914,14 @@ void gateway_destroy(gateway **gp)
         cm_warn("gw=%s commands=%zu event=undecided_commands_discarded", g->id, g->cq_len);
     for (size_t i = 0; i < g->cq_len; i++)
         free(g->cq[(g->cq_head + i) % CMD_QUEUE].p);
+    if (g->ob) {
+        if (outbox_count(g->ob))
+            cm_info("gw=%s batches=%zu unpublished=%" PRIu64 " event=outbox_kept", g->id,
+                    outbox_count(g->ob), g->ob_unpub);
+        outbox_destroy(&g->ob);
+    }
+    buf_free(&g->obuf);
+    buf_free(&g->dcopy);
     cm_signer_destroy(&g->signer);
     cm_signer_destroy(&g->wrong_signer);
     cm_aead_destroy(&g->aead);

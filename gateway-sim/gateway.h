@@ -21,7 +21,15 @@
  * first_seq and last_seq are the numbers of the first and last data batch (a command result may
  * lie outside them). Hence the legitimate data sequence numbers are exactly
  * [first_seq, last_seq] minus attacked_seqs minus cmdres_seqs. A replayed envelope reuses an
- * earlier sequence number and takes none; births and deaths carry seq 0. */
+ * earlier sequence number and takes none; births and deaths carry seq 0.
+ *
+ * Outbox (state_dir and outbox_max_bytes set; see outbox.h and README.md "Outbox"): every
+ * legitimate data batch is stored on disk, with a signed BACKFILL copy, and synced before it is
+ * first published; it stays there until an end-to-end ack covers it. Batches are then taken on
+ * schedule whether or not the broker is reachable (the outbox is the queue, published in seq
+ * order), a full outbox stops taking (alarm, batches_not_taken) rather than drop anything, and
+ * stored batches are republished on suido/v1/<gw>/backfill: those of earlier boot epochs at
+ * start, those of this epoch after a reconnect or when acks stall. */
 #ifndef GW_GATEWAY_H
 #define GW_GATEWAY_H
 #include <stdint.h>
@@ -56,7 +64,11 @@ const char *gw_attack_name(gw_attack a);
 typedef struct gw_settings {
     const char *broker;        /* "ssl://127.0.0.1:8883" */
     const char *deploy_dir;    /* DEPLOYDIR with ca/, gateways/<id>/, platform/ */
-    const char *state_dir;     /* NULL: boot epoch = Unix seconds now */
+    const char *state_dir;     /* NULL: boot epoch = Unix seconds now, and no outbox */
+    uint64_t outbox_max_bytes; /* with state_dir: each gateway's outbox bound; 0: no outbox */
+    int backfill_inflight;     /* stored batches are republished only while fewer publishes than
+                                * this are in flight (live data keeps the rest of the window) */
+    uint64_t backfill_hold_ms; /* live data waits this long at most for an older epoch's acks */
     cm_rsa *wrap;              /* platform key-wrap public key; non-NULL enables encryption */
     int batch;                 /* readings per batch, 1..GW_MAX_BATCH */
     double rate;               /* batches per second; 0 = as fast as the window allows */
@@ -92,6 +104,10 @@ cm_err gateway_start(gateway *g);
  * a command result); then data batches while they are due and the in-flight window has room.
  * Never blocks. Returns the number of messages handed to MQTT. */
 int gateway_poll(gateway *g, uint64_t now_ms);
+/* End of the publishing phase: no more batches are taken and no commands decided. Without an
+ * outbox gateway_poll then does nothing; with one it keeps publishing what is stored, applying
+ * acks and republishing, so that an ack wait can empty the outbox. */
+void gateway_stop_taking(gateway *g);
 /* Monotonic ms at which gateway_poll next has work (<= now_ms: at once). */
 uint64_t gateway_next_wake(const gateway *g, uint64_t now_ms);
 /* 1 once max_batches data batches have left the gateway (and no command result waits). */
@@ -107,7 +123,8 @@ uint64_t gateway_sent(const gateway *g);
 uint64_t gateway_legit_sent(const gateway *g);
 /* Legitimate batches covered by the acks received so far. */
 uint64_t gateway_acked_batches(const gateway *g);
-/* 1 when every legitimate batch published so far is covered by an ack. */
+/* 1 when every legitimate batch published so far is covered by an ack; with an outbox, when
+ * it holds no batch any more (those of older epochs given up on in this run aside). */
 int gateway_all_acked(const gateway *g);
 uint64_t gateway_readings_sent(const gateway *g);
 

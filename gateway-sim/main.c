@@ -46,6 +46,9 @@ typedef struct options {
     int quiet;
     unsigned long long seed;
     long max_inflight;
+    long outbox_max_mb;
+    long backfill_inflight;
+    double backfill_hold_s;
 } options;
 
 static volatile sig_atomic_t g_signals;
@@ -81,7 +84,14 @@ static void usage(FILE *f)
         "  --attack-every N      every Nth data batch is attacked (default 1 = all)\n"
         "  --skew-s S            clock skew of --attack skew, seconds (default 600)\n"
         "  --state-dir DIR       keeps each gateway's boot epoch (DIR/<gw>.epoch) so it strictly\n"
-        "                        increases across runs\n"
+        "                        increases across runs, and its outbox (DIR/<gw>.outbox): every\n"
+        "                        batch stays on disk until the platform acks it; without it, no\n"
+        "                        outbox\n"
+        "  --outbox-max-mb M     bound of each gateway's outbox, MiB (default 64; 0 = no outbox)\n"
+        "  --backfill-inflight K stored batches are republished only while fewer than K publishes\n"
+        "                        are in flight (default 16, at most --max-inflight)\n"
+        "  --backfill-hold S     live data waits at most S seconds for the acks of an older boot\n"
+        "                        epoch's backfill (default 30)\n"
         "  --report FILE         JSON summary written at exit\n"
         "  --wait-acks S         after the last batch, wait up to S seconds for end-to-end acks\n"
         "                        to cover everything sent (default 0)\n"
@@ -130,7 +140,8 @@ static int parse_args(int argc, char **argv, options *o)
 {
     enum { O_BROKER = 256, O_DEPLOY, O_INVENTORY, O_GATEWAYS, O_IDS, O_RATE, O_BATCH, O_DURATION,
            O_MAX_BATCHES, O_ENCRYPT, O_ATTACK, O_ATTACK_EVERY, O_SKEW, O_STATE_DIR, O_REPORT,
-           O_WAIT_ACKS, O_SEED, O_MAX_INFLIGHT, O_QUIET, O_HELP, O_COMMAND_KEY };
+           O_WAIT_ACKS, O_SEED, O_MAX_INFLIGHT, O_QUIET, O_HELP, O_COMMAND_KEY, O_OUTBOX_MAX,
+           O_BACKFILL_INFLIGHT, O_BACKFILL_HOLD };
     static const struct option longopts[] = {
         {"broker", required_argument, NULL, O_BROKER},
         {"deploy", required_argument, NULL, O_DEPLOY},
@@ -151,6 +162,9 @@ static int parse_args(int argc, char **argv, options *o)
         {"seed", required_argument, NULL, O_SEED},
         {"max-inflight", required_argument, NULL, O_MAX_INFLIGHT},
         {"command-key", required_argument, NULL, O_COMMAND_KEY},
+        {"outbox-max-mb", required_argument, NULL, O_OUTBOX_MAX},
+        {"backfill-inflight", required_argument, NULL, O_BACKFILL_INFLIGHT},
+        {"backfill-hold", required_argument, NULL, O_BACKFILL_HOLD},
         {"quiet", no_argument, NULL, O_QUIET},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
@@ -162,6 +176,9 @@ static int parse_args(int argc, char **argv, options *o)
     o->skew_s = 600;
     o->seed = 1;
     o->max_inflight = 64;
+    o->outbox_max_mb = 64;
+    o->backfill_inflight = 16;
+    o->backfill_hold_s = 30;
     int c;
     long l;
     opterr = 0;
@@ -221,6 +238,18 @@ static int parse_args(int argc, char **argv, options *o)
             break;
         case O_MAX_INFLIGHT:
             if (parse_long("--max-inflight", optarg, 1, 65535, &o->max_inflight))
+                return -1;
+            break;
+        case O_OUTBOX_MAX:
+            if (parse_long("--outbox-max-mb", optarg, 0, 1L << 20, &o->outbox_max_mb))
+                return -1;
+            break;
+        case O_BACKFILL_INFLIGHT:
+            if (parse_long("--backfill-inflight", optarg, 1, 65535, &o->backfill_inflight))
+                return -1;
+            break;
+        case O_BACKFILL_HOLD:
+            if (parse_double("--backfill-hold", optarg, 0, 1e6, &o->backfill_hold_s))
                 return -1;
             break;
         case O_QUIET: o->quiet = 1; break;
@@ -547,10 +576,13 @@ static int write_report(sim *s, double elapsed_s, double total_s)
     fprintf(f,
             "\"settings\":{\"rate\":%g,\"batch\":%ld,\"encrypt\":%s,\"attack\":\"%s\","
             "\"attack_every\":%ld,\"skew_s\":%ld,\"max_batches\":%lld,\"seed\":%llu,"
-            "\"max_inflight\":%ld,\"commands\":%s}}\n",
+            "\"max_inflight\":%ld,\"commands\":%s,\"outbox\":%s,\"outbox_max_mb\":%ld,"
+            "\"backfill_inflight\":%d,\"backfill_hold_s\":%g}}\n",
             s->o.rate, s->o.batch, s->o.encrypt ? "true" : "false",
             s->o.attack ? gw_attack_name(s->o.attack) : "none", s->o.attack_every, s->o.skew_s,
-            s->o.max_batches, s->o.seed, s->o.max_inflight, s->cmd_key ? "true" : "false");
+            s->o.max_batches, s->o.seed, s->o.max_inflight, s->cmd_key ? "true" : "false",
+            s->set.outbox_max_bytes ? "true" : "false", s->o.outbox_max_mb,
+            s->set.backfill_inflight, s->o.backfill_hold_s);
     free(lat);
     int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
@@ -632,6 +664,10 @@ static int setup(sim *s)
         .broker = o->broker,
         .deploy_dir = o->deploy,
         .state_dir = o->state_dir,
+        .outbox_max_bytes = o->state_dir ? (uint64_t)o->outbox_max_mb << 20 : 0,
+        .backfill_inflight = (int)(o->backfill_inflight < o->max_inflight ? o->backfill_inflight
+                                                                          : o->max_inflight),
+        .backfill_hold_ms = (uint64_t)(o->backfill_hold_s * 1000.0),
         .wrap = s->wrap,
         .batch = (int)o->batch,
         .rate = o->rate,
@@ -745,13 +781,18 @@ static int run(sim *s)
     int sig_at_stop = g_signals;
     cm_info("elapsed_s=%.3f event=publishing_stopped", elapsed_s);
 
-    /* ---- wait for end-to-end acks */
+    /* ---- wait for end-to-end acks; gateways with an outbox keep publishing what it holds
+     * (and republishing) meanwhile, the others only listen */
+    for (size_t i = 0; i < s->n; i++)
+        gateway_stop_taking(s->gw[i]);
     if (o->wait_acks_s > 0) {
         uint64_t until = t_pub + (uint64_t)(o->wait_acks_s * 1000.0);
         while (g_signals == sig_at_stop && cm_mono_ms() < until) {
             size_t missing = 0;
-            for (size_t i = 0; i < s->n; i++)
+            for (size_t i = 0; i < s->n; i++) {
+                (void)gateway_poll(s->gw[i], cm_mono_ms());
                 missing += !gateway_all_acked(s->gw[i]);
+            }
             if (!missing)
                 break;
             uint64_t now = cm_mono_ms();
