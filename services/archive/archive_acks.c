@@ -7,6 +7,7 @@
 
 #define SLOTS 16384          /* power of two: gateways tracked at once */
 #define WINDOW 4096          /* sequences tracked above the contiguous point */
+#define OLD_MAX 256          /* older boot epochs touched in one transaction, acked after it */
 
 typedef struct track {
     char gw[65];
@@ -17,9 +18,16 @@ typedef struct track {
     uint8_t bits[WINDOW / 8]; /* bit i: contig + 1 + i is stored */
 } track;
 
+typedef struct old_epoch {
+    char gw[65];
+    uint64_t epoch;
+} old_epoch;
+
 struct archive_acks {
     archive_store *store;
     track *t;
+    old_epoch old[OLD_MAX]; /* back-fill of earlier boot epochs stored in this transaction */
+    size_t n_old;
 };
 
 archive_acks *archive_acks_new(archive_store *store)
@@ -45,7 +53,25 @@ void archive_acks_destroy(archive_acks **ap)
     *ap = NULL;
 }
 
-void archive_acks_reset(archive_acks *a) { memset(a->t, 0, SLOTS * sizeof *a->t); }
+void archive_acks_reset(archive_acks *a)
+{
+    memset(a->t, 0, SLOTS * sizeof *a->t);
+    a->n_old = 0;
+}
+
+/* An earlier epoch of gw got a batch: its ack is worked out from the database after the commit
+ * (rare: back-fill after a gateway restart). Beyond OLD_MAX per transaction the epoch is acked
+ * when the gateway resends (the resend is stored as a duplicate and marks it again). */
+static void note_old(archive_acks *a, const char *gw, uint64_t epoch)
+{
+    for (size_t i = 0; i < a->n_old; i++)
+        if (a->old[i].epoch == epoch && strcmp(a->old[i].gw, gw) == 0)
+            return;
+    if (a->n_old == OLD_MAX)
+        return;
+    snprintf(a->old[a->n_old].gw, sizeof a->old[0].gw, "%s", gw);
+    a->old[a->n_old++].epoch = epoch;
+}
 
 static track *slot_for(archive_acks *a, const char *gw)
 {
@@ -129,8 +155,10 @@ cm_err archive_acks_mark(archive_acks *a, const char *gw, uint64_t epoch, uint64
         if (rc != CM_OK)
             return rc;
     }
-    if (epoch < t->epoch)
+    if (epoch < t->epoch) {
+        note_old(a, gw, epoch);
         return CM_OK;
+    }
     set_bit(t, seq);
     advance(t);
     if (t->beyond && seq > t->contig + WINDOW)
@@ -152,6 +180,14 @@ void archive_acks_each_changed(archive_acks *a,
             t->reported = t->contig;
         }
     }
+    for (size_t i = 0; i < a->n_old; i++) {
+        static track tmp; /* large; only ever used here, on the archive's one thread */
+        memset(&tmp, 0, sizeof tmp);
+        snprintf(tmp.gw, sizeof tmp.gw, "%s", a->old[i].gw);
+        if (reload(a, &tmp, a->old[i].epoch) == CM_OK && tmp.contig > 0)
+            fn(ctx, tmp.gw, tmp.epoch, tmp.contig);
+    }
+    a->n_old = 0;
 }
 
 uint64_t archive_acks_get(archive_acks *a, const char *gw, uint64_t *epoch)

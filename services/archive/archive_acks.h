@@ -13,11 +13,14 @@ typedef struct archive_acks archive_acks;
 archive_acks *archive_acks_new(archive_store *store);
 void archive_acks_destroy(archive_acks **a);
 /* Records that (gw, epoch, seq) is stored (in the open transaction). A newer boot epoch
- * replaces the older one; sequences of older epochs are ignored for acks. */
+ * replaces the older one as the tracked one; a batch of an older epoch (back-fill after a
+ * gateway restart) makes that epoch's contiguous point be worked out from the database and
+ * reported by the next archive_acks_each_changed. */
 cm_err archive_acks_mark(archive_acks *a, const char *gw, uint64_t epoch, uint64_t seq);
 /* Forgets everything (after a failed commit). */
 void archive_acks_reset(archive_acks *a);
-/* Calls fn for each gateway whose contiguous sequence advanced since it was last reported. */
+/* Calls fn for each gateway whose contiguous sequence advanced since it was last reported, and
+ * for each older epoch that got a batch since the last call (its point, from the database). */
 void archive_acks_each_changed(archive_acks *a,
                                void (*fn)(void *ctx, const char *gw, uint64_t epoch,
                                           uint64_t seq),
