@@ -196,9 +196,10 @@ out:
     return rc;
 }
 
-cm_err cm_conf_load(const char *path, cm_conf **out, char err[CM_CONF_ERRLEN])
+cm_err cm_conf_read_file(const char *path, char **text, size_t *len, char err[CM_CONF_ERRLEN])
 {
-    *out = NULL;
+    *text = NULL;
+    *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, CM_CONF_ERRLEN, "%s: cannot open: %s", path, strerror(errno));
@@ -213,19 +214,34 @@ cm_err cm_conf_load(const char *path, cm_conf **out, char err[CM_CONF_ERRLEN])
     size_t n = fread(buf, 1, MAX_FILE + 1, f);
     int rerr = ferror(f);
     fclose(f);
-    cm_err rc;
-    if (rerr) {
+    cm_err rc = CM_ERR_CONFIG;
+    if (rerr)
         snprintf(err, CM_CONF_ERRLEN, "%s: read error", path);
-        rc = CM_ERR_CONFIG;
-    } else if (n > MAX_FILE) {
+    else if (n > MAX_FILE)
         snprintf(err, CM_CONF_ERRLEN, "%s: larger than %u bytes", path, MAX_FILE);
-        rc = CM_ERR_CONFIG;
-    } else if (n == 0) {
+    else if (n == 0)
         snprintf(err, CM_CONF_ERRLEN, "%s: file is empty", path);
-        rc = CM_ERR_CONFIG;
-    } else {
-        rc = cm_conf_parse(path, buf, n, out, err);
+    else
+        rc = CM_OK;
+    if (rc != CM_OK) {
+        free(buf);
+        return rc;
     }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return CM_OK;
+}
+
+cm_err cm_conf_load(const char *path, cm_conf **out, char err[CM_CONF_ERRLEN])
+{
+    *out = NULL;
+    char *buf;
+    size_t n;
+    cm_err rc = cm_conf_read_file(path, &buf, &n, err);
+    if (rc != CM_OK)
+        return rc;
+    rc = cm_conf_parse(path, buf, n, out, err);
     free(buf);
     return rc;
 }

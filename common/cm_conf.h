@@ -28,6 +28,9 @@ typedef struct cm_conf_spec {
 /* Loads and parses path. On error *out is NULL and err holds "path:line: reason". Caller frees
  * with cm_conf_destroy. */
 cm_err cm_conf_load(const char *path, cm_conf **out, char err[CM_CONF_ERRLEN]);
+/* The whole file (at most 4 MiB, not empty), NUL-terminated; the caller frees *text. The same
+ * refusals and messages as cm_conf_load, for files that are parsed some other way. */
+cm_err cm_conf_read_file(const char *path, char **text, size_t *len, char err[CM_CONF_ERRLEN]);
 /* Parses an in-memory text; name is used in error messages. */
 cm_err cm_conf_parse(const char *name, const char *text, size_t len, cm_conf **out,
                      char err[CM_CONF_ERRLEN]);

@@ -696,35 +696,16 @@ cm_err cm_profile_load_text(const char *name, const char *text, size_t len, cm_p
     return rc;
 }
 
-/* Reads the file itself (rather than through cm_conf_load) to keep the bytes for the digest;
- * the same limits and messages as cm_conf_load. */
+/* Reads the file itself (rather than through cm_conf_load) to keep the bytes for the digest. */
 cm_err cm_profile_load(const char *path, cm_profile **out, char err[CM_CONF_ERRLEN])
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, CM_CONF_ERRLEN, "%s: cannot open: %s", path, strerror(errno));
-        return CM_ERR_CONFIG;
-    }
-    char *buf = malloc(MAX_FILE + 1);
-    if (!buf) {
-        fclose(f);
-        snprintf(err, CM_CONF_ERRLEN, "%s: out of memory", path);
-        return CM_ERR_NOMEM;
-    }
-    size_t n = fread(buf, 1, MAX_FILE + 1, f);
-    int rerr = ferror(f);
-    fclose(f);
-    cm_err rc;
-    if (rerr) {
-        snprintf(err, CM_CONF_ERRLEN, "%s: read error", path);
-        rc = CM_ERR_CONFIG;
-    } else if (n == 0) {
-        snprintf(err, CM_CONF_ERRLEN, "%s: file is empty", path);
-        rc = CM_ERR_CONFIG;
-    } else {
-        rc = cm_profile_load_text(path, buf, n, out, err);
-    }
+    char *buf;
+    size_t n;
+    cm_err rc = cm_conf_read_file(path, &buf, &n, err);
+    if (rc != CM_OK)
+        return rc;
+    rc = cm_profile_load_text(path, buf, n, out, err);
     free(buf);
     return rc;
 }

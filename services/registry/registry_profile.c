@@ -7,8 +7,6 @@
 
 #include "cm_profile.h"
 
-#define MAX_PROFILE_BYTES (4L * 1024 * 1024)
-
 cm_err registry_profile_init(sqlite3 *db)
 {
     return sqlite3_exec(db,
@@ -38,24 +36,6 @@ static cm_err current_head(sqlite3 *db, long *version, char digest[65])
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? CM_OK : CM_ERR_DB;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = malloc(MAX_PROFILE_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_PROFILE_BYTES + 1, f) : 0;
-    int bad = ferror(f) || n > MAX_PROFILE_BYTES;
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 cm_err registry_profile_offer_file(sqlite3 *db, cm_signer *signer, const char *path,
                                    uint64_t now_ms, registry_profile_offer *out)
 {
@@ -67,12 +47,9 @@ cm_err registry_profile_offer_file(sqlite3 *db, cm_signer *signer, const char *p
         return rc;
     }
     size_t len = 0;
-    char *text = read_file(path, &len);
-    if (!text) {
-        snprintf(out->why, sizeof out->why, "%s: cannot read (missing, unreadable or over 4 MiB)",
-                 path);
-        return CM_ERR_IO;
-    }
+    char *text = NULL;
+    if ((rc = cm_conf_read_file(path, &text, &len, out->why)) != CM_OK)
+        return rc;
     cm_profile *p = NULL;
     char digest[65] = "";
     rc = cm_profile_load_text(path, text, len, &p, out->why);
