@@ -54,6 +54,23 @@ fail:
     return rc;
 }
 
+cm_err cm_registry_session(cm_registry *r, const char *token, char who[65], char role[16])
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_SESSION_CHECK;
+    req.token = (char *)(token ? token : "");
+    Suido__RegistryReply *rep = NULL;
+    if (cm_registry_call(r, &req, &rep) != CM_OK)
+        return CM_ERR_UNAVAILABLE;
+    int ok = rep->status == 0 && rep->operator_ && rep->operator_->id && rep->operator_->role;
+    if (ok) {
+        snprintf(who, 65, "%s", rep->operator_->id);
+        snprintf(role, 16, "%s", rep->operator_->role);
+    }
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return ok ? CM_OK : CM_ERR_DENIED;
+}
+
 cm_err cm_registry_profile(cm_registry *r, const cm_conf *conf, const char *section,
                            cm_profile **out, char err[CM_CONF_ERRLEN])
 {

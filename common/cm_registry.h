@@ -59,6 +59,11 @@ cm_err cm_registry_profile_wait(cm_registry *r, const cm_conf *conf, const char 
     {section, "file", 0, "data profile file (else fetched from the registry)"},                    \
         {section, "registry_key", 0, "the registry's profile signing public key (PEM)"}
 
+/* The operator a session token belongs to and their role ("viewer", "operator", "admin"), from
+ * the registry (never cached: a logout or suspension counts at once). CM_ERR_DENIED for an
+ * unknown or expired token, CM_ERR_UNAVAILABLE when the registry does not answer. */
+cm_err cm_registry_session(cm_registry *r, const char *token, char who[65], char role[16]);
+
 /* Drops what is cached about id, so the next look-up asks the registry (after a registry event
  * announcing a change of state). */
 void cm_registry_forget(cm_registry *r, const char *id);

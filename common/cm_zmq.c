@@ -542,3 +542,16 @@ cm_err cm_zrecv(void *sock, void *zmq_msg, char *peer, size_t peerlen, int flags
     }
     return CM_OK;
 }
+
+void cm_zreply(void *router, void *route, const ProtobufCMessage *m)
+{
+    zmq_msg_t copy;
+    zmq_msg_init(&copy);
+    zmq_msg_copy(&copy, route);
+    if (zmq_msg_send(&copy, router, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&copy);
+        return;
+    }
+    if (cm_zsend_pb(router, m, ZMQ_DONTWAIT) != CM_OK)
+        cm_warn("error=\"reply dropped\"");
+}

@@ -85,5 +85,9 @@ cm_err cm_zsend_pb(void *sock, const ProtobufCMessage *m, int flags);
 /* Receives one frame into msg (initialised by the caller, closed by the caller); copies the
  * authenticated peer name (ZAP User-Id) into peer (may be NULL). */
 cm_err cm_zrecv(void *sock, void *zmq_msg, char *peer, size_t peerlen, int flags);
+/* Answers a request received on a ROUTER socket: route (the routing frame the request came
+ * with, kept by the caller) then m. Never blocks; a reply that cannot be queued is dropped and
+ * logged (the client times out and asks again). */
+void cm_zreply(void *router, void *route, const ProtobufCMessage *m);
 
 #endif

@@ -380,36 +380,14 @@ static void case_list_free(case_list *l)
     free(l->items);
 }
 
-static void api_reply(archiver *a, zmq_msg_t *route, Suido__ArchiveReply *rep)
-{
-    zmq_msg_t copy;
-    zmq_msg_init(&copy);
-    zmq_msg_copy(&copy, route);
-    if (zmq_msg_send(&copy, a->api, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&copy);
-        return;
-    }
-    if (cm_zsend_pb(a->api, &rep->base, ZMQ_DONTWAIT) != CM_OK)
-        cm_warn("error=\"reply dropped\"");
-}
-
 /* The operator behind token and whether their role may change cases; 0 for a valid session. */
 static int session(archiver *a, const char *token, char who[65], int *may_change)
 {
-    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
-    req.op = SUIDO__REGISTRY_OP__REG_SESSION_CHECK;
-    req.token = (char *)(token ? token : "");
-    Suido__RegistryReply *rep = NULL;
-    if (cm_registry_call(a->reg, &req, &rep) != CM_OK)
+    char role[16];
+    if (cm_registry_session(a->reg, token, who, role) != CM_OK)
         return -1;
-    int ok = rep->status == 0 && rep->operator_ && rep->operator_->id && rep->operator_->role;
-    if (ok) {
-        snprintf(who, 65, "%s", rep->operator_->id);
-        *may_change = strcmp(rep->operator_->role, "operator") == 0 ||
-                      strcmp(rep->operator_->role, "admin") == 0;
-    }
-    suido__registry_reply__free_unpacked(rep, NULL);
-    return ok ? 0 : -1;
+    *may_change = strcmp(role, "operator") == 0 || strcmp(role, "admin") == 0;
+    return 0;
 }
 
 static void on_api(void *ctx)
@@ -494,7 +472,7 @@ static void on_api(void *ctx)
     rep.cases = cases.items;
     rep.n_past = past.n;
     rep.past = past.items;
-    api_reply(a, &route, &rep);
+    cm_zreply(a->api, &route, &rep.base);
 out:
     case_list_free(&cases);
     case_list_free(&past);

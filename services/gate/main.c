@@ -171,15 +171,7 @@ static void audit(gate *g, const char *event, const char *gw, const char *actor,
 
 static void reply(gate *g, zmq_msg_t *route, Suido__GateReply *rep)
 {
-    zmq_msg_t copy;
-    zmq_msg_init(&copy);
-    zmq_msg_copy(&copy, route);
-    if (zmq_msg_send(&copy, g->api, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&copy);
-        return;
-    }
-    if (cm_zsend_pb(g->api, &rep->base, ZMQ_DONTWAIT) != CM_OK)
-        cm_warn("error=\"reply dropped\"");
+    cm_zreply(g->api, route, &rep->base);
 }
 
 /* A refusal: answered, audited and logged; nothing is sent. */
@@ -200,24 +192,6 @@ static void refuse(gate *g, zmq_msg_t *route, const Suido__GateRequest *q, const
     rep.reason = (char *)reason;
     rep.detail = (char *)detail;
     reply(g, route, &rep);
-}
-
-/* The operator behind token and their role, from the registry; 0 when the session is valid. */
-static int session(gate *g, const char *token, char who[65], char role[16])
-{
-    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
-    req.op = SUIDO__REGISTRY_OP__REG_SESSION_CHECK;
-    req.token = (char *)(token ? token : "");
-    Suido__RegistryReply *rep = NULL;
-    if (cm_registry_call(g->reg, &req, &rep) != CM_OK)
-        return -1;
-    int ok = rep->status == 0 && rep->operator_ && rep->operator_->id && rep->operator_->role;
-    if (ok) {
-        snprintf(who, 65, "%s", rep->operator_->id);
-        snprintf(role, 16, "%s", rep->operator_->role);
-    }
-    suido__registry_reply__free_unpacked(rep, NULL);
-    return ok ? 0 : -1;
 }
 
 static followed *slot_for_new(gate *g)
@@ -290,7 +264,7 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
         audit(g, "command_refused", "", "suidoctl", "reason=malformed_request");
         return;
     }
-    if (session(g, q->token, who, role) != 0) {
+    if (cm_registry_session(g->reg, q->token, who, role) != CM_OK) {
         refuse(g, route, q, "unknown", "session", "no valid operator session (log in first)");
         return;
     }
@@ -367,7 +341,7 @@ static void on_status_request(gate *g, zmq_msg_t *route, const Suido__GateReques
     char who[65], role[16];
     Suido__GateReply rep = SUIDO__GATE_REPLY__INIT;
     const followed *f = NULL;
-    if (session(g, q->token, who, role) != 0) {
+    if (cm_registry_session(g->reg, q->token, who, role) != CM_OK) {
         rep.status = CM_ERR_DENIED;
         rep.error = "no valid operator session (log in first)";
     } else if (!(f = find_command(g, q->command_id))) {

@@ -70,15 +70,7 @@ typedef struct request {
 
 static void reply(registry *r, zmq_msg_t *route, Suido__RegistryReply *rep)
 {
-    zmq_msg_t copy;
-    zmq_msg_init(&copy);
-    zmq_msg_copy(&copy, route);
-    if (zmq_msg_send(&copy, r->api, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&copy);
-        return;
-    }
-    if (cm_zsend_pb(r->api, &rep->base, ZMQ_DONTWAIT) != CM_OK)
-        cm_warn("error=\"reply dropped\"");
+    cm_zreply(r->api, route, &rep->base);
 }
 
 static void reply_error(registry *r, zmq_msg_t *route, cm_err e)
