@@ -11,10 +11,13 @@ PKGS=(
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libzmq3-dev libczmq-dev
   libsqlite3-dev sqlite3
-  libpq-dev
+  libpq-dev postgresql
+  libmicrohttpd-dev libgnutls28-dev
   libcmocka-dev libjansson-dev libcsv-dev libgsl-dev liboath-dev libargon2-dev
   python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
   procps psmisc iproute2
+  chromium chromium-driver python3-selenium
+  debootstrap
 )
 
 missing=()
