@@ -20,12 +20,19 @@ GEN := $(BUILD)/gen
 CC ?= cc
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
         -Wno-missing-field-initializers -Wno-format-truncation
+# libpq (the archive's PostgreSQL engine, common/cm_sql.c): its headers live outside /usr/include
+PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+PQ_LIBS := $(shell pkg-config --libs libpq 2>/dev/null || echo -lpq)
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPIC \
-          $(SANFLAGS) -Icommon -I$(GEN) -MMD -MP
+          $(SANFLAGS) -Icommon -I$(GEN) $(PQ_CFLAGS) -MMD -MP
 LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
-LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath -lpthread -lm
+# libmicrohttpd and GnuTLS: every daemon's HTTPS metrics endpoint (common/cm_metrics_http.c)
+LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 $(PQ_LIBS) -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath \
+        -lmicrohttpd -lgnutls -lpthread -lm
 
-SERVICES := registry ingest verify profile anomaly archive gate
+SERVICES := registry ingest verify profile anomaly archive gate monitor
+# libraries of one service only: the monitor reads and writes JSON (jansson)
+LIBS_monitor := -ljansson
 
 PROTO_C := $(GEN)/suido.pb-c.c
 PROTO_H := $(GEN)/suido.pb-c.h
@@ -91,7 +98,7 @@ $(LIBCOMMON): $(COMMON_OBJ)
 define program
 $(BIN)/suido-$(1): $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard $(2)/*.c))) $(LIBCOMMON)
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS) $(LIBS_$(1))
 endef
 $(foreach s,$(SERVICES),$(eval $(call program,$(s),services/$(s))))
 $(eval $(call program,gateway-sim,gateway-sim))
@@ -131,6 +138,12 @@ stop:
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@scripts/bench.sh $(BUILD)
+
+# The fault plan (tests/faults/README.md); SUIDO_FAULTS_FULL=1 for its full durations and load.
+.PHONY: test-faults
+test-faults: deps
+	@$(MAKE) --no-print-directory build
+	@SUIDO_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/faults/run.py
 
 clean:
 	rm -rf build

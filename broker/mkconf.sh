@@ -126,10 +126,13 @@ trap 'rm -f "$tmp_acl" "$tmp_conf" "$tmp_state"' EXIT
     echo "topic read \$SYS/broker/log/#"
     for k in birth data backfill death cmdres; do echo "topic read suido/v1/+/$k"; done
     echo
-    echo "user archive"
-    echo "topic write suido/v1/+/ack"
-    echo "topic write suido/v1/alerts/#"
-    echo
+    # a standby archive (scripts/mkdeploy.sh --standby) publishes the same once it is promoted
+    for u in archive $([[ -d "$DEPLOY/services/archive-standby" ]] && echo archive-standby); do
+        echo "user $u"
+        echo "topic write suido/v1/+/ack"
+        echo "topic write suido/v1/alerts/#"
+        echo
+    done
     echo "user gate"
     echo "topic deny suido/v1/alerts/#"
     echo "topic write suido/v1/+/cmd"

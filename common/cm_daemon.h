@@ -7,6 +7,7 @@
 #include <signal.h>
 #include "cm_conf.h"
 #include "cm_err.h"
+#include "cm_metrics_http.h"
 
 typedef struct cm_daemon_args {
     const char *config_path;
@@ -29,7 +30,8 @@ extern volatile sig_atomic_t cm_daemon_stopping;
 cm_err cm_daemon_drop_privileges(const char *user);
 
 /* Config rows every daemon accepts in [service]: name, log_level, state_dir, metrics_file,
- * user, curve_public, curve_secret. Services append their own rows after these. */
+ * user, curve_public, curve_secret; and the optional [metrics] endpoint (cm_metrics_http.h).
+ * Services append their own rows after these. */
 #define CM_DAEMON_SPEC_ROWS                                                                        \
     {"service", "name", 1, "unique service id, equal to its certificate CN"},                      \
         {"service", "log_level", 0, "debug|info|warn|error (info)"},                               \
@@ -37,6 +39,7 @@ cm_err cm_daemon_drop_privileges(const char *user);
         {"service", "metrics_file", 0, "Prometheus text file, rewritten every second"},            \
         {"service", "user", 0, "drop to this user when started as root"},                          \
         {"service", "curve_public", 0, "this service's CURVE public key file"},                    \
-        {"service", "curve_secret", 0, "this service's CURVE secret key file (0600)"}
+        {"service", "curve_secret", 0, "this service's CURVE secret key file (0600)"},             \
+        CM_METRICS_HTTP_SPEC_ROWS
 
 #endif

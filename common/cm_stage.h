@@ -22,17 +22,34 @@ typedef struct cm_stage_ctx {
      * readable and receives at most one request per call */
     void *side;
     void (*on_side)(void *handler_ctx);
+    /* optional: while it returns 1 the input is left unread, so its senders block at their
+     * high-water mark (back-pressure) instead of handing over what cannot be kept, e.g. while
+     * the archive's database is unreachable; ticks, events and the side socket go on */
+    int (*hold_input)(void *handler_ctx);
+    /* set by cm_stage_run: time per frame, frames' age since ingest, input bursts */
+    cm_metric *handle_seconds, *pipeline_seconds, *burst, *full_bursts;
 } cm_stage_ctx;
 
 /* Kind of a StageMessage for dispatch: "alert", "audit" or "command" if it carries one, "reject" if verify
  * refused it, else the topic's last level ("data", "birth", ...). */
 const char *cm_stage_kind(const Suido__StageMessage *m);
 
-/* Runs until cm_daemon_stopping. */
+/* Runs until cm_daemon_stopping. Counts, besides what cm_stage_metrics does: frames received
+ * (suido_stage_received_total), refused (suido_rejected_total{reason=malformed|peer_revoked|
+ * kind_not_allowed}), the time to handle each (suido_stage_handle_seconds) and its age since
+ * ingest received it (suido_stage_pipeline_seconds), and, as the input's queue depth seen from
+ * here, the frames taken in the last round (suido_stage_input_burst; a full round of 512 means
+ * more were waiting: suido_stage_input_full_bursts_total). */
 void cm_stage_run(cm_stage_ctx *c);
 
+/* Registers this process's send counters (cm_stage_run does it; a process that sends without
+ * running the loop calls it once, before sending). */
+void cm_stage_metrics(cm_svc *s);
+
 /* Sends m on sock, blocking while the next stage is at its high-water mark (back-pressure);
- * gives up only when the daemon is stopping. */
+ * gives up only when the daemon is stopping. Counts what was sent (suido_stage_sent_total),
+ * how often the next stage was full (suido_stage_send_waits_total) and how many senders are
+ * waiting right now (suido_stage_send_blocked). Any thread. */
 cm_err cm_stage_send(void *sock, const Suido__StageMessage *m);
 
 /* Sends a security event to the audit log (the archive) on sock. Never blocks: an audit event
@@ -40,8 +57,9 @@ cm_err cm_stage_send(void *sock, const Suido__StageMessage *m);
 cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
                       const char *actor, const char *detail);
 
-/* Sends this process's own security events (cm_svc_on_security: refused handshakes) to the
- * audit log through sock, a PUSH to the archive. */
+/* Sends this process's own security events (cm_svc_on_security: refused handshakes, source and
+ * actor "zmq"; refusals of the metrics endpoint, "https") to the audit log through sock, a PUSH
+ * to the archive. */
 void cm_stage_audit_security(cm_svc *s, void *sock);
 
 #endif

@@ -10,8 +10,70 @@
 #include <sys/stat.h>
 #include <zmq.h>
 
+#include "cm_crypto.h"
 #include "cm_daemon.h"
 #include "cm_log.h"
+
+/* Label value text: backslash, quote and newline escaped as the text format wants. */
+static void label_escape(const char *in, char *out, size_t len)
+{
+    size_t k = 0;
+    for (; *in && k + 3 < len; in++) {
+        if (*in == '\\' || *in == '"' || *in == '\n')
+            out[k++] = '\\';
+        out[k++] = *in == '\n' ? 'n' : *in;
+    }
+    out[k] = '\0';
+}
+
+/* Every certificate the configuration names (any section's cert and ca) gets a days-left gauge;
+ * the services themselves load and check them. */
+static void certs_load(cm_svc *s)
+{
+    static const char *const keys[] = {"cert", "ca"};
+    for (size_t i = 0; i < cm_conf_section_count(s->conf); i++) {
+        const char *sec = cm_conf_section(s->conf, i);
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            const char *path = cm_conf_get(s->conf, sec, keys[k]);
+            cm_cert_info ci;
+            if (!path || s->n_certs >= (int)(sizeof s->certs / sizeof s->certs[0]))
+                continue;
+            if (cm_cert_info_load(path, &ci) != CM_OK) {
+                cm_warn("cert=%s error=\"not a readable certificate; no days-left gauge\"", path);
+                continue;
+            }
+            char name[320], what[160], cn[160];
+            snprintf(what, sizeof what, "%s.%s", sec, keys[k]);
+            label_escape(what, name, sizeof name);
+            snprintf(what, sizeof what, "%s", name);
+            label_escape(ci.subject_cn, cn, sizeof cn);
+            snprintf(name, sizeof name, "suido_certificate_days_left{cert=\"%s\",cn=\"%s\"}",
+                     what, cn);
+            s->certs[s->n_certs].not_after_ms = ci.not_after_ms;
+            s->certs[s->n_certs++].days_left = cm_metric_gauge(
+                s->metrics, name, "whole days until the certificate expires (negative: expired)");
+        }
+    }
+}
+
+static void certs_update(cm_svc *s)
+{
+    int64_t now = (int64_t)cm_now_ms();
+    for (int i = 0; i < s->n_certs; i++) {
+        int64_t left = (int64_t)s->certs[i].not_after_ms - now;
+        /* whole days, rounded down: expired an hour ago is -1 */
+        int64_t days = left >= 0 ? left / 86400000 : -((-left + 86399999) / 86400000);
+        cm_metric_set(s->certs[i].days_left, days);
+    }
+}
+
+static int has_section(const cm_conf *c, const char *name)
+{
+    for (size_t i = 0; i < cm_conf_section_count(c); i++)
+        if (strcmp(cm_conf_section(c, i), name) == 0)
+            return 1;
+    return 0;
+}
 
 cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec)
 {
@@ -49,6 +111,12 @@ cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_s
     s->security_suppressed = cm_metric_counter(s->metrics, "suido_security_events_suppressed_total",
                                                "security events over the audit budget");
     cm_ratelimit_init(&s->security_limit, 10000, 30);
+    char err[CM_CONF_ERRLEN];
+    if (has_section(s->conf, "metrics") &&
+        cm_metrics_http_new(s->conf, s->name, s->metrics, &s->metrics_http, err) != CM_OK)
+        cm_daemon_die(service, "%s", err);
+    certs_load(s);
+    certs_update(s);
     cm_daemon_signals();
     return s;
 }
@@ -62,6 +130,9 @@ void cm_svc_ready(cm_svc *s)
     }
     if (cm_daemon_drop_privileges(cm_conf_get(s->conf, "service", "user")) != CM_OK)
         cm_svc_die(s, "cannot drop privileges");
+    char err[CM_CONF_ERRLEN];
+    if (s->metrics_http && cm_metrics_http_start(s->metrics_http, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
     cm_info("service=%s state_dir=%s event=ready", s->name, s->state_dir);
 }
 
@@ -104,17 +175,9 @@ void cm_svc_on_security(cm_svc *s,
     s->security_ctx = ctx;
 }
 
-/* cm_zap_event_fn: a refused handshake on one of this process's sockets. */
-static void handshake_refused(void *ctx, const char *domain, const char *what,
-                              const char *endpoint, unsigned value)
+/* A security event whose rate an outsider controls: to on_security within the audit budget. */
+static void security_event(cm_svc *s, const char *event, const char *subject, const char *detail)
 {
-    cm_svc *s = ctx;
-    cm_metric_inc(s->handshakes_refused);
-    char subject[160], detail[256];
-    snprintf(subject, sizeof subject, "%s:%s", s->name, domain);
-    snprintf(detail, sizeof detail, "socket=%s reason=%s endpoint=%s code=0x%x", subject, what,
-             endpoint, value);
-    cm_warn("event=handshake_refused %s", detail);
     if (!s->on_security)
         return;
     uint64_t closed = 0;
@@ -126,14 +189,50 @@ static void handshake_refused(void *ctx, const char *domain, const char *what,
         s->on_security(s->security_ctx, "security_events_suppressed", s->name, sum);
     }
     if (pass)
-        s->on_security(s->security_ctx, "zmq_handshake_refused", subject, detail);
+        s->on_security(s->security_ctx, event, subject, detail);
     else
         cm_metric_inc(s->security_suppressed);
+}
+
+/* cm_zap_event_fn: a refused handshake on one of this process's sockets. */
+static void handshake_refused(void *ctx, const char *domain, const char *what,
+                              const char *endpoint, unsigned value)
+{
+    cm_svc *s = ctx;
+    cm_metric_inc(s->handshakes_refused);
+    char subject[160], detail[256];
+    snprintf(subject, sizeof subject, "%s:%s", s->name, domain);
+    snprintf(detail, sizeof detail, "socket=%s reason=%s endpoint=%s code=0x%x", subject, what,
+             endpoint, value);
+    cm_warn("event=handshake_refused %s", detail);
+    security_event(s, "zmq_handshake_refused", subject, detail);
+}
+
+/* A refusal of the metrics endpoint (counted and logged by it already). */
+static void metrics_refused(void *ctx, const char *subject, const char *detail)
+{
+    security_event(ctx, "metrics_access_refused", subject, detail);
+}
+
+void cm_svc_reject(cm_svc *s, const char *reason)
+{
+    const char *r = reason && *reason && strlen(reason) <= 48 ? reason : "other";
+    for (const char *p = r; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            r = "other";
+    char name[96];
+    snprintf(name, sizeof name, "suido_rejected_total{reason=\"%s\"}", r);
+    cm_metric_inc(cm_metric_counter(s->metrics, name, "messages this process refused, by reason"));
 }
 
 void cm_svc_tick(cm_svc *s)
 {
     cm_zap_drain_events(s->zap, handshake_refused, s);
+    if (s->metrics_http) {
+        size_t lost = cm_metrics_http_drain(s->metrics_http, metrics_refused, s);
+        cm_metric_add(s->security_suppressed, lost);
+    }
+    certs_update(s);
     cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));
     cm_metric_set(s->zap_allowed, (int64_t)cm_zap_allowed(s->zap));
     cm_metrics_flush(s->metrics, 0);
@@ -155,6 +254,7 @@ void cm_svc_destroy(cm_svc **sp)
     if (!sp || !*sp)
         return;
     cm_svc *s = *sp;
+    cm_metrics_http_destroy(&s->metrics_http);
     if (s->metrics)
         cm_metrics_flush(s->metrics, 1);
     cm_zap_stop(&s->zap);

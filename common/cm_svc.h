@@ -10,6 +10,7 @@
 #define CM_SVC_H
 #include "cm_conf.h"
 #include "cm_metrics.h"
+#include "cm_metrics_http.h"
 #include "cm_ratelimit.h"
 #include "cm_daemon.h"
 #include "cm_zmq.h"
@@ -24,22 +25,36 @@ typedef struct cm_svc {
     cm_metrics *metrics;
     cm_metric *zap_denied, *zap_allowed;
     char revoked_peers[32][64]; /* service ids revoked since start (see cm_events) */
-    /* security events of the process's own sockets (refused handshakes), for the audit log */
+    /* security events of the process's own sockets (refused handshakes, refusals of the metrics
+     * endpoint), for the audit log; called on the thread that calls cm_svc_tick */
     void (*on_security)(void *ctx, const char *event, const char *subject, const char *detail);
     void *security_ctx;
     cm_ratelimit security_limit;
     cm_metric *handshakes_refused, *security_suppressed;
     int n_revoked_peers;
     int check_only;
+    cm_metrics_http *metrics_http; /* [metrics] endpoint; NULL without one */
+    struct {
+        cm_metric *days_left;
+        uint64_t not_after_ms;
+    } certs[16]; /* certificates named in the config (any section's cert and ca) */
+    int n_certs;
 } cm_svc;
 
+/* Also checks [metrics] (cm_metrics_http) and reads every certificate the config names (any
+ * section's cert and ca keys) for suido_certificate_days_left{cert="<section>.<key>",cn=...}. */
 cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec);
+/* After dropping privileges, starts the [metrics] endpoint (exit 1 if it cannot listen). */
 void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
  * (suido_zap_denied_total, suido_zap_allowed_total), reports refused handshakes on the server
- * sockets (counted, logged, and handed to on_security at most 30 per 10 s, the rest summed up in
- * one "security_events_suppressed" event) and writes the metrics file each second. */
+ * sockets and refusals of the metrics endpoint (counted, logged, and handed to on_security at
+ * most 30 per 10 s, the rest summed up in one "security_events_suppressed" event), updates the
+ * certificates' days left and writes the metrics file each second. */
 void cm_svc_tick(cm_svc *s);
+/* Counts one refusal of this process as suido_rejected_total{reason="<reason>"} (any thread;
+ * reason: [a-z0-9_], anything else is counted as "other"). */
+void cm_svc_reject(cm_svc *s, const char *reason);
 /* Where security events of this process go (typically an audit socket to the archive). */
 void cm_svc_on_security(cm_svc *s,
                         void (*fn)(void *ctx, const char *event, const char *subject,

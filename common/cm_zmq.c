@@ -1,21 +1,30 @@
 /* cm_zmq: CURVE sockets and the per-domain ZAP allow-list handler (one thread per process). */
 #include "cm_zmq.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
+#include <netdb.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "cm_crypto.h"
+#include "cm_daemon.h"
 #include "cm_log.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define MAX_ALLOW 1024
 #define MAX_ENDPOINTS 16
 #define PIPE_HWM 10000
+#define SOCKET_LINGER_MS 1000
 
 /* ---------------------------------------------------------------- key files */
 
@@ -347,12 +356,377 @@ void cm_zap_stop(cm_zap **zp)
     *zp = NULL;
 }
 
+/* ------------------------------------------------- endpoints that name a host (scaled replicas)
+ *
+ * Connect side. A PUSH output whose endpoint names a host ("tcp://verify-in:7004") is connected
+ * to EVERY address the name resolves to, and keeps following the name: a resolver thread of its
+ * own looks the name up at once and then every g_follow.period_ms (2 s) (one thread per name,
+ * so a name that takes a DNS timeout to fail delays no other), and the thread that owns the
+ * socket applies the difference (connect the new addresses, disconnect the vanished ones) at its
+ * next send, in cm_zsend_pb, because a ZeroMQ socket may only be used by one thread (ingest's
+ * is used by the MQTT client's thread, not by the thread that made it). A look-up never runs on
+ * the sending path, so a slow or failing DNS server cannot stall the pipeline. Docker's DNS
+ * answers one A record per replica of a service, so `docker-compose up --scale verify=3`
+ * spreads the round robin over three replicas within 2 s, and scaling down takes the stopped
+ * ones out.
+ * ZMQ_IMMEDIATE keeps frames off connections that are not established: a replica that vanishes
+ * loses only the frames already in its pipe, which the end-to-end ack, the gateway's outbox and
+ * the idempotent archive recover. Heartbeats notice a replica that went away without closing.
+ *
+ * Bind side. A server endpoint that names a host binds the one address of that name that is
+ * this host's own ("tcp://verify-in:7004" on a replica binds its address on the network where
+ * verify-in lives), so a process on several networks offers each socket only on the network of
+ * the peers its allow-list names.
+ *
+ * IP literals, "*" and interface names are left to libzmq unchanged. */
+
+#define FOLLOW_MAX 32     /* followed sockets per process */
+#define FOLLOW_ADDRS 16   /* replicas per name */
+#define FOLLOW_PERIOD_MS 2000
+
+typedef struct follow {
+    void *_Atomic sock;                        /* NULL once the socket is closed */
+    char host[256], port[8];
+    char server_key[CM_Z85_LEN + 1];           /* the replicas' identity, set at each connect */
+    /* the latest look-up: written by the resolver under g_follow.lock */
+    char want[FOLLOW_ADDRS][CM_ZADDR_LEN];
+    int n_want;
+    atomic_uint gen;                           /* bumped when want changes */
+    /* what the socket is connected to: the owning thread's alone */
+    char have[FOLLOW_ADDRS][CM_ZADDR_LEN];
+    int n_have;
+    unsigned applied;                          /* gen that have reflects */
+} follow;
+
+static int default_resolve(const char *host, char addrs[][CM_ZADDR_LEN], int max);
+
+static struct {
+    pthread_mutex_t lock;
+    follow *f[FOLLOW_MAX];                     /* append-only; entries never freed */
+    atomic_int n;
+    cm_zresolve_fn resolve;
+    unsigned period_ms;
+} g_follow = {.lock = PTHREAD_MUTEX_INITIALIZER, .resolve = default_resolve,
+              .period_ms = FOLLOW_PERIOD_MS};
+
+/* getaddrinfo, IPv4 and IPv6, sorted and without repeats. 0 addresses when the name does not
+ * exist (every replica gone); -1 on a failure that says nothing about the name (keep the last
+ * answer). */
+static int default_resolve(const char *host, char addrs[][CM_ZADDR_LEN], int max)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc == EAI_NONAME || rc == EAI_NODATA)
+        return 0;
+    if (rc != 0)
+        return -1;
+    int n = 0;
+    for (struct addrinfo *a = res; a && n < max; a = a->ai_next) {
+        char ip[CM_ZADDR_LEN];
+        const void *src = a->ai_family == AF_INET
+                              ? (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
+                              : (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+        if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) ||
+            !inet_ntop(a->ai_family, src, ip, sizeof ip))
+            continue;
+        int at = 0; /* insertion sort: a stable order makes answers comparable */
+        while (at < n && strcmp(addrs[at], ip) < 0)
+            at++;
+        if (at < n && strcmp(addrs[at], ip) == 0)
+            continue;
+        memmove(addrs[at + 1], addrs[at], (size_t)(n - at) * CM_ZADDR_LEN);
+        memcpy(addrs[at], ip, CM_ZADDR_LEN);
+        n++;
+    }
+    freeaddrinfo(res);
+    return n;
+}
+
+/* Splits "tcp://HOST:PORT" when HOST is a name to resolve (not "*", an IP literal, an interface
+ * name or libzmq's "source;destination" form). 1 if so. */
+static int endpoint_names_host(const char *endpoint, char host[256], char port[8])
+{
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return 0;
+    const char *h = endpoint + 6, *colon = strrchr(h, ':');
+    if (!colon || colon == h || *h == '[' || strchr(h, ';') || (size_t)(colon - h) >= 256 ||
+        strlen(colon + 1) == 0 || strlen(colon + 1) >= 8)
+        return 0;
+    memcpy(host, h, (size_t)(colon - h));
+    host[colon - h] = '\0';
+    snprintf(port, 8, "%s", colon + 1);
+    unsigned char buf[sizeof(struct in6_addr)];
+    return strcmp(host, "*") != 0 && inet_pton(AF_INET, host, buf) != 1 &&
+           inet_pton(AF_INET6, host, buf) != 1 && if_nametoindex(host) == 0;
+}
+
+static void endpoint_of(const char *ip, const char *port, char *out, size_t outlen)
+{
+    snprintf(out, outlen, strchr(ip, ':') ? "tcp://[%s]:%s" : "tcp://%s:%s", ip, port);
+}
+
+static int addr_in(const char set[][CM_ZADDR_LEN], int n, const char *ip)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(set[i], ip) == 0)
+            return 1;
+    return 0;
+}
+
+void cm_zfollow_setup(cm_zresolve_fn fn, unsigned period_ms)
+{
+    pthread_mutex_lock(&g_follow.lock);
+    g_follow.resolve = fn ? fn : default_resolve;
+    g_follow.period_ms = period_ms;
+    pthread_mutex_unlock(&g_follow.lock);
+}
+
+/* Looks one followed name up and publishes the answer if it changed. */
+static void follow_lookup(follow *f, cm_zresolve_fn resolve)
+{
+    char host[256], addrs[FOLLOW_ADDRS][CM_ZADDR_LEN];
+    pthread_mutex_lock(&g_follow.lock);
+    int live = atomic_load(&f->sock) != NULL;
+    memcpy(host, f->host, sizeof host);
+    pthread_mutex_unlock(&g_follow.lock);
+    if (!live)
+        return;
+    int n = resolve(host, addrs, FOLLOW_ADDRS);
+    if (n < 0)
+        return;
+    pthread_mutex_lock(&g_follow.lock);
+    int same = n == f->n_want && strcmp(host, f->host) == 0;
+    for (int i = 0; same && i < n; i++)
+        same = strcmp(addrs[i], f->want[i]) == 0;
+    if (!same && strcmp(host, f->host) == 0) {
+        memcpy(f->want, addrs, sizeof addrs);
+        f->n_want = n;
+        atomic_fetch_add(&f->gen, 1);
+    }
+    pthread_mutex_unlock(&g_follow.lock);
+}
+
+void cm_zfollow_refresh(void)
+{
+    pthread_mutex_lock(&g_follow.lock);
+    cm_zresolve_fn resolve = g_follow.resolve;
+    pthread_mutex_unlock(&g_follow.lock);
+    int n = atomic_load(&g_follow.n);
+    for (int i = 0; i < n; i++)
+        follow_lookup(g_follow.f[i], resolve);
+}
+
+/* One followed name: looked up now, then every period, until its socket is closed. */
+static void *follow_thread(void *arg)
+{
+    follow *f = arg;
+    while (atomic_load(&f->sock) != NULL) {
+        pthread_mutex_lock(&g_follow.lock);
+        unsigned period = g_follow.period_ms ? g_follow.period_ms : FOLLOW_PERIOD_MS;
+        cm_zresolve_fn resolve = g_follow.resolve;
+        pthread_mutex_unlock(&g_follow.lock);
+        follow_lookup(f, resolve);
+        struct timespec ts = {period / 1000, (long)(period % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+/* The record that follows sock, or NULL. Lock-free: the table only grows, and a record's sock
+ * changes only from the socket's own thread (made, closed). */
+static follow *follow_find(void *sock)
+{
+    int n = atomic_load(&g_follow.n);
+    for (int i = 0; sock && i < n; i++)
+        if (atomic_load(&g_follow.f[i]->sock) == sock)
+            return g_follow.f[i];
+    return NULL;
+}
+
+/* A socket pointer that is being made now belongs to no live followed socket: a record left by
+ * a closed socket at the same address must not drive the new one. */
+static void follow_forget(void *sock)
+{
+    follow *f;
+    while ((f = follow_find(sock)) != NULL)
+        atomic_store(&f->sock, NULL);
+}
+
+int cm_zfollow_apply(void *sock)
+{
+    follow *f = follow_find(sock);
+    if (!f)
+        return -1;
+    unsigned gen = atomic_load(&f->gen);
+    if (gen == f->applied)
+        return f->n_have;
+    char want[FOLLOW_ADDRS][CM_ZADDR_LEN], ep[300];
+    pthread_mutex_lock(&g_follow.lock);
+    memcpy(want, f->want, sizeof want);
+    int n_want = f->n_want;
+    gen = atomic_load(&f->gen);
+    pthread_mutex_unlock(&g_follow.lock);
+    char kept[FOLLOW_ADDRS][CM_ZADDR_LEN];
+    int n_kept = 0;
+    for (int i = 0; i < f->n_have; i++) {
+        endpoint_of(f->have[i], f->port, ep, sizeof ep);
+        if (addr_in((const char(*)[CM_ZADDR_LEN])want, n_want, f->have[i])) {
+            memcpy(kept[n_kept++], f->have[i], CM_ZADDR_LEN);
+        } else {
+            /* no linger for a replica that is gone: its pipe closes now instead of taking
+             * (and losing) frames for another second */
+            int linger = 0, dflt = SOCKET_LINGER_MS;
+            zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+            zmq_disconnect(sock, ep);
+            zmq_setsockopt(sock, ZMQ_LINGER, &dflt, sizeof dflt);
+            cm_info("name=%s endpoint=%s event=replica_gone", f->host, ep);
+        }
+    }
+    for (int i = 0; i < n_want; i++) {
+        if (addr_in((const char(*)[CM_ZADDR_LEN])kept, n_kept, want[i]))
+            continue;
+        endpoint_of(want[i], f->port, ep, sizeof ep);
+        /* libzmq takes the server key at connect; other endpoints of the socket may have
+         * another identity (an archive's standby), so the name's own key is set each time */
+        if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, f->server_key, CM_Z85_LEN) == 0 &&
+            zmq_connect(sock, ep) == 0) {
+            memcpy(kept[n_kept++], want[i], CM_ZADDR_LEN);
+            cm_info("name=%s endpoint=%s event=replica_added", f->host, ep);
+        } else {
+            cm_warn("name=%s endpoint=%s error=\"%s\"", f->host, ep, zmq_strerror(errno));
+        }
+    }
+    memcpy(f->have, kept, sizeof kept);
+    f->n_have = n_kept;
+    f->applied = gen;
+    return n_kept;
+}
+
+/* Makes sock follow host with the server key the socket holds now: registers it and starts the
+ * name's resolver thread, which looks it up at once (never on the caller's thread: a name whose
+ * service is not up yet can take a DNS timeout to fail, and start-up must not wait for it). The
+ * first send connects what the thread found by then; a blocking send waits for a replica. */
+static cm_err follow_start(void *sock, const char *host, const char *port)
+{
+    int one = 1, ivl = 2000, timeout = 6000;
+    if (zmq_setsockopt(sock, ZMQ_IMMEDIATE, &one, sizeof one) ||
+        zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl) ||
+        zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout))
+        return CM_ERR_IO;
+    follow *f = calloc(1, sizeof *f);
+    if (!f)
+        return CM_ERR_NOMEM;
+    size_t klen = sizeof f->server_key;
+    if (zmq_getsockopt(sock, ZMQ_CURVE_SERVERKEY, f->server_key, &klen) != 0) {
+        free(f);
+        return CM_ERR_IO;
+    }
+    snprintf(f->host, sizeof f->host, "%s", host);
+    snprintf(f->port, sizeof f->port, "%s", port);
+    atomic_store(&f->sock, sock);
+    pthread_mutex_lock(&g_follow.lock);
+    int n = atomic_load(&g_follow.n);
+    if (n >= FOLLOW_MAX) {
+        pthread_mutex_unlock(&g_follow.lock);
+        free(f);
+        cm_error("name=%s error=\"more than %d sockets follow a name\"", host, FOLLOW_MAX);
+        return CM_ERR_TOO_BIG;
+    }
+    g_follow.f[n] = f;
+    atomic_store(&g_follow.n, n + 1);
+    int start = g_follow.period_ms > 0; /* 0: tests drive the look-ups (cm_zfollow_refresh) */
+    pthread_mutex_unlock(&g_follow.lock);
+    if (start) {
+        /* the thread takes no signals: SIGTERM must reach the threads that stop the daemon */
+        pthread_t t;
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        int rc = pthread_create(&t, NULL, follow_thread, f);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0) {
+            atomic_store(&f->sock, NULL);
+            cm_error("name=%s error=\"cannot start the resolver thread\"", host);
+            return CM_ERR_IO;
+        }
+        pthread_detach(t);
+    }
+    cm_info("name=%s port=%s event=following", host, port);
+    return CM_OK;
+}
+
+/* For a server endpoint that names a host: the same endpoint with the one address of that name
+ * that can be bound here (tried with a throw-away socket, so 127.0.0.0/8 and addresses added
+ * to any interface count). */
+static cm_err bind_endpoint(const char *endpoint, char *out, size_t outlen)
+{
+    char host[256], port[8], addrs[FOLLOW_ADDRS][CM_ZADDR_LEN];
+    if (!endpoint_names_host(endpoint, host, port)) {
+        snprintf(out, outlen, "%s", endpoint);
+        return CM_OK;
+    }
+    pthread_mutex_lock(&g_follow.lock);
+    cm_zresolve_fn resolve = g_follow.resolve;
+    pthread_mutex_unlock(&g_follow.lock);
+    int n = resolve(host, addrs, FOLLOW_ADDRS);
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_storage ss = {0};
+        socklen_t len;
+        if (inet_pton(AF_INET, addrs[i], &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+            ss.ss_family = AF_INET;
+            len = sizeof(struct sockaddr_in);
+        } else if (inet_pton(AF_INET6, addrs[i], &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+            ss.ss_family = AF_INET6;
+            len = sizeof(struct sockaddr_in6);
+        } else {
+            continue;
+        }
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int ours = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (ours) {
+            endpoint_of(addrs[i], port, out, outlen);
+            cm_info("name=%s endpoint=%s event=bind_resolved", host, out);
+            return CM_OK;
+        }
+    }
+    cm_error("endpoint=%s error=\"%s\"", endpoint,
+             n < 0 ? "name look-up failed" : "no address of this name belongs to this host");
+    errno = EADDRNOTAVAIL;
+    return CM_ERR_IO;
+}
+
+void cm_zsock_close(void **sock)
+{
+    if (!sock || !*sock)
+        return;
+    follow_forget(*sock);
+    zmq_close(*sock);
+    *sock = NULL;
+}
+
+/* Connects sock to one configured endpoint: following the name for a PUSH socket whose endpoint
+ * names a host, else as libzmq does it. */
+static cm_err connect_endpoint(void *sock, int type, const char *endpoint)
+{
+    char host[256], port[8];
+    if (type == ZMQ_PUSH && endpoint_names_host(endpoint, host, port))
+        return follow_start(sock, host, port);
+    if (zmq_connect(sock, endpoint) != 0) {
+        cm_error("endpoint=%s error=\"%s\"", endpoint, zmq_strerror(errno));
+        return CM_ERR_IO;
+    }
+    return CM_OK;
+}
+
 /* ----------------------------------------------------------------- sockets */
 
 static int common_opts(void *s)
 {
     int64_t maxmsg = CM_ZMQ_MAX_MSG;
-    int hwm = PIPE_HWM, linger = 1000, hs = 5000;
+    int hwm = PIPE_HWM, linger = SOCKET_LINGER_MS, hs = 5000;
     return zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
            zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
            zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
@@ -364,13 +738,17 @@ cm_err cm_zsock_server(void *ctx, int type, const char *endpoint, const char *do
                        const cm_curve_keypair *own, void **out)
 {
     *out = NULL;
+    char ep[300];
+    if (bind_endpoint(endpoint, ep, sizeof ep) != CM_OK)
+        return CM_ERR_IO;
     void *s = zmq_socket(ctx, type);
+    follow_forget(s);
     int one = 1;
     if (!s || common_opts(s) ||
         zmq_setsockopt(s, ZMQ_CURVE_SERVER, &one, sizeof one) ||
         zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, own->secret_z85, CM_Z85_LEN) ||
         zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) ||
-        zmq_bind(s, endpoint) != 0) {
+        zmq_bind(s, ep) != 0) {
         cm_error("endpoint=%s domain=%s error=\"%s\"", endpoint, domain, zmq_strerror(errno));
         if (s)
             zmq_close(s);
@@ -385,14 +763,18 @@ cm_err cm_zsock_client(void *ctx, int type, const char *endpoint, const char *se
 {
     *out = NULL;
     void *s = zmq_socket(ctx, type);
+    follow_forget(s);
     if (!s || common_opts(s) ||
         zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_public, CM_Z85_LEN) ||
         zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, own->public_z85, CM_Z85_LEN) ||
-        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, own->secret_z85, CM_Z85_LEN) ||
-        zmq_connect(s, endpoint) != 0) {
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, own->secret_z85, CM_Z85_LEN)) {
         cm_error("endpoint=%s error=\"%s\"", endpoint, zmq_strerror(errno));
         if (s)
             zmq_close(s);
+        return CM_ERR_IO;
+    }
+    if (endpoint && connect_endpoint(s, type, endpoint) != CM_OK) {
+        cm_zsock_close(&s);
         return CM_ERR_IO;
     }
     *out = s;
@@ -461,14 +843,8 @@ cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section,
         rc = cm_conf_req(conf, section, "server_key", &keyfile, err);
     if (rc != CM_OK)
         return rc;
-    char key[CM_Z85_LEN + 1];
-    if (cm_curve_load_public(keyfile, key) != CM_OK) {
-        snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] %s: not a readable CURVE public key",
-                 cm_conf_name(conf), cm_conf_line(conf, section, "server_key"), section, keyfile);
-        return CM_ERR_CONFIG;
-    }
-    char buf[4096];
-    const char *eps[MAX_ENDPOINTS];
+    char buf[4096], kbuf[4096];
+    const char *eps[MAX_ENDPOINTS], *kfs[MAX_ENDPOINTS];
     int n = cm_conf_split(connect, buf, sizeof buf, eps, MAX_ENDPOINTS);
     if (n <= 0) {
         snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] connect needs 1 to %d endpoints",
@@ -476,16 +852,40 @@ cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section,
                  MAX_ENDPOINTS);
         return CM_ERR_CONFIG;
     }
-    rc = cm_zsock_client(ctx, type, eps[0], key, own, out);
-    for (int i = 1; rc == CM_OK && i < n; i++)
-        if (zmq_connect(*out, eps[i]) != 0)
+    /* one key for every endpoint (replicas share one identity), or one per endpoint in the same
+     * order (an archive and its standby are two identities; libzmq takes the server key at each
+     * connect, and a followed name keeps the key it was given for its later connects) */
+    int nk = cm_conf_split(keyfile, kbuf, sizeof kbuf, kfs, MAX_ENDPOINTS);
+    if (nk != 1 && nk != n) {
+        snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] server_key needs one key, or one per endpoint",
+                 cm_conf_name(conf), cm_conf_line(conf, section, "server_key"), section);
+        return CM_ERR_CONFIG;
+    }
+    char keys[MAX_ENDPOINTS][CM_Z85_LEN + 1];
+    for (int i = 0; i < nk; i++)
+        if (cm_curve_load_public(kfs[i], keys[i]) != CM_OK) {
+            snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] %s: not a readable CURVE public key",
+                     cm_conf_name(conf), cm_conf_line(conf, section, "server_key"), section,
+                     kfs[i]);
+            return CM_ERR_CONFIG;
+        }
+    /* A PUSH to several endpoints hands frames only to peers whose connection is established
+     * (ZMQ_IMMEDIATE, set before the first connect): nothing waits in the pipe of a replica that
+     * is down, or of an archive standby whose input is not bound until it is promoted. */
+    int immediate = type == ZMQ_PUSH && n > 1, one = 1;
+    rc = cm_zsock_client(ctx, type, immediate ? NULL : eps[0], keys[0], own, out);
+    if (rc == CM_OK && immediate && zmq_setsockopt(*out, ZMQ_IMMEDIATE, &one, sizeof one) != 0)
+        rc = CM_ERR_IO;
+    for (int i = immediate ? 0 : 1; rc == CM_OK && i < n; i++) {
+        if (nk > 1 && zmq_setsockopt(*out, ZMQ_CURVE_SERVERKEY, keys[i], CM_Z85_LEN) != 0)
             rc = CM_ERR_IO;
+        else
+            rc = connect_endpoint(*out, type, eps[i]);
+    }
     if (rc != CM_OK) {
         snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] cannot connect: %s", cm_conf_name(conf),
                  cm_conf_line(conf, section, "connect"), section, zmq_strerror(errno));
-        if (*out)
-            zmq_close(*out);
-        *out = NULL;
+        cm_zsock_close(out);
     }
     return rc;
 }
@@ -512,9 +912,25 @@ cm_err cm_zsend_pb(void *sock, const ProtobufCMessage *m, int flags)
         free(buf);
         return CM_ERR_NOMEM;
     }
-    if (zmq_msg_send(&msg, sock, flags) < 0) {
+    /* A socket that follows a name takes its latest replicas first. A blocking send on it waits
+     * in short polls instead of inside libzmq, so that replicas appearing while every old one
+     * is gone (or full) are connected and can take the frame. */
+    int follows = cm_zfollow_apply(sock) >= 0;
+    int wait = follows && !(flags & ZMQ_DONTWAIT);
+    while (zmq_msg_send(&msg, sock, wait ? flags | ZMQ_DONTWAIT : flags) < 0) {
         int e = errno;
+        if (wait && e == EAGAIN && !cm_daemon_stopping) {
+            zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLOUT};
+            if (zmq_poll(&it, 1, 200) >= 0 || errno != EINTR) {
+                cm_zfollow_apply(sock);
+                continue;
+            }
+            e = EINTR;
+        } else if (wait && e == EAGAIN) {
+            e = EINTR; /* stopping: the caller's loop ends, as after an interrupted send */
+        }
         zmq_msg_close(&msg);
+        errno = e;
         return e == EAGAIN ? CM_ERR_UNAVAILABLE : CM_ERR_IO;
     }
     return CM_OK;

@@ -53,8 +53,8 @@ void cm_zap_stop(cm_zap **z);
  * Sets the maximum message size and high-water marks. */
 cm_err cm_zsock_server(void *ctx, int type, const char *endpoint, const char *domain,
                        const cm_curve_keypair *own, void **out);
-/* Client socket of `type` connected to endpoint, authenticating with own keys and expecting the
- * server's public key. */
+/* Client socket of `type` connected to endpoint (NULL: not connected yet), authenticating with
+ * own keys and expecting the server's public key. */
 cm_err cm_zsock_client(void *ctx, int type, const char *endpoint, const char *server_public,
                        const cm_curve_keypair *own, void **out);
 
@@ -76,9 +76,34 @@ cm_err cm_zsock_server_conf(void *ctx, cm_zap *zap, const cm_conf *conf, const c
 /* From a config section:
  *   connect    = tcp://127.0.0.1:7101, tcp://127.0.0.1:7111   (one or more replicas)
  *   server_key = /path/verify.curve.pub                      (the replicas share one identity)
+ *   server_key = /path/archive.curve.pub, /path/archive-standby.curve.pub   (or one per endpoint)
+ * A PUSH to several endpoints sends only on established connections (ZMQ_IMMEDIATE).
  */
 cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
                             const cm_curve_keypair *own, void **out, char err[CM_CONF_ERRLEN]);
+
+/* Endpoints that name a host (compose deployments: one DNS name per socket, one address per
+ * replica). A PUSH socket made by cm_zsock_client(_conf) with "tcp://NAME:PORT" is connected to
+ * every address NAME resolves to (ZMQ_IMMEDIATE: frames go only to established connections) and
+ * follows NAME: it is looked up again every 2 s by a thread of its own and the socket's own
+ * thread connects new addresses and disconnects vanished ones at its next cm_zsend_pb. A server
+ * socket with "tcp://NAME:PORT" binds the address of NAME that belongs to this host. IP
+ * addresses, "*" and interface names behave as in libzmq. */
+#define CM_ZADDR_LEN 46 /* INET6_ADDRSTRLEN */
+/* A resolver: at most max addresses of host as text, sorted, no repeats; returns how many (0:
+ * the name does not exist) or -1 when the look-up failed without an answer (kept as before). */
+typedef int (*cm_zresolve_fn)(const char *host, char addrs[][CM_ZADDR_LEN], int max);
+/* Replaces the resolver (NULL: getaddrinfo) and the look-up period (0: no background thread,
+ * look-ups only through cm_zfollow_refresh). For tests; call before making sockets. */
+void cm_zfollow_setup(cm_zresolve_fn fn, unsigned period_ms);
+/* Looks every followed name up now (what the thread does every period). Any thread. */
+void cm_zfollow_refresh(void);
+/* Brings sock's connections in line with the last look-up; for the thread that uses sock
+ * (cm_zsend_pb does it). Returns how many addresses sock is connected to, or -1 when sock
+ * follows no name. */
+int cm_zfollow_apply(void *sock);
+/* Closes a socket made by cm_zsock_* and stops following its name; sets *sock to NULL. */
+void cm_zsock_close(void **sock);
 
 /* Packs m and sends it as one frame. flags as for zmq_send (ZMQ_DONTWAIT ...). */
 cm_err cm_zsend_pb(void *sock, const ProtobufCMessage *m, int flags);

@@ -165,7 +165,7 @@ if [[ ${#SVCS[@]} -gt 0 ]]; then
     KEYGEN=$(cd "$(dirname "$KEYGEN")" && pwd)/$(basename "$KEYGEN")
 fi
 
-LAYOUT=(ca broker gateways services platform test manifest.txt)
+LAYOUT=(ca broker gateways services prometheus platform test manifest.txt)
 if [[ -e "$OUT/ca/ca.key" && $FORCE -eq 0 ]]; then
     die "$OUT/ca/ca.key already exists; refusing to overwrite a PKI (use --force to wipe $OUT and start over)"
 fi
@@ -308,6 +308,13 @@ subjectAltName         = DNS:localhost, DNS:broker, IP:127.0.0.1
 subjectKeyIdentifier   = hash
 authorityKeyIdentifier = keyid
 
+[ ext_scraper ]
+basicConstraints       = critical, CA:false
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = clientAuth
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid
+
 [ ext_crl ]
 authorityKeyIdentifier = keyid:always
 EOF
@@ -324,6 +331,14 @@ svc_ext() { # NAME FILE
 basicConstraints       = critical, CA:false
 keyUsage               = critical, digitalSignature
 extendedKeyUsage       = clientAuth, serverAuth
+subjectAltName         = DNS:$1, DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid
+
+[ ext_metrics ]
+basicConstraints       = critical, CA:false
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = serverAuth
 subjectAltName         = DNS:$1, DNS:localhost, IP:127.0.0.1
 subjectKeyIdentifier   = hash
 authorityKeyIdentifier = keyid
@@ -370,8 +385,32 @@ for s in "${SVCS[@]}"; do
     newkey_csr "$d/client.key" "$TMPD/svc-$s.csr" "/CN=$s"
     svc_ext "$s" "$TMPD/svc-$s.ext"
     sign_one "$TMPD/svc-$s.csr" "$d/client.crt" ext_service -extfile "$TMPD/svc-$s.ext" -days "$DAYS"
+    # the HTTPS metrics endpoint's own certificate, server only (common/cm_metrics_http.h)
+    newkey_csr "$d/metrics.key" "$TMPD/metrics-$s.csr" "/CN=$s"
+    sign_one "$TMPD/metrics-$s.csr" "$d/metrics.crt" ext_metrics -extfile "$TMPD/svc-$s.ext" -days "$DAYS"
     msg=$("$KEYGEN" curve "$d/curve" 2>&1) || die "$KEYGEN curve $d/curve failed: $msg"
 done
+# The metrics scraper (Prometheus): a client certificate the services' metrics endpoints allow.
+mkdir -p "$OUT/prometheus"
+newkey_csr "$OUT/prometheus/client.key" "$TMPD/prometheus.csr" "/CN=prometheus"
+sign_one "$TMPD/prometheus.csr" "$OUT/prometheus/client.crt" ext_scraper -days "$DAYS"
+# The monitor's web console: a server-only certificate of its own (https.crt/key), apart from its
+# MQTT client identity, for the names operators' browsers use.
+if [[ -n "${seen[monitor]:-}" ]]; then
+    host=$(hostname 2>/dev/null || true)
+    [[ "$host" =~ ^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$ ]] || host=monitor
+    cat >"$TMPD/https.ext" <<EOF
+[ ext_https ]
+basicConstraints       = critical, CA:false
+keyUsage               = critical, digitalSignature
+extendedKeyUsage       = serverAuth
+subjectAltName         = DNS:localhost, DNS:monitor, DNS:$host, IP:127.0.0.1, IP:::1
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid
+EOF
+    newkey_csr "$OUT/services/monitor/https.key" "$TMPD/https.csr" "/CN=monitor"
+    sign_one "$TMPD/https.csr" "$OUT/services/monitor/https.crt" ext_https -extfile "$TMPD/https.ext" -days "$DAYS"
+fi
 
 # ---------------------------------------------------------------- platform key-wrap keypair
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$OUT/platform/wrap.key"
@@ -453,6 +492,8 @@ gencrl
 ENTRIES=("ca ca $CA/ca.crt" "broker broker $OUT/broker/server.crt")
 for g in "${GWS[@]}"; do ENTRIES+=("gateway $g $OUT/gateways/$g/client.crt"); done
 for s in "${SVCS[@]}"; do ENTRIES+=("service $s $OUT/services/$s/client.crt"); done
+for s in "${SVCS[@]}"; do ENTRIES+=("metrics $s $OUT/services/$s/metrics.crt"); done
+ENTRIES+=("scraper prometheus $OUT/prometheus/client.crt")
 if [[ $TEST -eq 1 ]]; then
     for t in expired notyet revoked selfsigned badcn; do ENTRIES+=("test $t $T/$t/client.crt"); done
     ENTRIES+=("test wrongca-ca $T/wrongca/ca.crt" "test wrongca $T/wrongca/client.crt"
@@ -476,7 +517,8 @@ manifest_line() { # "INDEX KIND ID FILE" -> $TMPD/manifest/INDEX
         n == 6 && /prim: OBJECT +:commonName$/ { getcn = 1; next }
         getcn { cn = val($0); getcn = 0 }
         END { printf "%s %s %s %s\n", serial, t[1], t[2], cn }' <<<"$parsed")
-    if [[ $kind == gateway || $kind == service ]] && [[ "$cn" != "$id" ]]; then
+    if [[ $kind == gateway || $kind == service || $kind == metrics || $kind == scraper ]] &&
+        [[ "$cn" != "$id" ]]; then
         echo "$PROG: error: $file is not the certificate of $id (CN '$cn')" >&2
         return 1
     fi

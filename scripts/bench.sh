@@ -9,7 +9,9 @@
 # gateways' own count); p50/p99 are publish-to-ack latencies seen by the gateways when the suite
 # runs at half that throughput (the saturated latencies, which measure queueing, are printed
 # on the line before). Settings: BENCH_GATEWAYS (20), BENCH_SECONDS
-# (15), BENCH_BATCH (32 readings per message), BENCH_ENCRYPT (1).
+# (15), BENCH_BATCH (32 readings per message), BENCH_ENCRYPT (1), BENCH_POSTGRESQL (0; 1: the
+# full-speed run again with the archive on a local PostgreSQL 15 started for it, as root, printed
+# beside the SQLite figure with their ratio on the line before the last).
 set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=$(cd "${1:-$TOP/build}" && pwd)
@@ -20,9 +22,15 @@ BATCH=${BENCH_BATCH:-32}
 ENC=${BENCH_ENCRYPT:-1}
 WORK=$(mktemp -d /tmp/suido-bench.XXXXXX)
 PIDS=()
+PGROOT=""
 cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [[ -n $PGROOT ]]; then
+        runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGROOT/data" -m immediate \
+            -w stop >/dev/null 2>&1 || true
+        rm -rf "$PGROOT"
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -63,6 +71,7 @@ for s in registry archive anomaly-0 profile verify ingest; do
     b=suido-$s; [[ $s == anomaly-* ]] && b=suido-anomaly
     "$BIN/$b" -c "$D/etc/$s.conf" >>"$WORK/$s.log" 2>&1 &
     PIDS+=("$!")
+    [[ $s == archive ]] && ARCHIVE=$!
 done
 for _ in $(seq 100); do
     grep -q '^suido_ingest_connected 1' "$D/state/metrics/ingest.prom" 2>/dev/null && break; sleep 0.1
@@ -81,10 +90,30 @@ rate=$(/usr/bin/python3 -c "import sys; print(max(0.1, round(0.5 * $acked / $tot
     --duration 10 --wait-acks 30 --quiet --report "$WORK/paced-sim.json"
 p50=$(json "$WORK/paced-sim.json" "d['latency_ms']['p50']")
 p99=$(json "$WORK/paced-sim.json" "d['latency_ms']['p99']")
+# ---- 4. (BENCH_POSTGRESQL=1) the full-speed run again, the archive on PostgreSQL --------------
+pgline=""
+if [[ ${BENCH_POSTGRESQL:-0} == 1 ]]; then
+    PGROOT=$(/usr/bin/python3 -c "
+import sys; sys.path.insert(0, '$TOP/tests/integration')
+import pg; p = pg.PostgreSQL(); p.write_conninfo('$WORK/archive.pg'); print(p.root)")
+    kill -TERM "$ARCHIVE"; wait "$ARCHIVE" || true
+    sed -i "s|^commit_ms = 50\$|&\npostgresql = $WORK/archive.pg|" "$D/etc/archive.conf"
+    "$BIN/suido-archive" -c "$D/etc/archive.conf" >>"$WORK/archive-pg.log" 2>&1 &
+    PIDS+=("$!")
+    sleep 2
+    "$BIN/suido-gateway-sim" --broker "$URI" --deploy "$D" --rate 0 --batch "$BATCH" "${encflag[@]}" \
+        --duration "$SECS" --wait-acks 30 --quiet --report "$WORK/pg-sim.json"
+    pgline=$(/usr/bin/python3 -c "
+pg = $(json "$WORK/pg-sim.json" "d['acked_batches']") / $(json "$WORK/pg-sim.json" "d['total_s']")
+lite = $acked / $total
+print(f'bench: archive on postgresql msgs_per_s={pg:.0f} (sqlite msgs_per_s={lite:.0f})'
+      f' postgresql_to_sqlite_ratio={pg / lite if lite else 0:.3f}')")
+fi
 echo "bench: settings gateways=$GW seconds=$SECS readings_per_msg=$BATCH encrypt=$ENC qos=1 tls=yes"
 echo "bench: suite acked_batches=$acked in ${total}s (saturated: p50_ms=$sat_p50 p99_ms=$sat_p99);" \
      "bare broker $(cat "$WORK/raw.json")"
 echo "bench: latency measured at $rate batches/s per gateway (half the measured throughput)"
+[[ -n $pgline ]] && echo "$pgline"
 /usr/bin/python3 - "$acked" "$total" "$RAW" "$p50" "$p99" "$BATCH" <<'PY'
 import sys
 acked, total, raw, p50, p99, batch = sys.argv[1:]

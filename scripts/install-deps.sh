@@ -13,8 +13,10 @@ PKGS=(
   libsqlite3-dev sqlite3
   libpq-dev postgresql
   libmicrohttpd-dev libgnutls28-dev
+  prometheus
   libcmocka-dev libjansson-dev libcsv-dev libgsl-dev liboath-dev libargon2-dev
   python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
+  python3-yaml
   procps psmisc iproute2
   chromium chromium-driver python3-selenium
   debootstrap
@@ -35,13 +37,15 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a system-wide broker on port 1883; suido runs its own brokers with
-# its own configuration, so the packaged service is stopped and disabled (only that one).
-if printf '%s\n' "${missing[@]}" | grep -qx mosquitto; then
+# The Debian packages start a system-wide broker on port 1883 and a Prometheus on 9090; suido
+# runs its own (the tests scrape with a Prometheus of their own configuration), so the packaged
+# services are stopped and disabled (only those).
+for svc in mosquitto prometheus; do
+  printf '%s\n' "${missing[@]}" | grep -qx "$svc" || continue
   if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
   else
-    invoke-rc.d mosquitto stop >/dev/null 2>&1 || true
-    update-rc.d mosquitto disable >/dev/null 2>&1 || true
+    invoke-rc.d "$svc" stop >/dev/null 2>&1 || true
+    update-rc.d "$svc" disable >/dev/null 2>&1 || true
   fi
-fi
+done

@@ -5,10 +5,26 @@
 # allow-list naming exactly the peers that socket expects.
 #
 #   scripts/mkdeploy.sh DIR [--gateways N] [--base-port P] [--shards K] [--test]
-#                           [--profile FILE] [--encrypt]
+#                           [--profile FILE] [--encrypt] [--archive-postgresql CONNINFO_FILE]
+#                           [--standby]
+#
+# --standby: a second archive, "archive-standby" (its own keys, state/archive-standby/), that
+# replicates the primary archive (replication P+20) and can be promoted (README, "A standby
+# archive"): its input P+21 (bound once promoted; every service pushing to the archive connects
+# to both), its API P+22, metrics P+47; etc/suidoctl-standby.conf points suidoctl at it.
+#
+# --archive-postgresql: the archive (and suidoctl) use PostgreSQL instead of the SQLite file; the
+# file (mode 0600, it may hold a password) holds the libpq connection string.
+#
+# --compose: for compose/docker-compose.yml. Endpoints name the socket's network instead of
+# 127.0.0.1 (tcp://verify-in:7004: container port 7000 + the offset below; the broker is
+# ssl://broker:8883), and compose/mkfolders.sh then makes DIR/compose/<service>/, each holding
+# only that service's configuration and keys, with paths as the container sees them.
 #
 # Ports (all on 127.0.0.1): broker P; registry P+1; archive P+2; profile P+3; verify P+4;
-# registry events P+5; anomaly shard i at P+10+i.
+# registry events P+5; gate P+6, P+7; archive API P+8; monitor (HTTPS) P+9; anomaly shard i at
+# P+10+i. Metrics endpoints (HTTPS, client certificate "prometheus"): registry P+40, ingest P+41,
+# verify P+42, profile P+43, archive P+44, gate P+45, monitor P+46, anomaly shard i P+50+i.
 # Layout: DIR/ca, gateways, services, platform (PKI); DIR/inventory.conf; DIR/profile.conf;
 # DIR/mosquitto/ (broker config, ACL, persistence); DIR/etc/<service>.conf; DIR/state/<service>/
 # (databases); DIR/state/metrics/<service>.prom; DIR/log/ (written by scripts/suite.sh).
@@ -24,6 +40,9 @@ SHARDS=2
 TEST=""
 PROFILE="$TOP/examples/sim-utility/profile.conf"
 BIN="${SUIDO_BIN:-$TOP/build/bin}"
+ARCHIVE_PG=""
+STANDBY=""
+COMPOSE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gateways) NGW=$2; shift 2 ;;
@@ -31,6 +50,9 @@ while [[ $# -gt 0 ]]; do
         --shards) SHARDS=$2; shift 2 ;;
         --test) TEST=--test; shift ;;
         --profile) PROFILE=$2; shift 2 ;;
+        --archive-postgresql) ARCHIVE_PG=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
+        --standby) STANDBY=archive-standby; shift ;;
+        --compose) COMPOSE=1; shift ;;
         -*) die "unknown option $1" ;;
         *) DIR=$1; shift ;;
     esac
@@ -40,10 +62,15 @@ done
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 
-SERVICES="registry ingest verify profile anomaly archive suidoctl bench monitor gate"
+SERVICES="registry ingest verify profile anomaly archive suidoctl bench monitor gate $STANDBY"
 if [[ ! -f "$DIR/ca/ca.key" ]]; then
     "$TOP/keys/mkpki.sh" "$DIR" --gateways "$NGW" --services "$SERVICES" $TEST \
         --keygen "$BIN/suido-keygen" >/dev/null
+fi
+if [[ -n "$STANDBY" ]]; then
+    [[ -z "$ARCHIVE_PG" ]] || die "--standby keeps its own SQLite database: not with --archive-postgresql"
+    [[ -f "$DIR/services/$STANDBY/curve.pub" ]] ||
+        die "$DIR has no identity $STANDBY: --standby needs a deployment made with it from the start"
 fi
 
 # ---- inventory: site, kind, model, firmware of every gateway ---------------------------------
@@ -73,6 +100,15 @@ cp "$PROFILE" "$DIR/profile.conf"
 # ---- service configurations -------------------------------------------------------------------
 mkdir -p "$DIR/etc" "$DIR/state/metrics" "$DIR/log"
 ep() { echo "tcp://127.0.0.1:$(($BASE + $1))"; }
+# compose: each server socket is reached under the name of its own network (compose/README.md)
+[[ -z "$COMPOSE" ]] || ep() {
+    local n
+    case $1 in 1) n=registry-api ;; 2) n=archive-in ;; 3) n=profile-in ;; 4) n=verify-in ;;
+        5) n=registry-events ;; 6) n=gate-api ;; 7) n=gate-in ;; 8) n=archive-api ;;
+        20) n=archive-repl ;; 21) n=archive-standby-in ;; 22) n=archive-standby-api ;;
+        *) n=anomaly-$(($1 - 10))-in ;; esac
+    echo "tcp://$n:$((7000 + $1))"
+}
 key() { echo "$DIR/services/$1/curve.pub"; }
 allow() { local out=() s; for s in "$@"; do out+=("$s:$(key "$s")"); done; local IFS=,; echo "${out[*]}"; }
 shard_eps() { local out=() i; for ((i = 0; i < SHARDS; i++)); do out+=("$(ep $((10 + i)))"); done; local IFS=,; echo "${out[*]}"; }
@@ -94,7 +130,7 @@ mqtt_section() {
     cat <<EOT
 
 [mqtt]
-uri = ssl://localhost:$BASE
+uri = ssl://$([[ -n "$COMPOSE" ]] && echo broker:8883 || echo "localhost:$BASE")
 ca = $DIR/ca/ca.crt
 cert = $DIR/services/$1/client.crt
 key = $DIR/services/$1/client.key
@@ -107,6 +143,35 @@ registry_client() {
 connect = $(ep 1)
 server_key = $(key registry)
 EOT
+}
+# The daemon's HTTPS metrics endpoint (common/cm_metrics_http.h): its own server certificate,
+# scraped by the holder of prometheus/client.crt only.
+metrics_section() { # service port-offset
+    if [[ ! -f "$DIR/services/$1/metrics.crt" ]]; then
+        echo "$PROG: note: $DIR has no metrics certificate for $1 (a PKI from before the metrics" \
+            "endpoints): $1 runs without one; delete $DIR to start afresh" >&2
+        return 0
+    fi
+    cat <<EOT
+
+[metrics]
+listen = 127.0.0.1:$(($BASE + $2))
+cert = $DIR/services/$1/metrics.crt
+key = $DIR/services/$1/metrics.key
+ca = $DIR/ca/ca.crt
+crl = $DIR/ca/crl.pem
+allow = prometheus
+EOT
+}
+# Where the services push to the archive: the primary, and the standby's input (bound only once
+# it is promoted; the PUSH sends on established connections only), each with its own key.
+archive_out() {
+    if [[ -n "$STANDBY" ]]; then
+        printf '\n[output archive]\nconnect = %s, %s\nserver_key = %s, %s\n' "$(ep 2)" "$(ep 21)" \
+            "$(key archive)" "$(key "$STANDBY")"
+    else
+        printf '\n[output archive]\nconnect = %s\nserver_key = %s\n' "$(ep 2)" "$(key archive)"
+    fi
 }
 events_client() {
     cat <<EOT
@@ -121,15 +186,12 @@ EOT
 
 [api]
 bind = $(ep 1)
-allow = $(allow verify profile anomaly archive suidoctl gate)
+allow = $(allow verify profile anomaly archive suidoctl gate monitor $STANDBY)
 
 [events]
 bind = $(ep 5)
-allow = $(allow verify profile anomaly archive gate)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+allow = $(allow verify profile anomaly archive gate $STANDBY)
+$(archive_out)
 
 [registry]
 inventory = $inv
@@ -142,19 +204,16 @@ state_file = $DIR/mosquitto/identities.state
 file = $DIR/profile.conf
 signing_key = $DIR/platform/profile.key
 EOT
-} >"$DIR/etc/registry.conf"
+metrics_section registry 40; } >"$DIR/etc/registry.conf"
 
 { service_head ingest; mqtt_section ingest; cat <<EOT
 
 [output verify]
 connect = $(ep 4)
 server_key = $(key verify)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+$(archive_out)
 EOT
-} >"$DIR/etc/ingest.conf"
+metrics_section ingest 41; } >"$DIR/etc/ingest.conf"
 
 { service_head verify; cat <<EOT
 
@@ -165,26 +224,20 @@ allow = $(allow ingest)
 [output profile]
 connect = $(ep 3)
 server_key = $(key profile)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+$(archive_out)
 
 [verify]
 unwrap_key = $DIR/platform/wrap.key
 window_s = 300
 EOT
-registry_client; events_client; } >"$DIR/etc/verify.conf"
+registry_client; events_client; metrics_section verify 42; } >"$DIR/etc/verify.conf"
 
 { service_head profile; cat <<EOT
 
 [input]
 bind = $(ep 3)
 allow = $(allow verify)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+$(archive_out)
 
 [output anomaly]
 connect = $(shard_eps)
@@ -197,7 +250,7 @@ server_key = $(key gate)
 [profile]
 registry_key = $DIR/platform/profile.pub
 EOT
-registry_client; events_client; } >"$DIR/etc/profile.conf"
+registry_client; events_client; metrics_section profile 43; } >"$DIR/etc/profile.conf"
 
 for ((i = 0; i < SHARDS; i++)); do
     { service_head anomaly "anomaly-$i"; cat <<EOT
@@ -205,31 +258,53 @@ for ((i = 0; i < SHARDS; i++)); do
 [input]
 bind = $(ep $((10 + i)))
 allow = $(allow profile)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+$(archive_out)
 
 [profile]
 registry_key = $DIR/platform/profile.pub
 EOT
-    registry_client; events_client; } >"$DIR/etc/anomaly-$i.conf"
+    registry_client; events_client; metrics_section anomaly $((50 + i)); } >"$DIR/etc/anomaly-$i.conf"
 done
 
 { service_head archive; mqtt_section archive; cat <<EOT
 
 [input]
 bind = $(ep 2)
-allow = $(allow verify profile anomaly registry gate ingest)
+allow = $(allow verify profile anomaly registry gate ingest monitor)
 
 [api]
 bind = $(ep 8)
-allow = $(allow suidoctl)
+allow = $(allow suidoctl monitor)
 
 [archive]
 commit_ms = 50
+$([[ -n "$ARCHIVE_PG" ]] && echo "postgresql = $ARCHIVE_PG")
+$([[ -n "$STANDBY" ]] && printf '\n[replication]\nrole = primary\nbind = %s\nallow = %s\n' \
+    "$(ep 20)" "$(allow "$STANDBY")")
 EOT
-registry_client; events_client; } >"$DIR/etc/archive.conf"
+registry_client; events_client; metrics_section archive 44; } >"$DIR/etc/archive.conf"
+
+if [[ -n "$STANDBY" ]]; then
+    { service_head "$STANDBY"; mqtt_section "$STANDBY"; cat <<EOT
+
+[input]
+bind = $(ep 21)
+allow = $(allow verify profile anomaly registry gate ingest monitor)
+
+[api]
+bind = $(ep 22)
+allow = $(allow suidoctl monitor)
+
+[archive]
+commit_ms = 50
+
+[replication]
+role = standby
+primary = $(ep 20)
+primary_key = $(key archive)
+EOT
+    registry_client; events_client; metrics_section "$STANDBY" 47; } >"$DIR/etc/$STANDBY.conf"
+fi
 
 { service_head gate; mqtt_section gate; cat <<EOT
 
@@ -240,10 +315,7 @@ allow = $(allow suidoctl)
 [input]
 bind = $(ep 7)
 allow = $(allow profile)
-
-[output archive]
-connect = $(ep 2)
-server_key = $(key archive)
+$(archive_out)
 
 [profile]
 registry_key = $DIR/platform/profile.pub
@@ -252,7 +324,27 @@ registry_key = $DIR/platform/profile.pub
 command_key = $DIR/platform/command.key
 expiry_s = 30
 EOT
-registry_client; events_client; } >"$DIR/etc/gate.conf"
+registry_client; events_client; metrics_section gate 45; } >"$DIR/etc/gate.conf"
+
+# the operators' web console: HTTPS on P+9 with its own certificate from the deployment CA
+{ service_head monitor; mqtt_section monitor; cat <<EOT
+
+[archive]
+connect = $(ep 8)
+server_key = $(key archive)
+timeout_ms = 10000
+$(archive_out)
+
+[profile]
+registry_key = $DIR/platform/profile.pub
+
+[http]
+bind = 127.0.0.1:$(($BASE + 9))
+cert = $DIR/services/monitor/https.crt
+key = $DIR/services/monitor/https.key
+www = $TOP/services/monitor/www
+EOT
+registry_client; echo "timeout_ms = 5000"; metrics_section monitor 46; } >"$DIR/etc/monitor.conf"
 
 cat >"$DIR/etc/suidoctl.conf" <<EOT
 # suidoctl configuration (generated by scripts/mkdeploy.sh)
@@ -264,7 +356,8 @@ $(registry_client)
 timeout_ms = 5000
 
 [archive]
-database = $DIR/state/archive/archive.db
+$(if [[ -n "$ARCHIVE_PG" ]]; then echo "postgresql = $ARCHIVE_PG"
+  else echo "database = $DIR/state/archive/archive.db"; fi)
 connect = $(ep 8)
 server_key = $(key archive)
 
@@ -283,7 +376,15 @@ dir = $DIR
 script = $TOP/keys/mkpki.sh
 broker = ssl://127.0.0.1:$BASE
 EOT
+# suidoctl for the standby (archive status, promote; and, once promoted, everything [archive])
+if [[ -n "$STANDBY" ]]; then
+    sed -e "s|^database = .*|database = $DIR/state/$STANDBY/archive.db|" \
+        -e "s|^connect = $(ep 8)\$|connect = $(ep 22)|" \
+        -e "s|^server_key = $(key archive)\$|server_key = $(key "$STANDBY")|" \
+        "$DIR/etc/suidoctl.conf" >"$DIR/etc/suidoctl-standby.conf"
+fi
 
 echo "$BASE" >"$DIR/broker.port"
 echo "$SHARDS" >"$DIR/anomaly.shards"
+[[ -z "$COMPOSE" ]] || "$TOP/compose/mkfolders.sh" "$DIR"
 echo "$PROG: deployment ready in $DIR (broker port $BASE, $(ls "$DIR/gateways" | wc -l) gateways)"

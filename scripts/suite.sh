@@ -66,7 +66,7 @@ wait_port() {
 
 stop_all() {
     [[ -d "$PIDS" ]] || return 0
-    local order="gateway-sim ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
+    local order="gateway-sim monitor ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
     for n in $order; do
         for f in "$PIDS"/$n.pid; do
             [[ -f "$f" ]] || continue
@@ -108,7 +108,8 @@ cmd_run() {
     PORT=$(cat "$RUN/broker.port")
     mkdir -p "$PIDS" "$LOG"
     local s
-    for s in registry ingest verify profile archive gate; do
+    for s in registry ingest verify profile archive gate monitor; do
+        [[ -f "$RUN/etc/$s.conf" ]] || continue # a deployment made before the monitor existed
         "$BIN/suido-$s" -c "$RUN/etc/$s.conf" -n >/dev/null
     done
     start mosquitto mosquitto -c "$RUN/mosquitto/mosquitto.conf"
@@ -120,6 +121,7 @@ cmd_run() {
         start "$s" "$BIN/suido-anomaly" -c "$f"
     done
     start gate "$BIN/suido-gate" -c "$RUN/etc/gate.conf"
+    [[ -f "$RUN/etc/monitor.conf" ]] && start monitor "$BIN/suido-monitor" -c "$RUN/etc/monitor.conf"
     start profile "$BIN/suido-profile" -c "$RUN/etc/profile.conf"
     start verify "$BIN/suido-verify" -c "$RUN/etc/verify.conf"
     start ingest "$BIN/suido-ingest" -c "$RUN/etc/ingest.conf"
@@ -129,6 +131,14 @@ cmd_run() {
     first_operator
     say "broker: ssl://localhost:$PORT (TLS only, client certificates from $RUN/ca)"
     say "PKI: $RUN/{ca,gateways,services,platform}  logs: $LOG  databases: $RUN/state/*/"
+    if [[ -f "$RUN/etc/monitor.conf" ]]; then
+        local mport
+        mport=$(sed -n 's/^bind = .*:\([0-9]*\)$/\1/p' "$RUN/etc/monitor.conf")
+        say "monitor: https://localhost:$mport/ (certificate from $RUN/ca/ca.crt: trust it in the browser)"
+        say "  log in as admin: password in $RUN/admin.password, code from the TOTP secret in $RUN/admin.totp"
+    else
+        say "monitor: this deployment predates it; delete $RUN to make one with it"
+    fi
     if [[ $detach == 1 ]]; then
         say "running in the background; stop with: make stop"
         return 0

@@ -9,33 +9,34 @@
  * Closed cases of the same alert id are the "past cases" shown with a new one: what was found
  * and done the last times this kind of alert was raised on this asset.
  *
- * All functions run inside the caller's transaction where they write; no I/O besides SQLite. */
+ * All functions run inside the caller's transaction where they write; no I/O besides the
+ * database (SQLite or PostgreSQL, through cm_sql). */
 #ifndef ARCHIVE_CASES_H
 #define ARCHIVE_CASES_H
-#include <sqlite3.h>
 #include <stdint.h>
 
 #include "cm_err.h"
+#include "cm_sql.h"
 #include "suido.pb-c.h"
 
 /* Creates the table if missing. */
-cm_err archive_cases_init(sqlite3 *db);
+cm_err archive_cases_init(cm_sql *db);
 /* Folds one raised or cleared alert (as stored) into the cases. */
-cm_err archive_cases_record(sqlite3 *db, const Suido__Alert *a, uint64_t now_ms);
+cm_err archive_cases_record(cm_sql *db, const Suido__Alert *a, uint64_t now_ms);
 
 typedef void (*archive_case_fn)(void *ctx, const Suido__AlertCase *c);
 /* Open cases (all = 1: every case), newest first, at most limit. */
-cm_err archive_cases_list(sqlite3 *db, int all, unsigned limit, archive_case_fn fn, void *ctx);
+cm_err archive_cases_list(cm_sql *db, int all, unsigned limit, archive_case_fn fn, void *ctx);
 /* One case. CM_ERR_UNKNOWN if there is none. */
-cm_err archive_cases_get(sqlite3 *db, uint64_t case_id, archive_case_fn fn, void *ctx);
+cm_err archive_cases_get(cm_sql *db, uint64_t case_id, archive_case_fn fn, void *ctx);
 /* Closed cases of alert_id other than except_case, newest first, at most limit. */
-cm_err archive_cases_past(sqlite3 *db, const char *alert_id, uint64_t except_case,
+cm_err archive_cases_past(cm_sql *db, const char *alert_id, uint64_t except_case,
                           unsigned limit, archive_case_fn fn, void *ctx);
 /* Acknowledge: CM_ERR_UNKNOWN (no such case), CM_ERR_INVAL (closed already). */
-cm_err archive_cases_ack(sqlite3 *db, uint64_t case_id, const char *who, uint64_t now_ms);
+cm_err archive_cases_ack(cm_sql *db, uint64_t case_id, const char *who, uint64_t now_ms);
 /* Close with cause and action (both 1..500 characters): CM_ERR_UNKNOWN, CM_ERR_INVAL (closed
  * already, or cause/action missing), CM_ERR_DENIED (the condition is still active). */
-cm_err archive_cases_close(sqlite3 *db, uint64_t case_id, const char *who, const char *cause,
+cm_err archive_cases_close(cm_sql *db, uint64_t case_id, const char *who, const char *cause,
                            const char *action, uint64_t now_ms);
 
 #endif

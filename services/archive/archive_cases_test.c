@@ -1,6 +1,6 @@
 /* archive_cases tests: one case per problem however often the detector flaps, acknowledgement,
  * closing only once the condition cleared and only with cause and action, and past cases of the
- * same kind on the same asset shown with a new one. In-memory SQLite. */
+ * same kind on the same asset shown with a new one. In-memory SQLite, through cm_sql. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,7 +32,7 @@ static void collect(void *ctx, const Suido__AlertCase *c)
     snprintf(s->action, sizeof s->action, "%s", c->action);
 }
 
-static void raise_alert(sqlite3 *db, const char *id, int cleared, double value)
+static void raise_alert(cm_sql *db, const char *id, int cleared, double value)
 {
     Suido__Alert a = SUIDO__ALERT__INIT;
     a.id = (char *)id;
@@ -48,10 +48,10 @@ static void raise_alert(sqlite3 *db, const char *id, int cleared, double value)
     assert_int_equal(archive_cases_record(db, &a, 1000), CM_OK);
 }
 
-static sqlite3 *open_db(void)
+static cm_sql *open_db(void)
 {
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    cm_sql *db;
+    assert_int_equal(cm_sql_open_as(CM_SQL_SQLITE, ":memory:", 0, &db, NULL, 0), CM_OK);
     assert_int_equal(archive_cases_init(db), CM_OK);
     return db;
 }
@@ -59,7 +59,7 @@ static sqlite3 *open_db(void)
 static void test_lifecycle_and_past_cases(void **state)
 {
     (void)state;
-    sqlite3 *db = open_db();
+    cm_sql *db = open_db();
     const char *id = "gw-0001/treatment.chlorine/limit";
     raise_alert(db, id, 0, 0.3);
     raise_alert(db, id, 1, 0.5); /* condition cleared ... */
@@ -113,7 +113,7 @@ static void test_lifecycle_and_past_cases(void **state)
     assert_int_equal(s.n, 2);
     assert_int_equal(archive_cases_get(db, 999, collect, &s), CM_ERR_UNKNOWN);
     assert_int_equal(archive_cases_ack(db, 999, "otto", 1), CM_ERR_UNKNOWN);
-    sqlite3_close(db);
+    cm_sql_close(&db);
 }
 
 int main(void)

@@ -1,12 +1,13 @@
-/* archive_store: SQLite persistence of batches, events, refusals and alerts. */
+/* archive_store: persistence of batches, events, refusals and alerts, in SQLite or PostgreSQL
+ * (cm_sql): the SQL below is written once, in the dialect both accept. */
 #include "archive_store.h"
 
 #include <math.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "archive_cases.h"
+#include "archive_query.h"
 #include "cm_audit.h"
 #include "cm_log.h"
 #include "cm_time.h"
@@ -16,15 +17,16 @@
 enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_AUDIT, ST_HEAD, ST_COMMAND, ST__COUNT };
 
 struct archive_store {
-    sqlite3 *db;
-    sqlite3_stmt *st[ST__COUNT];
+    cm_sql *db;
+    cm_sql_stmt *st[ST__COUNT];
     uint64_t audit_seq;                    /* chain head: number and hash of the last entry */
     uint8_t audit_hash[CM_AUDIT_HASH_LEN];
+    archive_agg *agg; /* readings of the open transaction's batches, for the aggregates */
 };
 
+/* Through cm_sql_exec_ddl: the type names are mapped for PostgreSQL, and WITHOUT ROWID (the
+ * batches' primary key is their storage order on SQLite) applies to SQLite only. */
 static const char SCHEMA[] =
-    "PRAGMA journal_mode=WAL;"
-    "PRAGMA synchronous=FULL;"
     "CREATE TABLE IF NOT EXISTS batches("
     " gateway TEXT NOT NULL, boot_epoch INTEGER NOT NULL, seq INTEGER NOT NULL,"
     " kind TEXT NOT NULL, device_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,"
@@ -61,9 +63,9 @@ static const char SCHEMA[] =
     "CREATE INDEX IF NOT EXISTS command_log_by_id ON command_log(command_id, id);";
 
 static const char *const SQL[ST__COUNT] = {
-    [ST_BATCH] = "INSERT OR IGNORE INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
+    [ST_BATCH] = "INSERT INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
                  "received_ms,site,readings,unknown_channels,key_id,encrypted,status,reason,"
-                 "envelope) VALUES(?,?,?,?,?,?,?,?,?,?,?,'verified',?,?)",
+                 "envelope) VALUES(?,?,?,?,?,?,?,?,?,?,?,'verified',?,?) ON CONFLICT DO NOTHING",
     [ST_EVENT] = "INSERT INTO events(gateway,kind,boot_epoch,key_seq,device_ms,received_ms,"
                  "status,reason,envelope) VALUES(?,?,?,?,?,?,?,?,?)",
     [ST_REJECT] = "INSERT INTO rejects(received_ms,topic,gateway,boot_epoch,seq,reason,envelope)"
@@ -81,58 +83,83 @@ static const char *const SQL[ST__COUNT] = {
 /* Reads the audit chain's head from the database. */
 static cm_err load_head(archive_store *s)
 {
-    sqlite3_stmt *st = s->st[ST_HEAD];
+    cm_sql_stmt *st = s->st[ST_HEAD];
     s->audit_seq = 0;
     memset(s->audit_hash, 0, sizeof s->audit_hash);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 1) == CM_AUDIT_HASH_LEN) {
-        s->audit_seq = (uint64_t)sqlite3_column_int64(st, 0);
-        memcpy(s->audit_hash, sqlite3_column_blob(st, 1), CM_AUDIT_HASH_LEN);
+    cm_sql_reset(st);
+    int rc = cm_sql_step(st);
+    size_t n = 0;
+    const void *h = rc == CM_SQL_ROW ? cm_sql_column_blob(st, 1, &n) : NULL;
+    if (h && n == CM_AUDIT_HASH_LEN) {
+        s->audit_seq = (uint64_t)cm_sql_column_int64(st, 0);
+        memcpy(s->audit_hash, h, CM_AUDIT_HASH_LEN);
     }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+    cm_sql_reset(st);
+    return rc == CM_SQL_FAIL ? CM_ERR_DB : CM_OK;
 }
 
-cm_err archive_store_open(const char *path, archive_store **out)
+cm_err archive_store_create_schema(cm_sql *db, const char *name)
+{
+    int64_t version = -1;
+    if (cm_sql_get_version(db, &version) != CM_OK) {
+        cm_error("db=%s error=\"%s\"", name, cm_sql_error(db));
+        return CM_ERR_DB;
+    }
+    /* versions 1 and 2 lack only tables (audit, command_log) that the schema below adds */
+    if (version < 0 || version > SCHEMA_VERSION) {
+        cm_error("db=%s schema_version=%lld expected=%d error=\"wrong database version\"", name,
+                 (long long)version, SCHEMA_VERSION);
+        return CM_ERR_DB;
+    }
+    if (cm_sql_begin(db) != CM_OK || cm_sql_exec_ddl(db, SCHEMA) != CM_OK ||
+        archive_cases_init(db) != CM_OK || archive_query_init(db) != CM_OK ||
+        cm_sql_set_version(db, SCHEMA_VERSION) != CM_OK ||
+        cm_sql_commit(db) != CM_OK) {
+        cm_error("db=%s error=\"%s\"", name, cm_sql_error(db));
+        cm_sql_rollback(db);
+        return CM_ERR_DB;
+    }
+    return CM_OK;
+}
+
+cm_err archive_store_open_db(cm_sql **db, const char *name, archive_store **out)
 {
     *out = NULL;
     archive_store *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        cm_sql_close(db);
         return CM_ERR_NOMEM;
-    int version = -1;
-    char *errmsg = NULL;
-    sqlite3_stmt *q = NULL;
-    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-            SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &q, NULL) != SQLITE_OK)
+    }
+    s->db = *db;
+    *db = NULL;
+    if (!(s->agg = archive_agg_new()))
         goto fail;
-    if (sqlite3_step(q) == SQLITE_ROW)
-        version = sqlite3_column_int(q, 0);
-    sqlite3_finalize(q);
-    /* versions 1 and 2 lack only tables (audit, command_log) that the schema below adds */
-    if (version < 0 || version > SCHEMA_VERSION) {
-        cm_error("path=%s schema_version=%d expected=%d error=\"wrong database version\"", path,
-                 version, SCHEMA_VERSION);
+    if (archive_store_create_schema(s->db, name) != CM_OK)
         goto fail_quiet;
-    }
-    if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version=3", NULL, NULL, &errmsg) != SQLITE_OK) {
-        cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
-        sqlite3_free(errmsg);
-        goto fail_quiet;
-    }
     for (int i = 0; i < ST__COUNT; i++)
-        if (sqlite3_prepare_v2(s->db, SQL[i], -1, &s->st[i], NULL) != SQLITE_OK)
+        if (cm_sql_prepare(s->db, SQL[i], &s->st[i]) != CM_OK)
             goto fail;
-    if (load_head(s) != CM_OK || archive_cases_init(s->db) != CM_OK)
+    if (load_head(s) != CM_OK)
         goto fail;
     *out = s;
     return CM_OK;
 fail:
-    cm_error("path=%s error=\"%s\"", path, s->db ? sqlite3_errmsg(s->db) : "open");
+    cm_error("db=%s error=\"%s\"", name, cm_sql_error(s->db));
 fail_quiet:
     archive_store_close(&s);
     return CM_ERR_DB;
+}
+
+cm_err archive_store_open(const char *path, archive_store **out)
+{
+    cm_sql *db = NULL;
+    char why[512];
+    *out = NULL;
+    if (cm_sql_open_as(CM_SQL_SQLITE, path, 0, &db, why, sizeof why) != CM_OK) {
+        cm_error("path=%s error=\"%s\"", path, why);
+        return CM_ERR_DB;
+    }
+    return archive_store_open_db(&db, path, out);
 }
 
 void archive_store_close(archive_store **sp)
@@ -140,27 +167,48 @@ void archive_store_close(archive_store **sp)
     if (!sp || !*sp)
         return;
     for (int i = 0; i < ST__COUNT; i++)
-        sqlite3_finalize((*sp)->st[i]);
-    sqlite3_close((*sp)->db);
+        cm_sql_finalize(&(*sp)->st[i]);
+    cm_sql_close(&(*sp)->db);
+    archive_agg_destroy(&(*sp)->agg);
     free(*sp);
     *sp = NULL;
 }
 
-static cm_err exec(archive_store *s, const char *sql)
+cm_err archive_store_begin(archive_store *s)
 {
-    if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
-        cm_error("sql=\"%s\" error=\"%s\"", sql, sqlite3_errmsg(s->db));
-        return CM_ERR_DB;
-    }
-    return CM_OK;
+    cm_err rc = cm_sql_begin(s->db);
+    if (rc != CM_OK)
+        cm_error("error=\"begin: %s\"", cm_sql_error(s->db));
+    return rc;
 }
 
-cm_err archive_store_begin(archive_store *s) { return exec(s, "BEGIN IMMEDIATE"); }
-cm_err archive_store_commit(archive_store *s) { return exec(s, "COMMIT"); }
+cm_err archive_store_commit(archive_store *s)
+{
+    /* the aggregates of the transaction's batches commit with them, or nothing does */
+    if (archive_agg_flush(s->agg, s->db) != CM_OK)
+        return CM_ERR_DB;
+    cm_err rc = cm_sql_commit(s->db);
+    if (rc != CM_OK)
+        cm_error("error=\"commit: %s\"", cm_sql_error(s->db));
+    return rc;
+}
+
 void archive_store_rollback(archive_store *s)
 {
-    exec(s, "ROLLBACK");
-    load_head(s);
+    archive_agg_discard(s->agg);
+    cm_sql_rollback(s->db);
+    if (cm_sql_connected(s->db))
+        load_head(s);
+}
+
+int archive_store_connected(archive_store *s) { return cm_sql_connected(s->db); }
+
+cm_err archive_store_reconnect(archive_store *s)
+{
+    cm_err rc = cm_sql_reconnect(s->db);
+    if (rc == CM_OK)
+        rc = load_head(s);
+    return rc;
 }
 
 static const char *kind_name(const char *topic)
@@ -169,76 +217,86 @@ static const char *kind_name(const char *topic)
     return slash ? slash + 1 : "unknown";
 }
 
-static cm_err step(archive_store *s, sqlite3_stmt *st)
+/* Runs a bound statement that returns no rows; *changes (may be NULL) gets the rows it changed.
+ * Every parameter is bound again before each run. */
+static cm_err run(archive_store *s, cm_sql_stmt *st, int64_t *changes)
 {
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc != SQLITE_DONE) {
-        cm_error("error=\"%s\"", sqlite3_errmsg(s->db));
+    int rc = cm_sql_step(st);
+    if (changes)
+        *changes = cm_sql_changes(st);
+    cm_sql_reset(st);
+    if (rc != CM_SQL_DONE) {
+        if (cm_sql_connected(s->db)) /* a lost connection is reported once, by the caller */
+            cm_error("error=\"%s\"", cm_sql_error(s->db));
         return CM_ERR_DB;
     }
     return CM_OK;
 }
 
+static cm_err step(archive_store *s, cm_sql_stmt *st) { return run(s, st, NULL); }
+
 cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m)
 {
     const Suido__Header *h = m->header;
-    sqlite3_stmt *st = s->st[ST_BATCH];
-    sqlite3_bind_text(st, 1, h->gateway_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)h->boot_epoch);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)h->seq);
-    sqlite3_bind_text(st, 4, kind_name(m->topic), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)h->timestamp_ms);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)m->received_ms);
-    sqlite3_bind_text(st, 7, m->site ? m->site : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 8, (int)h->reading_count);
-    sqlite3_bind_int(st, 9, (int)m->unknown_channels);
-    sqlite3_bind_text(st, 10, h->key_id ? h->key_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 11, h->cipher != SUIDO__CIPHER__CIPHER_NONE);
-    sqlite3_bind_text(st, 12, m->reason ? m->reason : "ok", -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 13, m->envelope.data, (int)m->envelope.len, SQLITE_STATIC);
-    cm_err rc = step(s, st);
-    if (rc == CM_OK && sqlite3_changes(s->db) == 0)
+    cm_sql_stmt *st = s->st[ST_BATCH];
+    cm_sql_bind_text(st, 1, h->gateway_id);
+    cm_sql_bind_int64(st, 2, (int64_t)h->boot_epoch);
+    cm_sql_bind_int64(st, 3, (int64_t)h->seq);
+    cm_sql_bind_text(st, 4, kind_name(m->topic));
+    cm_sql_bind_int64(st, 5, (int64_t)h->timestamp_ms);
+    cm_sql_bind_int64(st, 6, (int64_t)m->received_ms);
+    cm_sql_bind_text(st, 7, m->site ? m->site : "");
+    cm_sql_bind_int64(st, 8, (int64_t)h->reading_count);
+    cm_sql_bind_int64(st, 9, (int64_t)m->unknown_channels);
+    cm_sql_bind_text(st, 10, h->key_id ? h->key_id : "");
+    cm_sql_bind_int64(st, 11, h->cipher != SUIDO__CIPHER__CIPHER_NONE);
+    cm_sql_bind_text(st, 12, m->reason ? m->reason : "ok");
+    cm_sql_bind_blob(st, 13, m->envelope.data, m->envelope.len);
+    int64_t changed = 0;
+    cm_err rc = run(s, st, &changed);
+    if (rc == CM_OK && changed == 0)
         rc = CM_ERR_DUPLICATE;
+    if (rc == CM_OK)
+        rc = archive_agg_add(s->agg, s->db, m);
     return rc;
 }
 
-sqlite3 *archive_store_db(archive_store *s) { return s->db; }
+cm_sql *archive_store_db(archive_store *s) { return s->db; }
 
-cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m)
+cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m, uint64_t now_ms)
 {
     const Suido__Command *c = m->command;
-    sqlite3_stmt *st = s->st[ST_COMMAND];
-    sqlite3_bind_text(st, 1, c->command_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, c->gateway_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, c->channel, -1, SQLITE_STATIC);
+    cm_sql_stmt *st = s->st[ST_COMMAND];
+    cm_sql_bind_text(st, 1, c->command_id);
+    cm_sql_bind_text(st, 2, c->gateway_id);
+    cm_sql_bind_text(st, 3, c->channel);
     if (isfinite(c->value))
-        sqlite3_bind_double(st, 4, c->value);
-    sqlite3_bind_text(st, 5, c->unit, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, c->requested_by, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, (sqlite3_int64)c->issued_ms);
-    sqlite3_bind_int64(st, 8, (sqlite3_int64)c->expires_ms);
-    sqlite3_bind_text(st, 9, m->decision, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 10, m->reason ? m->reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 11, (sqlite3_int64)(m->received_ms ? m->received_ms : cm_now_ms()));
+        cm_sql_bind_double(st, 4, c->value);
+    else
+        cm_sql_bind_null(st, 4);
+    cm_sql_bind_text(st, 5, c->unit);
+    cm_sql_bind_text(st, 6, c->requested_by);
+    cm_sql_bind_int64(st, 7, (int64_t)c->issued_ms);
+    cm_sql_bind_int64(st, 8, (int64_t)c->expires_ms);
+    cm_sql_bind_text(st, 9, m->decision);
+    cm_sql_bind_text(st, 10, m->reason ? m->reason : "");
+    cm_sql_bind_int64(st, 11, (int64_t)(m->received_ms ? m->received_ms : now_ms));
     return step(s, st);
 }
 
 cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m)
 {
     const Suido__Header *h = m->header;
-    sqlite3_stmt *st = s->st[ST_EVENT];
-    sqlite3_bind_text(st, 1, h->gateway_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, kind_name(m->topic), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)h->boot_epoch);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)h->key_seq);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)h->timestamp_ms);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)m->received_ms);
-    sqlite3_bind_text(st, 7, m->status == SUIDO__VERIFY_STATUS__VERIFY_OK ? "verified" : "refused",
-                      -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 8, m->reason ? m->reason : "", -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 9, m->envelope.data, (int)m->envelope.len, SQLITE_STATIC);
+    cm_sql_stmt *st = s->st[ST_EVENT];
+    cm_sql_bind_text(st, 1, h->gateway_id);
+    cm_sql_bind_text(st, 2, kind_name(m->topic));
+    cm_sql_bind_int64(st, 3, (int64_t)h->boot_epoch);
+    cm_sql_bind_int64(st, 4, (int64_t)h->key_seq);
+    cm_sql_bind_int64(st, 5, (int64_t)h->timestamp_ms);
+    cm_sql_bind_int64(st, 6, (int64_t)m->received_ms);
+    cm_sql_bind_text(st, 7, m->status == SUIDO__VERIFY_STATUS__VERIFY_OK ? "verified" : "refused");
+    cm_sql_bind_text(st, 8, m->reason ? m->reason : "");
+    cm_sql_bind_blob(st, 9, m->envelope.data, m->envelope.len);
     return step(s, st);
 }
 
@@ -254,51 +312,55 @@ cm_err archive_store_reject(archive_store *s, const Suido__StageMessage *m, cons
             gw[n] = '\0';
         }
     }
-    sqlite3_stmt *st = s->st[ST_REJECT];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)m->received_ms);
-    sqlite3_bind_text(st, 2, t, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, gw, -1, SQLITE_TRANSIENT);
+    cm_sql_stmt *st = s->st[ST_REJECT];
+    cm_sql_bind_int64(st, 1, (int64_t)m->received_ms);
+    cm_sql_bind_text(st, 2, t);
+    cm_sql_bind_text(st, 3, gw);
     if (m->header) {
-        sqlite3_bind_int64(st, 4, (sqlite3_int64)m->header->boot_epoch);
-        sqlite3_bind_int64(st, 5, (sqlite3_int64)m->header->seq);
+        cm_sql_bind_int64(st, 4, (int64_t)m->header->boot_epoch);
+        cm_sql_bind_int64(st, 5, (int64_t)m->header->seq);
+    } else {
+        cm_sql_bind_null(st, 4);
+        cm_sql_bind_null(st, 5);
     }
-    sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 7, m->envelope.data, (int)m->envelope.len, SQLITE_STATIC);
+    cm_sql_bind_text(st, 6, reason);
+    cm_sql_bind_blob(st, 7, m->envelope.data, m->envelope.len);
     return step(s, st);
 }
 
 cm_err archive_store_alert(archive_store *s, const Suido__StageMessage *m)
 {
     const Suido__Alert *a = m->alert;
-    sqlite3_stmt *st = s->st[ST_ALERT];
-    sqlite3_bind_text(st, 1, a->id ? a->id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, a->gateway_id ? a->gateway_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, a->site ? a->site : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, a->channel ? a->channel : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, a->rule ? a->rule : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 6, (int)a->severity);
-    sqlite3_bind_double(st, 7, a->value);
-    sqlite3_bind_double(st, 8, a->limit);
-    sqlite3_bind_int64(st, 9, (sqlite3_int64)a->timestamp_ms);
-    sqlite3_bind_text(st, 10, a->evidence ? a->evidence : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 11, a->cleared);
-    sqlite3_bind_int64(st, 12, (sqlite3_int64)m->received_ms);
+    cm_sql_stmt *st = s->st[ST_ALERT];
+    cm_sql_bind_text(st, 1, a->id ? a->id : "");
+    cm_sql_bind_text(st, 2, a->gateway_id ? a->gateway_id : "");
+    cm_sql_bind_text(st, 3, a->site ? a->site : "");
+    cm_sql_bind_text(st, 4, a->channel ? a->channel : "");
+    cm_sql_bind_text(st, 5, a->rule ? a->rule : "");
+    cm_sql_bind_int64(st, 6, (int64_t)a->severity);
+    cm_sql_bind_double(st, 7, a->value);
+    cm_sql_bind_double(st, 8, a->limit);
+    cm_sql_bind_int64(st, 9, (int64_t)a->timestamp_ms);
+    cm_sql_bind_text(st, 10, a->evidence ? a->evidence : "");
+    cm_sql_bind_int64(st, 11, a->cleared);
+    cm_sql_bind_int64(st, 12, (int64_t)m->received_ms);
     return step(s, st);
 }
 
 cm_err archive_store_seqs(archive_store *s, const char *gateway, uint64_t epoch, uint64_t after,
                           void (*fn)(void *ctx, uint64_t seq), void *ctx)
 {
-    sqlite3_stmt *st = s->st[ST_SEQS];
-    sqlite3_bind_text(st, 1, gateway, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)epoch);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)after);
+    cm_sql_stmt *st = s->st[ST_SEQS];
+    cm_sql_bind_text(st, 1, gateway);
+    cm_sql_bind_int64(st, 2, (int64_t)epoch);
+    cm_sql_bind_int64(st, 3, (int64_t)after);
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        fn(ctx, (uint64_t)sqlite3_column_int64(st, 0));
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+    while ((rc = cm_sql_step(st)) == CM_SQL_ROW)
+        fn(ctx, (uint64_t)cm_sql_column_int64(st, 0));
+    if (rc == CM_SQL_FAIL)
+        cm_error("error=\"%s\"", cm_sql_error(s->db));
+    cm_sql_reset(st);
+    return rc == CM_SQL_DONE ? CM_OK : CM_ERR_DB;
 }
 
 cm_err archive_store_audit(archive_store *s, const char *source, const Suido__AuditEvent *e)
@@ -315,15 +377,15 @@ cm_err archive_store_audit(archive_store *s, const char *source, const Suido__Au
     uint8_t h[CM_AUDIT_HASH_LEN];
     if (cm_audit_hash(s->audit_hash, &en, h) != CM_OK)
         return CM_ERR_CRYPTO;
-    sqlite3_stmt *st = s->st[ST_AUDIT];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)en.seq);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)en.ts_ms);
-    sqlite3_bind_text(st, 3, en.source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, en.event, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, en.subject, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, en.actor, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, en.detail, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 8, h, CM_AUDIT_HASH_LEN, SQLITE_STATIC);
+    cm_sql_stmt *st = s->st[ST_AUDIT];
+    cm_sql_bind_int64(st, 1, (int64_t)en.seq);
+    cm_sql_bind_int64(st, 2, (int64_t)en.ts_ms);
+    cm_sql_bind_text(st, 3, en.source);
+    cm_sql_bind_text(st, 4, en.event);
+    cm_sql_bind_text(st, 5, en.subject);
+    cm_sql_bind_text(st, 6, en.actor);
+    cm_sql_bind_text(st, 7, en.detail);
+    cm_sql_bind_blob(st, 8, h, CM_AUDIT_HASH_LEN);
     cm_err rc = step(s, st);
     if (rc == CM_OK) {
         s->audit_seq = en.seq;

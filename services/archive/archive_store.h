@@ -1,4 +1,5 @@
-/* archive_store: the archive's SQLite database (WAL, synchronous=FULL).
+/* archive_store: the archive's database, through cm_sql: SQLite (the embedded default: WAL,
+ * synchronous=FULL) or PostgreSQL, with one schema and the same SQL on both.
  *
  * Every signed batch is kept as the exact envelope bytes the gateway signed, so any reading can
  * be re-verified years later; (gateway, boot_epoch, seq) is the primary key, so storing is
@@ -8,19 +9,34 @@
 #ifndef ARCHIVE_STORE_H
 #define ARCHIVE_STORE_H
 #include <stdint.h>
-#include <sqlite3.h>
 
 #include "cm_err.h"
+#include "cm_sql.h"
 #include "suido.pb-c.h"
 
 typedef struct archive_store archive_store;
 
+/* Opens (creating if needed) the SQLite archive at path. */
 cm_err archive_store_open(const char *path, archive_store **out);
+/* Takes over an open database (*db is NULLed, and closed on failure): creates or completes the
+ * schema, checks its version. name identifies the database in logs (a path, never a connection
+ * string). */
+cm_err archive_store_open_db(cm_sql **db, const char *name, archive_store **out);
+/* Creates the archive's tables that are missing (every module's: archive_cases too) and records
+ * the schema version, in one transaction; refuses a database of a newer or unknown version. */
+cm_err archive_store_create_schema(cm_sql *db, const char *name);
 void archive_store_close(archive_store **s);
 /* The database handle, for the modules that keep their own tables in it (archive_cases). */
-sqlite3 *archive_store_db(archive_store *s);
+cm_sql *archive_store_db(archive_store *s);
+/* 1 while the database connection is usable (always, on SQLite). */
+int archive_store_connected(archive_store *s);
+/* Makes a lost connection again and reloads the audit chain's head; CM_ERR_UNAVAILABLE while the
+ * server cannot be reached. */
+cm_err archive_store_reconnect(archive_store *s);
 
 cm_err archive_store_begin(archive_store *s);
+/* Fails (nothing may be acknowledged) also when PostgreSQL rolled the transaction back because a
+ * statement in it failed. */
 cm_err archive_store_commit(archive_store *s);
 void archive_store_rollback(archive_store *s);
 
@@ -28,8 +44,9 @@ void archive_store_rollback(archive_store *s);
 cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m);
 /* Adds a birth, death or command result. */
 /* One step of a command (m->command, m->decision, m->reason as detail), from the gate. The
- * strings must be set (the caller checks). */
-cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m);
+ * strings must be set (the caller checks). now_ms: the input's time, kept when m carries no
+ * receive time (never the clock: a standby applying the same input stores the same row). */
+cm_err archive_store_command(archive_store *s, const Suido__StageMessage *m, uint64_t now_ms);
 cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m);
 /* Adds a refused message with its reason (the audit trail of refusals). */
 cm_err archive_store_reject(archive_store *s, const Suido__StageMessage *m, const char *reason);

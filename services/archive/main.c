@@ -1,5 +1,6 @@
 /* suido-archive: commits every verified batch (the exact signed bytes), every birth/death,
- * refusal and alert to SQLite, and only then acknowledges end to end: it publishes
+ * refusal and alert to its database (SQLite, or PostgreSQL with [archive] postgresql), and only
+ * then acknowledges end to end: it publishes
  * suido/v1/<gw>/ack with the highest contiguous sequence stored, and publishes alerts on
  * suido/v1/alerts/<site>.
  *
@@ -12,16 +13,31 @@
  * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly, registry.
  *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases (list, show
  *          with past cases, acknowledge, close with cause and action), for a valid operator
- *          session (registry); viewers read, operators and admins change.
+ *          session (registry); viewers read, operators and admins change. Also the monitor's
+ *          reads (archive_query.c: trends, gateway statistics, command and audit logs with the
+ *          chain check for admins, planning summaries).
+ *          Replication status (any session) and promotion of a standby (admins).
+ *          [replication] primary: ROUTER, CURVE server, allow-list: the standbys; standby:
+ *          DEALER to the primary's (archive_replica.h).
  *          [registry] DEALER to the registry (session checks).
- *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only. */
+ *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only.
+ *
+ * Every input (a pipeline frame, an audit entry the archive makes itself, an operator's change
+ * of a case) goes through one path that takes its time from the input, never from the clock:
+ * input_begin, then the kind's handler. A primary logs each input for its standbys in the
+ * transaction that stores it (archive_replica); a standby applies the logged inputs through the
+ * same handlers (apply_logged) and so stores the same rows and the same audit chain. A standby
+ * binds no input, has no MQTT session and answers only the replication part of its API (status,
+ * promote); promoted, it goes on as a primary. */
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "archive_acks.h"
+#include "archive_replica.h"
 #include "archive_store.h"
 #include "archive_cases.h"
+#include "archive_query.h"
 #include "cm_log.h"
 #include "cm_crypto.h"
 #include "cm_registry.h"
@@ -36,9 +52,13 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("api"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
+    {"archive", "postgresql", 0,
+     "file (mode 0600) holding the libpq connection string of a PostgreSQL archive, instead of "
+     "database"},
     {"archive", "commit_ms", 0, "longest wait before a group commit (50)"},
     {"archive", "max_batch", 0, "most records per commit (500)"},
     CM_MQTT_SPEC_ROWS("mqtt"),
+    ARCHIVE_REPL_SPEC_ROWS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -54,18 +74,32 @@ typedef struct archiver {
     cm_svc *svc;
     archive_store *store;
     archive_acks *acks;
+    archive_replica *repl;
     cm_mqtt *mqtt;
     cm_registry *reg;
     void *api;
     long commit_ms, max_batch;
     int in_tx;
+    int tx_failed; /* an input of the open transaction could not be stored: roll it back */
     long tx_records;
     uint64_t tx_started_ms;
+    /* the input being applied: its time (every time stored with it), whether it is a logged
+     * input a standby replays, and the first database error while applying it */
+    uint64_t input_ms;
+    int replaying;
+    cm_err input_rc;
+    int ack_all; /* promoted: acknowledge what is stored of every gateway once connected */
     pending_alert alerts[MAX_PENDING_ALERTS];
     size_t n_alerts;
     cm_metric *batches, *readings, *duplicates, *rejects, *events, *alerts_stored;
     cm_metric *audited;
     cm_metric *commits, *commit_failures, *acks_sent, *acks_unsent, *alerts_unpublished;
+    /* the database connection (PostgreSQL): lost, made again with backoff (db_watch) */
+    cm_metric *db_lost, *db_reconnects, *db_connected;
+    int db_down;
+    uint64_t db_down_since_ms, db_retry_at_ms;
+    long db_backoff_ms, db_lost_records;
+    cm_metric *pending_records, *pending_alerts; /* the open transaction: what waits for commit */
 } archiver;
 
 static int tx_open(archiver *a)
@@ -75,12 +109,13 @@ static int tx_open(archiver *a)
     if (archive_store_begin(a->store) != CM_OK)
         return 0;
     a->in_tx = 1;
+    a->tx_failed = 0;
     a->tx_records = 0;
     a->tx_started_ms = cm_mono_ms();
     return 1;
 }
 
-static void publish_ack(void *ctx, const char *gw, uint64_t epoch, uint64_t seq)
+static void publish_ack_now(void *ctx, const char *gw, uint64_t epoch, uint64_t seq)
 {
     archiver *a = ctx;
     char topic[96];
@@ -97,6 +132,14 @@ static void publish_ack(void *ctx, const char *gw, uint64_t epoch, uint64_t seq)
         cm_metric_inc(a->acks_unsent); /* the next commit acks a later point; nothing is lost */
 }
 
+/* After a commit: while a standby is live, the ack waits until it has the records. */
+static void publish_ack(void *ctx, const char *gw, uint64_t epoch, uint64_t seq)
+{
+    archiver *a = ctx;
+    if (!archive_replica_hold_ack(a->repl, gw, epoch, seq))
+        publish_ack_now(a, gw, epoch, seq);
+}
+
 static void drop_alerts(archiver *a)
 {
     for (size_t i = 0; i < a->n_alerts; i++)
@@ -105,64 +148,232 @@ static void drop_alerts(archiver *a)
 }
 
 /* Commits the open transaction; acknowledges and publishes only on success. */
-static void tx_commit(archiver *a)
+static cm_err tx_commit(archiver *a)
 {
     if (!a->in_tx)
-        return;
+        return CM_OK;
     a->in_tx = 0;
-    if (archive_store_commit(a->store) != CM_OK) {
+    if (a->tx_failed || archive_store_commit(a->store) != CM_OK) {
         archive_store_rollback(a->store);
+        archive_replica_rolled_back(a->repl);
         archive_acks_reset(a->acks);
         drop_alerts(a);
         cm_metric_inc(a->commit_failures);
-        cm_error("records=%ld error=\"commit failed: nothing acknowledged\" alarm=1",
-                 a->tx_records);
-        return;
+        cm_error("records=%ld error=\"%s: nothing acknowledged\" alarm=1", a->tx_records,
+                 a->tx_failed ? "an input could not be stored" : "commit failed");
+        return CM_ERR_DB;
     }
     cm_metric_inc(a->commits);
+    archive_replica_committed(a->repl);
     archive_acks_each_changed(a->acks, publish_ack, a);
     for (size_t i = 0; i < a->n_alerts; i++)
         if (cm_mqtt_publish(a->mqtt, a->alerts[i].topic, a->alerts[i].payload, a->alerts[i].len,
                             1, 0) != CM_OK)
             cm_metric_inc(a->alerts_unpublished);
     drop_alerts(a);
+    return CM_OK;
 }
+
+static void tx_rollback(archiver *a)
+{
+    if (!a->in_tx)
+        return;
+    a->in_tx = 0;
+    archive_store_rollback(a->store);
+    archive_replica_rolled_back(a->repl);
+    archive_acks_reset(a->acks);
+    drop_alerts(a);
+}
+
+/* What the archive holds of every gateway, acknowledged once (a promoted standby: the gateways
+ * drop what it has and resend what it lacks). */
+static void ack_everything(archiver *a)
+{
+    cm_sql_stmt *st = NULL;
+    if (cm_sql_prepare(archive_store_db(a->store),
+                       "SELECT gateway, boot_epoch, max(seq) FROM batches"
+                       " GROUP BY gateway, boot_epoch ORDER BY gateway, boot_epoch DESC",
+                       &st) != CM_OK) {
+        cm_error("error=\"cannot list the stored epochs: %s\"",
+                 cm_sql_error(archive_store_db(a->store)));
+        return;
+    }
+    long n = 0;
+    /* newest epoch first: it becomes the tracked one; the older ones are worked out from the
+     * database, at most 256 per round (archive_acks_mark) */
+    while (cm_sql_step(st) == CM_SQL_ROW) {
+        archive_acks_mark(a->acks, cm_sql_column_text(st, 0),
+                          (uint64_t)cm_sql_column_int64(st, 1),
+                          (uint64_t)cm_sql_column_int64(st, 2));
+        if (++n % 200 == 0)
+            archive_acks_each_changed(a->acks, publish_ack, a);
+    }
+    cm_sql_finalize(&st);
+    archive_acks_each_changed(a->acks, publish_ack, a);
+    cm_info("epochs=%ld event=acknowledged_everything", n);
+}
+
+static void db_watch(archiver *a);
 
 static void on_tick(void *ctx)
 {
     archiver *a = ctx;
+    db_watch(a);
     if (a->in_tx && (a->tx_records >= a->max_batch ||
                      cm_mono_ms() - a->tx_started_ms >= (uint64_t)a->commit_ms))
         tx_commit(a);
+    cm_metric_set(a->pending_records, a->in_tx ? a->tx_records : 0);
+    cm_metric_set(a->pending_alerts, (int64_t)a->n_alerts);
+    archive_replica_serve(a->repl);
+    archive_replica_tick(a->repl);
+    if (a->ack_all && a->mqtt && cm_mqtt_is_connected(a->mqtt)) {
+        a->ack_all = 0;
+        ack_everything(a);
+    }
 }
 
 static void after_record(archiver *a)
 {
-    if (++a->tx_records >= a->max_batch)
+    /* a standby commits a whole answer with its position, never a part of it */
+    if (++a->tx_records >= a->max_batch && !a->replaying)
         tx_commit(a);
 }
 
-/* An audit entry the archive makes itself, inside the open transaction. */
+/* ------------------------------------------------------- inputs: applied, logged, replayed */
+
+/* Starts applying an input: sets its time and, live, opens the transaction and logs the input
+ * for the standbys in it (msg packed again: the same fields, the same meaning). Returns 0 when
+ * the input cannot be taken (nothing of it is stored). */
+static int input_begin(archiver *a, const char *kind, const char *peer,
+                       const ProtobufCMessage *msg)
+{
+    a->input_rc = CM_OK;
+    if (a->replaying)
+        return tx_open(a);
+    a->input_ms = cm_now_ms();
+    if (!tx_open(a))
+        return 0;
+    if (!archive_replica_logging(a->repl))
+        return 1;
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(n ? n : 1);
+    cm_err rc = buf ? CM_OK : CM_ERR_NOMEM;
+    if (buf) {
+        protobuf_c_message_pack(msg, buf);
+        rc = archive_replica_log(a->repl, kind, peer, a->input_ms, buf, n);
+    }
+    free(buf);
+    if (rc != CM_OK)
+        a->tx_failed = 1; /* stored without its log entry, it would never reach the standby */
+    return rc == CM_OK;
+}
+
+/* A database error while applying the input: live, the transaction is rolled back (nothing of it
+ * acknowledged, the gateways resend); replayed, the standby applies the answer again later. */
+static void input_failed(archiver *a)
+{
+    a->input_rc = CM_ERR_DB;
+    if (!a->replaying)
+        a->tx_failed = 1;
+}
+
+/* Stores an audit entry the archive makes itself (source "archive"). */
+static void store_own_audit(archiver *a, const Suido__AuditEvent *e)
+{
+    if (archive_store_audit(a->store, "archive", e) == CM_OK) {
+        cm_metric_inc(a->audited);
+        after_record(a);
+    } else {
+        input_failed(a);
+    }
+}
+
+/* An audit entry the archive makes itself, as an input (logged for the standbys). A standby that
+ * follows its primary writes nothing of its own (its audit chain is the primary's): the event is
+ * logged only. */
 static void archive_audit_self(archiver *a, const char *event, const char *subject,
                                const char *actor, const char *detail)
 {
+    if (archive_replica_following(a->repl)) {
+        cm_warn("event=%s subject=%s actor=%s detail=\"%s\" audit=primary_only", event, subject,
+                actor, detail);
+        return;
+    }
     Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
-    e.ts_ms = cm_now_ms();
     e.event = (char *)event;
     e.subject = (char *)subject;
     e.actor = (char *)actor;
     e.detail = (char *)detail;
-    if (tx_open(a) && archive_store_audit(a->store, "archive", &e) == CM_OK) {
-        cm_metric_inc(a->audited);
-        after_record(a);
-    }
+    if (!input_begin(a, "audit", "archive", &e.base))
+        return;
+    e.ts_ms = a->input_ms;
+    store_own_audit(a, &e);
 }
 
 /* The archive's own refused handshakes go straight into its audit log. */
 static void own_security_event(void *ctx, const char *event, const char *subject,
                                const char *detail)
 {
-    archive_audit_self(ctx, event, subject, "zmq", detail);
+    archive_audit_self(ctx, event, subject, strncmp(event, "metrics_", 8) == 0 ? "https" : "zmq",
+                       detail);
+}
+
+/* The database connection (PostgreSQL; a SQLite file is always there). A lost connection costs
+ * the open transaction: rolled back, nothing of it acknowledged (the gateways' outboxes resend
+ * its batches). While it is down the input is held (hold_input: the stages before wait at their
+ * high-water marks) and the connection is made again every 0.5 s, doubling to 30 s. Back, it
+ * is counted and audited with how long it was away. */
+static void db_watch(archiver *a)
+{
+    if (archive_store_connected(a->store)) {
+        if (!a->db_down)
+            return;
+    } else if (!a->db_down) {
+        a->db_down = 1;
+        a->db_down_since_ms = cm_mono_ms();
+        a->db_backoff_ms = 500;
+        a->db_retry_at_ms = a->db_down_since_ms + (uint64_t)a->db_backoff_ms;
+        a->db_lost_records = a->in_tx ? a->tx_records : 0;
+        cm_metric_inc(a->db_lost);
+        cm_metric_set(a->db_connected, 0);
+        if (a->in_tx) {
+            a->in_tx = 0;
+            archive_store_rollback(a->store);
+            archive_replica_rolled_back(a->repl);
+            archive_acks_reset(a->acks);
+            drop_alerts(a);
+            cm_metric_inc(a->commit_failures);
+        }
+        cm_error("records=%ld error=\"database connection lost: %s; nothing acknowledged, "
+                 "input held, reconnecting\" alarm=1",
+                 a->db_lost_records, cm_sql_error(archive_store_db(a->store)));
+        return;
+    } else if (cm_mono_ms() < a->db_retry_at_ms) {
+        return;
+    } else if (archive_store_reconnect(a->store) != CM_OK) {
+        a->db_backoff_ms = a->db_backoff_ms * 2 > 30000 ? 30000 : a->db_backoff_ms * 2;
+        a->db_retry_at_ms = cm_mono_ms() + (uint64_t)a->db_backoff_ms;
+        cm_warn("retry_ms=%ld error=\"database still unreachable: %s\"", a->db_backoff_ms,
+                cm_sql_error(archive_store_db(a->store)));
+        return;
+    }
+    uint64_t down_ms = cm_mono_ms() - a->db_down_since_ms;
+    a->db_down = 0;
+    cm_metric_inc(a->db_reconnects);
+    cm_metric_set(a->db_connected, 1);
+    archive_acks_reset(a->acks);
+    char detail[160];
+    snprintf(detail, sizeof detail, "engine=%s down_ms=%llu rolled_back_records=%ld",
+             cm_sql_engine_name(cm_sql_engine_of(archive_store_db(a->store))),
+             (unsigned long long)down_ms, a->db_lost_records);
+    cm_info("event=database_reconnected %s", detail);
+    archive_audit_self(a, "archive_database_reconnected", "archive", "archive", detail);
+}
+
+static int hold_input(void *ctx)
+{
+    archiver *a = ctx;
+    return a->db_down || !archive_store_connected(a->store);
 }
 
 /* A refused message becomes an audit event: what was refused, from whom, why. */
@@ -180,55 +391,63 @@ static void audit_refusal(archiver *a, const Suido__StageMessage *m, const char 
                         : strcmp(reason, "outside_time_window") == 0 ? "stale_data"
                                                                      : "message_refused";
     Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
-    e.ts_ms = m->received_ms ? m->received_ms : cm_now_ms();
+    e.ts_ms = m->received_ms ? m->received_ms : a->input_ms;
     e.event = (char *)event;
     e.subject = gw;
     e.actor = gw;
     e.detail = detail;
     if (archive_store_audit(a->store, "archive", &e) == CM_OK)
         cm_metric_inc(a->audited);
+    else
+        input_failed(a);
 }
 
 static void on_batch(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
+    if (!input_begin(a, "stage", peer, &m->base))
+        return;
     if (!m->header || !m->header->gateway_id || m->status != SUIDO__VERIFY_STATUS__VERIFY_OK) {
+        cm_svc_reject(a->svc, "unverified_batch");
         cm_warn("topic=%s error=\"unverified batch refused\"", m->topic ? m->topic : "");
         return;
     }
-    if (!tx_open(a))
-        return;
     cm_err rc = archive_store_batch(a->store, m);
     if (rc == CM_ERR_DUPLICATE) {
         /* stored before: a retransmission or a replay; never a second row */
         cm_metric_inc(a->duplicates);
-        archive_store_reject(a->store, m, "duplicate");
+        cm_svc_reject(a->svc, "duplicate");
+        if (archive_store_reject(a->store, m, "duplicate") != CM_OK)
+            input_failed(a);
         audit_refusal(a, m, "duplicate");
         cm_info("gateway=%s epoch=%llu seq=%llu result=duplicate", m->header->gateway_id,
                 (unsigned long long)m->header->boot_epoch, (unsigned long long)m->header->seq);
     } else if (rc != CM_OK) {
+        input_failed(a);
         return;
     } else {
         cm_metric_inc(a->batches);
         cm_metric_add(a->readings, m->header->reading_count);
     }
-    archive_acks_mark(a->acks, m->header->gateway_id, m->header->boot_epoch, m->header->seq);
-    if (rc == CM_ERR_DUPLICATE)
-        archive_acks_rereport(a->acks, m->header->gateway_id);
+    if (!archive_replica_following(a->repl)) { /* a standby acknowledges nothing */
+        archive_acks_mark(a->acks, m->header->gateway_id, m->header->boot_epoch, m->header->seq);
+        if (rc == CM_ERR_DUPLICATE)
+            archive_acks_rereport(a->acks, m->header->gateway_id);
+    }
     after_record(a);
 }
 
 static void on_event(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
-    if (!m->header || !m->header->gateway_id || !tx_open(a))
+    if (!input_begin(a, "stage", peer, &m->base) || !m->header || !m->header->gateway_id)
         return;
     if (archive_store_event(a->store, m) == CM_OK)
         cm_metric_inc(a->events);
+    else
+        input_failed(a);
     after_record(a);
 }
 
@@ -236,31 +455,35 @@ static int text_ok(const char *s, size_t max) { return s && *s && strlen(s) <= m
 
 static void on_command(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
     const Suido__Command *c = m->command;
+    if (!input_begin(a, "stage", peer, &m->base))
+        return;
     if (!c || !text_ok(c->command_id, 128) || !text_ok(c->gateway_id, 64) ||
-        !text_ok(c->channel, 64) || !c->unit || !c->requested_by || !text_ok(m->decision, 128) ||
-        !tx_open(a)) {
+        !text_ok(c->channel, 64) || !c->unit || !c->requested_by || !text_ok(m->decision, 128)) {
+        cm_svc_reject(a->svc, "incomplete_command");
         cm_warn("peer=%s error=\"incomplete command record refused\"", peer);
         return;
     }
-    if (archive_store_command(a->store, m) == CM_OK)
+    if (archive_store_command(a->store, m, a->input_ms) == CM_OK)
         cm_metric_inc(a->events);
+    else
+        input_failed(a);
     after_record(a);
 }
 
 static void on_reject(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
-    if (!tx_open(a))
+    if (!input_begin(a, "stage", peer, &m->base))
         return;
     const char *reason = m->reason ? m->reason : "unspecified";
     if (archive_store_reject(a->store, m, reason) == CM_OK)
         cm_metric_inc(a->rejects);
+    else
+        input_failed(a);
     audit_refusal(a, m, reason);
     after_record(a);
 }
@@ -269,11 +492,14 @@ static void on_audit(void *ctx, void *arg, const char *peer)
 {
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
-    if (!m->audit || !m->audit->event || !*m->audit->event || !tx_open(a))
+    if (!input_begin(a, "stage", peer, &m->base) || !m->audit || !m->audit->event ||
+        !*m->audit->event)
         return;
     /* the source is the authenticated peer, never what the event says about itself */
     if (archive_store_audit(a->store, peer, m->audit) == CM_OK)
         cm_metric_inc(a->audited);
+    else
+        input_failed(a);
     after_record(a);
 }
 
@@ -295,14 +521,21 @@ static void collect_past(void *ctx, const Suido__AlertCase *c)
 
 static void on_alert(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     archiver *a = ctx;
     Suido__StageMessage *m = arg;
-    if (!m->topic || strncmp(m->topic, "suido/v1/alerts/", 16) != 0 || !tx_open(a))
+    if (!input_begin(a, "stage", peer, &m->base) || !m->topic ||
+        strncmp(m->topic, "suido/v1/alerts/", 16) != 0)
         return;
     if (archive_store_alert(a->store, m) != CM_OK ||
-        archive_cases_record(archive_store_db(a->store), m->alert, cm_now_ms()) != CM_OK)
+        archive_cases_record(archive_store_db(a->store), m->alert, a->input_ms) != CM_OK) {
+        input_failed(a);
         return;
+    }
+    if (archive_replica_following(a->repl)) { /* a standby publishes nothing */
+        cm_metric_inc(a->alerts_stored);
+        after_record(a);
+        return;
+    }
     /* a raised alert carries what operators found and did the last times */
     char past_text[3][640];
     char *past[3];
@@ -333,6 +566,106 @@ static void on_alert(void *ctx, void *arg, const char *peer)
     m->alert->n_past_cases = their_n;
     m->alert->past_cases = theirs;
     after_record(a);
+}
+
+/* An operator's acknowledgement or closing of a case (q: op, case_id, cause, action, no token;
+ * who: the operator): the change and its audit entry, as one input. *result: the outcome. */
+static void alert_change(archiver *a, const Suido__ArchiveRequest *q, const char *who,
+                         cm_err *result)
+{
+    int ack = q->op == SUIDO__ARCHIVE_OP__ALERT_ACK;
+    if (!input_begin(a, ack ? "alert_ack" : "alert_close", who, &q->base)) {
+        *result = CM_ERR_DB;
+        return;
+    }
+    cm_sql *db = archive_store_db(a->store);
+    cm_err rc = ack ? archive_cases_ack(db, q->case_id, who, a->input_ms)
+                    : archive_cases_close(db, q->case_id, who, q->cause, q->action, a->input_ms);
+    if (rc == CM_ERR_DB)
+        input_failed(a);
+    char detail[1200], subject[32];
+    snprintf(subject, sizeof subject, "case-%llu", (unsigned long long)q->case_id);
+    snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"", cm_strerror(rc),
+             ack ? "" : (q->cause ? q->cause : ""), ack ? "" : (q->action ? q->action : ""));
+    Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
+    e.ts_ms = a->input_ms;
+    e.event = rc != CM_OK ? "alert_change_refused" : ack ? "alert_acknowledged" : "alert_closed";
+    e.subject = subject;
+    e.actor = (char *)who;
+    e.detail = detail;
+    store_own_audit(a, &e);
+    *result = rc;
+}
+
+static const cm_dispatch DISPATCH[];
+
+/* archive_repl_hooks apply: one input logged by the primary, replayed through the handlers that
+ * applied it there. What the primary could not have accepted is refused. */
+static cm_err apply_logged(void *ctx, const archive_repl_input *in)
+{
+    archiver *a = ctx;
+    cm_err rc = CM_OK;
+    a->replaying = 1;
+    a->input_ms = in->ts_ms;
+    a->input_rc = CM_OK;
+    if (strcmp(in->kind, "stage") == 0) {
+        Suido__StageMessage *m = suido__stage_message__unpack(NULL, in->len, in->body);
+        const cm_dispatch *row = m ? cm_dispatch_find(DISPATCH, cm_stage_kind(m)) : NULL;
+        if (!m)
+            rc = CM_ERR_DECODE;
+        else if (!row || !cm_dispatch_peer_ok(row, in->peer))
+            rc = CM_ERR_DENIED;
+        else
+            row->handler(a, m, in->peer);
+        if (m)
+            suido__stage_message__free_unpacked(m, NULL);
+    } else if (strcmp(in->kind, "audit") == 0) {
+        Suido__AuditEvent *e = suido__audit_event__unpack(NULL, in->len, in->body);
+        if (!e || !e->event || !*e->event || strcmp(in->peer, "archive") != 0) {
+            rc = CM_ERR_DECODE;
+        } else if (tx_open(a)) {
+            e->ts_ms = in->ts_ms;
+            store_own_audit(a, e);
+        } else {
+            a->input_rc = CM_ERR_DB;
+        }
+        if (e)
+            suido__audit_event__free_unpacked(e, NULL);
+    } else if (strcmp(in->kind, "alert_ack") == 0 || strcmp(in->kind, "alert_close") == 0) {
+        Suido__ArchiveRequest *q = suido__archive_request__unpack(NULL, in->len, in->body);
+        int ack = strcmp(in->kind, "alert_ack") == 0;
+        cm_err result;
+        if (!q || q->op != (ack ? SUIDO__ARCHIVE_OP__ALERT_ACK : SUIDO__ARCHIVE_OP__ALERT_CLOSE) ||
+            !text_ok(in->peer, 64))
+            rc = CM_ERR_DECODE;
+        else
+            alert_change(a, q, in->peer, &result);
+        if (q)
+            suido__archive_request__free_unpacked(q, NULL);
+    } else {
+        rc = CM_ERR_DECODE;
+    }
+    a->replaying = 0;
+    return rc != CM_OK ? rc : a->input_rc;
+}
+
+static cm_err hook_begin(void *ctx) { return tx_open(ctx) ? CM_OK : CM_ERR_DB; }
+static cm_err hook_commit(void *ctx) { return tx_commit(ctx); }
+static void hook_rollback(void *ctx) { tx_rollback(ctx); }
+
+/* archive_repl_hooks audit: an entry of this archive's own (a standby's refusal of an answer, its
+ * promotion), not an input of its primary's. */
+static void hook_audit(void *ctx, const char *event, const char *subject, const char *detail)
+{
+    archiver *a = ctx;
+    Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
+    e.ts_ms = cm_now_ms();
+    e.event = (char *)event;
+    e.subject = (char *)subject;
+    e.actor = "archive";
+    e.detail = (char *)detail;
+    if (tx_open(a))
+        store_own_audit(a, &e);
 }
 
 /* ------------------------------------------------------------------ the operators' API */
@@ -381,9 +714,9 @@ static void case_list_free(case_list *l)
 }
 
 /* The operator behind token and whether their role may change cases; 0 for a valid session. */
-static int session(archiver *a, const char *token, char who[65], int *may_change)
+static int session(archiver *a, const char *token, char who[65], char role[16],
+                   int *may_change)
 {
-    char role[16];
     if (cm_registry_session(a->reg, token, who, role) != CM_OK)
         return -1;
     *may_change = strcmp(role, "operator") == 0 || strcmp(role, "admin") == 0;
@@ -394,7 +727,7 @@ static void on_api(void *ctx)
 {
     archiver *a = ctx;
     zmq_msg_t route, body;
-    char peer[64], who[65] = "";
+    char peer[64], who[65] = "", role[16] = "", why[400] = "";
     zmq_msg_init(&route);
     zmq_msg_init(&body);
     Suido__ArchiveRequest *q = NULL;
@@ -407,17 +740,26 @@ static void on_api(void *ctx)
         goto out;
     q = suido__archive_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
     static const cm_dispatch API_PEERS = {"api", "suidoctl,monitor", NULL};
-    sqlite3 *db = archive_store_db(a->store);
+    cm_sql *db = archive_store_db(a->store);
     cm_err rc = CM_OK;
+    int repl_op = q && (q->op == SUIDO__ARCHIVE_OP__REPL_STATUS ||
+                        q->op == SUIDO__ARCHIVE_OP__REPL_PROMOTE);
     if (!q || !cm_dispatch_peer_ok(&API_PEERS, peer) || cm_svc_peer_revoked(a->svc, peer)) {
         rc = q ? CM_ERR_DENIED : CM_ERR_DECODE;
         archive_audit_self(a, "request_denied", peer, peer, q ? "reason=not_allowed" : "malformed");
-    } else if (session(a, q->token, who, &may_change) != 0) {
+    } else if (session(a, q->token, who, role, &may_change) != 0) {
         rc = CM_ERR_DENIED;
+    } else if (archive_replica_following(a->repl) && !repl_op) {
+        rc = CM_ERR_UNAVAILABLE;
+        snprintf(why, sizeof why, "this archive is a standby: ask the primary, or promote this "
+                                  "one (suidoctl archive promote)");
     } else if ((q->op == SUIDO__ARCHIVE_OP__ALERT_ACK || q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE) &&
                !may_change) {
         rc = CM_ERR_DENIED;
         archive_audit_self(a, "request_denied", "", who, "op=alert_change reason=role");
+    } else if (q->op == SUIDO__ARCHIVE_OP__REPL_PROMOTE && strcmp(role, "admin") != 0) {
+        rc = CM_ERR_DENIED;
+        archive_audit_self(a, "request_denied", "", who, "op=promote reason=role");
     } else {
         size_t cap = q->limit && q->limit < 1000 ? q->limit : 100;
         cases.items = calloc(cap, sizeof *cases.items);
@@ -436,34 +778,41 @@ static void on_api(void *ctx)
             break;
         case SUIDO__ARCHIVE_OP__ALERT_ACK:
         case SUIDO__ARCHIVE_OP__ALERT_CLOSE: {
-            int ack = q->op == SUIDO__ARCHIVE_OP__ALERT_ACK;
-            if (!tx_open(a)) {
+            /* logged for the standbys without the token, the operator as the sender */
+            char *token = q->token;
+            q->token = "";
+            alert_change(a, q, who, &rc);
+            q->token = token;
+            if (tx_commit(a) != CM_OK) /* the operator's change is on disk before the answer */
                 rc = CM_ERR_DB;
-                break;
-            }
-            rc = ack ? archive_cases_ack(db, q->case_id, who, cm_now_ms())
-                     : archive_cases_close(db, q->case_id, who, q->cause, q->action, cm_now_ms());
-            char detail[1200], subject[32];
-            snprintf(subject, sizeof subject, "case-%llu", (unsigned long long)q->case_id);
-            snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"",
-                     cm_strerror(rc), ack ? "" : (q->cause ? q->cause : ""),
-                     ack ? "" : (q->action ? q->action : ""));
-            archive_audit_self(a,
-                               rc != CM_OK ? "alert_change_refused"
-                               : ack       ? "alert_acknowledged"
-                                           : "alert_closed",
-                               subject, who, detail);
-            tx_commit(a); /* the operator's change is on disk before the answer */
             if (rc == CM_OK)
                 rc = archive_cases_get(db, q->case_id, case_collect, &cases);
             break;
         }
-        default:
-            rc = CM_ERR_INVAL;
+        case SUIDO__ARCHIVE_OP__REPL_STATUS:
+            archive_replica_status(a->repl, &rep.replication);
+            break;
+        case SUIDO__ARCHIVE_OP__REPL_PROMOTE:
+            rc = archive_replica_promote(a->repl, q->force, cm_now_ms(), why, sizeof why);
+            if (rc == CM_OK)
+                cm_info("operator=%s forced=%d event=promoted", who, (int)q->force);
+            else
+                cm_warn("operator=%s forced=%d error=\"promotion refused: %s\"", who,
+                        (int)q->force, why);
+            archive_replica_status(a->repl, &rep.replication);
+            break;
+        default: /* the monitor's reads (archive_query.c) */
+            rc = archive_query_handles(q->op)
+                     ? archive_query_answer(db, q, role, cm_now_ms(), &rep)
+                     : CM_ERR_INVAL;
+            if (rc == CM_ERR_DENIED)
+                archive_audit_self(a, "request_denied", "", who, "op=audit_read reason=role");
         }
     }
+    rep.request_id = q ? q->request_id : 0;
     rep.status = (uint32_t)rc;
-    rep.error = (char *)(rc == CM_ERR_DENIED && q && q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE &&
+    rep.error = (char *)(why[0] ? why
+                         : rc == CM_ERR_DENIED && q && q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE &&
                                  may_change
                              ? "the condition is still active: acknowledge it now, close it "
                                "with cause and action once it has cleared"
@@ -474,6 +823,7 @@ static void on_api(void *ctx)
     rep.past = past.items;
     cm_zreply(a->api, &route, &rep.base);
 out:
+    archive_query_free(&rep);
     case_list_free(&cases);
     case_list_free(&past);
     if (q)
@@ -482,7 +832,31 @@ out:
     zmq_msg_close(&body);
 }
 
-/* The archive's attack surface: who may hand it what. */
+/* A standby: applies what its primary sends and answers its API (status, promote) until it is
+ * promoted or stopped. */
+static void follow_primary(archiver *a, cm_events *events)
+{
+    while (!cm_daemon_stopping && archive_replica_following(a->repl)) {
+        zmq_pollitem_t it[3] = {
+            {.socket = archive_replica_socket(a->repl), .events = ZMQ_POLLIN},
+            {.socket = a->api, .events = ZMQ_POLLIN},
+        };
+        int n = 2;
+        if (cm_events_socket(events))
+            it[n++] = (zmq_pollitem_t){.socket = cm_events_socket(events), .events = ZMQ_POLLIN};
+        if (zmq_poll(it, n, 100) > 0) {
+            if (n > 2 && (it[2].revents & ZMQ_POLLIN))
+                cm_events_drain(events);
+            for (int i = 0; i < 16 && (it[1].revents & ZMQ_POLLIN); i++)
+                on_api(a);
+        }
+        archive_replica_follow(a->repl);
+        on_tick(a);
+        cm_svc_tick(a->svc);
+    }
+}
+
+/* The archive's attack surface: who may hand it what. Every handler begins with input_begin. */
 static const cm_dispatch DISPATCH[] = {
     {"data", "profile", on_batch},
     {"backfill", "profile", on_batch},
@@ -492,7 +866,7 @@ static const cm_dispatch DISPATCH[] = {
     {"command", "gate", on_command},
     {"reject", "verify,profile", on_reject},
     {"alert", "anomaly,registry,gate", on_alert},
-    {"audit", "ingest,verify,profile,anomaly,registry,gate", on_audit},
+    {"audit", "ingest,verify,profile,anomaly,registry,gate,monitor", on_audit},
     {NULL, NULL, NULL},
 };
 
@@ -505,25 +879,45 @@ int main(int argc, char **argv)
     if (cm_conf_long(s->conf, "archive", "commit_ms", 50, 1, 10000, &a.commit_ms, err) ||
         cm_conf_long(s->conf, "archive", "max_batch", 500, 1, 100000, &a.max_batch, err))
         cm_svc_die(s, "%s", err);
+    /* PostgreSQL instead of the SQLite file: the connection string may hold a password, so it
+     * is named by a file only its owner reads, never given in the configuration or logged */
+    static char conninfo[8192];
+    const char *pgfile = cm_conf_get(s->conf, "archive", "postgresql");
+    if (pgfile && *pgfile) {
+        char why[600];
+        if (cm_conf_get(s->conf, "archive", "database"))
+            cm_svc_die(s, "%s: [archive] names both database and postgresql: give one",
+                       cm_conf_name(s->conf));
+        if (cm_sql_read_conninfo(pgfile, conninfo, sizeof conninfo, why, sizeof why) != CM_OK)
+            cm_svc_die(s, "[archive] postgresql %s", why);
+    }
     cm_mqtt_opts mo = {.clean_session = 1, .max_inflight = 1024, .verify_hostname = 1};
     if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
         cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
     cm_svc_ready(s);
 
     char db[4096];
-    cm_svc_path(s, "archive", "database", "archive.db", db, sizeof db);
-    if (archive_store_open(db, &a.store) != CM_OK)
-        cm_svc_die(s, "%s: cannot open the archive database", db);
+    if (pgfile && *pgfile) {
+        cm_sql *sql = NULL;
+        char why[600];
+        cm_err orc = cm_sql_open_as(CM_SQL_POSTGRESQL, conninfo, 0, &sql, why, sizeof why);
+        explicit_bzero(conninfo, sizeof conninfo); /* cm_sql keeps its own copy to reconnect */
+        if (orc != CM_OK)
+            cm_svc_die(s, "PostgreSQL archive (%s) unreachable or refused: %s", pgfile, why);
+        if (archive_store_open_db(&sql, pgfile, &a.store) != CM_OK)
+            cm_svc_die(s, "%s: cannot use the PostgreSQL archive database", pgfile);
+    } else {
+        cm_svc_path(s, "archive", "database", "archive.db", db, sizeof db);
+        if (archive_store_open(db, &a.store) != CM_OK)
+            cm_svc_die(s, "%s: cannot open the archive database", db);
+    }
     a.acks = archive_acks_new(a.store);
-    cm_svc_on_security(s, own_security_event, &a);
     if (!a.acks)
         cm_svc_die(s, "out of memory");
-    if (cm_mqtt_new(&mo, &a.mqtt) != CM_OK)
-        cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
-    if (cm_mqtt_connect(a.mqtt, 0) != CM_OK)
-        cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
-    void *input;
-    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
+    archive_repl_hooks hooks = {.ctx = &a, .begin = hook_begin, .commit = hook_commit,
+                                .rollback = hook_rollback, .apply = apply_logged,
+                                .audit = hook_audit, .release_ack = publish_ack_now};
+    if (archive_replica_new(s, archive_store_db(a.store), &hooks, &a.repl, err) != CM_OK ||
         cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &a.api, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &a.reg, err))
         cm_svc_die(s, "%s", err);
@@ -546,20 +940,49 @@ int main(int argc, char **argv)
                                       "acks not published (broker unavailable)");
     a.alerts_unpublished = cm_metric_counter(mx, "suido_archive_alerts_unpublished_total",
                                              "stored alerts not published");
+    a.db_lost = cm_metric_counter(mx, "suido_archive_db_connection_lost_total",
+                                  "database connections lost (open transaction rolled back)");
+    a.db_reconnects = cm_metric_counter(mx, "suido_archive_db_reconnects_total",
+                                        "database connections made again after a loss");
+    a.db_connected = cm_metric_gauge(mx, "suido_archive_db_connected",
+                                     "1 while the database connection is usable");
+    cm_metric_set(a.db_connected, 1);
+    a.pending_records = cm_metric_gauge(mx, "suido_archive_pending_records",
+                                        "records in the open transaction, not yet committed");
+    a.pending_alerts = cm_metric_gauge(mx, "suido_archive_pending_alerts",
+                                       "alerts waiting for their commit to be published");
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", NULL, NULL, &events, err))
         cm_svc_die(s, "%s", err);
-    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
-                          .on_tick = on_tick, .events = events, .side = a.api,
-                          .on_side = on_api};
-    cm_stage_run(&stage);
+    if (archive_replica_following(a.repl)) {
+        follow_primary(&a, events);
+        a.ack_all = !cm_daemon_stopping; /* promoted */
+    }
+    void *input = NULL;
+    if (!cm_daemon_stopping) {
+        /* a primary, or a standby just promoted: the broker, the pipeline's input */
+        if (cm_mqtt_new(&mo, &a.mqtt) != CM_OK)
+            cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
+        if (cm_mqtt_connect(a.mqtt, 0) != CM_OK)
+            cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
+        if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input,
+                                 err))
+            cm_svc_die(s, "%s", err);
+        cm_svc_on_security(s, own_security_event, &a);
+        cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
+                              .on_tick = on_tick, .events = events, .side = a.api,
+                              .on_side = on_api, .hold_input = hold_input};
+        cm_stage_run(&stage);
+    }
     cm_events_destroy(&events);
 
     cm_info("event=stopping");
     tx_commit(&a);
-    zmq_close(input);
+    if (input)
+        zmq_close(input);
     zmq_close(a.api);
+    archive_replica_destroy(&a.repl);
     cm_registry_destroy(&a.reg);
     cm_mqtt_destroy(&a.mqtt);
     archive_acks_destroy(&a.acks);

@@ -179,6 +179,7 @@ static void refuse(gate *g, zmq_msg_t *route, const Suido__GateRequest *q, const
                    const char *reason, const char *detail)
 {
     cm_metric_inc(g->refused);
+    cm_svc_reject(g->svc, reason);
     char line[640];
     snprintf(line, sizeof line, "actuator=%s value=%.6g unit=%s reason=%s detail=\"%s\" why=\"%s\"",
              q->actuator, q->value, q->unit, reason, detail, q->reason ? q->reason : "");
@@ -264,7 +265,12 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
         audit(g, "command_refused", "", "suidoctl", "reason=malformed_request");
         return;
     }
-    if (cm_registry_session(g->reg, q->token, who, role) != CM_OK) {
+    cm_err src = cm_registry_session(g->reg, q->token, who, role);
+    if (src == CM_ERR_UNAVAILABLE) { /* fail closed, and say why: the session is not known bad */
+        refuse(g, route, q, "unknown", "registry_unavailable", "the registry did not answer");
+        return;
+    }
+    if (src != CM_OK) {
         refuse(g, route, q, "unknown", "session", "no valid operator session (log in first)");
         return;
     }
@@ -389,6 +395,7 @@ static void on_api(void *ctx)
     if (!q || row == sizeof API / sizeof API[0] || !cm_dispatch_peer_ok(&allowed, peer) ||
         cm_svc_peer_revoked(g->svc, peer)) {
         cm_warn("peer=%s error=\"request refused (malformed, unknown or not allowed)\"", peer);
+        cm_svc_reject(g->svc, q ? "request_not_allowed" : "malformed_request");
         audit(g, "request_denied", "", peer, q ? "reason=not_allowed" : "reason=malformed");
         Suido__GateReply rep = SUIDO__GATE_REPLY__INIT;
         rep.status = q ? CM_ERR_DENIED : CM_ERR_DECODE;

@@ -13,7 +13,9 @@
  *
  * Sockets: [mqtt] MQTT/TLS client "ingest" (subscribe only).
  *          [output verify] PUSH to every verifier replica (round robin).
- *          [output archive] PUSH to the archive: audit events from the broker's log (optional). */
+ *          [output archive] PUSH to the archive: audit events from the broker's log (optional);
+ *          a second connection carries the main thread's own security events (refusals of the
+ *          metrics endpoint), since a ZeroMQ socket belongs to one thread. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,10 +48,11 @@ typedef struct ingest {
     cm_svc *svc;
     void *to_verify;  /* used only on the MQTT callback thread */
     void *to_archive; /* audit events; MQTT callback thread only; may be NULL */
+    void *audit_main; /* the same, for the main thread; NULL with to_archive */
     cm_ratelimit limit;
     cm_metric *broker_events, *broker_suppressed;
     cm_metric *received, *bytes, *forwarded, *bad_topic, *too_big, *connects, *lost;
-    cm_metric *connected;
+    cm_metric *connected, *handover;
 } ingest;
 
 /* One line of the broker's log: a security event goes to the audit log, within the budget. */
@@ -88,11 +91,13 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
     char gw[65], kind[16];
     if (cm_topic_parse(topic, gw, kind) != CM_OK) {
         cm_metric_inc(in->bad_topic);
+        cm_svc_reject(in->svc, "bad_topic");
         cm_warn("topic_len=%zu error=\"unexpected topic\"", strlen(topic));
         return 1;
     }
     if (len > MAX_PAYLOAD) {
         cm_metric_inc(in->too_big);
+        cm_svc_reject(in->svc, "too_big");
         cm_warn("gateway=%s size=%zu error=\"payload over limit\"", gw, len);
         return 1;
     }
@@ -101,8 +106,10 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
     m.received_ms = cm_now_ms();
     m.envelope.data = (uint8_t *)payload;
     m.envelope.len = len;
+    uint64_t t0 = cm_mono_us();
     if (cm_stage_send(in->to_verify, &m) != CM_OK)
         return 0; /* stopping: leave it with the broker, it is delivered again */
+    cm_metric_observe_us(in->handover, cm_mono_us() - t0);
     cm_metric_inc(in->forwarded);
     return 1;
 }
@@ -153,6 +160,9 @@ int main(int argc, char **argv)
     in.connects = cm_metric_counter(mx, "suido_ingest_connects_total", "broker (re)connects");
     in.lost = cm_metric_counter(mx, "suido_ingest_connection_lost_total", "broker connection losses");
     in.connected = cm_metric_gauge(mx, "suido_ingest_connected", "1 while connected to the broker");
+    in.handover = cm_metric_histogram(mx, "suido_ingest_handover_seconds",
+                                      "time to hand a message to the verifiers (waits while full)");
+    cm_stage_metrics(s);
 
     if (cm_zsock_client_conf(s->zctx, s->conf, "output verify", ZMQ_PUSH, &s->keys, &in.to_verify,
                              err))
@@ -161,6 +171,12 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &in.to_archive, err))
         cm_svc_die(s, "%s", err);
+    if (in.to_archive) {
+        if (cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
+                                 &in.audit_main, err))
+            cm_svc_die(s, "%s", err);
+        cm_stage_audit_security(s, in.audit_main);
+    }
     cm_ratelimit_init(&in.limit, 10000, BROKER_EVENTS_BUDGET);
     in.broker_events = cm_metric_counter(mx, "suido_ingest_broker_events_total",
                                          "security events from the broker's log, audited");
@@ -185,6 +201,8 @@ int main(int argc, char **argv)
     zmq_close(in.to_verify);
     if (in.to_archive)
         zmq_close(in.to_archive);
+    if (in.audit_main)
+        zmq_close(in.audit_main);
     cm_svc_destroy(&in.svc);
     return 0;
 }

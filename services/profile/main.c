@@ -213,16 +213,17 @@ static void on_data(void *ctx, void *arg, const char *peer)
         cm_warn("gateway=%s kind=%s unknown_channels=%u", m->header->gateway_id, m->site_kind,
                 unknown);
     }
-    /* the archive keeps the signed bytes; the anomaly checker needs only the meaning */
+    /* the archive keeps the signed bytes and aggregates the meaning (trends, reports); the
+     * anomaly checker needs only the meaning */
     m->unknown_channels = unknown;
+    m->n_mapped = k;
+    m->mapped = ptrs;
     cm_stage_send(p->to_archive, m);
     ProtobufCBinaryData env = m->envelope;
     Suido__TelemetryBatch *batch = m->batch;
     m->envelope.len = 0;
     m->envelope.data = NULL;
     m->batch = NULL;
-    m->n_mapped = k;
-    m->mapped = ptrs;
     cm_stage_send(p->shards[shard_of(m->header->gateway_id, p->n_shards)], m);
     to_gate(p, m);
     m->envelope = env;
@@ -254,6 +255,7 @@ static void on_birth(void *ctx, void *arg, const char *peer)
     }
     if (why) {
         cm_metric_inc(p->births_refused);
+        cm_svc_reject(p->svc, why);
         cm_warn("topic=%s reason=%s result=birth_refused", m->topic, why);
         m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
         m->reason = (char *)why;

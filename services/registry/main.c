@@ -658,7 +658,7 @@ static const cm_dispatch DISPATCH[] = {
     {"set_channels", "profile", on_set_channels},
     {"get_channels", "profile,suidoctl,monitor", on_get_channels},
     {"login", "suidoctl,monitor", on_login},
-    {"session_check", "suidoctl,monitor,gate,archive", on_session_check},
+    {"session_check", "suidoctl,monitor,gate,archive,archive-standby", on_session_check},
     {"logout", "suidoctl,monitor", on_logout},
     {"operator_add", "suidoctl", on_operator_add},
     {"set_operator_state", "suidoctl", on_set_operator_state},
@@ -764,6 +764,7 @@ static void handle_one(registry *r)
         goto out;
     if (!zmq_msg_more(&route) || cm_zrecv(r->api, &body, peer, sizeof peer, 0) != CM_OK) {
         cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "malformed");
         goto out;
     }
     cm_metric_inc(r->requests);
@@ -771,6 +772,7 @@ static void handle_one(registry *r)
         suido__registry_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
     if (!req) {
         cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "malformed");
         cm_warn("peer=%s error=\"malformed request\" size=%zu", peer, zmq_msg_size(&body));
         reply_error(r, &route, CM_ERR_DECODE);
         goto out;
@@ -788,14 +790,17 @@ static void handle_one(registry *r)
         needs_id |= strcmp(op, NEEDS_ID[i]) == 0;
     if (!row || !cm_dispatch_peer_ok(row, peer) || cm_svc_peer_revoked(r->svc, peer)) {
         cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "not_allowed");
         cm_warn("peer=%s op=%s error=\"not allowed\"", peer, op);
         audit(r, "request_denied", peer, peer, op);
         reply_error(r, &route, CM_ERR_DENIED);
     } else if (needs_id && (!req->id || !*req->id || strlen(req->id) > 64)) {
         cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "bad_id");
         reply_error(r, &route, CM_ERR_INVAL);
     } else if (authorize(r, &q, op) != CM_OK) {
         cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "no_session");
         cm_warn("peer=%s op=%s error=\"no session with the rights for this\"", peer, op);
         char detail[96];
         snprintf(detail, sizeof detail, "op=%s reason=no_session_or_role", op);
@@ -921,12 +926,16 @@ int main(int argc, char **argv)
                                         "certificates that crossed an expiry warning");
     cm_metric *gw = cm_metric_gauge(s->metrics, "suido_registry_gateways", "gateways known");
     cm_metric_set(gw, registry_store_count(r.store));
+    cm_metric *handle_seconds = cm_metric_histogram(s->metrics, "suido_registry_request_seconds",
+                                                    "time to answer one request");
 
     while (!cm_daemon_stopping) {
         zmq_pollitem_t it = {.socket = r.api, .events = ZMQ_POLLIN};
         if (zmq_poll(&it, 1, 200) > 0)
             for (int i = 0; i < 256 && (it.revents & ZMQ_POLLIN); i++) {
+                uint64_t t0 = cm_mono_us();
                 handle_one(&r);
+                cm_metric_observe_us(handle_seconds, cm_mono_us() - t0);
                 int ev = 0;
                 size_t len = sizeof ev;
                 zmq_getsockopt(r.api, ZMQ_EVENTS, &ev, &len);

@@ -62,6 +62,7 @@ static void count_reject(verifier *v, const char *reason)
     snprintf(name, sizeof name, "suido_verify_rejected_total{reason=\"%s\"}", reason);
     cm_metric_inc(cm_metric_counter(v->svc->metrics, name, "messages refused, by reason"));
     cm_metric_inc(v->rejected_total);
+    cm_svc_reject(v->svc, reason);
 }
 
 /* Remembers gw for the next "last seen" report (linear: a report covers a few seconds). */

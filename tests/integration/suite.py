@@ -28,8 +28,9 @@ def port_free(port):
             return False
 
 
-def free_base_port(span=16):
-    """A base port such that base .. base+span are all free on 127.0.0.1."""
+def free_base_port(span=66):
+    """A base port such that base .. base+span are all free on 127.0.0.1 (the default covers a
+    deployment's ports up to its metrics endpoints, scripts/mkdeploy.sh)."""
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
         base = rng.randrange(20000, 60000 - span)
@@ -58,8 +59,11 @@ def load_proto(outdir):
 
 
 class Suite:
-    def __init__(self, root, gateways=8):
+    def __init__(self, root, gateways=8, archive_pg=None, standby=False):
+        """archive_pg: a pg.PostgreSQL server the archive stores into instead of SQLite;
+        standby: with a standby archive, "archive-standby" (scripts/mkdeploy.sh --standby)."""
         self.root = pathlib.Path(root)
+        self.pg = archive_pg
         self.dir = self.root / "deploy"
         self.base = free_base_port()
         self.port = self.base
@@ -68,8 +72,15 @@ class Suite:
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, SUIDO_BIN=str(BIN))
+        extra = []
+        if archive_pg:
+            self.root.mkdir(parents=True, exist_ok=True)
+            extra = ["--archive-postgresql",
+                     str(archive_pg.write_conninfo(self.root / "archive-postgresql.conninfo"))]
+        if standby:
+            extra.append("--standby")
         subprocess.run([str(TOP / "scripts" / "mkdeploy.sh"), str(self.dir), "--gateways",
-                        str(gateways), "--base-port", str(self.base), "--test"],
+                        str(gateways), "--base-port", str(self.base), "--test", *extra],
                        check=True, env=env, stdout=subprocess.DEVNULL)
 
     # ---- processes -----------------------------------------------------------------------
@@ -84,7 +95,8 @@ class Suite:
         assert wait_until(lambda: not port_free(self.port), 10), "broker did not listen"
 
     def service_argv(self, name):
-        binary = "suido-anomaly" if name.startswith("anomaly") else f"suido-{name}"
+        binary = ("suido-anomaly" if name.startswith("anomaly")
+                  else "suido-archive" if name.startswith("archive") else f"suido-{name}")
         return [str(BIN / binary), "-c", str(self.dir / "etc" / f"{name}.conf")]
 
     def start_service(self, name):
@@ -152,6 +164,8 @@ class Suite:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
 
     def query(self, sql, *args):
+        if self.pg:
+            return self.pg.execute(sql, *args)
         with self.db() as c:
             return c.execute(sql, args).fetchall()
 

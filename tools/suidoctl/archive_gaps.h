@@ -8,8 +8,9 @@
 #include "cm_conf.h"
 
 /* Prints the report (JSON with json set); returns 0 when nothing is missing, 1 when something
- * is (or on failure, with the reason on stderr), 2 on a configuration problem. gateway: only
- * that gateway, or NULL for all. */
+ * is (or on failure, with the reason on stderr), 2 on a configuration problem, 3 when the
+ * archive cannot be opened or reached. gateway: only that gateway, or NULL for all. The archive
+ * is SQLite or PostgreSQL, as suidoctl.conf's [archive] names it (ctl_archive_open). */
 int archive_gaps(const cm_conf *conf, const char *gateway, int json);
 
 #endif

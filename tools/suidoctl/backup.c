@@ -19,6 +19,7 @@
 #include <sqlite3.h>
 
 #include "audit_check.h"
+#include "backup_pg.h"
 #include "cm_crypto.h"
 #include "ctl_msg.h"
 #include "cm_time.h"
@@ -391,70 +392,60 @@ static int hash_file(const char *path, int out_fd, uint64_t *size, char hexout[H
 
 /* ------------------------------------------------------------------ databases */
 
-/* Opens path read-only. immutable: the file is a finished copy that nothing else writes, so
- * SQLite reads exactly its bytes and creates no journal or lock files beside it. */
-static int db_open_ro(const char *path, int immutable, sqlite3 **db)
+/* Opens the SQLite file path read-only (immutable: a finished copy, see ctl_sqlite_ro_uri); 0
+ * with the reason in why when it cannot. */
+static int db_open_ro(const char *path, int immutable, cm_sql **db, char *why, size_t len)
 {
     char uri[3 * 4096 + 64];
-    size_t o = 0;
-    o += (size_t)snprintf(uri, sizeof uri, "file:");
-    for (const unsigned char *p = (const unsigned char *)path; *p && o + 4 < sizeof uri; p++) {
-        if (*p == '%' || *p == '?' || *p == '#' || *p <= 0x20 || *p >= 0x7f)
-            o += (size_t)snprintf(uri + o, sizeof uri - o, "%%%02X", *p);
-        else
-            uri[o++] = (char)*p;
-    }
-    uri[o] = '\0';
-    snprintf(uri + o, sizeof uri - o, "?mode=ro%s", immutable ? "&immutable=1" : "");
     *db = NULL;
-    if (sqlite3_open_v2(uri, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK)
+    if (!ctl_sqlite_ro_uri(path, immutable, uri, sizeof uri)) {
+        snprintf(why, len, "%s", "path too long");
         return 0;
-    sqlite3_busy_timeout(*db, 10000);
-    return 1;
+    }
+    return cm_sql_open_as(CM_SQL_SQLITE, uri, 1, db, why, len) == CM_OK;
 }
 
-/* PRAGMA integrity_check: 1 when it says "ok"; else its first finding in msg. */
-static int integrity_ok(sqlite3 *db, char *msg, size_t len)
+/* PRAGMA integrity_check of a SQLite file: 1 when it says "ok"; else its first finding in msg. */
+static int integrity_ok(cm_sql *db, char *msg, size_t len)
 {
-    sqlite3_stmt *st = NULL;
+    cm_sql_stmt *st = NULL;
     int ok = 0;
     snprintf(msg, len, "%s", "integrity_check could not run");
-    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-        const char *t = (const char *)sqlite3_column_text(st, 0);
-        ok = t && strcmp(t, "ok") == 0;
-        snprintf(msg, len, "%s", t ? t : "no answer");
+    if (cm_sql_prepare(db, "PRAGMA integrity_check", &st) == CM_OK &&
+        cm_sql_step(st) == CM_SQL_ROW) {
+        const char *t = cm_sql_column_text(st, 0);
+        ok = strcmp(t, "ok") == 0;
+        snprintf(msg, len, "%s", *t ? t : "no answer");
     } else {
-        snprintf(msg, len, "%s", sqlite3_errmsg(db));
+        snprintf(msg, len, "%s", cm_sql_error(db));
     }
-    sqlite3_finalize(st);
+    cm_sql_finalize(&st);
     return ok;
 }
 
 /* The two integers of a one-row query; 0 when the query fails. */
-static int query_u64s(sqlite3 *db, const char *sql, uint64_t *a, uint64_t *b)
+static int query_u64s(cm_sql *db, const char *sql, uint64_t *a, uint64_t *b)
 {
-    sqlite3_stmt *st = NULL;
-    int ok = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
-             sqlite3_step(st) == SQLITE_ROW;
+    cm_sql_stmt *st = NULL;
+    int ok = cm_sql_prepare(db, sql, &st) == CM_OK && cm_sql_step(st) == CM_SQL_ROW;
     if (ok) {
-        *a = (uint64_t)sqlite3_column_int64(st, 0);
-        *b = (uint64_t)sqlite3_column_int64(st, 1);
+        *a = (uint64_t)cm_sql_column_int64(st, 0);
+        *b = (uint64_t)cm_sql_column_int64(st, 1);
     }
-    sqlite3_finalize(st);
+    cm_sql_finalize(&st);
     return ok;
 }
 
 /* Counts and audit chain of an archive; label names the file in the problems. */
-static int archive_facts(sqlite3 *db, const char *label, content *c, report *r)
+static int archive_facts(cm_sql *db, const char *label, content *c, report *r)
 {
     if (!query_u64s(db, "SELECT count(*), coalesce(sum(readings), 0) FROM batches", &c->batches,
                     &c->readings)) {
-        problem(r, "%s: cannot count the batches: %s", label, sqlite3_errmsg(db));
+        problem(r, "%s: cannot count the batches: %s", label, cm_sql_error(db));
         return 0;
     }
     if (audit_check_db(db, &c->audit) != CM_OK) {
-        problem(r, "%s: cannot read the audit log: %s", label, sqlite3_errmsg(db));
+        problem(r, "%s: cannot read the audit log: %s", label, cm_sql_error(db));
         return 0;
     }
     if (c->audit.why) {
@@ -464,18 +455,18 @@ static int archive_facts(sqlite3 *db, const char *label, content *c, report *r)
     }
     if (c->audit.read_error) {
         problem(r, "%s: audit log unreadable after entry %" PRIu64 ": %s", label,
-                c->audit.entries, sqlite3_errmsg(db));
+                c->audit.entries, cm_sql_error(db));
         return 0;
     }
     return 1;
 }
 
-static int registry_facts(sqlite3 *db, const char *label, content *c, report *r)
+static int registry_facts(cm_sql *db, const char *label, content *c, report *r)
 {
     uint64_t unused = 0;
     int ok = query_u64s(db, "SELECT count(*), 0 FROM gateways", &c->gateways, &unused);
     if (!ok)
-        problem(r, "%s: cannot read the gateways: %s", label, sqlite3_errmsg(db));
+        problem(r, "%s: cannot read the gateways: %s", label, cm_sql_error(db));
     return ok;
 }
 
@@ -500,23 +491,22 @@ static void gwkeys_free(gwkey *k, size_t n)
 }
 
 /* Every gateway's signing key from a registry database. */
-static int load_gwkeys(sqlite3 *reg, const char *label, gwkey **out, size_t *n, report *r)
+static int load_gwkeys(cm_sql *reg, const char *label, gwkey **out, size_t *n, report *r)
 {
-    sqlite3_stmt *st = NULL;
+    cm_sql_stmt *st = NULL;
     gwkey *k = NULL;
     size_t cnt = 0, cap = 0;
     *out = NULL;
     *n = 0;
-    if (sqlite3_prepare_v2(reg, "SELECT id, state, sign_pub FROM gateways", -1, &st, NULL) !=
-        SQLITE_OK) {
-        problem(r, "%s: cannot read the gateways' keys: %s", label, sqlite3_errmsg(reg));
+    if (cm_sql_prepare(reg, "SELECT id, state, sign_pub FROM gateways", &st) != CM_OK) {
+        problem(r, "%s: cannot read the gateways' keys: %s", label, cm_sql_error(reg));
         return 0;
     }
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(st, 0);
-        if (!id)
+    while ((rc = cm_sql_step(st)) == CM_SQL_ROW) {
+        if (cm_sql_column_is_null(st, 0))
             continue;
+        const char *id = cm_sql_column_text(st, 0);
         if (cnt == cap) {
             size_t ncap = cap ? 2 * cap : 64;
             gwkey *nk = realloc(k, ncap * sizeof *nk);
@@ -530,17 +520,17 @@ static int load_gwkeys(sqlite3 *reg, const char *label, gwkey **out, size_t *n, 
         if (!(g->id = strdup(id)))
             break;
         cnt++;
-        g->disposed = sqlite3_column_int(st, 1) == SUIDO__ENTITY_STATE__STATE_DISPOSED;
-        int len = sqlite3_column_bytes(st, 2);
-        const void *der = sqlite3_column_blob(st, 2);
+        g->disposed = cm_sql_column_int64(st, 1) == SUIDO__ENTITY_STATE__STATE_DISPOSED;
+        size_t len = 0;
+        const void *der = cm_sql_column_blob(st, 2, &len);
         /* a key that does not parse stays NULL and fails its batches, with the reason */
         if (!g->disposed && der && len > 0)
-            cm_pubkey_from_der(der, (size_t)len, &g->key);
+            cm_pubkey_from_der(der, len, &g->key);
     }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
+    cm_sql_finalize(&st);
+    if (rc != CM_SQL_DONE) {
         problem(r, "%s: reading the gateways' keys failed: %s", label,
-                rc == SQLITE_ROW ? "out of memory" : sqlite3_errmsg(reg));
+                rc == CM_SQL_ROW ? "out of memory" : cm_sql_error(reg));
         gwkeys_free(k, cnt);
         return 0;
     }
@@ -570,10 +560,65 @@ static void note_disposed(content *c, const char *gw)
     snprintf(c->disposed[c->n_disposed++], sizeof c->disposed[0], "%s", gw);
 }
 
+/* One stored batch against its gateway's key. */
+static void check_batch(const gwkey *keys, size_t nkeys, const gwkey **g, cm_sql_stmt *st,
+                        const char *alabel, content *c, report *r)
+{
+    const char *gw = cm_sql_column_text(st, 0);
+    int64_t epoch = cm_sql_column_int64(st, 1), seq = cm_sql_column_int64(st, 2);
+    int64_t readings = cm_sql_column_int64(st, 3);
+    size_t env_len = 0;
+    const uint8_t *env_bytes = cm_sql_column_blob(st, 4, &env_len);
+    if (!*g || strcmp((*g)->id, gw) != 0) {
+        gwkey probe = {.id = (char *)gw};
+        *g = nkeys ? bsearch(&probe, keys, nkeys, sizeof *keys, gwkey_cmp) : NULL;
+    }
+    if (!*g) {
+        batch_failed(c, r, alabel, gw, epoch, seq, "its gateway is not in the registry");
+        return;
+    }
+    if ((*g)->disposed) {
+        c->sig_disposed++;
+        note_disposed(c, gw);
+        return;
+    }
+    if (!(*g)->key) {
+        batch_failed(c, r, alabel, gw, epoch, seq,
+                     "its gateway's signing key in the registry is missing or unusable");
+        return;
+    }
+    Suido__SignedEnvelope *env =
+        env_bytes ? suido__signed_envelope__unpack(NULL, env_len, env_bytes) : NULL;
+    Suido__Header *h = NULL;
+    const char *why = NULL;
+    if (!env || env->base.n_unknown_fields)
+        why = "malformed envelope";
+    else if (cm_pubkey_verify((*g)->key, env->header.data, env->header.len, env->body.data,
+                              env->body.len, env->signature.data, env->signature.len) != CM_OK)
+        why = "SIGNATURE DOES NOT VERIFY with its gateway's key (altered after it was signed)";
+    else if (!(h = suido__header__unpack(NULL, env->header.len, env->header.data)) ||
+             !h->gateway_id || strcmp(h->gateway_id, gw) != 0 ||
+             h->boot_epoch != (uint64_t)epoch || h->seq != (uint64_t)seq ||
+             (int64_t)h->reading_count != readings)
+        why = "the signed header does not match the row it is stored under";
+    if (h)
+        suido__header__free_unpacked(h, NULL);
+    if (env)
+        suido__signed_envelope__free_unpacked(env, NULL);
+    if (why)
+        batch_failed(c, r, alabel, gw, epoch, seq, why);
+    else
+        c->sig_ok++;
+}
+
+#define BATCH_COLS "SELECT gateway, boot_epoch, seq, readings, envelope FROM batches "
+#define BATCH_PAGE 1000
+
 /* Re-verifies every stored batch envelope: its signature over (header, body) with the signing key
  * that the registry holds for its gateway (exactly as the verifier checked it on arrival), and
- * that the signed header names the row it is stored under. */
-static int check_signatures(sqlite3 *arch, const char *alabel, sqlite3 *reg, const char *rlabel,
+ * that the signed header names the row it is stored under. The batches are read in pages along
+ * their primary key, so memory stays bounded however large the archive. */
+static int check_signatures(cm_sql *arch, const char *alabel, cm_sql *reg, const char *rlabel,
                             content *c, report *r)
 {
     gwkey *keys = NULL;
@@ -582,71 +627,48 @@ static int check_signatures(sqlite3 *arch, const char *alabel, sqlite3 *reg, con
         return 0;
     c->checked_signatures = 1;
     c->sig_ok = c->sig_disposed = c->sig_failed = 0;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(arch,
-                           "SELECT gateway, boot_epoch, seq, readings, envelope FROM batches "
-                           "ORDER BY gateway, boot_epoch, seq",
-                           -1, &st, NULL) != SQLITE_OK) {
-        problem(r, "%s: cannot read the batches: %s", alabel, sqlite3_errmsg(arch));
+    cm_sql_stmt *first = NULL, *next = NULL;
+    if (cm_sql_prepare(arch, BATCH_COLS "ORDER BY gateway, boot_epoch, seq LIMIT 1000", &first) !=
+            CM_OK ||
+        cm_sql_prepare(arch,
+                       BATCH_COLS "WHERE gateway > ? OR (gateway = ? AND (boot_epoch > ? OR"
+                                  " (boot_epoch = ? AND seq > ?)))"
+                                  " ORDER BY gateway, boot_epoch, seq LIMIT 1000",
+                       &next) != CM_OK) {
+        problem(r, "%s: cannot read the batches: %s", alabel, cm_sql_error(arch));
+        cm_sql_finalize(&first);
         gwkeys_free(keys, nkeys);
         return 0;
     }
     const gwkey *g = NULL;
+    cm_sql_stmt *st = first;
+    char last_gw[128] = "";
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *gw = (const char *)sqlite3_column_text(st, 0);
-        int64_t epoch = sqlite3_column_int64(st, 1), seq = sqlite3_column_int64(st, 2);
-        int64_t readings = sqlite3_column_int64(st, 3);
-        const uint8_t *env_bytes = sqlite3_column_blob(st, 4);
-        size_t env_len = (size_t)sqlite3_column_bytes(st, 4);
-        if (!gw)
-            gw = "";
-        if (!g || strcmp(g->id, gw) != 0) {
-            gwkey probe = {.id = (char *)gw};
-            g = nkeys ? bsearch(&probe, keys, nkeys, sizeof *keys, gwkey_cmp) : NULL;
+    for (;;) {
+        int rows = 0;
+        int64_t last_epoch = 0, last_seq = 0;
+        while ((rc = cm_sql_step(st)) == CM_SQL_ROW) {
+            check_batch(keys, nkeys, &g, st, alabel, c, r);
+            snprintf(last_gw, sizeof last_gw, "%s", cm_sql_column_text(st, 0));
+            last_epoch = cm_sql_column_int64(st, 1);
+            last_seq = cm_sql_column_int64(st, 2);
+            rows++;
         }
-        if (!g) {
-            batch_failed(c, r, alabel, gw, epoch, seq, "its gateway is not in the registry");
-            continue;
-        }
-        if (g->disposed) {
-            c->sig_disposed++;
-            note_disposed(c, gw);
-            continue;
-        }
-        if (!g->key) {
-            batch_failed(c, r, alabel, gw, epoch, seq,
-                         "its gateway's signing key in the registry is missing or unusable");
-            continue;
-        }
-        Suido__SignedEnvelope *env =
-            env_bytes ? suido__signed_envelope__unpack(NULL, env_len, env_bytes) : NULL;
-        Suido__Header *h = NULL;
-        const char *why = NULL;
-        if (!env || env->base.n_unknown_fields)
-            why = "malformed envelope";
-        else if (cm_pubkey_verify(g->key, env->header.data, env->header.len, env->body.data,
-                                  env->body.len, env->signature.data,
-                                  env->signature.len) != CM_OK)
-            why = "SIGNATURE DOES NOT VERIFY with its gateway's key (altered after it was signed)";
-        else if (!(h = suido__header__unpack(NULL, env->header.len, env->header.data)) ||
-                 !h->gateway_id || strcmp(h->gateway_id, gw) != 0 ||
-                 h->boot_epoch != (uint64_t)epoch || h->seq != (uint64_t)seq ||
-                 (int64_t)h->reading_count != readings)
-            why = "the signed header does not match the row it is stored under";
-        if (h)
-            suido__header__free_unpacked(h, NULL);
-        if (env)
-            suido__signed_envelope__free_unpacked(env, NULL);
-        if (why)
-            batch_failed(c, r, alabel, gw, epoch, seq, why);
-        else
-            c->sig_ok++;
+        if (rc != CM_SQL_DONE || rows < BATCH_PAGE)
+            break;
+        st = next;
+        cm_sql_reset(st);
+        cm_sql_bind_text(st, 1, last_gw);
+        cm_sql_bind_text(st, 2, last_gw);
+        cm_sql_bind_int64(st, 3, last_epoch);
+        cm_sql_bind_int64(st, 4, last_epoch);
+        cm_sql_bind_int64(st, 5, last_seq);
     }
-    sqlite3_finalize(st);
+    cm_sql_finalize(&first);
+    cm_sql_finalize(&next);
     gwkeys_free(keys, nkeys);
-    if (rc != SQLITE_DONE) {
-        problem(r, "%s: reading the batches failed: %s", alabel, sqlite3_errmsg(arch));
+    if (rc != CM_SQL_DONE) {
+        problem(r, "%s: reading the batches failed: %s", alabel, cm_sql_error(arch));
         return 0;
     }
     if (c->sig_failed > MAX_BATCH_DETAILS)
@@ -655,36 +677,14 @@ static int check_signatures(sqlite3 *arch, const char *alabel, sqlite3 *reg, con
     return c->sig_failed == 0;
 }
 
-/* The facts of an archive and a registry file and, with sigs, every batch signature; compared
- * with m when it is given. Labels name the files in the problems. */
-static int check_databases(const char *apath, const char *alabel, const char *rpath,
-                           const char *rlabel, int immutable, const manifest *m, int sigs,
-                           content *c, report *r);
-
-static int check_content(const char *apath, const char *alabel, const char *rpath,
-                         const char *rlabel, const manifest *m, int sigs, content *c, report *r)
+/* The facts of an open archive and registry and, with sigs, every batch signature; compared with
+ * m when it is given. Labels name the databases in the problems. */
+static int check_open(cm_sql *arch, const char *alabel, cm_sql *reg, const char *rlabel,
+                      const manifest *m, int sigs, content *c, report *r)
 {
-    return check_databases(apath, alabel, rpath, rlabel, 1, m, sigs, c, r);
-}
-
-/* check_content on databases that may be live (immutable = 0: read through their WAL). */
-static int check_databases(const char *apath, const char *alabel, const char *rpath,
-                           const char *rlabel, int immutable, const manifest *m, int sigs,
-                           content *c, report *r)
-{
-    sqlite3 *arch = NULL, *reg = NULL;
-    int ok = 0;
-    if (!db_open_ro(apath, immutable, &arch)) {
-        problem(r, "%s: cannot open: %s", alabel, arch ? sqlite3_errmsg(arch) : "out of memory");
-        goto out;
-    }
-    if (!db_open_ro(rpath, immutable, &reg)) {
-        problem(r, "%s: cannot open: %s", rlabel, reg ? sqlite3_errmsg(reg) : "out of memory");
-        goto out;
-    }
     if (!archive_facts(arch, alabel, c, r) || !registry_facts(reg, rlabel, c, r))
-        goto out;
-    ok = 1;
+        return 0;
+    int ok = 1;
     if (m) {
         if (c->batches != m->batches || c->readings != m->readings) {
             problem(r,
@@ -708,10 +708,37 @@ static int check_databases(const char *apath, const char *alabel, const char *rp
     }
     if (sigs && !check_signatures(arch, alabel, reg, rlabel, c, r))
         ok = 0;
-out:
-    sqlite3_close(arch);
-    sqlite3_close(reg);
     return ok;
+}
+
+/* check_open on two SQLite files; immutable: finished copies (see db_open_ro), else live
+ * databases read through their WAL. */
+static int check_databases(const char *apath, const char *alabel, const char *rpath,
+                           const char *rlabel, int immutable, const manifest *m, int sigs,
+                           content *c, report *r)
+{
+    cm_sql *arch = NULL, *reg = NULL;
+    char why[512];
+    int ok = 0;
+    if (!db_open_ro(apath, immutable, &arch, why, sizeof why)) {
+        problem(r, "%s: cannot open: %s", alabel, why);
+        goto out;
+    }
+    if (!db_open_ro(rpath, immutable, &reg, why, sizeof why)) {
+        problem(r, "%s: cannot open: %s", rlabel, why);
+        goto out;
+    }
+    ok = check_open(arch, alabel, reg, rlabel, m, sigs, c, r);
+out:
+    cm_sql_close(&arch);
+    cm_sql_close(&reg);
+    return ok;
+}
+
+static int check_content(const char *apath, const char *alabel, const char *rpath,
+                         const char *rlabel, const manifest *m, int sigs, content *c, report *r)
+{
+    return check_databases(apath, alabel, rpath, rlabel, 1, m, sigs, c, r);
 }
 
 /* ------------------------------------------------------------------ configuration */
@@ -897,16 +924,15 @@ static int verify_dir(const cm_conf *conf, const char *dir, report *r)
     if (!r->file_ok[F_ARCHIVE] || !r->file_ok[F_REGISTRY])
         return 0;
     for (int f = 0; f < F__COUNT; f++) {
-        sqlite3 *db = NULL;
+        cm_sql *db = NULL;
         char msg[512];
-        if (!db_open_ro(path[f], 1, &db))
-            problem(r, "%s: cannot open as SQLite: %s", FILE_NAME[f],
-                    db ? sqlite3_errmsg(db) : "out of memory");
+        if (!db_open_ro(path[f], 1, &db, msg, sizeof msg))
+            problem(r, "%s: cannot open as SQLite: %s", FILE_NAME[f], msg);
         else if (!integrity_ok(db, msg, sizeof msg))
             problem(r, "%s: PRAGMA integrity_check: %s", FILE_NAME[f], msg);
         else
             r->integrity_ok[f] = 1;
-        sqlite3_close(db);
+        cm_sql_close(&db);
     }
     if (!r->integrity_ok[F_ARCHIVE] || !r->integrity_ok[F_REGISTRY])
         return 0;
@@ -940,12 +966,18 @@ static int snapshot(const char *src, const char *dst, const char **why, int *una
     sqlite3 *s = NULL, *d = NULL;
     sqlite3_backup *b = NULL;
     int ok = 0;
+    char uri[3 * 4096 + 64];
     *unavailable = 0;
-    if (!db_open_ro(src, 0, &s)) {
+    if (!ctl_sqlite_ro_uri(src, 0, uri, sizeof uri)) {
+        *why = "path too long";
+        goto out;
+    }
+    if (sqlite3_open_v2(uri, &s, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK) {
         *why = s ? sqlite3_errmsg(s) : "out of memory";
         *unavailable = 1;
         goto out;
     }
+    sqlite3_busy_timeout(s, 10000);
     /* the copy must be a new file: this refuses anything already there */
     int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
@@ -1017,12 +1049,44 @@ static int write_new_file(const char *path, const void *buf, size_t len)
     return close(fd) == 0 && ok;
 }
 
+/* Snapshot of the PostgreSQL archive that suidoctl.conf names into the new SQLite file dst
+ * (backup_pg.h): the same schema and rows as a SQLite archive's, read in one REPEATABLE READ
+ * transaction. Returns B_OK, or an exit code with the reason printed. */
+static int snapshot_pg(const cm_conf *conf, const char *dst)
+{
+    char label[4200], why[600];
+    cm_sql *db = NULL;
+    uint64_t rows = 0;
+    int rc = ctl_archive_open(conf, &db, label, sizeof label);
+    if (rc != 0)
+        return rc == 2 ? B_USAGE : B_UNAVAILABLE;
+    int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        ctl_say("%s: %s", dst, strerror(errno));
+        cm_sql_close(&db);
+        return B_FAILED;
+    }
+    close(fd);
+    rc = B_OK;
+    if (!backup_pg_snapshot(db, dst, &rows, why, sizeof why)) {
+        ctl_say("%s: snapshot of the PostgreSQL archive (%s) failed: %s", FILE_NAME[F_ARCHIVE],
+                label, why);
+        rc = cm_sql_connected(db) ? B_FAILED : B_UNAVAILABLE;
+    }
+    cm_sql_close(&db);
+    return rc;
+}
+
 int backup_create(const cm_conf *conf, const char *dir, int json)
 {
     const char *src[F__COUNT], *keyf;
     char depl[HEX_SHA256];
-    if (!conf_need(conf, "archive", "database", "the archive database to back up",
-                   &src[F_ARCHIVE]) ||
+    const char *pgfile = cm_conf_get(conf, "archive", "postgresql");
+    int archive_pg = pgfile && *pgfile;
+    if (archive_pg)
+        src[F_ARCHIVE] = pgfile;
+    if ((!archive_pg && !conf_need(conf, "archive", "database", "the archive database to back up",
+                                   &src[F_ARCHIVE])) ||
         !conf_need(conf, "backup", "registry_database", "the registry database to back up",
                    &src[F_REGISTRY]) ||
         !conf_need(conf, "backup", "signing_key", "the backup signing key (0600)", &keyf))
@@ -1053,7 +1117,11 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         const char *why = "";
         int unavailable = 0;
         join(path[f], sizeof path[f], dir, FILE_NAME[f]);
-        if (!snapshot(src[f], path[f], &why, &unavailable)) {
+        if (f == F_ARCHIVE && archive_pg) {
+            if ((rc = snapshot_pg(conf, path[f])) != B_OK)
+                goto out;
+            rc = B_FAILED;
+        } else if (!snapshot(src[f], path[f], &why, &unavailable)) {
             ctl_say("%s: snapshot of %s failed: %s", FILE_NAME[f], src[f], why);
             if (unavailable)
                 rc = B_UNAVAILABLE;
@@ -1066,17 +1134,17 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
     }
     /* the manifest describes the finished copies, so every fact is read back from them */
     for (int f = 0; f < F__COUNT; f++) {
-        sqlite3 *db = NULL;
+        cm_sql *db = NULL;
         char msg[512];
         const char *why = "";
-        if (!db_open_ro(path[f], 1, &db) || !integrity_ok(db, msg, sizeof msg)) {
+        if (!db_open_ro(path[f], 1, &db, msg, sizeof msg) || !integrity_ok(db, msg, sizeof msg)) {
             ctl_say("%s: the snapshot of %s fails PRAGMA integrity_check: %s (the live database may "
                 "be damaged; no backup made)",
-                FILE_NAME[f], src[f], db ? msg : "cannot open");
-            sqlite3_close(db);
+                FILE_NAME[f], src[f], msg);
+            cm_sql_close(&db);
             goto out;
         }
-        sqlite3_close(db);
+        cm_sql_close(&db);
         r.integrity_ok[f] = r.file_checked[f] = 1;
         if (!hash_file(path[f], -1, &r.file_size[f], r.m.sha256[f], &why)) {
             ctl_say("%s: %s", path[f], why);
@@ -1375,13 +1443,27 @@ out:
 
 int archive_verify_live(const cm_conf *conf, int json)
 {
-    const char *apath, *rpath;
-    if (!conf_need(conf, "archive", "database", "the archive to check", &apath) ||
-        !conf_need(conf, "backup", "registry_database", "the gateways' signing keys", &rpath))
+    const char *rpath;
+    char apath[4200], why[512];
+    if (!conf_need(conf, "backup", "registry_database", "the gateways' signing keys", &rpath))
         return 2;
+    cm_sql *arch = NULL, *reg = NULL;
+    int orc = ctl_archive_open(conf, &arch, apath, sizeof apath);
+    if (orc != 0)
+        return orc;
     report r = {0};
     r.json = json;
-    int ok = check_databases(apath, apath, rpath, rpath, 0, NULL, 1, &r.c, &r) && !failed(&r);
+    int ok = 0;
+    /* one committed state of the archive for the counts, the chain and the batches */
+    if (cm_sql_begin_snapshot(arch) != CM_OK)
+        problem(&r, "%s: %s", apath, cm_sql_error(arch));
+    else if (!db_open_ro(rpath, 0, &reg, why, sizeof why))
+        problem(&r, "%s: cannot open: %s", rpath, why);
+    else
+        ok = check_open(arch, apath, reg, rpath, NULL, 1, &r.c, &r) && !failed(&r);
+    cm_sql_rollback(arch);
+    cm_sql_close(&arch);
+    cm_sql_close(&reg);
     if (json) {
         printf("{\"ok\":%s,\"batches\":%" PRIu64 ",\"readings\":%" PRIu64
                ",\"verified\":%" PRIu64 ",\"unverifiable_disposed\":%" PRIu64
@@ -1397,4 +1479,101 @@ int archive_verify_live(const cm_conf *conf, int json)
         ctl_say("%s", r.problems[i]);
     report_free(&r);
     return ok ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------ restore into PostgreSQL */
+
+int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, int json)
+{
+    report r = {.dir = dir, .json = json, .restore_to = pgfile};
+    int rc = verify_dir(conf, dir, &r);
+    if (rc < 0) {
+        report_free(&r);
+        return B_USAGE;
+    }
+    if (failed(&r)) {
+        print_report(&r, "");
+        ctl_say("restore refused: the backup did not verify; nothing was written to the "
+                "PostgreSQL database of %s", pgfile);
+        report_free(&r);
+        return B_FAILED;
+    }
+    static char conninfo[8192];
+    char why[600], apath[4200], rpath[4200];
+    cm_sql *dst = NULL, *src = NULL, *reg = NULL;
+    uint64_t rows = 0;
+    content again = {0};
+    report rr = {.dir = dir};
+    if (cm_sql_read_conninfo(pgfile, conninfo, sizeof conninfo, why, sizeof why) != CM_OK) {
+        ctl_say("--postgresql %s", why);
+        report_free(&r);
+        return B_USAGE;
+    }
+    rc = cm_sql_open_as(CM_SQL_POSTGRESQL, conninfo, 0, &dst, why, sizeof why) == CM_OK
+             ? B_FAILED
+             : B_UNAVAILABLE;
+    explicit_bzero(conninfo, sizeof conninfo);
+    if (rc == B_UNAVAILABLE) {
+        ctl_say("PostgreSQL database (%s) unreachable or refused: %s", pgfile, why);
+        goto out;
+    }
+    join(apath, sizeof apath, dir, FILE_NAME[F_ARCHIVE]);
+    join(rpath, sizeof rpath, dir, FILE_NAME[F_REGISTRY]);
+    if (!db_open_ro(apath, 1, &src, why, sizeof why) ||
+        !db_open_ro(rpath, 1, &reg, why, sizeof why)) {
+        ctl_say("%s: %s", dir, why);
+        goto out;
+    }
+    if (!backup_pg_empty(dst, why, sizeof why)) {
+        ctl_say("restore refused: %s: %s; nothing was written", pgfile, why);
+        goto out;
+    }
+    /* one transaction: the load and its re-verification, or nothing */
+    if (cm_sql_begin(dst) != CM_OK) {
+        ctl_say("%s: %s", pgfile, cm_sql_error(dst));
+        goto out;
+    }
+    if (!backup_pg_load(src, dst, &rows, why, sizeof why)) {
+        ctl_say("restore refused: loading %s into %s failed: %s; nothing was written", apath,
+                pgfile, why);
+        cm_sql_rollback(dst);
+        goto out;
+    }
+    /* what was loaded, read back from PostgreSQL, must match the signed manifest and carry every
+     * batch signature again */
+    if (!check_open(dst, pgfile, reg, FILE_NAME[F_REGISTRY], &r.m, 1, &again, &rr)) {
+        for (size_t i = 0; i < rr.n_problems; i++)
+            ctl_say("restored %s", rr.problems[i]);
+        ctl_say("restore refused: the loaded archive did not re-verify; nothing was written to %s",
+                pgfile);
+        cm_sql_rollback(dst);
+        goto out;
+    }
+    if (cm_sql_commit(dst) != CM_OK) {
+        ctl_say("%s: commit failed: %s; nothing was written", pgfile, cm_sql_error(dst));
+        goto out;
+    }
+    r.c.sig_ok = again.sig_ok;
+    r.c.sig_disposed = again.sig_disposed;
+    r.c.sig_failed = again.sig_failed;
+    r.restored = 1;
+    rc = B_OK;
+    if (json) {
+        print_json(&r);
+    } else {
+        print_report(&r, "OK");
+        printf("restored the archive into the PostgreSQL database of %s: %" PRIu64 " rows\n",
+               pgfile, rows);
+        printf("  re-read from PostgreSQL: %" PRIu64 " signatures verified again, %" PRIu64
+               " unverifiable (gateway disposed), 0 failed\n",
+               again.sig_ok, again.sig_disposed);
+        printf("the registry is not in PostgreSQL: restore it with --to STATEDIR\n");
+    }
+out:
+    report_free(&rr);
+    cm_sql_close(&src);
+    cm_sql_close(&reg);
+    cm_sql_close(&dst);
+    report_free(&r);
+    return rc;
 }

@@ -3,7 +3,9 @@
  *
  * A backup is a new directory holding
  *     archive.db, registry.db   consistent snapshots taken with SQLite's online backup API while
- *                               the services keep running (rollback-journal files, mode 0600)
+ *                               the services keep running (rollback-journal files, mode 0600);
+ *                               of a PostgreSQL archive, a SQLite file of the same schema read in
+ *                               one REPEATABLE READ transaction
  *     manifest                  what the backup claims (cm_conf INI text, see below)
  *     manifest.sig              ECDSA P-256 / SHA-256 signature, DER, over
  *                               BACKUP_DOMAIN "\0" || the manifest's exact bytes (cm_sign_domain)
@@ -22,7 +24,9 @@
  * from the backed-up registry. A disposed gateway has no key left: its batches are counted as
  * unverifiable by disposal, not as failures.
  *
- * Configuration (suidoctl.conf): [archive] database; [backup] registry_database, signing_key
+ * Configuration (suidoctl.conf): [archive] database, or [archive] postgresql (a file, mode 0600,
+ * holding the libpq connection string: the archive is in PostgreSQL and create takes its snapshot
+ * into an archive.db of the same schema, backup_pg.h); [backup] registry_database, signing_key
  * (create), verify_key (verify, restore), ca (all three).
  *
  * Every function prints its summary on stdout (one JSON object with json set) and its reasons on
@@ -52,8 +56,17 @@ int backup_verify(const cm_conf *conf, const char *dir, int json);
 int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, int force,
                    int json);
 
-/* `suidoctl archive verify`: the same checks on the live archive and registry (read-only,
- * through their WAL, while the services run): the audit chain and every stored batch signature. */
+/* Verifies the backup in dir in full, then loads its archive into the empty PostgreSQL database
+ * whose connection string pgfile holds (mode 0600): the backup's own schema (cm_sql_exec_ddl),
+ * every row, identity counters past the loaded ids, the schema version; then reads it back and
+ * checks it against the manifest (counts, audit chain head) and every batch signature, all in
+ * one transaction, committed only when everything held. A database that has any table is
+ * refused. The registry stays a SQLite file: backup_restore puts it in place. */
+int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, int json);
+
+/* `suidoctl archive verify`: the same checks on the live archive (SQLite or PostgreSQL) and
+ * registry (read-only, in one read transaction, while the services run): the audit chain and
+ * every stored batch signature. */
 int archive_verify_live(const cm_conf *conf, int json);
 
 #endif

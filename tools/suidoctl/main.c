@@ -9,8 +9,10 @@
  *   suidoctl [-c CONF] [--json] certs [--days N]
  *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
  *   suidoctl [-c CONF] [--json] archive gaps [--gateway ID] | verify
+ *   suidoctl [-c CONF] [--json] archive status | promote [--force]
  *   suidoctl [-c CONF] [--json] backup create|verify DIR
  *   suidoctl [-c CONF] [--json] backup restore DIR --to STATEDIR [--force]
+ *   suidoctl [-c CONF] [--json] backup restore DIR --postgresql CONNINFO_FILE [--to STATEDIR]
  *   suidoctl [-c CONF] [--json] login ID --totp CODE [--password-file F] [--source S]
  *   suidoctl [-c CONF] logout
  *   suidoctl [-c CONF] [--json] operator add ID --role viewer|operator|admin [--password-file F]
@@ -47,7 +49,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
 #include <zmq.h>
 
 #include "audit_check.h"
@@ -57,6 +58,7 @@
 #include "cm_conf.h"
 #include "cm_log.h"
 #include "cm_registry.h"
+#include "cm_sql.h"
 #include "cm_time.h"
 #include "cm_zmq.h"
 #include "provision.h"
@@ -71,6 +73,8 @@ static const cm_conf_spec SPEC[] = {
     {"service", "*", 0, "other daemon keys are ignored"},
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"archive", "database", 0, "archive database (read-only) for audit verify"},
+    {"archive", "postgresql", 0, "instead of database: file (0600) with the libpq connection "
+                                 "string of a PostgreSQL archive"},
     {"archive", "connect", 0, "archive API endpoint (alert cases)"},
     {"archive", "server_key", 0, "archive CURVE public key file"},
     {"archive", "timeout_ms", 0, "how long to wait for the archive (default 10000)"},
@@ -109,9 +113,13 @@ static void usage(void)
             "  audit verify [--db PATH]  check the audit log's hash chain\n"
             "  archive gaps [--gateway ID]  missing sequences per gateway and boot epoch\n"
             "  archive verify            re-verify every stored batch signature and the audit chain\n"
+            "  archive status            replication: role, position, each standby's lag\n"
+            "  archive promote [--force] make the standby ([archive] connect) the primary\n"
             "  backup create DIR         signed online snapshot of the archive and registry\n"
             "  backup verify DIR         check a backup: signature, hashes, audit chain, batches\n"
             "  backup restore DIR --to STATEDIR [--force]  verify, then restore; services stopped\n"
+            "  backup restore DIR --postgresql FILE  load the archive into an empty PostgreSQL\n"
+            "                            database (FILE: its connection string, mode 0600)\n"
             "  login ID --totp CODE [--password-file F] [--source S]\n"
             "  logout\n"
             "  operator add ID --role viewer|operator|admin [--password-file F]\n"
@@ -299,6 +307,76 @@ static Suido__ArchiveReply *archive_call(ctl *c, Suido__ArchiveRequest *req)
         (Suido__ArchiveReply *)rpc(c, "archive", &req->base, &suido__archive_reply__descriptor);
     check_status(rep->status, rep->error);
     return rep;
+}
+
+/* `archive status` and `archive promote`: the replication state of the archive named by
+ * [archive] connect (a primary: each standby's acknowledged position and lag; a standby: what it
+ * applied, how far behind, when the primary last answered). Promotion is refused by the standby
+ * while its primary still answers, unless forced. */
+static int cmd_archive_repl(ctl *c, int promote, int force)
+{
+    Suido__ArchiveRequest req = SUIDO__ARCHIVE_REQUEST__INIT;
+    req.op = promote ? SUIDO__ARCHIVE_OP__REPL_PROMOTE : SUIDO__ARCHIVE_OP__REPL_STATUS;
+    req.force = force;
+    Suido__ArchiveReply *rep = archive_call(c, &req);
+    const Suido__ReplicationStatus *st = rep->replication;
+    if (!st)
+        fail(EXIT_FAILED, "%s", "the archive answered without its replication status");
+    double silent_s = st->primary_answered_ms && st->now_ms >= st->primary_answered_ms
+                          ? (double)(st->now_ms - st->primary_answered_ms) / 1000.0
+                          : -1;
+    if (c->json) {
+        printf("{");
+        json_str("role", st->role, 1);
+        printf("\"position\":%llu,\"head\":%llu,\"behind\":%llu,\"primary_answered_ms\":%llu,"
+               "\"primary_silent_s\":%.3f,\"handshakes_refused\":%llu,\"applied_ms\":%llu,"
+               "\"now_ms\":%llu,",
+               (unsigned long long)st->position, (unsigned long long)st->head,
+               (unsigned long long)st->behind, (unsigned long long)st->primary_answered_ms,
+               silent_s, (unsigned long long)st->handshakes_refused,
+               (unsigned long long)st->applied_ms, (unsigned long long)st->now_ms);
+        json_str("stopped", st->stopped, 1);
+        printf("\"promoted\":%s,\"standbys\":[", promote ? "true" : "false");
+        for (size_t i = 0; i < st->n_standbys; i++) {
+            const Suido__StandbyState *b = st->standbys[i];
+            printf("%s{", i ? "," : "");
+            json_str("name", b->name, 1);
+            printf("\"acked\":%llu,\"acked_ms\":%llu,\"behind\":%llu,\"lag_s\":%.3f,"
+                   "\"live\":%s}",
+                   (unsigned long long)b->acked, (unsigned long long)b->acked_ms,
+                   (unsigned long long)b->behind, b->lag_s, b->live ? "true" : "false");
+        }
+        printf("]}\n");
+    } else if (strcmp(st->role, "primary") == 0) {
+        printf("archive: primary, newest input %llu, %zu standby(s)\n",
+               (unsigned long long)st->position, st->n_standbys);
+        for (size_t i = 0; i < st->n_standbys; i++) {
+            const Suido__StandbyState *b = st->standbys[i];
+            printf("  %-20s %-5s acknowledged %llu (%.1f s ago), behind %llu, lag %.1f s\n",
+                   b->name, b->live ? "live" : "GONE", (unsigned long long)b->acked,
+                   (double)(st->now_ms - b->acked_ms) / 1000.0, (unsigned long long)b->behind,
+                   b->lag_s);
+        }
+    } else if (strcmp(st->role, "standby") == 0) {
+        printf("archive: standby, applied %llu of %llu (behind %llu)",
+               (unsigned long long)st->position, (unsigned long long)st->head,
+               (unsigned long long)st->behind);
+        if (silent_s >= 0)
+            printf(", primary answered %.1f s ago\n", silent_s);
+        else
+            printf(", the primary never answered\n");
+        if (*st->stopped)
+            printf("  APPLYING STOPPED: %s\n", st->stopped);
+        if (st->handshakes_refused)
+            printf("  handshakes with the primary refused: %llu (key not on its allow-list?)\n",
+                   (unsigned long long)st->handshakes_refused);
+    } else {
+        printf("archive: %s%s, position %llu\n", st->role,
+               promote ? " (now the primary: it stores the pipeline's input and acknowledges)" : "",
+               (unsigned long long)st->position);
+    }
+    suido__archive_reply__free_unpacked(rep, NULL);
+    return EXIT_OK;
 }
 
 static void print_case(const ctl *c, const Suido__AlertCase *k, int first)
@@ -750,21 +828,25 @@ static int cmd_operator_state(ctl *c, const char *verb, const char *id)
 /* Recomputes the hash chain of the audit log; reports the first entry that does not fit. */
 static int cmd_audit_verify(ctl *c, const char *db)
 {
-    if (!db)
-        db = cm_conf_get(c->conf, "archive", "database");
-    if (!db)
-        fail(EXIT_USAGE, "%s", "no archive database: give --db PATH or [archive] database");
-    char uri[4200];
-    snprintf(uri, sizeof uri, "file:%s?mode=ro", db);
-    sqlite3 *h = NULL;
+    cm_sql *h = NULL;
+    char label[4200], uri[3 * 4096 + 64], why[600] = "path too long";
     audit_check_result r;
-    if (sqlite3_open_v2(uri, &h, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK ||
-        audit_check_db(h, &r) != CM_OK) {
-        fprintf(stderr, "suidoctl: %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
-        sqlite3_close(h);
+    if (db) { /* a SQLite archive named on the command line */
+        snprintf(label, sizeof label, "%s", db);
+        if (!ctl_sqlite_ro_uri(db, 0, uri, sizeof uri) ||
+            cm_sql_open_as(CM_SQL_SQLITE, uri, 1, &h, why, sizeof why) != CM_OK)
+            fail(EXIT_UNAVAILABLE, "%s: %s", db, why);
+    } else {
+        int orc = ctl_archive_open(c->conf, &h, label, sizeof label);
+        if (orc != 0)
+            return orc;
+    }
+    if (audit_check_db(h, &r) != CM_OK) {
+        fprintf(stderr, "suidoctl: %s: %s\n", label, cm_sql_error(h));
+        cm_sql_close(&h);
         return EXIT_UNAVAILABLE;
     }
-    sqlite3_close(h);
+    cm_sql_close(&h);
     if (c->json)
         printf("{\"ok\":%s,\"entries\":%llu,\"first_bad\":%llu,\"head\":\"%s\"}\n",
                r.why ? "false" : "true", (unsigned long long)r.entries,
@@ -790,7 +872,7 @@ int main(int argc, char **argv)
     const char *role = NULL, *who = NULL, *unit = NULL, *cause = NULL, *action = NULL;
     int all = 0;
     const char *gateway = NULL;
-    const char *restore_to = NULL;
+    const char *restore_to = NULL, *restore_pg = NULL;
     int force = 0;
     provision_request prov = {0};
     long days = 30;
@@ -828,6 +910,8 @@ int main(int argc, char **argv)
             all = 1;
         else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
             restore_to = argv[++i];
+        else if (strcmp(argv[i], "--postgresql") == 0 && i + 1 < argc)
+            restore_pg = argv[++i];
         else if (strcmp(argv[i], "--force") == 0)
             force = 1;
         else if (strcmp(argv[i], "--unit") == 0 && i + 1 < argc)
@@ -874,15 +958,22 @@ int main(int argc, char **argv)
         rc = cmd_audit_verify(&c, db);
     else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "gaps") == 0)
         rc = archive_gaps(c.conf, gateway, c.json);
+    else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "status") == 0)
+        rc = cmd_archive_repl(&c, 0, 0);
+    else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "promote") == 0)
+        rc = cmd_archive_repl(&c, 1, force);
     else if (strcmp(cmd, "archive") == 0 && nargs == 2 && strcmp(args[1], "verify") == 0)
         rc = archive_verify_live(c.conf, c.json);
     else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "create") == 0)
         rc = backup_create(c.conf, args[2], c.json);
     else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "verify") == 0)
         rc = backup_verify(c.conf, args[2], c.json);
-    else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "restore") == 0)
-        rc = backup_restore(c.conf, args[2], restore_to, force, c.json);
-    else if (strcmp(cmd, "login") == 0 && nargs == 2)
+    else if (strcmp(cmd, "backup") == 0 && nargs == 3 && strcmp(args[1], "restore") == 0) {
+        /* --postgresql: the archive into PostgreSQL; --to: the files into a state directory */
+        rc = restore_pg ? backup_restore_pg(c.conf, args[2], restore_pg, c.json) : EXIT_OK;
+        if (rc == EXIT_OK && (restore_to || !restore_pg))
+            rc = backup_restore(c.conf, args[2], restore_to, force, c.json);
+    } else if (strcmp(cmd, "login") == 0 && nargs == 2)
         rc = cmd_login(&c, args[1], pwfile, totp, source);
     else if (strcmp(cmd, "logout") == 0 && nargs == 1)
         rc = cmd_simple(&c, SUIDO__REGISTRY_OP__REG_LOGOUT, NULL);

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# compose/mkfolders.sh - the per-container folders of a compose deployment, called by
+# `scripts/mkdeploy.sh DIR --compose` once DIR holds the PKI and the configurations.
+#
+#   compose/mkfolders.sh DIR
+#
+# Writes DIR/compose/<name>/ for every container: its configuration (etc/<name>.conf) with the
+# paths the container sees (the folder is mounted read-only on /deploy, state lives under
+# /var/lib/suido), and a copy of exactly the files that configuration names: the service's own
+# keys and certificates, its peers' public keys, the CA certificate. Nothing else, so a
+# container holds no other service's private key. Each folder (mode 0700) and its files belong
+# to the container's uid (compose/uids); private keys stay 0600. Must run as root (chown).
+# The broker's folder gets mosquitto.conf and the ACL from broker/mkconf.sh; the gateway
+# simulator's the field credentials of every gateway; archive-check's only a suidoctl
+# configuration for `archive gaps` on the archive's volume.
+set -euo pipefail
+PROG=mkfolders
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TOP=$(cd "$HERE/.." && pwd)
+[[ $# -eq 1 ]] || die "usage: compose/mkfolders.sh DIR"
+DIR=$(cd "$1" && pwd)
+[[ -f "$DIR/etc/registry.conf" && -f "$DIR/ca/ca.crt" ]] || die "$DIR is not a deployment (scripts/mkdeploy.sh)"
+[[ $(id -u) -eq 0 ]] || die "must run as root: each folder belongs to its container's user"
+OUT=$DIR/compose
+
+uid_of() {
+    local u
+    u=$(awk -v n="$1" '$1 == n { print $2 }' "$HERE/uids")
+    [[ -n "$u" ]] || die "no uid for '$1' in compose/uids"
+    echo "$u"
+}
+
+# Host paths -> container paths, most specific first.
+to_container() {
+    sed -e "s#$DIR/state/metrics/#/var/lib/suido/#g" \
+        -e "s#$DIR/mosquitto/identities.state#/var/lib/suido-identities/identities.state#g" \
+        -e "s#$DIR/state/#/var/lib/suido/#g" \
+        -e "s#$TOP/services/monitor/www#/usr/share/suido/monitor/www#g" \
+        -e "s#$DIR/#/deploy/#g" -e "s#$DIR\$#/deploy#g"
+}
+
+# copy_named FOLDER FILE: copies into FOLDER every deployment file that FILE (a configuration
+# already in container paths) names under /deploy/, and follows the configurations it copies.
+copy_named() {
+    local folder=$1 file=$2 p rel
+    while read -r p; do
+        rel=${p#/deploy/}
+        [[ -f "$DIR/$rel" && ! -e "$folder/$rel" ]] || continue
+        mkdir -p "$folder/$(dirname "$rel")"
+        cp -p "$DIR/$rel" "$folder/$rel"
+        if [[ "$rel" == *.conf ]]; then
+            to_container <"$DIR/$rel" >"$folder/$rel"
+            copy_named "$folder" "$folder/$rel"
+        fi
+    done < <(grep -o '/deploy/[^ ,;]*' "$file" | sort -u)
+}
+
+# seal FOLDER NAME: the folder and everything in it belong to NAME's uid, no one else may enter.
+seal() {
+    local u
+    u=$(uid_of "$2")
+    chown -R "$u:$u" "$1"
+    chmod 0700 "$1"
+}
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+chmod 0755 "$OUT"
+
+# ---------------------------------------------------------------- the services
+for conf in "$DIR"/etc/*.conf; do
+    name=$(basename "$conf" .conf)
+    case "$name" in
+        suidoctl-standby) continue ;;           # an operator's file: the host keeps it
+    esac
+    f=$OUT/$name
+    mkdir -p "$f/etc"
+    # [pki] is the operator's host business (the CA's private key never enters a container)
+    to_container <"$conf" | awk '/^\[/ { skip = ($0 == "[pki]") } !skip' >"$f/etc/$name.conf"
+    if [[ $name == monitor ]]; then
+        # the console listens on the container's web network (compose/docker-compose.yml)
+        sed -i 's#^bind = 127\.0\.0\.1:[0-9]*$#bind = 0.0.0.0:8443#' "$f/etc/$name.conf"
+    fi
+    copy_named "$f" "$f/etc/$name.conf"
+    seal "$f" "$name"
+done
+
+# ---------------------------------------------------------------- the broker
+gen=$(mktemp -d "${TMPDIR:-/tmp}/suido-broker.XXXXXX")
+trap 'rm -rf -- "$gen"' EXIT
+"$TOP/broker/mkconf.sh" "$DIR" "$gen" 8883 --bind 0.0.0.0 \
+    --metrics-file "$DIR/state/metrics/mosquitto.prom" >/dev/null
+plugin=$(awk '$1 == "plugin" { print $2 }' "$gen/mosquitto.conf")
+f=$OUT/broker
+mkdir -p "$f/mosquitto"
+sed -e "s#$gen/acl#/deploy/mosquitto/acl#g" \
+    -e "s#$gen/identities.state#/var/lib/suido-identities/identities.state#g" \
+    -e "s#$gen/data/#/var/lib/suido/#g" \
+    -e "s#$plugin#/usr/lib/suido/suido_plugin.so#g" \
+    "$gen/mosquitto.conf" | to_container >"$f/mosquitto/mosquitto.conf"
+cp "$gen/acl" "$f/mosquitto/acl"
+copy_named "$f" "$f/mosquitto/mosquitto.conf"
+seal "$f" broker
+
+# ---------------------------------------------------------------- the gateway simulator
+# The field side: every gateway's TLS and signing keys, the CA, the platform's public wrap key
+# and the gate's public command key; an inventory of the gateways only.
+f=$OUT/gateway-sim
+mkdir -p "$f/ca" "$f/platform" "$f/gateways"
+awk '/^\[/ { keep = ($1 == "[gateway") } keep' "$DIR/inventory.conf" | to_container >"$f/inventory.conf"
+cp -p "$DIR/ca/ca.crt" "$f/ca/"
+for k in wrap.pub command.pub; do [[ ! -f "$DIR/platform/$k" ]] || cp -p "$DIR/platform/$k" "$f/platform/"; done
+for d in "$DIR"/gateways/*/; do
+    g=$(basename "$d")
+    mkdir -p "$f/gateways/$g"
+    cp -p "$d"/client.crt "$d"/client.key "$d"/sign.key "$d"/sign.pub "$f/gateways/$g/"
+done
+seal "$f" gateway-sim
+
+# ---------------------------------------------------------------- archive-check
+# `suidoctl archive gaps` as the archive's user on the archive's volume (read-only): only the
+# configuration, no key (the command reads the database and nothing else).
+f=$OUT/archive-check
+mkdir -p "$f/etc"
+cp -p "$OUT/suidoctl/etc/suidoctl.conf" "$f/etc/suidoctl.conf"
+seal "$f" archive
+
+echo "$PROG: $(ls "$OUT" | wc -l) container folders in $OUT"
