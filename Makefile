@@ -145,6 +145,17 @@ test-faults: deps
 	@$(MAKE) --no-print-directory build
 	@SUIDO_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/faults/run.py
 
+# Container images from Debian packages and this build (compose/README.md), and the suite as
+# containers end to end: scaling, kills, isolation, 0 gaps (compose/tests/test_compose.py).
+.PHONY: images test-compose
+images: deps
+	@$(MAKE) --no-print-directory build
+	@compose/images.sh $(BUILD)
+
+test-compose: images
+	@SUIDO_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE \
+	  compose/tests/test_compose.py
+
 clean:
 	rm -rf build
 

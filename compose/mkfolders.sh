@@ -65,17 +65,22 @@ seal() {
     chmod 0700 "$1"
 }
 
-rm -rf "$OUT"
+# Folders are made in a staging area and then synced into place: a running container keeps its
+# folder (the bind mount holds the directory, not its path) and sees the new files, so a new CRL
+# or profile needs no new container (docs/operations.md).
 mkdir -p "$OUT"
 chmod 0755 "$OUT"
+STAGE=$(mktemp -d "$OUT/.stage.XXXXXX")
+gen=""
+trap 'rm -rf -- "$STAGE" ${gen:+"$gen"}' EXIT
 
 # ---------------------------------------------------------------- the services
 for conf in "$DIR"/etc/*.conf; do
     name=$(basename "$conf" .conf)
     case "$name" in
-        suidoctl-standby) continue ;;           # an operator's file: the host keeps it
+        suidoctl-standby) continue ;;           # goes with suidoctl's own, below
     esac
-    f=$OUT/$name
+    f=$STAGE/$name
     mkdir -p "$f/etc"
     # [pki] is the operator's host business (the CA's private key never enters a container)
     to_container <"$conf" | awk '/^\[/ { skip = ($0 == "[pki]") } !skip' >"$f/etc/$name.conf"
@@ -86,14 +91,20 @@ for conf in "$DIR"/etc/*.conf; do
     copy_named "$f" "$f/etc/$name.conf"
     seal "$f" "$name"
 done
+# suidoctl aimed at the standby (archive status, promote): same identity, same folder
+if [[ -f "$DIR/etc/suidoctl-standby.conf" ]]; then
+    to_container <"$DIR/etc/suidoctl-standby.conf" | awk '/^\[/ { skip = ($0 == "[pki]") } !skip' \
+        >"$STAGE/suidoctl/etc/suidoctl-standby.conf"
+    copy_named "$STAGE/suidoctl" "$STAGE/suidoctl/etc/suidoctl-standby.conf"
+    seal "$STAGE/suidoctl" suidoctl
+fi
 
 # ---------------------------------------------------------------- the broker
 gen=$(mktemp -d "${TMPDIR:-/tmp}/suido-broker.XXXXXX")
-trap 'rm -rf -- "$gen"' EXIT
 "$TOP/broker/mkconf.sh" "$DIR" "$gen" 8883 --bind 0.0.0.0 \
     --metrics-file "$DIR/state/metrics/mosquitto.prom" >/dev/null
 plugin=$(awk '$1 == "plugin" { print $2 }' "$gen/mosquitto.conf")
-f=$OUT/broker
+f=$STAGE/broker
 mkdir -p "$f/mosquitto"
 sed -e "s#$gen/acl#/deploy/mosquitto/acl#g" \
     -e "s#$gen/identities.state#/var/lib/suido-identities/identities.state#g" \
@@ -107,7 +118,7 @@ seal "$f" broker
 # ---------------------------------------------------------------- the gateway simulator
 # The field side: every gateway's TLS and signing keys, the CA, the platform's public wrap key
 # and the gate's public command key; an inventory of the gateways only.
-f=$OUT/gateway-sim
+f=$STAGE/gateway-sim
 mkdir -p "$f/ca" "$f/platform" "$f/gateways"
 awk '/^\[/ { keep = ($1 == "[gateway") } keep' "$DIR/inventory.conf" | to_container >"$f/inventory.conf"
 cp -p "$DIR/ca/ca.crt" "$f/ca/"
@@ -122,9 +133,22 @@ seal "$f" gateway-sim
 # ---------------------------------------------------------------- archive-check
 # `suidoctl archive gaps` as the archive's user on the archive's volume (read-only): only the
 # configuration, no key (the command reads the database and nothing else).
-f=$OUT/archive-check
+f=$STAGE/archive-check
 mkdir -p "$f/etc"
-cp -p "$OUT/suidoctl/etc/suidoctl.conf" "$f/etc/suidoctl.conf"
+cp -p "$STAGE/suidoctl/etc/suidoctl.conf" "$f/etc/suidoctl.conf"
 seal "$f" archive
+
+# ---------------------------------------------------------------- into place
+for new in "$STAGE"/*/; do
+    name=$(basename "$new")
+    dst=$OUT/$name
+    mkdir -p "$dst"
+    # what the new folder no longer holds goes; the rest is replaced file by file
+    (cd "$dst" && find . -depth -mindepth 1 | while read -r e; do
+        [[ -e "$new/$e" ]] || rm -rf -- "$e"; done)
+    cp -a --remove-destination "$new/." "$dst/"
+    chown --reference="$new" "$dst"
+    chmod 0700 "$dst"
+done
 
 echo "$PROG: $(ls "$OUT" | wc -l) container folders in $OUT"

@@ -12,8 +12,8 @@
 #define MINUTE_MS 60000ll
 #define HOUR_MS 3600000ll
 #define TEN_YEARS_MS (3660ll * 24 * HOUR_MS)
-#define AGG_SLOTS 4096      /* pending (gateway, channel, minute) entries; a power of two */
-#define AGG_FLUSH_AT 3072   /* flushed early beyond this, so probing stays short */
+#define AGG_SLOTS 8192      /* pending minute and hour rows; a power of two */
+#define AGG_FLUSH_AT 6144   /* flushed early beyond this, so probing stays short */
 #define MAX_SERIES 20000    /* series in one planning answer */
 #define MAX_GATEWAY_STATS 10000
 
@@ -39,10 +39,11 @@ static const char SCHEMA[] =
     "CREATE INDEX IF NOT EXISTS rejects_by_gateway ON rejects(gateway, received_ms);"
     "CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(ts_ms);";
 
-/* One upsert per bucket table: counts and sums add up, extremes widen, the newest reading wins
- * (a back-filled older batch does not replace the last value). The minute's answers its count
- * of readings: equal to what was added, the minute is new (the hour gains a minute of data). */
-#define UPSERT_BUCKET(table, col, extra_cols, extra_vals, extra_set, tail)                          \
+/* One upsert per bucket row: counts add up, extremes widen, the newest reading wins (a
+ * back-filled older batch does not replace the last value), exactly whatever the order. The sum
+ * is written whole: floating-point addition depends on its order, so it is folded in C from the
+ * row's stored sum and each batch's part in batch order (see archive_agg_flush). */
+#define UPSERT_BUCKET(table, col, extra_cols, extra_vals, extra_set)                              \
     "INSERT INTO " table "(gateway,channel," col ",readings,min_value,max_value,sum_value,"         \
     "last_value,last_ms" extra_cols ") VALUES(?,?,?,?,?,?,?,?,?" extra_vals ") "                   \
     "ON CONFLICT(gateway,channel," col ") DO UPDATE "                                              \
@@ -51,17 +52,20 @@ static const char SCHEMA[] =
     " ELSE " table ".min_value END,"                                                               \
     " max_value = CASE WHEN excluded.max_value > " table ".max_value THEN excluded.max_value"       \
     " ELSE " table ".max_value END,"                                                               \
-    " sum_value = " table ".sum_value + excluded.sum_value,"                                       \
+    " sum_value = excluded.sum_value,"                                                             \
     " last_value = CASE WHEN excluded.last_ms >= " table ".last_ms THEN excluded.last_value"       \
     " ELSE " table ".last_value END,"                                                              \
     " last_ms = CASE WHEN excluded.last_ms >= " table ".last_ms THEN excluded.last_ms"             \
-    " ELSE " table ".last_ms END" tail
+    " ELSE " table ".last_ms END"
 
-static const char UPSERT_MINUTE[] =
-    UPSERT_BUCKET("readings_minute", "minute_ms", "", "", "", " RETURNING readings");
+static const char UPSERT_MINUTE[] = UPSERT_BUCKET("readings_minute", "minute_ms", "", "", "");
 static const char UPSERT_HOUR[] =
     UPSERT_BUCKET("readings_hour", "hour_ms", ",minutes", ",?",
-                  "minutes = readings_hour.minutes + excluded.minutes, ", "");
+                  "minutes = readings_hour.minutes + excluded.minutes, ");
+static const char SUM_MINUTE[] =
+    "SELECT sum_value FROM readings_minute WHERE gateway=? AND channel=? AND minute_ms=?";
+static const char SUM_HOUR[] =
+    "SELECT sum_value FROM readings_hour WHERE gateway=? AND channel=? AND hour_ms=?";
 static const char UPSERT_SERIES[] =
     "INSERT INTO readings_series(gateway,channel,first_ms,last_ms,last_value) VALUES(?,?,?,?,?) "
     "ON CONFLICT(gateway,channel) DO UPDATE SET"
@@ -83,19 +87,29 @@ cm_err archive_query_init(cm_sql *db)
 
 /* ------------------------------------------------------------------ pending aggregates */
 
+/* One bucket row pending: a minute or an hour of one gateway's channel. The stored rows must not
+ * depend on how batches were grouped into transactions (a standby archive applies the same
+ * batches in other groups): count, extremes and the newest reading merge exactly, and the sum
+ * keeps one part per batch, in batch order, folded onto the stored sum at the flush. */
 typedef struct agg_entry {
     char gateway[65];
     char channel[96];
-    int64_t minute_ms;
+    int64_t bucket_ms;
+    int hour;                /* 0: minute row, 1: hour row */
     int64_t first_ms, last_ms;
-    uint64_t count;
-    double min, max, sum, last;
+    uint64_t count;          /* 0 marks a free slot */
+    double min, max, last;
+    uint64_t batch;          /* the batch of the last part */
+    double *parts;
+    size_t n_parts, cap_parts;
+    int64_t new_minutes;     /* hour rows: minutes of this hour that are new with this flush */
 } agg_entry;
 
 struct archive_agg {
-    agg_entry *slot;       /* AGG_SLOTS; count == 0 marks a free slot */
+    agg_entry *slot;         /* AGG_SLOTS */
     uint32_t used[AGG_SLOTS];
     size_t n;
+    uint64_t batch;          /* batches added so far */
 };
 
 archive_agg *archive_agg_new(void)
@@ -108,10 +122,22 @@ archive_agg *archive_agg_new(void)
     return a;
 }
 
+void archive_agg_discard(archive_agg *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        agg_entry *e = &a->slot[a->used[i]];
+        e->count = 0;
+        e->n_parts = 0;
+    }
+    a->n = 0;
+}
+
 void archive_agg_destroy(archive_agg **ap)
 {
     if (!ap || !*ap)
         return;
+    for (size_t i = 0; i < AGG_SLOTS; i++)
+        free((*ap)->slot[i].parts);
     free((*ap)->slot);
     free(*ap);
     *ap = NULL;
@@ -119,14 +145,7 @@ void archive_agg_destroy(archive_agg **ap)
 
 size_t archive_agg_pending(const archive_agg *a) { return a->n; }
 
-void archive_agg_discard(archive_agg *a)
-{
-    for (size_t i = 0; i < a->n; i++)
-        a->slot[a->used[i]].count = 0;
-    a->n = 0;
-}
-
-static uint32_t key_hash(const char *gw, const char *ch, int64_t minute)
+static uint32_t key_hash(const char *gw, const char *ch, int64_t bucket, int hour)
 {
     uint32_t h = 2166136261u;
     for (const char *p = gw; *p; p++)
@@ -134,10 +153,10 @@ static uint32_t key_hash(const char *gw, const char *ch, int64_t minute)
     h = (h ^ '/') * 16777619u;
     for (const char *p = ch; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    uint64_t m = (uint64_t)minute;
+    uint64_t m = (uint64_t)bucket;
     for (int i = 0; i < 8; i++)
         h = (h ^ (uint8_t)(m >> (8 * i))) * 16777619u;
-    return h;
+    return (h ^ (uint32_t)hour) * 16777619u;
 }
 
 /* A profile channel id as the profile stage sends it: "<kind>.<name>", [a-z0-9_.-]. */
@@ -153,23 +172,66 @@ static int channel_ok(const char *c)
     return 1;
 }
 
-static agg_entry *slot_for(archive_agg *a, const char *gw, const char *ch, int64_t minute)
+/* The entry of that row, made if missing (count 0), or NULL when the table is full. */
+static agg_entry *slot_for(archive_agg *a, const char *gw, const char *ch, int64_t bucket,
+                           int hour, int create)
 {
-    uint32_t h = key_hash(gw, ch, minute);
+    uint32_t h = key_hash(gw, ch, bucket, hour);
     for (uint32_t i = 0; i < AGG_SLOTS; i++) {
         uint32_t k = (h + i) & (AGG_SLOTS - 1);
         agg_entry *e = &a->slot[k];
         if (!e->count) {
+            if (!create)
+                return NULL;
             snprintf(e->gateway, sizeof e->gateway, "%s", gw);
             snprintf(e->channel, sizeof e->channel, "%s", ch);
-            e->minute_ms = minute;
+            e->bucket_ms = bucket;
+            e->hour = hour;
+            e->n_parts = 0;
+            e->new_minutes = 0;
             a->used[a->n++] = k;
             return e;
         }
-        if (e->minute_ms == minute && strcmp(e->channel, ch) == 0 && strcmp(e->gateway, gw) == 0)
+        if (e->bucket_ms == bucket && e->hour == hour && strcmp(e->channel, ch) == 0 &&
+            strcmp(e->gateway, gw) == 0)
             return e;
     }
     return NULL;
+}
+
+/* Adds one reading of the current batch to e. */
+static cm_err add_reading(archive_agg *a, agg_entry *e, double v, int64_t ts)
+{
+    if (!e->count) {
+        e->min = e->max = e->last = v;
+        e->first_ms = e->last_ms = ts;
+        e->batch = 0;
+    }
+    if (!e->n_parts || e->batch != a->batch) {
+        if (e->n_parts == e->cap_parts) {
+            size_t cap = e->cap_parts ? e->cap_parts * 2 : 4;
+            double *np = realloc(e->parts, cap * sizeof *np);
+            if (!np)
+                return CM_ERR_NOMEM;
+            e->parts = np;
+            e->cap_parts = cap;
+        }
+        e->parts[e->n_parts++] = 0;
+        e->batch = a->batch;
+    }
+    e->parts[e->n_parts - 1] += v;
+    e->count++;
+    if (v < e->min)
+        e->min = v;
+    if (v > e->max)
+        e->max = v;
+    if (ts >= e->last_ms) {
+        e->last_ms = ts;
+        e->last = v;
+    }
+    if (ts < e->first_ms)
+        e->first_ms = ts;
+    return CM_OK;
 }
 
 cm_err archive_agg_add(archive_agg *a, cm_sql *db, const Suido__StageMessage *m)
@@ -177,56 +239,72 @@ cm_err archive_agg_add(archive_agg *a, cm_sql *db, const Suido__StageMessage *m)
     const char *gw = m->header ? m->header->gateway_id : NULL;
     if (!gw || !*gw || strlen(gw) > 64)
         return CM_ERR_INVAL;
+    /* flushed between batches, so that each batch's part of a row stays whole */
+    if (a->n + 2 * m->n_mapped > AGG_FLUSH_AT) {
+        cm_err rc = archive_agg_flush(a, db);
+        if (rc != CM_OK)
+            return rc;
+    }
+    a->batch++;
     for (size_t i = 0; i < m->n_mapped; i++) {
         const Suido__MappedReading *r = m->mapped[i];
         if (!r || !channel_ok(r->channel) || !isfinite(r->value) || r->timestamp_ms > INT64_MAX)
             continue;
-        if (a->n >= AGG_FLUSH_AT) {
+        if (a->n + 2 > AGG_SLOTS - 1) {
+            /* a batch with thousands of channel-minutes: written in pieces (its sums may then
+             * differ in their last bits from a copy that grouped it otherwise) */
             cm_err rc = archive_agg_flush(a, db);
             if (rc != CM_OK)
                 return rc;
+            a->batch++;
         }
         int64_t ts = (int64_t)r->timestamp_ms;
-        agg_entry *e = slot_for(a, gw, r->channel, ts - ts % MINUTE_MS);
-        if (!e)
+        agg_entry *mn = slot_for(a, gw, r->channel, ts - ts % MINUTE_MS, 0, 1);
+        agg_entry *hr = mn ? slot_for(a, gw, r->channel, ts - ts % HOUR_MS, 1, 1) : NULL;
+        if (!mn || !hr)
             return CM_ERR_NOMEM; /* not reached: flushed well before the table fills */
-        if (!e->count) {
-            e->min = e->max = e->last = r->value;
-            e->first_ms = e->last_ms = ts;
-            e->sum = 0;
-        }
-        e->count++;
-        e->sum += r->value;
-        if (r->value < e->min)
-            e->min = r->value;
-        if (r->value > e->max)
-            e->max = r->value;
-        if (ts >= e->last_ms) {
-            e->last_ms = ts;
-            e->last = r->value;
-        }
-        if (ts < e->first_ms)
-            e->first_ms = ts;
+        cm_err rc = add_reading(a, mn, r->value, ts);
+        if (rc == CM_OK)
+            rc = add_reading(a, hr, r->value, ts);
+        if (rc != CM_OK)
+            return rc;
     }
     return CM_OK;
 }
 
-/* Binds an upsert of e into the bucket starting at bucket; for the hour, new_minute says whether
- * e's minute was not in the database before. */
-static void bind_bucket(cm_sql_stmt *st, const agg_entry *e, int64_t bucket, int new_minute)
+/* The row's stored sum with e's parts added in order; *existed says whether the row was there. */
+static int fold_sum(cm_sql_stmt *sel, const agg_entry *e, double *sum, int *existed)
+{
+    cm_sql_reset(sel);
+    cm_sql_bind_text(sel, 1, e->gateway);
+    cm_sql_bind_text(sel, 2, e->channel);
+    cm_sql_bind_int64(sel, 3, e->bucket_ms);
+    int r = cm_sql_step(sel);
+    if (r == CM_SQL_FAIL)
+        return 0;
+    *existed = r == CM_SQL_ROW;
+    double s = *existed ? cm_sql_column_double(sel, 0) : 0;
+    for (size_t i = 0; i < e->n_parts; i++)
+        s = (*existed || i) ? s + e->parts[i] : e->parts[i];
+    cm_sql_reset(sel);
+    *sum = s;
+    return 1;
+}
+
+static void bind_bucket(cm_sql_stmt *st, const agg_entry *e, double sum)
 {
     cm_sql_reset(st);
     cm_sql_bind_text(st, 1, e->gateway);
     cm_sql_bind_text(st, 2, e->channel);
-    cm_sql_bind_int64(st, 3, bucket);
+    cm_sql_bind_int64(st, 3, e->bucket_ms);
     cm_sql_bind_int64(st, 4, (int64_t)e->count);
     cm_sql_bind_double(st, 5, e->min);
     cm_sql_bind_double(st, 6, e->max);
-    cm_sql_bind_double(st, 7, e->sum);
+    cm_sql_bind_double(st, 7, sum);
     cm_sql_bind_double(st, 8, e->last);
     cm_sql_bind_int64(st, 9, e->last_ms);
-    if (new_minute >= 0)
-        cm_sql_bind_int64(st, 10, new_minute);
+    if (e->hour)
+        cm_sql_bind_int64(st, 10, e->new_minutes);
 }
 
 cm_err archive_agg_flush(archive_agg *a, cm_sql *db)
@@ -234,39 +312,52 @@ cm_err archive_agg_flush(archive_agg *a, cm_sql *db)
     if (a->n == 0)
         return CM_OK;
     cm_err rc = CM_OK;
-    cm_sql_stmt *minute = NULL, *hour = NULL, *series = NULL;
-    if (cm_sql_prepare(db, UPSERT_MINUTE, &minute) != CM_OK ||
-        cm_sql_prepare(db, UPSERT_HOUR, &hour) != CM_OK ||
-        cm_sql_prepare(db, UPSERT_SERIES, &series) != CM_OK) {
-        rc = CM_ERR_DB;
-        goto out;
-    }
-    for (size_t i = 0; i < a->n && rc == CM_OK; i++) {
-        const agg_entry *e = &a->slot[a->used[i]];
-        cm_sql_reset(series);
-        cm_sql_bind_text(series, 1, e->gateway);
-        cm_sql_bind_text(series, 2, e->channel);
-        cm_sql_bind_int64(series, 3, e->first_ms);
-        cm_sql_bind_int64(series, 4, e->last_ms);
-        cm_sql_bind_double(series, 5, e->last);
-        bind_bucket(minute, e, e->minute_ms, -1);
-        if (cm_sql_step(minute) != CM_SQL_ROW) {
+    cm_sql_stmt *st[5] = {NULL};
+    enum { MINUTE, HOUR, SEL_MINUTE, SEL_HOUR, SERIES };
+    const char *sql[5] = {UPSERT_MINUTE, UPSERT_HOUR, SUM_MINUTE, SUM_HOUR, UPSERT_SERIES};
+    for (int i = 0; i < 5 && rc == CM_OK; i++)
+        if (cm_sql_prepare(db, sql[i], &st[i]) != CM_OK)
             rc = CM_ERR_DB;
-            break;
+    /* minutes first: which are new tells their hours how many minutes they gain */
+    for (int pass = 0; pass < 2 && rc == CM_OK; pass++) {
+        for (size_t i = 0; i < a->n && rc == CM_OK; i++) {
+            agg_entry *e = &a->slot[a->used[i]];
+            if (e->hour != pass)
+                continue;
+            double sum;
+            int existed = 0;
+            if (!fold_sum(st[pass ? SEL_HOUR : SEL_MINUTE], e, &sum, &existed)) {
+                rc = CM_ERR_DB;
+                break;
+            }
+            if (!pass && !existed) {
+                agg_entry *h = slot_for(a, e->gateway, e->channel,
+                                        e->bucket_ms - e->bucket_ms % HOUR_MS, 1, 0);
+                if (h)
+                    h->new_minutes++;
+            }
+            bind_bucket(st[pass ? HOUR : MINUTE], e, sum);
+            if (cm_sql_step(st[pass ? HOUR : MINUTE]) != CM_SQL_DONE) {
+                rc = CM_ERR_DB;
+                break;
+            }
+            if (pass)
+                continue;
+            cm_sql_stmt *ser = st[SERIES];
+            cm_sql_reset(ser);
+            cm_sql_bind_text(ser, 1, e->gateway);
+            cm_sql_bind_text(ser, 2, e->channel);
+            cm_sql_bind_int64(ser, 3, e->first_ms);
+            cm_sql_bind_int64(ser, 4, e->last_ms);
+            cm_sql_bind_double(ser, 5, e->last);
+            if (cm_sql_step(ser) != CM_SQL_DONE)
+                rc = CM_ERR_DB;
         }
-        int new_minute = cm_sql_column_int64(minute, 0) == (int64_t)e->count;
-        while (cm_sql_step(minute) == CM_SQL_ROW)
-            ;
-        bind_bucket(hour, e, e->minute_ms - e->minute_ms % HOUR_MS, new_minute);
-        if (cm_sql_step(hour) != CM_SQL_DONE || cm_sql_step(series) != CM_SQL_DONE)
-            rc = CM_ERR_DB;
     }
-out:
     if (rc != CM_OK)
         cm_error("pending=%zu error=\"aggregates not written: %s\"", a->n, cm_sql_error(db));
-    cm_sql_finalize(&minute);
-    cm_sql_finalize(&hour);
-    cm_sql_finalize(&series);
+    for (int i = 0; i < 5; i++)
+        cm_sql_finalize(&st[i]);
     archive_agg_discard(a);
     return rc;
 }

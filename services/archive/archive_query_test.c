@@ -106,7 +106,7 @@ static void aggregates(cm_sql *db)
     make_batch(&b, "gw-0001", 1, ch2, v3, dt2);
     assert_int_equal(cm_sql_begin(db), CM_OK);
     assert_int_equal(archive_agg_add(agg, db, &b.m), CM_OK);
-    assert_int_equal(archive_agg_pending(agg), 1);
+    assert_int_equal(archive_agg_pending(agg), 2); /* its minute and its hour */
     archive_agg_discard(agg);
     cm_sql_rollback(db);
     assert_int_equal(archive_agg_pending(agg), 0);
@@ -150,13 +150,13 @@ static void aggregates(cm_sql *db)
     /* one transaction with more gateway/channel/minutes than are held: flushed on the way */
     assert_int_equal(cm_sql_begin(db), CM_OK);
     static const char *const one[] = {"pumping.flow"};
-    for (int i = 0; i < 5000; i++) {
+    for (int i = 0; i < 8000; i++) {
         const double fv[] = {(double)i};
         const int64_t fdt[] = {(int64_t)i * 60000 - 400ll * 86400000};
         make_batch(&b, "gw-0003", 1, one, fv, fdt);
         assert_int_equal(archive_agg_add(agg, db, &b.m), CM_OK);
     }
-    assert_true(archive_agg_pending(agg) < 5000);
+    assert_true(archive_agg_pending(agg) < 8000);
     assert_int_equal(archive_agg_flush(agg, db), CM_OK);
     assert_int_equal(cm_sql_commit(db), CM_OK);
     q.gateway_id = "gw-0003";
@@ -169,8 +169,8 @@ static void aggregates(cm_sql *db)
     uint64_t n = 0;
     for (size_t i = 0; i < r->n_points; i++)
         n += r->points[i]->count;
-    assert_int_equal(n, 5000);
-    assert_true(r->points[r->n_points - 1]->last == 4999);
+    assert_int_equal(n, 8000);
+    assert_true(r->points[r->n_points - 1]->last == 7999);
     archive_query_free(r);
     archive_agg_destroy(&agg);
 }
@@ -361,6 +361,79 @@ static void test_sqlite(void **state)
     unlink(side);
 }
 
+/* Every row of a table as text with its sums to the last bit. */
+static char *dump(cm_sql *db, const char *table)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY 1, 2, 3", table);
+    cm_sql_stmt *st = NULL;
+    assert_int_equal(cm_sql_prepare(db, sql, &st), CM_OK);
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(1, cap);
+    while (cm_sql_step(st) == CM_SQL_ROW)
+        for (int c = 0; c < cm_sql_column_count(st); c++)
+            len += (size_t)snprintf(out + len, cap - len, "%s|%a;",
+                                    cm_sql_column_text(st, c), cm_sql_column_double(st, c));
+    cm_sql_finalize(&st);
+    return out;
+}
+
+/* A standby archive applies the same batches grouped into other transactions: the rows must be
+ * the same to the last bit, sums included (floating-point addition depends on its order). */
+static void test_grouping_does_not_change_the_rows(void **state)
+{
+    (void)state;
+    char path[2][40];
+    cm_sql *db[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path[k], sizeof path[k], "/tmp/suido-query-group-XXXXXX");
+        int fd = mkstemp(path[k]);
+        assert_true(fd >= 0);
+        close(fd);
+        unlink(path[k]);
+        assert_int_equal(cm_sql_open_as(CM_SQL_SQLITE, path[k], 0, &db[k], NULL, 0), CM_OK);
+        assert_int_equal(archive_store_create_schema(db[k], "test"), CM_OK);
+    }
+    static const char *const ch[] = {"treatment.ph", "treatment.ph", "treatment.ph"};
+    /* 1e16 + 1 rounds back to 1e16, 1e16 + 2 does not: the parts' grouping shows */
+    const double v[][3] = {{1e16, 0.0, 0.7}, {1.0, 1.0, 0.1}, {1.0, 1.0, 0.3}, {0.7, 0.1, 0.2}};
+    const int64_t dt[] = {0, 20000, 70000};
+    archive_agg *agg = archive_agg_new();
+    batch b;
+    /* one database: a transaction per batch; the other: all in one, then one more */
+    for (int i = 0; i < 4; i++) {
+        make_batch(&b, "gw-0007", 3, ch, v[i], dt);
+        store(db[0], agg, &b);
+    }
+    assert_int_equal(cm_sql_begin(db[1]), CM_OK);
+    for (int i = 0; i < 3; i++) {
+        make_batch(&b, "gw-0007", 3, ch, v[i], dt);
+        assert_int_equal(archive_agg_add(agg, db[1], &b.m), CM_OK);
+    }
+    assert_int_equal(archive_agg_flush(agg, db[1]), CM_OK);
+    assert_int_equal(cm_sql_commit(db[1]), CM_OK);
+    make_batch(&b, "gw-0007", 3, ch, v[3], dt);
+    store(db[1], agg, &b);
+    const char *tables[] = {"readings_minute", "readings_hour", "readings_series"};
+    for (int t = 0; t < 3; t++) {
+        char *x = dump(db[0], tables[t]), *y = dump(db[1], tables[t]);
+        assert_true(strlen(x) > 0);
+        assert_string_equal(x, y);
+        free(x);
+        free(y);
+    }
+    archive_agg_destroy(&agg);
+    for (int k = 0; k < 2; k++) {
+        cm_sql_close(&db[k]);
+        unlink(path[k]);
+        char side[64];
+        snprintf(side, sizeof side, "%s-wal", path[k]);
+        unlink(side);
+        snprintf(side, sizeof side, "%s-shm", path[k]);
+        unlink(side);
+    }
+}
+
 /* Through the store: a batch stored twice (a retransmission) is aggregated once, and only what
  * commits counts. */
 static void test_store_counts_a_batch_once(void **state)
@@ -439,6 +512,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlite),
         cmocka_unit_test(test_store_counts_a_batch_once),
+        cmocka_unit_test(test_grouping_does_not_change_the_rows),
         cmocka_unit_test(test_postgresql),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

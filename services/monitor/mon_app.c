@@ -383,6 +383,13 @@ static void on_login(call *c)
     }
     mon_session *s = NULL;
     mon_session_end(c->a->sessions, &pre); /* never promoted: the new session has a new id */
+    /* a session this browser still held ends: one browser, one session */
+    mon_session *old =
+        mon_session_find(c->a->sessions, mon_request_cookie(c->rq, SID_COOKIE), c->now, NULL, NULL);
+    if (old && old->kind == MON_LIVE) {
+        mon_backend_logout(c->a->b, old->token);
+        mon_session_end(c->a->sessions, &old);
+    }
     if (mon_session_create(c->a->sessions, MON_LIVE, c->rq->client, c->now, res.expires_ms, &s) !=
         CM_OK) {
         mon_backend_logout(c->a->b, res.token);

@@ -24,6 +24,11 @@ def until(driver, pred, timeout=20):
                          ignored_exceptions=(WebDriverException,)).until(lambda d: pred(d))
 
 
+def click(driver, css):
+    """Clicks what css selects, again if the page redrew it meanwhile."""
+    until(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() is None)
+
+
 def shot(driver, env, name):
     path = env.artefacts / f"{name}.png"
     driver.save_screenshot(str(path))
@@ -67,7 +72,7 @@ def test_an_operator_logs_in_with_totp_and_sees_live_data(monitor_env, browser):
     browser.find_element(By.ID, "operator").send_keys("olga")
     browser.find_element(By.ID, "password").send_keys(env.passwords["olga"])
     browser.find_element(By.ID, "totp").send_keys("000000")
-    browser.find_element(By.ID, "submit").click()
+    click(browser, "#submit")
     until(browser, lambda d: "wrong" in text(d, "#message"))
     assert browser.current_url.endswith("/login")
 
@@ -80,11 +85,7 @@ def test_an_operator_logs_in_with_totp_and_sees_live_data(monitor_env, browser):
     assert text(browser, "#operator") == "olga" and text(browser, "#role") == "operator"
     nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav#nav a")]
     assert "Commands" in nav and "Audit log" not in nav
-    overview = shot(browser, env, "overview")
-    doc = TOP / "docs" / "img" / "monitor-overview.png"
-    if not doc.exists() or os.environ.get("SUIDO_SCREENSHOTS") == "1":
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(overview, doc)
+    shot(browser, env, "overview")
 
     # live trends: the reading count of the period grows while the page is open
     browser.get(env.url + "/trends?gateway=gw-0002&channel=reservoir.level")
@@ -115,10 +116,10 @@ def test_an_alert_is_acknowledged_and_closed_with_its_cause(monitor_env, browser
     # the live stream shows it too (the archive published it after the commit)
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR,
                                              "#feed li[data-alert='gw-0002/reservoir.level/limit']"))
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     until(browser, lambda d: d.find_elements(By.ID, "ack"))
     assert browser.find_element(By.ID, "close").get_attribute("disabled") is not None  # still active
-    browser.find_element(By.ID, "ack").click()
+    click(browser, "#ack")
     until(browser, lambda d: "Acknowledged" in text(d, "#action-message"))
     until(browser, lambda d: "acknowledged" in text(d, row + " td.state"))
 
@@ -128,7 +129,7 @@ def test_an_alert_is_acknowledged_and_closed_with_its_cause(monitor_env, browser
     action = "freed the float switch; scheduled its replacement"
     browser.find_element(By.ID, "cause").send_keys(cause)
     browser.find_element(By.ID, "action").send_keys(action)
-    browser.find_element(By.ID, "close").click()
+    click(browser, "#close")
     until(browser, lambda d: "Closed" in text(d, "#action-message"))
     # markup in the cause stays text: no element made of it, no script ran
     assert cause in text(browser, "#case")
@@ -145,7 +146,7 @@ def test_an_alert_is_acknowledged_and_closed_with_its_cause(monitor_env, browser
     send_alert(env, value=0.2)
     browser.get(env.url + "/alerts")
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row))
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     until(browser, lambda d: "float switch stuck" in text(d, "#past"))
     until(browser, lambda d: any("float switch stuck" in li.text for li in
                                  d.find_elements(By.CSS_SELECTOR, "#feed li")), 20)
@@ -165,7 +166,7 @@ def test_the_planning_report_is_shown_and_downloaded_as_csv(monitor_env, browser
     shot(browser, env, "planning")
     for f in browser.downloads.glob("*"):
         f.unlink()
-    browser.find_element(By.ID, "csv").click()
+    click(browser, "#csv")
     assert wait_until(lambda: [f for f in browser.downloads.glob("suido-planning-*.csv")], 20), \
         list(browser.downloads.iterdir())
     path = next(browser.downloads.glob("suido-planning-*.csv"))
@@ -196,7 +197,7 @@ def test_a_role_is_refused_what_it_may_not_see(monitor_env, browser):
     browser.get(env.url + "/alerts")
     row = "#cases tr[data-alert='gw-0002/reservoir.level/limit']"
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row))
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     until(browser, lambda d: d.find_elements(By.ID, "past"))
     assert not browser.find_elements(By.ID, "ack")
 
@@ -213,7 +214,16 @@ def test_an_admin_sees_commands_and_the_audit_chain_checked(monitor_env, browser
     shot(browser, env, "commands")
     browser.get(env.url + "/audit")
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#audit tbody tr[data-event]"))
-    browser.find_element(By.ID, "check").click()
+    click(browser, "#check")
     until(browser, lambda d: "intact" in text(d, "#chain"))
     shot(browser, env, "audit")
+    # the overview as an admin sees it, with a case open, for the README
+    browser.get(env.url + "/overview")
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "td.online .pill.ok")) == 4, 30)
+    until(browser, lambda d: text(d, "#card-alerts .v") != "0")
+    overview = shot(browser, env, "overview-admin")
+    doc = TOP / "docs" / "img" / "monitor-overview.png"
+    if not doc.exists() or os.environ.get("SUIDO_SCREENSHOTS") == "1":
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(overview, doc)
     assert wait_until(lambda: [r for r in env.audit("monitor_audit_checked") if r[2] == "ada"], 10)

@@ -42,13 +42,23 @@ def main(argv):
     work = pathlib.Path(tempfile.mkdtemp(prefix="suido-faults-"))
     results = []
     h = None
+    wanted = len(chosen)
     try:
         print(f"faults: {len(chosen)} scenarios, {gateways} load gateways at 1 batch/s, "
               f"{'full plan' if full else 'scaled'} durations, work dir {work}", flush=True)
-        h = H.Harness(work, gateways, PROBES, full)
-        h.seed = int(os.environ.get("SUIDO_FAULTS_SEED", int(time.time())))
-        h.cut_s = 600 if full else 60
-        h.say(f"suite up (broker port {h.suite.port}); seed {h.seed}")
+        try:
+            h = H.Harness(work, gateways, PROBES, full)
+        except Exception as ex:  # no suite, no scenario: each one fails with the reason
+            traceback.print_exc()
+            for key, title, _ in chosen:
+                r = SC.Result(key, title)
+                r.error = f"the suite did not start: {ex.__class__.__name__}: {ex}"[:500]
+                results.append(r)
+            chosen = []
+        if h:
+            h.seed = int(os.environ.get("SUIDO_FAULTS_SEED", int(time.time())))
+            h.cut_s = 600 if full else 60
+            h.say(f"suite up (broker port {h.suite.port}); seed {h.seed}")
         for key, title, fn in chosen:
             r = SC.Result(key, title)
             h.say(f"{key}: {title}")
@@ -69,7 +79,10 @@ def main(argv):
             report(h, r)
     finally:
         if h:
-            h.cleanup()
+            try:
+                h.cleanup()
+            except Exception:
+                traceback.print_exc()
         if os.environ.get("SUIDO_FAULTS_KEEP") != "1" and not any(H.is_mount(p) for p in
                                                                   work.rglob("*") if p.is_dir()):
             shutil.rmtree(work, ignore_errors=True)
@@ -80,7 +93,7 @@ def main(argv):
     failed = [r.key for r in results if r.status == "FAIL"]
     print(f"faults: scenarios={len(results)} passed={passed} gaps={gaps} duplicates={dups}",
           flush=True)
-    return 1 if failed or len(results) < len(chosen) else 0
+    return 1 if failed or len(results) < wanted else 0
 
 
 def report(h, r):

@@ -1,0 +1,334 @@
+"""`make test-compose`: the whole suite as containers (compose/docker-compose.yml, images from
+`make images`) in a compose project of its own, with the gateway simulator and its outbox
+running through every step:
+
+1. every container (the archive standby too) is hardened as the compose file says (own uid, read-only root, no
+   capability, no-new-privileges, tmpfs /tmp, its own folder read-only on /deploy);
+2. readings flow end to end;
+3. isolation, probed from inside every container with bash's /dev/tcp against every address and
+   port of every other container: a socket is reachable exactly from the peers of its
+   allow-list (docs/architecture.md), so the simulator reaches only the broker, verify, profile
+   and anomaly never reach the broker; no container can read another's private key;
+4. verify scaled to 3 replicas and profile to 2 under load: every replica takes frames; back to 1;
+5. containers killed (docker kill) and started again under load, and one restarted by its
+   restart policy after its process ended;
+6. the simulator stopped in order (it waits for the acks of what it sent): its report's sent
+   ranges are all in the archive, nothing is missing (`suidoctl archive gaps`, run as the
+   archive's user on its volume, read-only), its outbox is empty.
+
+Everything (containers, networks, volumes, the deployment folder) is removed at the end, also
+when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log."""
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+
+import pytest
+
+TOP = pathlib.Path(__file__).resolve().parents[2]
+COMPOSE = TOP / "compose" / "docker-compose.yml"
+BUILD = pathlib.Path(os.environ.get("SUIDO_BUILD", TOP / "build"))
+GATEWAYS = 10
+RATE = 2  # batches per second per gateway: the load every step runs under
+
+UIDS = {n: int(u) for n, u in (line.split() for line in (TOP / "compose" / "uids").read_text()
+                                   .splitlines() if line.strip() and not line.startswith("#"))}
+
+# Server sockets and who may connect (the allow-lists of scripts/mkdeploy.sh, the broker's
+# listener and ACL). A container reaches (service, port) iff it is listed here.
+PIPELINE = {"verify", "profile", "anomaly-0", "anomaly-1"}
+SOCKETS = {
+    ("broker", 8883): {"gateway-sim", "ingest", "archive", "gate", "archive-standby"},
+    ("registry", 7001): PIPELINE | {"archive", "gate", "suidoctl", "archive-standby"},
+    ("registry", 7005): PIPELINE | {"archive", "gate", "archive-standby"},
+    ("archive", 7002): PIPELINE | {"registry", "gate", "ingest"},
+    ("archive", 7008): {"suidoctl"},
+    ("archive", 7020): {"archive-standby"},          # replication
+    ("archive-standby", 7021): set(),                # its input: bound only once promoted
+    ("archive-standby", 7022): {"suidoctl"},
+    ("profile", 7003): {"verify"},
+    ("verify", 7004): {"ingest"},
+    ("gate", 7006): {"suidoctl"},
+    ("gate", 7007): {"profile"},
+    ("anomaly-0", 7010): {"profile"},
+    ("anomaly-1", 7011): {"profile"},
+}
+SERVICES = ["broker", "registry", "archive", "archive-standby", "verify", "profile", "anomaly-0",
+            "anomaly-1", "gate", "ingest"]
+
+
+def wait_until(pred, timeout, step=0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def run(cmd, timeout=120, check=True, **kw):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                       **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} -> {r.returncode}\n{r.stdout[-3000:]}"
+                             f"\n{r.stderr[-3000:]}")
+    return r
+
+
+class Project:
+    def __init__(self, name, deploy):
+        self.name, self.deploy = name, deploy
+        self.env = dict(os.environ, SUIDO_DEPLOY=str(deploy), SUIDO_BROKER_PORT="",
+                        COMPOSE_PROFILES="standby",
+                        SUIDO_RATE=str(RATE), SUIDO_WAIT_ACKS="150", COMPOSE_HTTP_TIMEOUT="300")
+
+    def dc(self, *args, timeout=300, check=True):
+        return run(["docker-compose", "-p", self.name, "-f", COMPOSE, *args], timeout=timeout,
+                   check=check, env=self.env)
+
+    def containers(self, service=None):
+        cmd = ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter",
+               f"label=com.docker.compose.project={self.name}"]
+        if service:
+            cmd += ["--filter", f"label=com.docker.compose.service={service}"]
+        return sorted(run(cmd).stdout.split())
+
+    def one(self, service):
+        c = self.containers(service)
+        assert len(c) == 1, f"{service}: {c}"
+        return c[0]
+
+    def inspect(self, container):
+        return json.loads(run(["docker", "inspect", container]).stdout)[0]
+
+    def sh(self, container, script, timeout=60, check=True):
+        return run(["docker", "exec", container, "bash", "-c", script], timeout=timeout,
+                   check=check)
+
+    def metric(self, container, file, name):
+        r = self.sh(container, f"cat /var/lib/suido/{file}.prom", check=False)
+        m = re.search(rf"^{name} (\d+)", r.stdout, re.M)
+        return int(m.group(1)) if m else 0
+
+    def healthy(self, container):
+        st = self.inspect(container)["State"]
+        return st["Running"] and st.get("Health", {}).get("Status", "healthy") == "healthy"
+
+    def wait_healthy(self, services, timeout=120):
+        def ok():
+            return all(self.containers(s) and all(self.healthy(c) for c in self.containers(s))
+                       for s in services)
+        assert wait_until(ok, timeout), self.dc("ps").stdout
+
+    def logs(self, service):
+        return self.dc("logs", "--no-color", service, check=False).stdout
+
+    def archived(self):
+        return self.metric(self.one("archive"), "archive", "suido_archive_batches_total")
+
+
+@pytest.fixture(scope="module")
+def project():
+    assert (BUILD / "bin" / "suido-verify").exists(), f"no build in {BUILD}"
+    missing = [i for i in ("broker", "registry", "ingest", "verify", "profile", "anomaly",
+                           "archive", "gate", "gateway-sim", "tools")
+               if run(["docker", "image", "inspect", f"suido/{i}:latest"], check=False).returncode]
+    assert not missing, f"images missing (make images): {missing}"
+    deploy = pathlib.Path(tempfile.mkdtemp(prefix="suido-compose-"))
+    p = Project(f"suidotest{os.getpid()}", deploy)
+    logdir = BUILD / "compose-test"
+    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run([TOP / "scripts" / "mkdeploy.sh", deploy, "--compose", "--standby", "--gateways",
+             GATEWAYS],
+            env=dict(os.environ, SUIDO_BIN=str(BUILD / "bin")))
+        p.dc("up", "-d", timeout=600)
+        p.wait_healthy(SERVICES, 180)
+        yield p
+    finally:
+        (logdir / f"{p.name}.log").write_text(p.dc("logs", "--no-color", "-t", check=False,
+                                                   timeout=120).stdout)
+        run(["docker", "rm", "-f", f"{p.name}_probe"], check=False)
+        p.dc("--profile", "standby", "--profile", "tools", "down", "-v", "--remove-orphans", "-t",
+             "10", check=False, timeout=300)
+        shutil.rmtree(deploy, ignore_errors=True)
+        left = run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={p.name}"],
+                   check=False).stdout.split()
+        left += run(["docker", "network", "ls", "-q", "--filter", f"name={p.name}_"],
+                    check=False).stdout.split()
+        left += run(["docker", "volume", "ls", "-q", "--filter", f"name={p.name}_"],
+                    check=False).stdout.split()
+        assert not left, f"left behind: {left}"
+
+
+def test_every_container_is_hardened_and_runs_as_its_own_user(project):
+    seen = {}
+    for svc in SERVICES + ["gateway-sim"]:
+        c = project.one(svc)
+        info = project.inspect(c)
+        hc = info["HostConfig"]
+        assert info["Config"]["User"] == f"{UIDS[svc]}:{UIDS[svc]}", c
+        assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"], c
+        assert "no-new-privileges:true" in hc["SecurityOpt"], c
+        assert "/tmp" in (hc.get("Tmpfs") or {}), c
+        binds = [m for m in info["Mounts"] if m["Type"] == "bind"]
+        assert [(m["Source"], m["Destination"], m["RW"]) for m in binds] == \
+            [(str(project.deploy / "compose" / svc), "/deploy", False)], c
+        vols = {m["Destination"] for m in info["Mounts"] if m["Type"] == "volume"}
+        assert vols <= {"/var/lib/suido", "/var/lib/suido-identities"}, (c, vols)
+        r = project.sh(c, "id -u; id -g; touch /probe 2>/dev/null && echo writable || echo ro; "
+                          "touch /tmp/probe && echo tmp-ok")
+        uid, gid, root, tmp = r.stdout.split()
+        assert (int(uid), int(gid), root, tmp) == (UIDS[svc], UIDS[svc], "ro", "tmp-ok"), c
+        seen[svc] = int(uid)
+    assert len(set(seen.values())) == len(seen), seen
+
+
+def test_readings_flow_end_to_end(project):
+    before = project.archived()
+    assert wait_until(lambda: project.archived() > before + 5 * GATEWAYS, 90), \
+        project.logs("gateway-sim")[-3000:]
+    sim = project.logs("gateway-sim")
+    assert f"connected={GATEWAYS}/{GATEWAYS}" in sim, sim[-2000:]
+
+
+def addresses(project, container):
+    nets = project.inspect(container)["NetworkSettings"]["Networks"]
+    return sorted(n["IPAddress"] for n in nets.values() if n.get("IPAddress"))
+
+
+def metrics_ports(project, svc):
+    """The daemon's HTTPS metrics port (bound on its container's loopback)."""
+    conf = project.deploy / "compose" / svc / "etc" / f"{svc}.conf"
+    if not conf.exists():
+        return []
+    return [int(p) for p in re.findall(r"^listen = [^:]+:(\d+)$", conf.read_text(), re.M)]
+
+
+def test_each_socket_is_reachable_only_from_the_peers_on_its_allow_list(project):
+    # an operator's suidoctl container too: it must reach the three APIs and nothing else
+    project.dc("--profile", "tools", "run", "-d", "--name", f"{project.name}_probe",
+               "--entrypoint", "/bin/sleep", "suidoctl", "600")
+    sources = {svc: project.one(svc) for svc in SERVICES + ["gateway-sim"]}
+    sources["suidoctl"] = f"{project.name}_probe"
+    targets = {svc: addresses(project, c) for svc, c in sources.items()}
+    probes = set()
+    for svc, ips in targets.items():
+        ports = {p for (s, p) in SOCKETS if s == svc} | set(metrics_ports(project, svc))
+        probes |= {(svc, ip, p) for ip in ips for p in ports}
+    wrong = []
+    for src, c in sources.items():
+        todo = sorted((t, ip, p) for (t, ip, p) in probes if t != src)
+        script = "\n".join(
+            f'(timeout 3 bash -c "exec 3<>/dev/tcp/{ip}/{p}" 2>/dev/null && echo "{t} {ip} {p} open"'
+            f' || echo "{t} {ip} {p} closed") &' for t, ip, p in todo) + "\nwait\n"
+        out = project.sh(c, script, timeout=120).stdout.split("\n")
+        results = {}
+        for line in filter(None, out):
+            t, ip, p, state = line.split()
+            results.setdefault((t, int(p)), []).append(state == "open")
+        assert len(out) - 1 >= len(todo), (src, out)
+        for (t, p), states in sorted(results.items()):
+            allowed = src in SOCKETS.get((t, p), set())
+            if any(states) != allowed:
+                wrong.append(f"{src} -> {t}:{p} {'reachable' if any(states) else 'unreachable'}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_container_can_read_another_services_private_key(project):
+    owners = {}
+    for svc in SERVICES + ["gateway-sim"]:
+        c = project.one(svc)
+        r = project.sh(c, r"find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o "
+                          r"-type f -name '*.key' -readable -print0 | xargs -0 -r sha256sum")
+        keys = dict(reversed(line.split()) for line in r.stdout.splitlines())
+        own = {"/deploy/" + str(k.relative_to(project.deploy / "compose" / svc))
+               for k in (project.deploy / "compose" / svc).rglob("*.key")}
+        assert set(keys) == own, (svc, sorted(set(keys) ^ own))
+        for digest in keys.values():
+            # the two anomaly shards are one service identity, and so share its key
+            owners.setdefault(digest, set()).add(re.sub(r"^anomaly-\d+$", "anomaly", svc))
+    shared = {d: o for d, o in owners.items() if len(o) > 1}
+    assert not shared, shared
+    # and the folders on the host: each belongs to its container's user alone
+    for svc in SERVICES + ["gateway-sim"]:
+        st = (project.deploy / "compose" / svc).stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (UIDS[svc], 0o700), svc
+
+
+def received(project, container, file):
+    return project.metric(container, file, "suido_stage_received_total")
+
+
+def test_scaled_verify_and_profile_share_the_load_and_scale_back(project):
+    project.dc("up", "-d", "--no-recreate", "--scale", "verify=3", "--scale", "profile=2",
+               timeout=300)
+    project.wait_healthy(["verify", "profile"], 120)
+    verifiers, profiles = project.containers("verify"), project.containers("profile")
+    assert len(verifiers) == 3 and len(profiles) == 2
+    base = {c: received(project, c, "verify") for c in verifiers}
+    base |= {c: received(project, c, "profile") for c in profiles}
+    # ingest follows verify-in, verify follows profile-in: every replica gets frames
+    assert wait_until(lambda: all(received(project, c, "verify") > base[c] for c in verifiers)
+                      and all(received(project, c, "profile") > base[c] for c in profiles), 60), \
+        {c: (base[c], received(project, c, "verify" if "verify" in c else "profile"))
+         for c in base}
+    project.dc("up", "-d", "--no-recreate", "--scale", "verify=1", "--scale", "profile=1",
+               timeout=300)
+    assert len(project.containers("verify")) == 1 and len(project.containers("profile")) == 1
+    assert wait_until(lambda: project.logs("ingest").count("event=replica_gone") >= 2, 30), \
+        project.logs("ingest")[-3000:]
+    before = project.archived()
+    assert wait_until(lambda: project.archived() > before + 2 * GATEWAYS, 90)
+
+
+def test_killed_containers_are_started_again_under_load(project):
+    for svc in ["verify", "profile", "ingest", "anomaly-0", "archive", "gate", "broker",
+                "registry", "gateway-sim"]:
+        c = project.one(svc)
+        run(["docker", "kill", c])
+        time.sleep(1)
+        run(["docker", "start", c])
+        project.wait_healthy([svc], 120)
+    # a process that ends is started again by the restart policy
+    c = project.one("verify")
+    restarts = project.inspect(c)["RestartCount"]
+    project.sh(c, "kill -TERM 1")
+    assert wait_until(lambda: project.inspect(c)["RestartCount"] > restarts, 60)
+    project.wait_healthy(SERVICES, 120)
+    before = project.archived()
+    assert wait_until(lambda: project.archived() > before + 5 * GATEWAYS, 120), \
+        project.logs("gateway-sim")[-3000:]
+
+
+def test_nothing_sent_is_missing_from_the_archive(project):
+    sim = project.one("gateway-sim")
+    # an orderly stop: no new batch, then the simulator waits (--wait-acks) until the acks cover
+    # everything it sent, resending what was lost in a vanished replica's pipe
+    project.dc("stop", "-t", "180", "gateway-sim", timeout=300)
+    assert project.inspect(sim)["State"]["ExitCode"] == 0, project.logs("gateway-sim")[-3000:]
+    tar = subprocess.run(["docker", "cp", f"{sim}:/var/lib/suido/report.json", "-"],
+                         capture_output=True, timeout=60, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        report = json.load(t.extractfile("report.json"))
+    gaps = project.dc("--profile", "tools", "run", "--rm", "archive-check", "--json", "archive",
+                      "gaps", check=False)
+    assert gaps.returncode == 0, gaps.stdout[-3000:] + gaps.stderr[-2000:]
+    archive = json.loads(gaps.stdout)
+    assert archive["missing"] == 0
+    stored = {(e["gateway"], e["boot_epoch"]): e for e in archive["epochs"]}
+    assert len(report["gateways"]) == GATEWAYS
+    for g in report["gateways"]:
+        gw = g["id"]
+        assert g["outbox"]["records"] == 0, (gw, g["outbox"])
+        assert g["sent_ranges"], gw
+        for r in g["sent_ranges"]:
+            e = stored.get((gw, r["boot_epoch"]))
+            assert e and e["highest"] >= r["last_seq"] and e["missing"] == 0, (gw, r, e)
