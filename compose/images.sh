@@ -13,9 +13,13 @@
 # 2. One small image per service on that base (`docker build`, no RUN step): its binary, the
 #    directory its state volume is mounted on, owned by its uid (compose/uids), and that user.
 #    Nothing is downloaded but the Debian packages; no registry is needed.
+# 3. Prometheus: a second root filesystem made the same way with Debian's `prometheus` package
+#    (cached and imported as suido/prometheus-base:<key>), and suido/prometheus on it: the
+#    healthcheck and the TSDB volume's mount point (/var/lib/prometheus) owned by its uid.
 #
-# Images: suido/{broker,registry,ingest,verify,profile,anomaly,archive,gate,gateway-sim,tools}
-# (+ archive-standby, monitor when their binaries exist), tagged TAG (default latest).
+# Images: suido/{broker,registry,ingest,verify,profile,anomaly,archive,gate,gateway-sim,tools,
+# prometheus} (+ archive-standby, monitor when their binaries exist), tagged TAG (default
+# latest).
 set -euo pipefail
 PROG=images
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -65,6 +69,8 @@ IMAGES=(
 IMAGES+=("archive-standby archive-standby bin/suido-archive:/usr/bin/suido-archive")
 [[ -x "$BUILD/bin/suido-monitor" ]] &&
     IMAGES+=("monitor monitor bin/suido-monitor:/usr/bin/suido-monitor")
+# Prometheus: Debian's package on a base of its own (below), nothing of this build
+IMAGES+=("prometheus prometheus")
 
 FILES=()
 for spec in "${IMAGES[@]}"; do
@@ -124,44 +130,65 @@ mirror() {
     echo "${m:-http://deb.debian.org/debian}"
 }
 MIRROR=$(mirror)
-KEY=$(printf 'suite=%s\nmirror=%s\nrecipe=%s\npackages=%s\n' "$SUITE" "$MIRROR" "$RECIPE" "$PKGS" |
-      sha256sum | cut -c1-16)
-TARBALL=$WORK/rootfs-$KEY.tar
-BASE=suido/base:$KEY
 
-# ---------------------------------------------------------------- the root filesystem (cached)
-if [[ ! -f "$TARBALL" ]]; then
-    say "debootstrap $SUITE (minbase) from $MIRROR with: ${PKGS//,/ }"
-    ROOT=$(mktemp -d "$WORK/.rootfs.XXXXXX")
-    trap 'rm -rf -- "$ROOT" "$TARBALL.tmp"' EXIT
-    if ! debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$ROOT" "$MIRROR" \
-            >"$WORK/debootstrap.log" 2>&1; then
-        tail -20 "$WORK/debootstrap.log" >&2
-        die "debootstrap failed (log: $WORK/debootstrap.log)"
+# rootfs LABEL PACKAGES [PATH...]: a root filesystem debootstrapped with PACKAGES (comma-separated)
+# and without PATHs (relative to its root) that nothing in it uses, cached as
+# $WORK/LABEL-<key>.tar and imported as suido/base:<key> (LABEL rootfs) or suido/NAME-base:<key>
+# (LABEL NAME-rootfs); sets ROOTFS_KEY and ROOTFS_IMAGE. The key hashes the suite, mirror,
+# recipe, package list and PATHs, so a rerun with the same ones takes seconds; older tarballs of
+# the same label are removed.
+rootfs() {
+    local label=$1 pkgs=$2 key tarball image root
+    shift 2
+    key=$({ printf 'suite=%s\nmirror=%s\nrecipe=%s\npackages=%s\n' "$SUITE" "$MIRROR" "$RECIPE" \
+            "$pkgs"; [[ $# -eq 0 ]] || printf 'without=%s\n' "$*"; } | sha256sum | cut -c1-16)
+    tarball=$WORK/$label-$key.tar
+    image=suido/${label%rootfs}base:$key
+    if [[ ! -f "$tarball" ]]; then
+        say "debootstrap $SUITE (minbase) from $MIRROR with: ${pkgs//,/ }"
+        root=$(mktemp -d "$WORK/.$label.XXXXXX")
+        trap 'rm -rf -- "$root" "$tarball.tmp"' EXIT
+        if ! debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$root" "$MIRROR" \
+                >"$WORK/debootstrap-$label.log" 2>&1; then
+            tail -20 "$WORK/debootstrap-$label.log" >&2
+            die "debootstrap failed (log: $WORK/debootstrap-$label.log)"
+        fi
+        # Only what runs: no documentation, manuals, translations, package lists or caches,
+        # logs; no set-uid or set-gid program (the containers also run with no-new-privileges).
+        rm -rf "$root"/usr/share/{doc,man,info,lintian,linda} "$root"/usr/share/locale/* \
+               "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/var/cache/debconf/*-old \
+               "$root"/var/log/* "$root"/tmp/* "$root"/root/.[!.]* 2>/dev/null || true
+        local p
+        for p in "$@"; do rm -rf -- "${root:?}/$p"; done
+        find "$root" -xdev -type f -perm /6000 -exec chmod ug-s {} +
+        # mount points: configuration (read-only bind), state (volume or tmpfs)
+        mkdir -p "$root/deploy" "$root/var/lib/suido"
+        tar --numeric-owner --xattrs -C "$root" -cf "$tarball.tmp" .
+        mv "$tarball.tmp" "$tarball"
+        rm -rf -- "$root"
+        trap - EXIT
+        find "$WORK" -maxdepth 1 -name "$label-*.tar" ! -name "$label-$key.tar" -delete
+    else
+        say "root filesystem cached: $tarball"
     fi
-    # Only what runs: no documentation, manuals, translations, package lists or caches, logs;
-    # no set-uid or set-gid program (the containers also run with no-new-privileges).
-    rm -rf "$ROOT"/usr/share/{doc,man,info,lintian,linda} "$ROOT"/usr/share/locale/* \
-           "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/debconf/*-old \
-           "$ROOT"/var/log/* "$ROOT"/tmp/* "$ROOT"/root/.[!.]* 2>/dev/null || true
-    find "$ROOT" -xdev -type f -perm /6000 -exec chmod ug-s {} +
-    # mount points: configuration (read-only bind), state (volume or tmpfs)
-    mkdir -p "$ROOT/deploy" "$ROOT/var/lib/suido"
-    tar --numeric-owner --xattrs -C "$ROOT" -cf "$TARBALL.tmp" .
-    mv "$TARBALL.tmp" "$TARBALL"
-    rm -rf -- "$ROOT"
-    trap - EXIT
-    # older tarballs of other package lists are not needed any more
-    find "$WORK" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$KEY.tar" -delete
-else
-    say "root filesystem cached: $TARBALL"
-fi
-if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    say "docker import $BASE"
-    docker import --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' --change 'WORKDIR /' \
-        --message "suido base: debootstrap $SUITE minbase + ${PKGS}" "$TARBALL" "$BASE" >/dev/null
-fi
+    if ! docker image inspect "$image" >/dev/null 2>&1; then
+        say "docker import $image"
+        docker import --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' --change 'WORKDIR /' \
+            --message "suido $label: debootstrap $SUITE minbase + $pkgs" "$tarball" "$image" >/dev/null
+    fi
+    ROOTFS_KEY=$key ROOTFS_IMAGE=$image
+}
+
+# ---------------------------------------------------------------- the root filesystems (cached)
+# The services' base: the libraries the binaries load, and Mosquitto.
+rootfs rootfs "$PKGS"
+KEY=$ROOTFS_KEY BASE=$ROOTFS_IMAGE
 docker tag "$BASE" "suido/base:$TAG"
+# Prometheus's: Debian's package and what it depends on (its web pages' scripts and fonts), as a
+# base of its own so that the services' images do not carry it. The pages load moment-timezone's
+# packed script only: its raw time-zone tables for Node.js (212 MB) are left out.
+rootfs prometheus-rootfs prometheus usr/share/javascript/moment-timezone/data
+PROM_KEY=$ROOTFS_KEY PROM_BASE=$ROOTFS_IMAGE
 
 # ---------------------------------------------------------------- one image per service
 # One layer on the base: a tarball whose members carry their final owner and mode (ADD keeps
@@ -189,8 +216,14 @@ for spec in "${IMAGES[@]}"; do
         members+=(usr/share/suido)
     fi
     # the state volume's mount point: a new named volume takes its owner and mode from here
-    install -d -m 0700 -o "$uid" -g "$uid" "$ctx/root/var/lib/suido"
-    members+=(var/lib/suido)
+    # (Prometheus's TSDB: where Debian's package keeps it)
+    state=var/lib/suido from=$BASE key=$KEY
+    [[ $name != prometheus ]] || state=var/lib/prometheus from=$PROM_BASE key=$PROM_KEY
+    install -d -m 0700 -o "$uid" -g "$uid" "$ctx/root/$state"
+    members+=("$state")
+    # and the TSDB's own directory (in the tarball with its parent), which the package made for
+    # its system user
+    [[ $name != prometheus ]] || install -d -m 0700 -o "$uid" -g "$uid" "$ctx/root/$state/metrics2"
     # the identity file's volume: written by the registry, read by the broker; owned by the
     # registry in both images, whichever of them creates the volume first
     if [[ $name == broker || $name == registry ]]; then
@@ -202,9 +235,9 @@ for spec in "${IMAGES[@]}"; do
     rm -rf "$ctx/root"
     cat >"$ctx/Dockerfile" <<EOT
 # suido/$name, generated by compose/images.sh
-FROM $BASE
+FROM $from
 ADD layer.tar /
-LABEL org.suido.image=$name org.suido.base=$KEY
+LABEL org.suido.image=$name org.suido.base=$key
 USER $uid:$uid
 EOT
     docker build -q -t "suido/$name:$TAG" "$ctx" >/dev/null 2>"$ctx/build.log" || {

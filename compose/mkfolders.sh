@@ -138,6 +138,23 @@ mkdir -p "$f/etc"
 cp -p "$STAGE/suidoctl/etc/suidoctl.conf" "$f/etc/suidoctl.conf"
 seal "$f" archive
 
+# ---------------------------------------------------------------- Prometheus
+# compose/prometheus.yml without the jobs of services this deployment has none of (a job is kept
+# when etc/<job>.conf or etc/<job>-<n>.conf exists; a job's lines are those up to the next
+# "  - job_name:" or unindented line), and the CA certificate and scraper's key it names.
+f=$STAGE/prometheus
+mkdir -p "$f"
+jobs=" "
+for conf in "$DIR"/etc/*.conf; do
+    name=$(basename "$conf" .conf)
+    jobs+="$name ${name%-[0-9]*} "
+done
+awk -v jobs="$jobs" '/^  - job_name: / { skip = !index(jobs, " " $3 " ") } /^[^ ]/ { skip = 0 } !skip' \
+    "$HERE/prometheus.yml" >"$f/prometheus.yml"
+copy_named "$f" "$f/prometheus.yml"
+[[ -f "$f/prometheus/client.key" ]] || die "$DIR has no prometheus/client.key (keys/mkpki.sh)"
+seal "$f" prometheus
+
 # ---------------------------------------------------------------- into place
 for new in "$STAGE"/*/; do
     name=$(basename "$new")

@@ -18,7 +18,8 @@
 #
 # --compose: for compose/docker-compose.yml. Endpoints name the socket's network instead of
 # 127.0.0.1 (tcp://verify-in:7004: container port 7000 + the offset below; the broker is
-# ssl://broker:8883), and compose/mkfolders.sh then makes DIR/compose/<service>/, each holding
+# ssl://broker:8883; a metrics endpoint its container's metrics network, verify-metrics:7042),
+# and compose/mkfolders.sh then makes DIR/compose/<service>/, each holding
 # only that service's configuration and keys, with paths as the container sees them.
 #
 # Ports (all on 127.0.0.1): broker P; registry P+1; archive P+2; profile P+3; verify P+4;
@@ -145,8 +146,9 @@ server_key = $(key registry)
 EOT
 }
 # The daemon's HTTPS metrics endpoint (common/cm_metrics_http.h): its own server certificate,
-# scraped by the holder of prometheus/client.crt only.
-metrics_section() { # service port-offset
+# scraped by the holder of prometheus/client.crt only. In compose it listens on the container's
+# address on its metrics network, shared with Prometheus only (<instance>-metrics:7000+offset).
+metrics_section() { # service port-offset [instance]
     if [[ ! -f "$DIR/services/$1/metrics.crt" ]]; then
         echo "$PROG: note: $DIR has no metrics certificate for $1 (a PKI from before the metrics" \
             "endpoints): $1 runs without one; delete $DIR to start afresh" >&2
@@ -155,7 +157,7 @@ metrics_section() { # service port-offset
     cat <<EOT
 
 [metrics]
-listen = 127.0.0.1:$(($BASE + $2))
+listen = $([[ -n "$COMPOSE" ]] && echo "${3:-$1}-metrics:$((7000 + $2))" || echo "127.0.0.1:$(($BASE + $2))")
 cert = $DIR/services/$1/metrics.crt
 key = $DIR/services/$1/metrics.key
 ca = $DIR/ca/ca.crt
@@ -263,7 +265,7 @@ $(archive_out)
 [profile]
 registry_key = $DIR/platform/profile.pub
 EOT
-    registry_client; events_client; metrics_section anomaly $((50 + i)); } >"$DIR/etc/anomaly-$i.conf"
+    registry_client; events_client; metrics_section anomaly $((50 + i)) "anomaly-$i"; } >"$DIR/etc/anomaly-$i.conf"
 done
 
 { service_head archive; mqtt_section archive; cat <<EOT

@@ -5,19 +5,25 @@ running through every step:
 1. every container (the archive standby too) is hardened as the compose file says (own uid, read-only root, no
    capability, no-new-privileges, tmpfs /tmp, its own folder read-only on /deploy);
 2. readings flow end to end;
-3. isolation, probed from inside every container with bash's /dev/tcp against every address and
+3. Prometheus scrapes every daemon over mutual TLS: every target of compose/prometheus.yml is up
+   (its HTTP API, on the host's loopback only);
+4. isolation, probed from inside every container with bash's /dev/tcp against every address and
    port of every other container: a socket is reachable exactly from the peers of its
    allow-list (docs/architecture.md), so the simulator reaches only the broker, verify, profile
-   and anomaly never reach the broker; no container can read another's private key;
-4. verify scaled to 3 replicas and profile to 2 under load: every replica takes frames; back to 1;
-5. containers killed (docker kill) and started again under load, and one restarted by its
-   restart policy after its process ended;
-6. the simulator stopped in order (it waits for the acks of what it sent): its report's sent
+   and anomaly never reach the broker; a daemon's metrics port only from Prometheus, which
+   reaches nothing else and is reached by no container; no container can read another's
+   private key (the scraper's key is Prometheus's alone);
+5. verify scaled to 3 replicas and profile to 2 under load: every replica takes frames and is
+   scraped; back to 1, and so are the targets;
+6. containers killed (docker kill) and started again under load, and one restarted by its
+   restart policy after its process ended; then every target is up again;
+7. the simulator stopped in order (it waits for the acks of what it sent): its report's sent
    ranges are all in the archive, nothing is missing (`suidoctl archive gaps`, run as the
    archive's user on its volume, read-only), its outbox is empty.
 
 Everything (containers, networks, volumes, the deployment folder) is removed at the end, also
 when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log."""
+import hashlib
 import io
 import json
 import os
@@ -28,6 +34,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -58,9 +66,16 @@ SOCKETS = {
     ("gate", 7007): {"profile"},
     ("anomaly-0", 7010): {"profile"},
     ("anomaly-1", 7011): {"profile"},
+    ("prometheus", 9090): set(),                     # its API: the host's loopback only
 }
+# every daemon's metrics endpoint (its port read from its configuration) admits Prometheus only
+SCRAPER = "prometheus"
 SERVICES = ["broker", "registry", "archive", "archive-standby", "verify", "profile", "anomaly-0",
-            "anomaly-1", "gate", "ingest"]
+            "anomaly-1", "gate", "ingest", "prometheus"]
+# the targets of compose/prometheus.yml: job -> containers (one target per replica)
+JOBS = {"registry": ["registry"], "ingest": ["ingest"], "verify": ["verify"],
+        "profile": ["profile"], "anomaly": ["anomaly-0", "anomaly-1"], "archive": ["archive"],
+        "archive-standby": ["archive-standby"], "gate": ["gate"]}
 
 
 def wait_until(pred, timeout, step=0.5):
@@ -86,6 +101,7 @@ class Project:
     def __init__(self, name, deploy):
         self.name, self.deploy = name, deploy
         self.env = dict(os.environ, SUIDO_DEPLOY=str(deploy), SUIDO_BROKER_PORT="",
+                        SUIDO_PROMETHEUS_PORT="",
                         COMPOSE_PROFILES="standby",
                         SUIDO_RATE=str(RATE), SUIDO_WAIT_ACKS="150", COMPOSE_HTTP_TIMEOUT="300")
 
@@ -132,6 +148,45 @@ class Project:
 
     def archived(self):
         return self.metric(self.one("archive"), "archive", "suido_archive_batches_total")
+
+    def prometheus(self, path):
+        """GET path of Prometheus's HTTP API through its published port (host loopback only)."""
+        port = self.inspect(self.one("prometheus"))["NetworkSettings"]["Ports"]["9090/tcp"]
+        assert [b["HostIp"] for b in port] == ["127.0.0.1"], port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port[0]['HostPort']}{path}",
+                                    timeout=10) as r:
+            return json.load(r)["data"]
+
+    def targets(self):
+        """{job: {instance-address: (health, last error)}} of Prometheus's active targets, the
+        instance as the address scraped (a network name resolved, or a replica's address)."""
+        out = {}
+        for t in self.prometheus("/api/v1/targets?state=active")["activeTargets"]:
+            out.setdefault(t["labels"]["job"], {})[t["labels"]["instance"]] = \
+                (t["health"], t["lastError"])
+        return out
+
+    def metrics_address(self, container, svc):
+        """The container's address on its metrics network (<svc>-metrics)."""
+        nets = self.inspect(container)["NetworkSettings"]["Networks"]
+        return nets[f"{self.name}_{svc}-metrics"]["IPAddress"]
+
+    def scraped(self, jobs):
+        """True when Prometheus's targets are exactly one per running container of each job in
+        jobs, every one up: static targets by their <svc>-metrics:port name, the replicas of a
+        scaled service by their addresses on its metrics network."""
+        have = self.targets()
+        for job, services in jobs.items():
+            got = have.get(job, {})
+            if any(h != "up" for h, _ in got.values()):
+                return False
+            if job in ("verify", "profile"):
+                want = {self.metrics_address(c, job) for c in self.containers(job)}
+                if {i.rsplit(":", 1)[0] for i in got} != want:
+                    return False
+            elif {i.rsplit(":", 1)[0] for i in got} != {f"{s}-metrics" for s in services}:
+                return False
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +237,8 @@ def test_every_container_is_hardened_and_runs_as_its_own_user(project):
         assert [(m["Source"], m["Destination"], m["RW"]) for m in binds] == \
             [(str(project.deploy / "compose" / svc), "/deploy", False)], c
         vols = {m["Destination"] for m in info["Mounts"] if m["Type"] == "volume"}
-        assert vols <= {"/var/lib/suido", "/var/lib/suido-identities"}, (c, vols)
+        assert vols <= {"/var/lib/suido", "/var/lib/suido-identities", "/var/lib/prometheus"}, \
+            (c, vols)
         r = project.sh(c, "id -u; id -g; touch /probe 2>/dev/null && echo writable || echo ro; "
                           "touch /tmp/probe && echo tmp-ok")
         uid, gid, root, tmp = r.stdout.split()
@@ -199,13 +255,24 @@ def test_readings_flow_end_to_end(project):
     assert f"connected={GATEWAYS}/{GATEWAYS}" in sim, sim[-2000:]
 
 
+def test_prometheus_scrapes_every_daemon_over_mutual_tls(project):
+    # every target up: each daemon's endpoint accepted the scraper's certificate and Prometheus
+    # accepted the daemon's for the name it was issued to
+    assert wait_until(lambda: project.scraped(JOBS), 60, step=2), project.targets()
+    # what it stores is each daemon's own count of the scrapes its endpoint served
+    r = project.prometheus("/api/v1/query?query=" + urllib.parse.quote(
+        "count by (job) (suido_metrics_http_requests_total)"))
+    counts = {e["metric"]["job"]: int(e["value"][1]) for e in r["result"]}
+    assert counts == {job: len(services) for job, services in JOBS.items()}, counts
+
+
 def addresses(project, container):
     nets = project.inspect(container)["NetworkSettings"]["Networks"]
     return sorted(n["IPAddress"] for n in nets.values() if n.get("IPAddress"))
 
 
 def metrics_ports(project, svc):
-    """The daemon's HTTPS metrics port (bound on its container's loopback)."""
+    """The daemon's HTTPS metrics port (bound on its address on <svc>-metrics)."""
     conf = project.deploy / "compose" / svc / "etc" / f"{svc}.conf"
     if not conf.exists():
         return []
@@ -219,9 +286,11 @@ def test_each_socket_is_reachable_only_from_the_peers_on_its_allow_list(project)
     sources = {svc: project.one(svc) for svc in SERVICES + ["gateway-sim"]}
     sources["suidoctl"] = f"{project.name}_probe"
     targets = {svc: addresses(project, c) for svc, c in sources.items()}
+    metrics = {svc: set(metrics_ports(project, svc)) for svc in sources}
+    assert all(metrics[svc] for svc in SERVICES if svc not in ("broker", "prometheus")), metrics
     probes = set()
     for svc, ips in targets.items():
-        ports = {p for (s, p) in SOCKETS if s == svc} | set(metrics_ports(project, svc))
+        ports = {p for (s, p) in SOCKETS if s == svc} | metrics[svc]
         probes |= {(svc, ip, p) for ip in ips for p in ports}
     wrong = []
     for src, c in sources.items():
@@ -236,7 +305,7 @@ def test_each_socket_is_reachable_only_from_the_peers_on_its_allow_list(project)
             results.setdefault((t, int(p)), []).append(state == "open")
         assert len(out) - 1 >= len(todo), (src, out)
         for (t, p), states in sorted(results.items()):
-            allowed = src in SOCKETS.get((t, p), set())
+            allowed = src in SOCKETS.get((t, p), set()) or (src == SCRAPER and p in metrics[t])
             if any(states) != allowed:
                 wrong.append(f"{src} -> {t}:{p} {'reachable' if any(states) else 'unreachable'}")
     assert not wrong, "\n".join(wrong)
@@ -257,6 +326,9 @@ def test_no_container_can_read_another_services_private_key(project):
             owners.setdefault(digest, set()).add(re.sub(r"^anomaly-\d+$", "anomaly", svc))
     shared = {d: o for d, o in owners.items() if len(o) > 1}
     assert not shared, shared
+    # the scraper's key, which every metrics endpoint admits, is Prometheus's alone
+    scraper = hashlib.sha256((project.deploy / "prometheus" / "client.key").read_bytes())
+    assert owners.get(scraper.hexdigest()) == {"prometheus"}, owners.get(scraper.hexdigest())
     # and the folders on the host: each belongs to its container's user alone
     for svc in SERVICES + ["gateway-sim"]:
         st = (project.deploy / "compose" / svc).stat()
@@ -280,6 +352,9 @@ def test_scaled_verify_and_profile_share_the_load_and_scale_back(project):
                       and all(received(project, c, "profile") > base[c] for c in profiles), 60), \
         {c: (base[c], received(project, c, "verify" if "verify" in c else "profile"))
          for c in base}
+    # Prometheus finds each replica by DNS on its metrics network and scrapes it
+    scaled = {"verify": JOBS["verify"], "profile": JOBS["profile"]}
+    assert wait_until(lambda: project.scraped(scaled), 90, step=2), project.targets()
     project.dc("up", "-d", "--no-recreate", "--scale", "verify=1", "--scale", "profile=1",
                timeout=300)
     assert len(project.containers("verify")) == 1 and len(project.containers("profile")) == 1
@@ -287,11 +362,13 @@ def test_scaled_verify_and_profile_share_the_load_and_scale_back(project):
         project.logs("ingest")[-3000:]
     before = project.archived()
     assert wait_until(lambda: project.archived() > before + 2 * GATEWAYS, 90)
+    # the targets of the replicas that went are gone
+    assert wait_until(lambda: project.scraped(scaled), 60, step=2), project.targets()
 
 
 def test_killed_containers_are_started_again_under_load(project):
     for svc in ["verify", "profile", "ingest", "anomaly-0", "archive", "gate", "broker",
-                "registry", "gateway-sim"]:
+                "registry", "gateway-sim", "prometheus"]:
         c = project.one(svc)
         run(["docker", "kill", c])
         time.sleep(1)
@@ -306,6 +383,8 @@ def test_killed_containers_are_started_again_under_load(project):
     before = project.archived()
     assert wait_until(lambda: project.archived() > before + 5 * GATEWAYS, 120), \
         project.logs("gateway-sim")[-3000:]
+    # Prometheus (its TSDB on its volume) scrapes every daemon again, at their new addresses
+    assert wait_until(lambda: project.scraped(JOBS), 90, step=2), project.targets()
 
 
 def test_nothing_sent_is_missing_from_the_archive(project):

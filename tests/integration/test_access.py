@@ -147,7 +147,7 @@ def test_curve_allow_list_admits_only_the_expected_peers(suite, pb):
     # a key nobody issued, and a real service key that has no business here, are refused
     denied_before = suite.metric("archive", "suido_zap_denied_total")
     curve_push(suite, archive_port, "archive", zmq.curve_keypair(), alert_frame(pb, "stranger"))
-    curve_push(suite, archive_port, "archive", service_keys(suite, "monitor"),
+    curve_push(suite, archive_port, "archive", service_keys(suite, "suidoctl"),
                alert_frame(pb, "wrong_peer"))
     assert wait_until(lambda: suite.metric("archive", "suido_zap_denied_total")
                       >= denied_before + 2, 5)

@@ -101,7 +101,7 @@ def test_replayed_batches_are_refused_and_never_stored_twice(suite):
     assert wait_until(lambda: len(suite.query(
         "SELECT 1 FROM rejects WHERE gateway='gw-0005' AND reason IN ('replay','duplicate')"))
         >= g["attacked_sent"])
-    rows = batches(suite, "gw-0005")
+    rows = batches(suite, "gw-0005", g["boot_epoch"])  # the suite is shared: other runs' epochs aside
     seqs = [r[1] for r in rows]
     assert len(seqs) == len(set(seqs))
     (dups,) = suite.query("SELECT count(*) - count(DISTINCT boot_epoch || '/' || seq) "
