@@ -181,7 +181,11 @@ cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
 {
     *rep = NULL;
     drain_late(r);
-    if (cm_zsend_pb(r->sock, &req->base, ZMQ_DONTWAIT) != CM_OK)
+    /* Numbered, so that a reply to an earlier request that timed out, arriving while this one
+     * waits, is dropped instead of being taken for this one's answer. */
+    Suido__RegistryRequest numbered = *req;
+    numbered.request_id = ++r->next_request;
+    if (cm_zsend_pb(r->sock, &numbered.base, ZMQ_DONTWAIT) != CM_OK)
         return CM_ERR_UNAVAILABLE;
     uint64_t deadline = cm_mono_ms() + (uint64_t)r->timeout_ms;
     for (;;) {
@@ -199,8 +203,11 @@ cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
         }
         *rep = suido__registry_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
         zmq_msg_close(&m);
-        if (*rep)
+        if (*rep && (*rep)->request_id == numbered.request_id)
             return CM_OK;
+        if (*rep)
+            suido__registry_reply__free_unpacked(*rep, NULL);
+        *rep = NULL;
     }
 }
 

@@ -59,6 +59,7 @@ typedef struct registry {
     uint64_t next_expiry_check_ms;
     cm_metric *expiry_alerts;
     cm_metric *requests, *rejected, *unknown;
+    uint64_t request_id; /* of the request being answered: every reply echoes it */
 } registry;
 
 typedef struct request {
@@ -70,6 +71,7 @@ typedef struct request {
 
 static void reply(registry *r, zmq_msg_t *route, Suido__RegistryReply *rep)
 {
+    rep->request_id = r->request_id;
     cm_zreply(r->api, route, &rep->base);
 }
 
@@ -768,8 +770,11 @@ static void handle_one(registry *r)
         goto out;
     }
     cm_metric_inc(r->requests);
+    r->request_id = 0;
     Suido__RegistryRequest *req =
         suido__registry_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+    if (req)
+        r->request_id = req->request_id;
     if (!req) {
         cm_metric_inc(r->rejected);
         cm_svc_reject(r->svc, "malformed");
