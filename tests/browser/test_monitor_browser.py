@@ -43,7 +43,9 @@ def log_in(driver, env, ident):
     driver.find_element(By.ID, "password").send_keys(env.passwords[ident])
     driver.find_element(By.ID, "totp").send_keys(env.code(ident))
     driver.find_element(By.ID, "submit").click()
-    until(driver, lambda d: d.current_url.endswith("/overview"))
+    # the registry checks the password with Argon2id, which takes seconds under ASan on a busy
+    # machine: a generous ceiling, not a speed requirement
+    until(driver, lambda d: d.current_url.endswith("/overview"), timeout=90)
     until(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
 
 
