@@ -6,7 +6,8 @@
 # suido-health --http HOST:PORT PATH - healthy while GET PATH on plain HTTP at HOST:PORT answers
 # 200 within 3 s (Prometheus: /-/healthy on its own listening address).
 if [[ ${1:-} == --http ]]; then
-    hp=${2:?usage: suido-health --http HOST:PORT PATH} path=${3:?usage: suido-health --http HOST:PORT PATH}
+    usage="usage: suido-health --http HOST:PORT PATH"
+    hp=${2:?$usage} path=${3:?$usage}
     status=$(timeout 3 bash -c '
         exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
         printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$2" "$1" >&3

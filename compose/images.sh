@@ -174,7 +174,8 @@ rootfs() {
     if ! docker image inspect "$image" >/dev/null 2>&1; then
         say "docker import $image"
         docker import --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' --change 'WORKDIR /' \
-            --message "suido $label: debootstrap $SUITE minbase + $pkgs" "$tarball" "$image" >/dev/null
+            --message "suido $label: debootstrap $SUITE minbase + $pkgs" "$tarball" "$image" \
+            >/dev/null
     fi
     ROOTFS_KEY=$key ROOTFS_IMAGE=$image
 }

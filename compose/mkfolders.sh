@@ -149,8 +149,9 @@ for conf in "$DIR"/etc/*.conf; do
     name=$(basename "$conf" .conf)
     jobs+="$name ${name%-[0-9]*} "
 done
-awk -v jobs="$jobs" '/^  - job_name: / { skip = !index(jobs, " " $3 " ") } /^[^ ]/ { skip = 0 } !skip' \
-    "$HERE/prometheus.yml" >"$f/prometheus.yml"
+awk -v jobs="$jobs" '/^  - job_name: / { skip = !index(jobs, " " $3 " ") }
+                    /^[^ ]/ { skip = 0 }
+                    !skip' "$HERE/prometheus.yml" >"$f/prometheus.yml"
 copy_named "$f" "$f/prometheus.yml"
 [[ -f "$f/prometheus/client.key" ]] || die "$DIR has no prometheus/client.key (keys/mkpki.sh)"
 seal "$f" prometheus

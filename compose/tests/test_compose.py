@@ -22,7 +22,13 @@ running through every step:
    archive's user on its volume, read-only), its outbox is empty.
 
 Everything (containers, networks, volumes, the deployment folder) is removed at the end, also
-when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log."""
+when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log.
+
+A deployment has 25 networks and Docker's default address pools give 31, so two runs cannot
+share a host: a run waits for the one before it to end (an exclusive lock on
+SUIDO_COMPOSE_LOCK, default /tmp/suido-compose-test.lock)."""
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -44,6 +50,9 @@ COMPOSE = TOP / "compose" / "docker-compose.yml"
 BUILD = pathlib.Path(os.environ.get("SUIDO_BUILD", TOP / "build"))
 GATEWAYS = 10
 RATE = 2  # batches per second per gateway: the load every step runs under
+
+LOCK = pathlib.Path(os.environ.get("SUIDO_COMPOSE_LOCK", "/tmp/suido-compose-test.lock"))
+LOCK_WAIT = 1200  # seconds: longer than a run
 
 UIDS = {n: int(u) for n, u in (line.split() for line in (TOP / "compose" / "uids").read_text()
                                    .splitlines() if line.strip() and not line.startswith("#"))}
@@ -189,13 +198,34 @@ class Project:
         return True
 
 
+@contextlib.contextmanager
+def host_lock():
+    """One run at a time on this Docker host (its address pools hold one deployment's
+    networks); waits up to LOCK_WAIT for a run that holds it."""
+    with open(LOCK, "a") as f:
+        end = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < end, f"{LOCK} held for {LOCK_WAIT} s by another run"
+                time.sleep(2)
+        yield
+
+
 @pytest.fixture(scope="module")
 def project():
     assert (BUILD / "bin" / "suido-verify").exists(), f"no build in {BUILD}"
     missing = [i for i in ("broker", "registry", "ingest", "verify", "profile", "anomaly",
-                           "archive", "gate", "gateway-sim", "tools")
+                           "archive", "gate", "gateway-sim", "tools", "prometheus")
                if run(["docker", "image", "inspect", f"suido/{i}:latest"], check=False).returncode]
     assert not missing, f"images missing (make images): {missing}"
+    with host_lock():
+        yield from running_project()
+
+
+def running_project():
     deploy = pathlib.Path(tempfile.mkdtemp(prefix="suido-compose-"))
     p = Project(f"suidotest{os.getpid()}", deploy)
     logdir = BUILD / "compose-test"

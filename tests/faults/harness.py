@@ -47,7 +47,7 @@ class Sim:
     """One run of suido-gateway-sim over a set of gateways with an outbox state directory, its
     one-line-per-second progress on a log file (read live), its report at the end."""
 
-    def __init__(self, h, name, ids, port=None, rate=1, state=None, wait_acks=120, extra=()):
+    def __init__(self, h, name, ids, port=None, rate=1, state=None, wait_acks=60, extra=()):
         self.h, self.name, self.ids = h, name, list(ids)
         self.state = state or (h.work / f"state-{name}")
         self.state.mkdir(parents=True, exist_ok=True)

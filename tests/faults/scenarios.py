@@ -4,6 +4,7 @@ fault, heals it, stops the simulators (which deliver what their outboxes still h
 with the oracle (harness.Harness.oracle). A scenario records its own checks and figures in a
 Result; any check that fails, or any gap, duplicate, extra row or ack without storage, fails it."""
 import contextlib
+import gc
 import json
 import os
 import random
@@ -70,12 +71,20 @@ class Result:
         return "FAIL"
 
 
-def settle(h, sims, timeout=90):
+def settle(h, sims, timeout=90, stalled=75):
     """Waits until every simulator has all its gateways connected and has delivered what it
-    took (acked close to sent), so that stopping it afterwards drains little."""
+    took (acked close to sent), so that stopping it afterwards drains little; gives up on one
+    whose acks have not moved for `stalled` seconds (longer than the gateways' 30 s stall
+    republishing: what is still missing then will not come)."""
     for s in sims:
-        s.wait(lambda p: p["connected"] == p["n"] and p["sent"] - p["acked"] <= 2 * p["n"],
-               timeout)
+        last = {"acked": -1, "t": time.monotonic()}
+
+        def done(p):
+            if p["acked"] != last["acked"]:
+                last["acked"], last["t"] = p["acked"], time.monotonic()
+            return (p["connected"] == p["n"] and p["sent"] - p["acked"] <= 2 * p["n"]) or \
+                time.monotonic() - last["t"] > stalled
+        s.wait(done, timeout)
 
 
 def metric_sum(h, prefix, name):
@@ -860,6 +869,7 @@ def f11_corruption(h, r):
         # recovery, whatever happened above: the last good copy back in place
         h.suite.stop("archive")
         h.suite.stop("registry")
+        gc.collect()  # sqlite3 connections of this process that only the collector closes
         rr = h.archive_ctl("backup", "restore", last, "--to", d / "state", "--force")
         h.restart("registry")
         h.restart("archive")
@@ -1023,6 +1033,9 @@ def f10_standby_promoted(h, r):
             p.stdout + p.stderr)
     h.archive_db = h.suite.dir / "state" / STANDBY / "archive.db"
     h.archive_conf = conf
+    time.sleep(3)
+    if not h.suite.alive(STANDBY):
+        raise ScenarioFailed("the promoted standby is not running: " + h.suite.log(STANDBY)[-600:])
     settle(h, [sim], 300)
     rep = sim.stop()
     r.oracle(h, [rep], ctl_check=True)

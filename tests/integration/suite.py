@@ -30,10 +30,12 @@ def port_free(port):
 
 def free_base_port(span=66):
     """A base port such that base .. base+span are all free on 127.0.0.1 (the default covers a
-    deployment's ports up to its metrics endpoints, scripts/mkdeploy.sh)."""
+    deployment's ports up to its metrics endpoints, scripts/mkdeploy.sh). Below Linux's
+    ephemeral ports (32768-60999): there a port free now can become the local end of an outgoing
+    connection before a late bind (a promoted standby's input) needs it."""
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - span)
+        base = rng.randrange(20000, 32768 - span)
         if all(port_free(base + i) for i in range(span)):
             return base
     raise RuntimeError("no free port range")
