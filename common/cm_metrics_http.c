@@ -30,6 +30,7 @@
 
 #include "cm_crypto.h"
 #include "cm_log.h"
+#include "cm_net.h"
 #include "cm_time.h"
 
 #define MAX_ALLOW 32
@@ -49,7 +50,7 @@ typedef struct refusal {
 struct cm_metrics_http {
     char service[64];
     char subject[96]; /* "<service>:metrics", the audit subject */
-    char host[256], port[8];
+    char host[CM_NET_HOSTLEN], port[CM_NET_PORTLEN];
     char *cert_pem, *key_pem, *ca_pem;
     size_t key_len;
     char crl_path[4096];
@@ -407,32 +408,6 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---------------------------------------------------------------- set-up */
 
-/* "HOST:PORT", "[V6]:PORT", "*:PORT" -> host (NULL for every address) and port. */
-static int split_listen(const char *v, char host[256], char port[8])
-{
-    const char *colon = strrchr(v, ':');
-    if (!colon || colon == v || strlen(colon + 1) == 0 || strlen(colon + 1) > 5)
-        return -1;
-    size_t hl = (size_t)(colon - v);
-    if (v[0] == '[') {
-        if (hl < 3 || v[hl - 1] != ']')
-            return -1;
-        v++;
-        hl -= 2;
-    }
-    if (hl >= 256)
-        return -1;
-    snprintf(host, 256, "%.*s", (int)hl, v);
-    if (strcmp(host, "*") == 0)
-        host[0] = '\0';
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 1 || p > 65535)
-        return -1;
-    snprintf(port, 8, "%ld", p);
-    return 0;
-}
-
 static cm_err config_error(const cm_conf *conf, const char *key, char err[CM_CONF_ERRLEN],
                            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static cm_err config_error(const cm_conf *conf, const char *key, char err[CM_CONF_ERRLEN],
@@ -477,7 +452,7 @@ cm_err cm_metrics_http_new(const cm_conf *conf, const char *service, cm_metrics 
     size_t len;
     struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
-    if (split_listen(listen, h->host, h->port) != 0) {
+    if (cm_net_split(listen, h->host, h->port) != 0) {
         rc = config_error(conf, "listen", err, "'%s' is not HOST:PORT", listen);
         goto fail;
     }
@@ -566,28 +541,10 @@ fail:
 
 cm_err cm_metrics_http_start(cm_metrics_http *h, char err[CM_CONF_ERRLEN])
 {
-    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *ai = NULL;
-    int fd = -1, e = 0;
-    if ((e = getaddrinfo(*h->host ? h->host : NULL, h->port, &hints, &ai)) != 0) {
-        snprintf(err, CM_CONF_ERRLEN, "metrics endpoint %s:%s: %s", h->host, h->port,
-                 gai_strerror(e));
-        return CM_ERR_IO;
-    }
-    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
-        int one = 1;
-        if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-                        bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 16) != 0)) {
-            e = errno;
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(ai);
+    char why[CM_CONF_ERRLEN - 32];
+    int fd = cm_net_listen(h->host, h->port, 16, why, sizeof why);
     if (fd < 0) {
-        snprintf(err, CM_CONF_ERRLEN, "metrics endpoint %s:%s: cannot listen: %s",
-                 *h->host ? h->host : "*", h->port, strerror(e ? e : errno));
+        snprintf(err, CM_CONF_ERRLEN, "metrics endpoint %s", why);
         return CM_ERR_IO;
     }
     /* the server thread takes no signals: SIGTERM must reach the threads that stop the daemon

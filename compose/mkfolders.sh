@@ -85,8 +85,8 @@ for conf in "$DIR"/etc/*.conf; do
     # [pki] is the operator's host business (the CA's private key never enters a container)
     to_container <"$conf" | awk '/^\[/ { skip = ($0 == "[pki]") } !skip' >"$f/etc/$name.conf"
     if [[ $name == monitor ]]; then
-        # the console listens on the container's web network (compose/docker-compose.yml)
-        sed -i 's#^bind = 127\.0\.0\.1:[0-9]*$#bind = 0.0.0.0:8443#' "$f/etc/$name.conf"
+        # the console listens on its address on monitor-web only (compose/docker-compose.yml)
+        sed -i 's#^bind = 127\.0\.0\.1:[0-9]*$#bind = monitor-web:8443#' "$f/etc/$name.conf"
     fi
     copy_named "$f" "$f/etc/$name.conf"
     seal "$f" "$name"

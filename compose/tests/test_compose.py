@@ -6,12 +6,15 @@ running through every step:
    capability, no-new-privileges, tmpfs /tmp, its own folder read-only on /deploy);
 2. readings flow end to end;
 3. Prometheus scrapes every daemon over mutual TLS: every target of compose/prometheus.yml is up
-   (its HTTP API, on the host's loopback only);
+   (its HTTP API, on the host's loopback only); the monitor's console answers HTTPS on the
+   host's loopback with the certificate the deployment CA issued for it;
 4. isolation, probed from inside every container with bash's /dev/tcp against every address and
    port of every other container: a socket is reachable exactly from the peers of its
    allow-list (docs/architecture.md), so the simulator reaches only the broker, verify, profile
    and anomaly never reach the broker; a daemon's metrics port only from Prometheus, which
-   reaches nothing else and is reached by no container; no container can read another's
+   reaches nothing else and is reached by no container; the monitor reaches the registry's and
+   the archive's APIs, the archive's input (its audit events) and the broker, and no container
+   reaches its console; no container can read another's
    private key (the scraper's key is Prometheus's alone);
 5. verify scaled to 3 replicas and profile to 2 under load: every replica takes frames and is
    scraped; back to 1, and so are the targets;
@@ -24,7 +27,7 @@ running through every step:
 Everything (containers, networks, volumes, the deployment folder) is removed at the end, also
 when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log.
 
-A deployment has 25 networks and Docker's default address pools give 31, so two runs cannot
+A deployment has 27 networks and Docker's default address pools give 31, so two runs cannot
 share a host: a run waits for the one before it to end (an exclusive lock on
 SUIDO_COMPOSE_LOCK, default /tmp/suido-compose-test.lock)."""
 import contextlib
@@ -36,6 +39,7 @@ import os
 import pathlib
 import re
 import shutil
+import ssl
 import subprocess
 import tarfile
 import tempfile
@@ -61,11 +65,11 @@ UIDS = {n: int(u) for n, u in (line.split() for line in (TOP / "compose" / "uids
 # listener and ACL). A container reaches (service, port) iff it is listed here.
 PIPELINE = {"verify", "profile", "anomaly-0", "anomaly-1"}
 SOCKETS = {
-    ("broker", 8883): {"gateway-sim", "ingest", "archive", "gate", "archive-standby"},
-    ("registry", 7001): PIPELINE | {"archive", "gate", "suidoctl", "archive-standby"},
+    ("broker", 8883): {"gateway-sim", "ingest", "archive", "gate", "archive-standby", "monitor"},
+    ("registry", 7001): PIPELINE | {"archive", "gate", "suidoctl", "archive-standby", "monitor"},
     ("registry", 7005): PIPELINE | {"archive", "gate", "archive-standby"},
-    ("archive", 7002): PIPELINE | {"registry", "gate", "ingest"},
-    ("archive", 7008): {"suidoctl"},
+    ("archive", 7002): PIPELINE | {"registry", "gate", "ingest", "monitor"},
+    ("archive", 7008): {"suidoctl", "monitor"},
     ("archive", 7020): {"archive-standby"},          # replication
     ("archive-standby", 7021): set(),                # its input: bound only once promoted
     ("archive-standby", 7022): {"suidoctl"},
@@ -76,15 +80,16 @@ SOCKETS = {
     ("anomaly-0", 7010): {"profile"},
     ("anomaly-1", 7011): {"profile"},
     ("prometheus", 9090): set(),                     # its API: the host's loopback only
+    ("monitor", 8443): set(),                        # the console: the host's loopback only
 }
 # every daemon's metrics endpoint (its port read from its configuration) admits Prometheus only
 SCRAPER = "prometheus"
 SERVICES = ["broker", "registry", "archive", "archive-standby", "verify", "profile", "anomaly-0",
-            "anomaly-1", "gate", "ingest", "prometheus"]
+            "anomaly-1", "gate", "ingest", "monitor", "prometheus"]
 # the targets of compose/prometheus.yml: job -> containers (one target per replica)
 JOBS = {"registry": ["registry"], "ingest": ["ingest"], "verify": ["verify"],
         "profile": ["profile"], "anomaly": ["anomaly-0", "anomaly-1"], "archive": ["archive"],
-        "archive-standby": ["archive-standby"], "gate": ["gate"]}
+        "archive-standby": ["archive-standby"], "gate": ["gate"], "monitor": ["monitor"]}
 
 
 def wait_until(pred, timeout, step=0.5):
@@ -110,7 +115,7 @@ class Project:
     def __init__(self, name, deploy):
         self.name, self.deploy = name, deploy
         self.env = dict(os.environ, SUIDO_DEPLOY=str(deploy), SUIDO_BROKER_PORT="",
-                        SUIDO_PROMETHEUS_PORT="",
+                        SUIDO_PROMETHEUS_PORT="", SUIDO_MONITOR_PORT="",
                         COMPOSE_PROFILES="standby",
                         SUIDO_RATE=str(RATE), SUIDO_WAIT_ACKS="150", COMPOSE_HTTP_TIMEOUT="300")
 
@@ -218,7 +223,7 @@ def host_lock():
 def project():
     assert (BUILD / "bin" / "suido-verify").exists(), f"no build in {BUILD}"
     missing = [i for i in ("broker", "registry", "ingest", "verify", "profile", "anomaly",
-                           "archive", "gate", "gateway-sim", "tools", "prometheus")
+                           "archive", "gate", "gateway-sim", "tools", "monitor", "prometheus")
                if run(["docker", "image", "inspect", f"suido/{i}:latest"], check=False).returncode]
     assert not missing, f"images missing (make images): {missing}"
     with host_lock():
@@ -294,6 +299,19 @@ def test_prometheus_scrapes_every_daemon_over_mutual_tls(project):
         "count by (job) (suido_metrics_http_requests_total)"))
     counts = {e["metric"]["job"]: int(e["value"][1]) for e in r["result"]}
     assert counts == {job: len(services) for job, services in JOBS.items()}, counts
+
+
+def test_the_monitor_answers_https_on_the_hosts_loopback_only(project):
+    port = project.inspect(project.one("monitor"))["NetworkSettings"]["Ports"]["8443/tcp"]
+    assert [b["HostIp"] for b in port] == ["127.0.0.1"], port
+    # the deployment CA's certificate for the console, checked for the name it was issued to
+    ctx = ssl.create_default_context(cafile=str(project.deploy / "ca" / "ca.crt"))
+    with urllib.request.urlopen(f"https://localhost:{port[0]['HostPort']}/login", timeout=10,
+                                context=ctx) as r:
+        assert r.status == 200 and "text/html" in r.headers["Content-Type"], r.headers
+    # on its own network only: the name it binds is an alias on monitor-web
+    conf = (project.deploy / "compose" / "monitor" / "etc" / "monitor.conf").read_text()
+    assert re.search(r"^bind = monitor-web:8443$", conf, re.M), conf
 
 
 def addresses(project, container):

@@ -33,7 +33,7 @@ static const cm_conf_spec SPEC[] = {
     CM_REGISTRY_SPEC_ROWS("registry"),
     MON_BACKEND_SPEC_ROWS,
     CM_MQTT_SPEC_ROWS("mqtt"),
-    {"http", "bind", 1, "HTTPS listener, ADDRESS:PORT"},
+    {"http", "bind", 1, "HTTPS listener, HOST:PORT (a name: its first address that binds)"},
     {"http", "cert", 1, "the console's TLS certificate (PEM), from the deployment CA"},
     {"http", "key", 1, "its private key (PEM, 0600)"},
     {"http", "www", 1, "directory of the pages, styles and scripts (read once at start)"},

@@ -10,12 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
 #include "cm_conf.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
+#include "cm_net.h"
 
 /* TLS 1.2 and 1.3 with AEAD ciphers only, forward secrecy, the server's preference first. */
 #define TLS_PRIORITIES                                                                             \
@@ -280,43 +282,13 @@ static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
     return strlen(s);
 }
 
-static int parse_bind(const char *bind, struct sockaddr_storage *ss, int *v6)
-{
-    char host[128];
-    const char *colon = strrchr(bind, ':');
-    if (!colon || colon == bind || strlen(bind) >= sizeof host)
-        return 0;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || end == colon + 1 || port < 0 || port > 65535)
-        return 0;
-    size_t hl = (size_t)(colon - bind);
-    memcpy(host, bind, hl);
-    host[hl] = '\0';
-    memset(ss, 0, sizeof *ss);
-    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
-        host[hl - 1] = '\0';
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        *v6 = 1;
-        return inet_pton(AF_INET6, host + 1, &a->sin6_addr) == 1;
-    }
-    struct sockaddr_in *a = (struct sockaddr_in *)ss;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    *v6 = 0;
-    return inet_pton(AF_INET, host, &a->sin_addr) == 1;
-}
-
 cm_err mon_http_start(const mon_http_opts *o, mon_http **out, char err[512])
 {
     *out = NULL;
-    struct sockaddr_storage ss;
-    int v6 = 0;
-    if (!o->bind || !parse_bind(o->bind, &ss, &v6)) {
-        snprintf(err, 512, "[http] bind: '%s' is not ADDRESS:PORT (an IPv4 address or [IPv6])",
-                 o->bind ? o->bind : "");
+    char host[CM_NET_HOSTLEN], port[CM_NET_PORTLEN];
+    if (!o->bind || cm_net_split(o->bind, host, port) != 0) {
+        snprintf(err, 512, "[http] bind: '%s' is not HOST:PORT (a name, an IPv4 address or "
+                 "[IPv6])", o->bind ? o->bind : "");
         return CM_ERR_CONFIG;
     }
     mon_http *h = calloc(1, sizeof *h);
@@ -333,10 +305,19 @@ cm_err mon_http_start(const mon_http_opts *o, mon_http **out, char err[512])
         mon_http_stop(&h);
         return CM_ERR_KEY;
     }
-    unsigned flags = MHD_USE_TLS | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+    /* bound here, on the first address of the name that is this host's (cm_net.h): a name that
+     * resolves on one network only keeps the console off the others */
+    char lerr[400];
+    int fd = cm_net_listen(host, port, 64, lerr, sizeof lerr);
+    if (fd < 0) {
+        snprintf(err, 512, "[http] bind %s", lerr);
+        mon_http_stop(&h);
+        return CM_ERR_IO;
+    }
+    unsigned flags = MHD_USE_TLS | MHD_USE_ERROR_LOG;
     h->d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, h, MHD_OPTION_EXTERNAL_LOGGER, on_library_log, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_HTTPS_MEM_CERT, h->cert, MHD_OPTION_HTTPS_MEM_KEY, h->key,
         MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
@@ -344,8 +325,9 @@ cm_err mon_http_start(const mon_http_opts *o, mon_http **out, char err[512])
         (size_t)(64 * 1024), MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, h, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, h, MHD_OPTION_END);
     if (!h->d) {
-        snprintf(err, 512, "[http] cannot serve HTTPS on %s (address in use, or the certificate "
-                 "and key do not match)", o->bind);
+        close(fd);
+        snprintf(err, 512, "[http] cannot serve HTTPS on %s (the certificate and key do not "
+                 "match)", o->bind);
         mon_http_stop(&h);
         return CM_ERR_IO;
     }
