@@ -150,13 +150,46 @@ fail_quiet:
     return CM_ERR_DB;
 }
 
+/* SQLite's own structural check of every page (PRAGMA quick_check), before anything is
+ * written: a damaged archive is refused at start rather than written into, so the damaged file
+ * stays as evidence and nothing is acknowledged on top of it. Linear in the file's size. */
+static cm_err quick_check(cm_sql *db, char *why, size_t n)
+{
+    cm_sql_stmt *st = NULL;
+    snprintf(why, n, "quick_check did not run");
+    if (cm_sql_prepare(db, "PRAGMA quick_check(1)", &st) != CM_OK) {
+        snprintf(why, n, "%s", cm_sql_error(db));
+        return CM_ERR_DB;
+    }
+    int rc = cm_sql_step(st);
+    cm_err e = CM_ERR_DB;
+    if (rc == CM_SQL_ROW) {
+        const char *r = cm_sql_column_text(st, 0);
+        if (strcmp(r, "ok") == 0)
+            e = CM_OK;
+        else
+            snprintf(why, n, "%s", r);
+    } else {
+        snprintf(why, n, "%s", cm_sql_error(db));
+    }
+    cm_sql_finalize(&st);
+    return e;
+}
+
 cm_err archive_store_open(const char *path, archive_store **out)
 {
     cm_sql *db = NULL;
     char why[512];
     *out = NULL;
     if (cm_sql_open_as(CM_SQL_SQLITE, path, 0, &db, why, sizeof why) != CM_OK) {
-        cm_error("path=%s error=\"%s\"", path, why);
+        cm_error("path=%s error=\"%s\" alarm=1", path, why);
+        return CM_ERR_DB;
+    }
+    if (quick_check(db, why, sizeof why) != CM_OK) {
+        cm_error("path=%s error=\"damaged database: %s; the file is left as it is: restore the "
+                 "last good backup (suidoctl backup restore) or promote the standby\" alarm=1",
+                 path, why);
+        cm_sql_close(&db);
         return CM_ERR_DB;
     }
     return archive_store_open_db(&db, path, out);

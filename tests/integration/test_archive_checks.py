@@ -69,3 +69,38 @@ def test_gaps_lists_missing_sequences_and_verify_checks_every_signature(suite):
                        (row[env_i], GW, epoch))
         db.close()
     assert suite.ctl("archive", "verify").returncode == 0
+
+
+def test_a_damaged_archive_database_is_refused_at_start_and_left_as_it_is(suite):
+    """A page of the database overwritten while the archive is stopped: the archive refuses to
+    start with one clear line and an alarm, writes nothing into the file (the damaged copy stays
+    as evidence, and nothing is acknowledged on top of it); the good copy put back, it starts."""
+    import shutil
+    path = suite.dir / "state" / "archive" / "archive.db"
+    suite.stop("archive")
+    # the write-ahead log folded into the file, so that the file alone is the whole archive
+    with writable(suite) as db:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    good = path.with_suffix(".db.good")
+    shutil.copyfile(path, good)
+    try:
+        raw = bytearray(path.read_bytes())
+        assert len(raw) >= 3 * 4096, "the archive should hold more than two pages by now"
+        raw[4096:8192] = b"\xa5" * 4096  # the second page: a b-tree page of the schema's tables
+        path.write_bytes(bytes(raw))
+        damaged = path.read_bytes()
+        p = suite.start_service("archive")
+        assert p.wait(30) != 0
+        log = suite.log("archive")
+        assert "damaged database" in log and "alarm=1" in log, log
+        assert path.read_bytes() == damaged
+    finally:
+        shutil.copyfile(good, path)
+        good.unlink()
+        for extra in ("-wal", "-shm"):
+            (path.parent / (path.name + extra)).unlink(missing_ok=True)
+        suite.start_service("archive")
+    assert wait_until(lambda: suite.alive("archive") and
+                      suite.metric("archive", "suido_stage_received_total") >= 0, 10)
+    rep = suite.sim("--ids", GW, "--max-batches", 2, "--rate", 20, "--wait-acks", 15)
+    assert rep["gateways"][0]["acked_seq"] >= 2
