@@ -21,7 +21,7 @@ typedef struct cm_mqtt_opts {
     const char *cert_file;  /* client certificate (PEM) */
     const char *key_file;   /* client private key (PEM, mode 0600) */
     int clean_session;      /* 0: persistent session, QoS 1 messages queued while away */
-    int keepalive_s;        /* 0 -> 30 */
+    int keepalive_s;        /* 0 -> 10 */
     int max_inflight;       /* 0 -> 64 */
     int verify_hostname;    /* 1: check the broker's certificate name against the URI host */
     const char *will_topic; /* optional last will (QoS 1, not retained) */
