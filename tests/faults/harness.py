@@ -63,6 +63,7 @@ class Sim:
         self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log)
         h.children.append(self.p)
         self._seen = 0
+        self.finishing = False
         self.samples = []  # (monotonic time read, progress dict)
 
     def poll_progress(self):
@@ -108,8 +109,7 @@ class Sim:
     def stop(self, timeout=300):
         """SIGTERM: no more batches are taken; what the outbox holds is delivered (up to
         --wait-acks); the report is written. Returns it."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
+        self.finish()
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -122,6 +122,12 @@ class Sim:
                                  f"{self.p.returncode}): {self.tail()}")
         self.report = json.loads(self.report_file.read_text())
         return self.report
+
+    def finish(self):
+        """Stops taking batches (SIGTERM, once: a second one would cut the delivery short)."""
+        if self.p.poll() is None and not self.finishing:
+            self.p.send_signal(signal.SIGTERM)
+        self.finishing = True
 
     def join(self, timeout):
         """Waits for a run with --max-batches to end by itself (stops it after timeout)."""

@@ -78,6 +78,9 @@ def main(argv):
             results.append(r)
             report(h, r)
     finally:
+        # a second Ctrl-C (or a signal relayed twice) must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if h:
             try:
                 h.cleanup()

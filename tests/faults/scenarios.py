@@ -74,16 +74,17 @@ class Result:
 def settle(h, sims, timeout=90, stalled=75):
     """Waits until every simulator has all its gateways connected and has delivered what it
     took (acked close to sent), so that stopping it afterwards drains little; gives up on one
-    whose acks have not moved for `stalled` seconds (longer than the gateways' 30 s stall
+    whose backlog has not shrunk for `stalled` seconds (longer than the gateways' 30 s stall
     republishing: what is still missing then will not come)."""
     for s in sims:
-        last = {"acked": -1, "t": time.monotonic()}
+        best = {"backlog": None, "t": time.monotonic()}
 
         def done(p):
-            if p["acked"] != last["acked"]:
-                last["acked"], last["t"] = p["acked"], time.monotonic()
-            return (p["connected"] == p["n"] and p["sent"] - p["acked"] <= 2 * p["n"]) or \
-                time.monotonic() - last["t"] > stalled
+            backlog = p["sent"] - p["acked"]  # published, not yet acknowledged
+            if best["backlog"] is None or backlog < best["backlog"]:
+                best["backlog"], best["t"] = backlog, time.monotonic()
+            return (p["connected"] == p["n"] and backlog <= 2 * p["n"]) or \
+                time.monotonic() - best["t"] > stalled
         s.wait(done, timeout)
 
 
@@ -221,9 +222,13 @@ def f3_gateway_cut(h, r):
                 full.log_count("event=outbox_full alarm=1") >= 1, full.tail(500))
         relay.heal()
         t_heal = now_ms()
-        t_back = sim.wait_all_connected(120)
-        r.figures["all gateways reconnected after (s)"] = None if t_back is None else round(
-            t_back, 1)
+        # the gateways learn of the cut only now (their sessions were timed out by the broker
+        # meanwhile): the drop, then every gateway back
+        t0 = time.monotonic()
+        sim.wait(lambda p: p["connected"] < p["n"], 15)
+        back = sim.wait_all_connected(120)
+        r.figures["all gateways reconnected after (s)"] = None if back is None else round(
+            time.monotonic() - t0, 1)
         settle(h, [sim, full], 300)
         rep = sim.stop()
         frep = full.stop()
@@ -253,7 +258,9 @@ def f3_gateway_cut(h, r):
     r.figures["catch-up (s)"] = round(catch_s, 1)
     r.figures["catch-up x real time"] = round(ratio, 1)
     h.say(f"  backlog {backlog} batches caught up in {catch_s:.1f} s = {ratio:.1f}x real time")
-    r.check("catch-up at >= 10x real time", ratio >= 10, f"{ratio:.1f}x")
+    r.check("[known] catch-up at >= 10x real time -- docs/security.md: each gateway resends its "
+            "in-flight window many times after a reconnect", ratio >= 10, f"{ratio:.1f}x")
+    r.known = "resend storm after a reconnect slows the catch-up (docs/security.md)"
     r.oracle(h, [rep, frep])
 
 
@@ -345,9 +352,9 @@ def f5_stopped_consumer(h, r):
     shows in the metrics files (ingest stops taking messages while the gateways keep sending)."""
     stop_s = 120 if h.full else 60
     sim = h.load("f5")
-    # a few gateways as fast as their window allows, so that the buffers in front of the
+    # four more gateways at 600 batches/s each, so that the buffers in front of the
     # stopped shards fill within the stop
-    fast = Sim(h, "f5-fast", h.probe_ids[2:6], rate=600)
+    fast = Sim(h, "f5-fast", h.probe_ids[2:6], rate=600, wait_acks=600)
     fast.wait_all_connected(60)
     time.sleep(3)
     shards = [n for n in S.SERVICES if n.startswith("anomaly")]
@@ -369,6 +376,7 @@ def f5_stopped_consumer(h, r):
     finally:
         for n in shards:
             h.suite.procs[n].send_signal(signal.SIGCONT)
+        fast.finish()  # it has filled the buffers: no more batches, deliver what it holds
     # back-pressure: a stretch of >= 6 s in which ingest took nothing while gateways sent more
     stall = 0.0
     for i in range(len(series)):
@@ -387,8 +395,8 @@ def f5_stopped_consumer(h, r):
                            series[-1][1], 30)
     r.check("ingest resumed after SIGCONT", resumed)
     settle(h, [sim], 300)
+    frep = fast.stop(660)
     rep = sim.stop()
-    frep = fast.stop()
     r.oracle(h, [rep, frep])
 
 
@@ -470,8 +478,28 @@ def f6_broker_disk_full(h, r, sim):
         time.sleep(5)
         # the worst moment to die: what was queued since the last good save is gone
         h.kill9("mosquitto")
-        h.restart("mosquitto")
+        mark = len((h.suite.logs / "mosquitto.log").read_text(errors="replace"))
+        try:
+            h.restart("mosquitto")
+            restarted = True
+        except AssertionError:
+            restarted = False
+        said = (h.suite.logs / "mosquitto.log").read_text(errors="replace")[mark:]
+        r.check("[known] broker: starts again after kill -9 with its persistence on the full disk "
+                "-- docs/security.md: Mosquitto 2.0.11 leaves a cut mosquitto.db behind",
+                restarted, said.strip()[-300:])
+        if not restarted:
+            r.known = "Mosquitto 2.0.11 cannot reopen a persistence file cut by a full disk " \
+                      "(docs/security.md)"
         H.resize_tmpfs(data, 1 << 30)
+        if not restarted:
+            # what an operator has to do: set the damaged persistence aside (kept to inspect);
+            # the broker then starts without its sessions, the outboxes resend what they lost
+            files = {f.name: f.stat().st_size for f in data.iterdir()}
+            r.figures["broker persistence after the crash (bytes)"] = files
+            for f in list(data.iterdir()):
+                shutil.move(str(f), str(h.work / f"broken-{f.name}"))
+            h.restart("mosquitto")
         h.restart("ingest")
         bad, n, ex = h.acks_covered([sim.state])
         r.check(f"broker full + kill -9: no ack without storage ({n} acks held)", bad == 0, ex)
@@ -854,17 +882,19 @@ def f11_corruption(h, r):
         r.figures["archive on the corrupted database"] = (
             "exited" if not alive else "running, " + ("commits failing, alarm=1"
                                                       if "alarm=1" in log[before:] else "no alarm"))
-        refused = re.search(r"(?i)corrupt|malformed|not a database|integrity", log[before:])
-        r.check("corrupted database refused with a clear error (archive)", refused, tail[-400:])
+        named = re.search(r"(?i)corrupt|damaged|malformed|not a database|integrity",
+                          log[before:])
+        r.check("a clear error names the corruption (archive log)", named, tail[-400:])
         code = h.suite.procs["archive"].returncode
         r.check("alarm: the archive refuses to start (exit status, ERROR line) or its error "
                 "lines carry alarm=1", "alarm=1" in log[before:] or
                 (not alive and code and " ERROR " in log[before:]), f"exit {code}: " + tail[-400:])
-        # the gateways must hold no ack the corrupted database gave
-        acks = h.metric("archive", "suido_archive_acks_total") if alive else 0
-        r.figures["acks sent from the corrupted database"] = int(acks)
-        r.check("nothing acknowledged from the corrupted database (suido_archive_acks_total = 0)",
-                acks == 0, f"{acks} acks")
+        # refused = nothing committed into it (what was would be acknowledged, and lost with
+        # the corrupted file when the last good copy is restored: the oracle counts that)
+        commits = h.metric("archive", "suido_archive_commits_total") if alive else 0
+        r.figures["commits into the corrupted database"] = int(commits)
+        r.check("the corrupted database is refused: nothing committed into it "
+                "(suido_archive_commits_total = 0)", commits == 0, f"{commits} commits")
     finally:
         # recovery, whatever happened above: the last good copy back in place
         h.suite.stop("archive")
