@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cm_audit.h"
+#include "cm_audit_check.h"
 #include "cm_log.h"
 
 #define MINUTE_MS 60000ll
@@ -654,52 +655,19 @@ static cm_err audit_list(cm_sql *db, const Suido__ArchiveRequest *q, Suido__Arch
  * or link does not match is reported, with the head hash of what checked good. */
 static cm_err audit_verify(cm_sql *db, Suido__ArchiveReply *rep)
 {
-    cm_sql_stmt *st = NULL;
-    if (cm_sql_prepare(db, "SELECT seq, ts_ms, source, event, subject, actor, detail, hash FROM "
-                           "audit ORDER BY seq", &st) != CM_OK)
+    cm_audit_check_result r;
+    if (cm_audit_check_db(db, &r) != CM_OK)
         return step_fail(db, "audit_verify");
-    uint8_t prev[CM_AUDIT_HASH_LEN] = {0}, want[CM_AUDIT_HASH_LEN];
-    uint64_t n = 0, bad = 0;
-    const char *why = NULL;
-    int r = CM_SQL_DONE;
-    while (!why && (r = cm_sql_step(st)) == CM_SQL_ROW) {
-        cm_audit_entry e = {
-            .seq = (uint64_t)cm_sql_column_int64(st, 0),
-            .ts_ms = (uint64_t)cm_sql_column_int64(st, 1),
-            .source = cm_sql_column_text(st, 2),
-            .event = cm_sql_column_text(st, 3),
-            .subject = cm_sql_column_text(st, 4),
-            .actor = cm_sql_column_text(st, 5),
-            .detail = cm_sql_column_text(st, 6),
-        };
-        size_t hl = 0;
-        const void *h = cm_sql_column_blob(st, 7, &hl);
-        bad = e.seq;
-        if (e.seq != n + 1)
-            why = "entry missing or out of order";
-        else if (cm_audit_hash(prev, &e, want) != CM_OK)
-            why = "hash computation failed";
-        else if (hl != CM_AUDIT_HASH_LEN || memcmp(h, want, CM_AUDIT_HASH_LEN) != 0)
-            why = "entry altered (hash does not match its content and predecessor)";
-        else {
-            memcpy(prev, want, CM_AUDIT_HASH_LEN);
-            n++;
-        }
-    }
-    cm_err rc = r == CM_SQL_FAIL ? step_fail(db, "audit_verify") : CM_OK;
-    cm_sql_finalize(&st);
+    cm_err rc = r.read_error ? step_fail(db, "audit_verify") : CM_OK;
     Suido__AuditCheck *c = calloc(1, sizeof *c);
-    char head[2 * CM_AUDIT_HASH_LEN + 1];
-    for (int i = 0; i < CM_AUDIT_HASH_LEN; i++)
-        snprintf(head + 2 * i, 3, "%02x", prev[i]);
     if (!c)
         return CM_ERR_NOMEM;
     suido__audit_check__init(c);
-    c->intact = !why && rc == CM_OK;
-    c->entries = n;
-    c->first_bad_seq = why ? bad : 0;
-    c->problem = strdup(why ? why : rc != CM_OK ? "read error" : "");
-    c->head_sha256 = strdup(head);
+    c->intact = !r.why && rc == CM_OK;
+    c->entries = r.entries;
+    c->first_bad_seq = r.bad_seq;
+    c->problem = strdup(r.why ? r.why : rc != CM_OK ? "read error" : "");
+    c->head_sha256 = strdup(r.head_hex);
     rep->audit_check = c;
     return rc;
 }

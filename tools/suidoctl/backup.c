@@ -70,7 +70,7 @@ typedef struct manifest {
 /* What a check of the two databases found. */
 typedef struct content {
     uint64_t batches, readings, gateways;
-    audit_check_result audit;
+    cm_audit_check_result audit;
     uint64_t sig_ok, sig_disposed, sig_failed;
     char disposed[MAX_DISPOSED_NAMES][65]; /* gateways whose batches are unverifiable */
     size_t n_disposed, more_disposed;
@@ -444,7 +444,7 @@ static int archive_facts(cm_sql *db, const char *label, content *c, report *r)
         problem(r, "%s: cannot count the batches: %s", label, cm_sql_error(db));
         return 0;
     }
-    if (audit_check_db(db, &c->audit) != CM_OK) {
+    if (cm_audit_check_db(db, &c->audit) != CM_OK) {
         problem(r, "%s: cannot read the audit log: %s", label, cm_sql_error(db));
         return 0;
     }

@@ -830,7 +830,7 @@ static int cmd_audit_verify(ctl *c, const char *db)
 {
     cm_sql *h = NULL;
     char label[4200], uri[3 * 4096 + 64], why[600] = "path too long";
-    audit_check_result r;
+    cm_audit_check_result r;
     if (db) { /* a SQLite archive named on the command line */
         snprintf(label, sizeof label, "%s", db);
         if (!ctl_sqlite_ro_uri(db, 0, uri, sizeof uri) ||
@@ -841,7 +841,7 @@ static int cmd_audit_verify(ctl *c, const char *db)
         if (orc != 0)
             return orc;
     }
-    if (audit_check_db(h, &r) != CM_OK) {
+    if (cm_audit_check_db(h, &r) != CM_OK) {
         fprintf(stderr, "suidoctl: %s: %s\n", label, cm_sql_error(h));
         cm_sql_close(&h);
         return EXIT_UNAVAILABLE;
