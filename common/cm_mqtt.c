@@ -289,6 +289,29 @@ static void free_fields(cm_mqtt *m)
     free(m->will_payload);
 }
 
+/* A Paho client for m with its callbacks (no network yet); on failure nothing is left. */
+static int create_handle(cm_mqtt *m)
+{
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+    co.MQTTVersion = MQTTVERSION_3_1_1;
+    co.sendWhileDisconnected = 0;
+    /* Paho refuses new publishes once this many are queued; our own in-flight window is the real
+     * limit, this only has to stay above it. */
+    co.maxBufferedMessages = m->max_inflight * 2 > 100 ? m->max_inflight * 2 : 100;
+    int rc = MQTTAsync_createWithOptions(&m->cli, m->uri, m->client_id, MQTTCLIENT_PERSISTENCE_NONE,
+                                         NULL, &co);
+    if (rc == MQTTASYNC_SUCCESS)
+        rc = MQTTAsync_setCallbacks(m->cli, m, on_connection_lost, on_arrived, NULL);
+    if (rc == MQTTASYNC_SUCCESS)
+        rc = MQTTAsync_setConnected(m->cli, m, on_connected_cb);
+    if (rc != MQTTASYNC_SUCCESS) {
+        cm_error("client=%s uri=%s event=create_failed code=%d", m->client_id, m->uri, rc);
+        if (m->cli)
+            MQTTAsync_destroy(&m->cli);
+    }
+    return rc;
+}
+
 cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
 {
     *out = NULL;
@@ -356,22 +379,8 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
         return CM_ERR_NOMEM;
     }
 
-    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
-    co.MQTTVersion = MQTTVERSION_3_1_1;
-    co.sendWhileDisconnected = 0;
-    /* Paho refuses new publishes once this many are queued; our own in-flight window is the real
-     * limit, this only has to stay above it. */
-    co.maxBufferedMessages = m->max_inflight * 2 > 100 ? m->max_inflight * 2 : 100;
-    int rc = MQTTAsync_createWithOptions(&m->cli, m->uri, m->client_id, MQTTCLIENT_PERSISTENCE_NONE,
-                                         NULL, &co);
-    if (rc == MQTTASYNC_SUCCESS)
-        rc = MQTTAsync_setCallbacks(m->cli, m, on_connection_lost, on_arrived, NULL);
-    if (rc == MQTTASYNC_SUCCESS)
-        rc = MQTTAsync_setConnected(m->cli, m, on_connected_cb);
+    int rc = create_handle(m);
     if (rc != MQTTASYNC_SUCCESS) {
-        cm_error("client=%s uri=%s event=create_failed code=%d", m->client_id, m->uri, rc);
-        if (m->cli)
-            MQTTAsync_destroy(&m->cli);
         pthread_cond_destroy(&m->cv);
         pthread_mutex_destroy(&m->mu);
         free_fields(m);
@@ -542,6 +551,34 @@ int cm_mqtt_inflight(const cm_mqtt *m)
     return n > 0 ? n : 0;
 }
 
+/* Frees the Paho client once no callback of it can run any more: Paho fails every pending
+ * request here (their callbacks still see m); one already running may still be returning. */
+static void destroy_handle(cm_mqtt *m)
+{
+    MQTTAsync_destroy(&m->cli);
+    while (atomic_load(&m->busy) > 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+cm_err cm_mqtt_renew(cm_mqtt *m)
+{
+    if (!m || !m->started)
+        return CM_ERR_INVAL;
+    if (atomic_load(&m->connected))
+        return CM_OK; /* already back: nothing to start over */
+    atomic_store(&m->closing, 1);
+    destroy_handle(m); /* no DISCONNECT: the connection is gone, and the will stays armed */
+    atomic_store(&m->inflight, 0);
+    atomic_store(&m->connected, 0);
+    atomic_store(&m->closing, 0);
+    m->started = 0;
+    if (create_handle(m) != MQTTASYNC_SUCCESS)
+        return CM_ERR_IO;
+    return cm_mqtt_connect(m, 0);
+}
+
 void cm_mqtt_destroy(cm_mqtt **mp)
 {
     if (!mp || !*mp)
@@ -577,13 +614,7 @@ void cm_mqtt_destroy(cm_mqtt **mp)
             pthread_mutex_unlock(&m->mu);
         }
     }
-    /* Paho fails every pending request here (their callbacks still see m) */
-    MQTTAsync_destroy(&m->cli);
-    /* a callback that was already running when destroy began may still be returning */
-    while (atomic_load(&m->busy) > 0) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
+    destroy_handle(m);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
     free_fields(m);

@@ -62,6 +62,14 @@ cm_err cm_mqtt_publish(cm_mqtt *m, const char *topic, const void *payload, size_
 int cm_mqtt_is_connected(const cm_mqtt *m);
 /* Number of publishes sent but not yet acknowledged by the broker. */
 int cm_mqtt_inflight(const cm_mqtt *m);
+/* Starts over with a new Paho client after a lost connection, on the same broker session
+ * (clean_session 0 keeps subscriptions and the messages queued for us): publishes still in flight
+ * on the old client are dropped instead of replayed on the next connection. For an application
+ * that resends from its own store: Paho 1.3 replays its in-flight window on a reconnect, and when
+ * the socket fills during that replay it starts again from the first message, so under load one
+ * publish can go out dozens of times. Does nothing while connected (Paho reconnected first).
+ * Application thread only, never concurrently with a publish on m. */
+cm_err cm_mqtt_renew(cm_mqtt *m);
 /* Disconnects (waiting up to 1 s for in-flight messages) and frees. */
 void cm_mqtt_destroy(cm_mqtt **m);
 

@@ -185,6 +185,7 @@ struct gateway {
 
     /* shared with Paho's thread */
     atomic_uint conn_gen;    /* successful connections so far */
+    int link_up;             /* the client was connected at the last poll (outbox mode) */
     atomic_ullong acked_seq; /* highest seq acked for our boot epoch */
     pthread_mutex_t mu;      /* guards ring_*, lat* and the command queue (cq*, cmd_*) */
     uint64_t *ring_seq, *ring_us;
@@ -1519,6 +1520,18 @@ static void check_stall(gateway *g, uint64_t now_ms)
 static int poll_outbox(gateway *g, uint64_t now_ms)
 {
     int sent = 0;
+    /* A lost connection: start over with a new client on the same session, so that what was in
+     * flight is resent once, by the republishing pass below, and not replayed by the client
+     * library too (cm_mqtt_renew says why that matters). */
+    if (cm_mqtt_is_connected(g->mqtt))
+        g->link_up = 1;
+    else if (g->link_up) {
+        g->link_up = 0;
+        cm_err e = cm_mqtt_renew(g->mqtt);
+        if (e != CM_OK)
+            cm_error("gw=%s error=\"cannot start a new client: %s\" alarm=1", g->id,
+                     cm_strerror(e));
+    }
     unsigned gen = atomic_load(&g->conn_gen);
     (void)barrier(g, now_ms); /* so that acks of the epoch we wait for are recognised */
     apply_acks(g, now_ms);
