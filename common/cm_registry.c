@@ -1,6 +1,7 @@
 /* cm_registry: DEALER client of the registry with an open-addressing identity cache. */
 #include "cm_registry.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,19 @@ typedef struct slot {
     cm_gateway gw;
 } slot;
 
+/* While the registry is unreachable, calls fail at once instead of each waiting the full timeout
+ * (which held every caller's loop, cached gateways' data included, to one message per timeout);
+ * one request per PROBE_MS still goes out, unanswered-for, and any reply at all ends the outage. */
+#define PROBE_MS 1000
+
 struct cm_registry {
     void *sock;
     long timeout_ms, ttl_ms;
     slot *cache;
     uint64_t next_request;
+    int down;               /* a request went unanswered and nothing has been heard since */
+    uint64_t down_since_ms, next_probe_ms;
+    uint64_t failed_fast;   /* calls refused at once during this outage */
 };
 
 cm_err cm_registry_new(void *zctx, const cm_conf *conf, const char *section,
@@ -163,7 +172,8 @@ static slot *find_slot(cm_registry *r, const char *id)
     return NULL;
 }
 
-/* Drops replies that arrived after their request timed out. */
+/* Drops replies that arrived after their request timed out (or to a probe); any of them means
+ * the registry is answering again. */
 static void drain_late(cm_registry *r)
 {
     for (;;) {
@@ -173,7 +183,25 @@ static void drain_late(cm_registry *r)
         zmq_msg_close(&m);
         if (!got)
             return;
+        if (r->down) {
+            r->down = 0;
+            cm_info("event=registry_answering down_ms=%" PRIu64 " failed_fast=%" PRIu64,
+                    cm_mono_ms() - r->down_since_ms, r->failed_fast);
+        }
     }
+}
+
+static void went_unanswered(cm_registry *r, uint64_t now)
+{
+    if (!r->down) {
+        r->down = 1;
+        r->down_since_ms = now;
+        r->failed_fast = 0;
+        cm_warn("event=registry_unreachable timeout_ms=%ld alarm=1 detail=\"look-ups fail at once "
+                "until it answers again\"",
+                r->timeout_ms);
+    }
+    r->next_probe_ms = now + PROBE_MS;
 }
 
 cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
@@ -185,13 +213,25 @@ cm_err cm_registry_call(cm_registry *r, const Suido__RegistryRequest *req,
      * waits, is dropped instead of being taken for this one's answer. */
     Suido__RegistryRequest numbered = *req;
     numbered.request_id = ++r->next_request;
+    uint64_t now = cm_mono_ms();
+    if (r->down) {
+        /* unreachable: this request goes out as the probe when one is due, without waiting */
+        r->failed_fast++;
+        if (now >= r->next_probe_ms) {
+            r->next_probe_ms = now + PROBE_MS;
+            (void)cm_zsend_pb(r->sock, &numbered.base, ZMQ_DONTWAIT);
+        }
+        return CM_ERR_UNAVAILABLE;
+    }
     if (cm_zsend_pb(r->sock, &numbered.base, ZMQ_DONTWAIT) != CM_OK)
         return CM_ERR_UNAVAILABLE;
-    uint64_t deadline = cm_mono_ms() + (uint64_t)r->timeout_ms;
+    uint64_t deadline = now + (uint64_t)r->timeout_ms;
     for (;;) {
-        uint64_t now = cm_mono_ms();
-        if (now >= deadline)
+        now = cm_mono_ms();
+        if (now >= deadline) {
+            went_unanswered(r, now);
             return CM_ERR_UNAVAILABLE;
+        }
         zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
         if (zmq_poll(&it, 1, (long)(deadline - now)) <= 0)
             continue;
@@ -247,10 +287,8 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
     }
     Suido__RegistryReply *rep;
     cm_err rc = ask(r, id, &rep);
-    if (rc != CM_OK) {
-        cm_warn("id=%s error=\"registry did not answer\"", id);
-        return rc;
-    }
+    if (rc != CM_OK)
+        return rc; /* cm_registry_call said it, once per outage */
     if (!s) {
         /* cache full: start afresh rather than grow without bound */
         for (size_t i = 0; i < CACHE_SLOTS; i++)

@@ -1,7 +1,9 @@
 /* cm_registry: a service's client of the registry, with a small cache of gateway identities.
  *
  * Fail closed: when the registry does not answer within the timeout, look-ups return
- * CM_ERR_UNAVAILABLE and callers must refuse the data (never accept it as verified). Cached
+ * CM_ERR_UNAVAILABLE and callers must refuse the data (never accept it as verified). From then on
+ * calls return CM_ERR_UNAVAILABLE at once (one of them per second goes out as a probe) until
+ * the registry is heard from again: an outage costs each caller one timeout, not one per call. Cached
  * entries live for ttl_ms (a revoked gateway is refused at the latest after that). Not
  * thread-safe: one client per thread. */
 #ifndef CM_REGISTRY_H
