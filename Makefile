@@ -40,11 +40,11 @@ COMMON_SRC := $(filter-out %_test.c,$(wildcard common/*.c))
 COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(COMMON_SRC)) $(OBJ)/gen/suido.pb-c.o
 LIBCOMMON := $(BUILD)/libsuido-common.a
 
-UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway-sim/*_test.c)
+UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway-sim/*_test.c broker/start/*_test.c)
 UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
 
 PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
-            $(BIN)/suido-bench-sub $(BIN)/suido-score
+            $(BIN)/suido-bench-sub $(BIN)/suido-score $(BIN)/suido-broker-start
 
 # The Mosquitto plugin (broker/plugin/README.md): a shared object loaded by the broker, which
 # provides the mosquitto_* symbols it uses; nothing else is linked. A stock mosquitto cannot load
@@ -105,6 +105,7 @@ $(eval $(call program,gateway-sim,gateway-sim))
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
 $(eval $(call program,score,tools/score))
+$(eval $(call program,broker-start,broker/start))
 
 $(BIN)/suidoctl: $(patsubst %.c,$(OBJ)/%.o,$(wildcard tools/suidoctl/*.c)) $(LIBCOMMON)
 	@mkdir -p $(BIN)

@@ -54,7 +54,7 @@ uid_of() { awk -v n="$1" '$1 == n { print $2 }' "$HERE/uids"; }
 # ---------------------------------------------------------------- what goes into which image
 # image  uid-name  file-in-build:path-in-image ...
 IMAGES=(
-    "broker broker lib/suido_plugin.so:/usr/lib/suido/suido_plugin.so"
+    "broker broker lib/suido_plugin.so:/usr/lib/suido/suido_plugin.so bin/suido-broker-start:/usr/bin/suido-broker-start"
     "registry registry bin/suido-registry:/usr/bin/suido-registry"
     "ingest ingest bin/suido-ingest:/usr/bin/suido-ingest"
     "verify verify bin/suido-verify:/usr/bin/suido-verify"

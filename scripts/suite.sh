@@ -112,7 +112,8 @@ cmd_run() {
         [[ -f "$RUN/etc/$s.conf" ]] || continue # a deployment made before the monitor existed
         "$BIN/suido-$s" -c "$RUN/etc/$s.conf" -n >/dev/null
     done
-    start mosquitto mosquitto -c "$RUN/mosquitto/mosquitto.conf"
+    # the broker, once its saved persistence is known to be whole (broker/start/main.c)
+    start mosquitto "$BIN/suido-broker-start" "$RUN/mosquitto/mosquitto.conf"
     wait_port "$PORT" || { stop_all; die "broker did not start (see $LOG/mosquitto.log)"; }
     start registry "$BIN/suido-registry" -c "$RUN/etc/registry.conf"
     start archive "$BIN/suido-archive" -c "$RUN/etc/archive.conf"
