@@ -33,6 +33,7 @@
 #define LIVE_MAX_AGE_MS 120000 /* a stored batch older than this is first published as backfill
                                 * (the verifier takes live data within +-300 s only) */
 #define RESEND_GRACE_MS 1000   /* after a reconnect, acks queued for us arrive before resends */
+#define CRES_KEEP 8            /* command results kept in memory until acked (outbox mode) */
 #define STALL_BASE_MS 30000    /* no ack progress this long: republish what is unacked ... */
 #define STALL_MAX_MS 300000    /* ... doubling the wait each time, up to this */
 #define OLD_ACKS 16            /* acks of earlier boot epochs waiting for the main thread */
@@ -182,6 +183,17 @@ struct gateway {
     seq_list cres_seqs;      /* every seq a command result took, increasing */
     seq_list cres_unsent;    /* those that never left */
     uint64_t cmd_applied, cmd_refused[CMD__REASONS], cres_sent;
+    /* With an outbox: the results that left but are not acked yet, oldest first, their exact
+     * envelopes. A result is not stored in the outbox (it is live-only: the verifier refuses a
+     * late or out-of-order copy), so one lost with a connection would hold this epoch's ack
+     * below its seq for ever; after a reconnect these go out again before any new live data. */
+    struct {
+        uint64_t seq;
+        buf env;
+    } kept[CRES_KEEP];
+    size_t n_kept;
+    int kept_resend;         /* after a reconnect: the kept results go out before live data */
+    uint64_t kept_not_before_ms, kept_resent_upto, cres_resent;
 
     /* shared with Paho's thread */
     atomic_uint conn_gen;    /* successful connections so far */
@@ -1127,6 +1139,68 @@ static void cmdres_done(gateway *g, int published)
     g->cres.active = 0;
 }
 
+/* Keeps the result just published (g->env) until an ack covers it. */
+static void keep_cmdres(gateway *g, uint64_t seq)
+{
+    if (g->n_kept == CRES_KEEP) {
+        /* never with a live platform (results are rare and acked within a second) */
+        cm_warn("gw=%s seq=%" PRIu64 " event=command_result_not_kept alarm=1", g->id,
+                g->kept[0].seq);
+        buf oldest = g->kept[0].env;
+        memmove(&g->kept[0], &g->kept[1], (CRES_KEEP - 1) * sizeof g->kept[0]);
+        g->kept[CRES_KEEP - 1].env = oldest;
+        g->n_kept--;
+    }
+    buf *b = &g->kept[g->n_kept].env;
+    if (buf_reserve(b, g->env.len)) {
+        cm_error("gw=%s seq=%" PRIu64 " error=\"out of memory keeping a command result\"", g->id,
+                 seq);
+        return;
+    }
+    memcpy(b->p, g->env.p, g->env.len);
+    b->len = g->env.len;
+    g->kept[g->n_kept++].seq = seq;
+}
+
+/* Forgets the kept results an ack of this epoch up to seq covers. */
+static void unkeep_cmdres(gateway *g, uint64_t acked_seq)
+{
+    size_t drop = 0;
+    while (drop < g->n_kept && g->kept[drop].seq <= acked_seq)
+        drop++;
+    if (!drop)
+        return;
+    for (size_t i = 0; i < drop; i++) { /* the dropped buffers go to the end, for reuse */
+        buf b = g->kept[0].env;
+        memmove(&g->kept[0], &g->kept[1], (CRES_KEEP - 1) * sizeof g->kept[0]);
+        g->kept[CRES_KEEP - 1].env = b;
+    }
+    g->n_kept -= drop;
+}
+
+/* After a reconnect, once the acks queued for us had their grace: the kept results again, in
+ * seq order, before any new live data (the verifier takes a live envelope only above the last
+ * seq it saw). Returns the number handed to MQTT; kept_resend ends when all have left. */
+static int resend_kept(gateway *g, uint64_t now_ms)
+{
+    int sent = 0;
+    if (now_ms < g->kept_not_before_ms)
+        return 0;
+    for (size_t i = 0; i < g->n_kept; i++) {
+        if (g->kept[i].seq <= g->kept_resent_upto)
+            continue;
+        if (!can_publish(g) || cm_mqtt_publish(g->mqtt, g->t_cmdres, g->kept[i].env.p,
+                                               g->kept[i].env.len, 1, 0) != CM_OK)
+            return sent;
+        cm_info("gw=%s seq=%" PRIu64 " event=command_result_resent", g->id, g->kept[i].seq);
+        g->kept_resent_upto = g->kept[i].seq;
+        g->cres_resent++;
+        sent++;
+    }
+    g->kept_resend = 0;
+    return sent;
+}
+
 /* Publishes the pending command result. CM_ERR_UNAVAILABLE: try again later (same seq). */
 static cm_err send_cmdres(gateway *g)
 {
@@ -1148,6 +1222,8 @@ static cm_err send_cmdres(gateway *g)
     if (e != CM_OK)
         cm_error("gw=%s seq=%" PRIu64 " error=\"command result refused: %s\"", g->id, r->seq,
                  cm_strerror(e));
+    else if (g->ob)
+        keep_cmdres(g, r->seq);
     cmdres_done(g, e == CM_OK);
     return CM_OK;
 }
@@ -1416,6 +1492,7 @@ static void apply_acks(gateway *g, uint64_t now_ms)
         }
     }
     uint64_t a = acked(g);
+    unkeep_cmdres(g, a);
     if (g->ack_gap_seq && a >= g->ack_gap_seq)
         g->ack_gap_seq = 0; /* it was stored after all */
     if (a > g->first_pub)
@@ -1548,6 +1625,12 @@ static int poll_outbox(gateway *g, uint64_t now_ms)
         else {
             g->birth_gen = gen;
             g->birth_pending = 1;
+            if (g->n_kept) {
+                /* results that may have been lost with the last connection go first */
+                g->kept_resend = 1;
+                g->kept_resent_upto = 0;
+                g->kept_not_before_ms = now_ms + RESEND_GRACE_MS;
+            }
         }
     }
     if (g->birth_pending &&
@@ -1556,7 +1639,9 @@ static int poll_outbox(gateway *g, uint64_t now_ms)
         g->births_sent++;
         sent++;
     }
-    int can_send = gen != 0 && gen == g->birth_gen && !g->birth_pending &&
+    if (g->kept_resend && !g->birth_pending && cm_mqtt_is_connected(g->mqtt))
+        sent += resend_kept(g, now_ms);
+    int can_send = gen != 0 && gen == g->birth_gen && !g->birth_pending && !g->kept_resend &&
                    cm_mqtt_is_connected(g->mqtt);
     uint64_t bar = barrier(g, now_ms);
     check_stall(g, now_ms);
@@ -1768,6 +1853,7 @@ void gateway_command_counts(gateway *g, gw_cmd_counts *acc)
     }
     acc->results_sent += g->cres_sent;
     acc->results_unsent += g->cres_unsent.n + (uint64_t)g->cres.active;
+    acc->results_resent += g->cres_resent;
 }
 
 void gw_cmd_counts_json(const gw_cmd_counts *c, FILE *f)
@@ -1781,8 +1867,9 @@ void gw_cmd_counts_json(const gw_cmd_counts *c, FILE *f)
                 c->by_reason[i]);
     fprintf(f,
             "},\"dropped_queue_full\":%" PRIu64 ",\"pending_at_exit\":%" PRIu64
-            ",\"results_sent\":%" PRIu64 ",\"results_unsent\":%" PRIu64 "}",
-            c->dropped, c->pending, c->results_sent, c->results_unsent);
+            ",\"results_sent\":%" PRIu64 ",\"results_unsent\":%" PRIu64
+            ",\"results_resent\":%" PRIu64 "}",
+            c->dropped, c->pending, c->results_sent, c->results_unsent, c->results_resent);
 }
 
 static void json_seqs(FILE *f, const seq_list *l, const cmd_result *extra)
@@ -1947,6 +2034,8 @@ void gateway_destroy(gateway **gp)
     free(g->att.v);
     free(g->cres_seqs.v);
     free(g->cres_unsent.v);
+    for (size_t i = 0; i < CRES_KEEP; i++)
+        buf_free(&g->kept[i].env);
     free(g->ring_seq);
     free(g->ring_us);
     free(g->lat);

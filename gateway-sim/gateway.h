@@ -143,6 +143,7 @@ typedef struct gw_cmd_counts {
     uint64_t pending;                  /* still queued, not decided yet */
     uint64_t results_sent;             /* command results accepted by the MQTT client */
     uint64_t results_unsent;           /* command results that never left */
+    uint64_t results_resent;           /* kept results sent again after a reconnect (outbox) */
 } gw_cmd_counts;
 
 /* Adds this gateway's command counters to *acc. */

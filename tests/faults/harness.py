@@ -25,6 +25,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 
 import suite as S  # noqa: E402  (tests/integration/suite.py: the real suite on loopback ports)
+import proxy  # noqa: E402  (the relay that cuts links, beside this file)
 
 PY = "/usr/bin/python3"
 
@@ -152,50 +153,23 @@ class Sim:
 
 # ---------------------------------------------------------------------------- the relay
 
-class Relay:
-    """proxy.py in its own process, listening on a free port and relaying to the broker."""
+class Relay(proxy.RelayProcess):
+    """proxy.py relaying to the broker on a free port; stopped with the scenario's children."""
 
     def __init__(self, h, name, upstream_port):
-        self.h, self.name = h, name
-        self.port = S.free_base_port(1)
-        self.status_file = h.work / f"relay-{name}.status"
-        self.p = subprocess.Popen([PY, str(HERE / "proxy.py"), str(self.port), str(upstream_port),
-                                   str(self.status_file)],
-                                  stdout=subprocess.DEVNULL,
-                                  stderr=open(h.work / f"relay-{name}.log", "w"))
-        h.children.append(self.p)
-        if not S.wait_until(lambda: self.status().get("state") == "open", 10):
-            raise ScenarioFailed(f"relay {name} did not start")
-
-    def status(self):
+        self.name = name
         try:
-            line = self.status_file.read_text().strip()
-        except FileNotFoundError:
-            return {}
-        return dict(kv.split("=", 1) for kv in line.split())
+            super().__init__(S.free_base_port(1), upstream_port, h.work / f"relay-{name}.status",
+                             h.work / f"relay-{name}.log")
+        except RuntimeError as e:
+            raise ScenarioFailed(str(e)) from e
+        h.children.append(self.p)
 
-    def _set(self, sig, state):
-        changes = int(self.status().get("changes", 0))
-        self.p.send_signal(sig)
-        ok = S.wait_until(lambda: self.status().get("state") == state and
-                          int(self.status().get("changes", 0)) > changes, 5)
-        if not ok:
-            raise ScenarioFailed(f"relay {self.name} did not become {state}")
-
-    def cut(self):
-        self._set(signal.SIGUSR1, "cut")
-
-    def heal(self):
-        self._set(signal.SIGUSR2, "open")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+    def _signal(self, sig, state):
+        try:
+            super()._signal(sig, state)
+        except RuntimeError as e:
+            raise ScenarioFailed(str(e)) from e
 
 
 # ---------------------------------------------------------------------------- tmpfs

@@ -14,9 +14,12 @@ batches of tiny boot epochs for it, and test_commands only relies on it sending 
 that module runs. Every test here shares one state directory, so its boot epochs strictly
 increase across the runs."""
 import json
+import pathlib
+import re
 import signal
 import struct
 import subprocess
+import sys
 import time
 import zlib
 
@@ -320,3 +323,59 @@ def test_an_older_epoch_with_a_gap_does_not_hold_live_data_back(suite, tmp_path)
     if live:
         assert g2["outbox"]["epochs_given_up"] == 1
         assert g2["outbox"]["resent"] >= len(live)
+
+
+def test_a_command_result_lost_with_the_connection_is_sent_again(suite, state):
+    """A command result is live-only and not in the outbox, but it takes a number of the epoch:
+    lost, it would hold the epoch's ack below it for the rest of the run. The gateway keeps it
+    until acked and sends it again after a reconnect, before any new live data. Here the link
+    starts failing (the relay holds the gateway's direction) just as a command arrives, so the
+    result goes into the dead link; the link then drops and the gateway reconnects."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "faults"))
+    import proxy
+
+    relay = proxy.RelayProcess(free_base_port(1), suite.port, state / "relay.status",
+                               state / "relay.log")
+    epoch_file = state / f"{GW}.epoch"
+    old_epoch = int(epoch_file.read_text()) if epoch_file.exists() else 0
+    report = state / "cmdres.json"
+    log_path = state / "cmdres.log"
+    log = open(log_path, "w")
+    p = subprocess.Popen([str(BIN / "suido-gateway-sim"), "--broker", f"ssl://localhost:{relay.port}",
+                          "--deploy", str(suite.dir), "--ids", GW, "--rate", "5",
+                          "--duration", "25", "--wait-acks", "40", "--state-dir", str(state),
+                          "--report", str(report)], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        assert wait_until(lambda: epoch_file.exists() and int(epoch_file.read_text()) > old_epoch,
+                          15)
+        e1 = int(epoch_file.read_text())
+        assert wait_until(lambda: len(archived(suite, [e1])) >= 5, 30), log_path.read_text()
+        relay.hold()
+        r = suite.ctl("--json", "command", GW, "pump1", "1", "--unit", "1", "--reason",
+                      "outbox test: a result into a failing link", check=False)
+        assert r.returncode == 0, r.stderr
+        assert wait_until(lambda: "event=command_applied" in log_path.read_text(), 15)
+        time.sleep(0.5)  # the result is in the held link
+        assert suite.query("SELECT count(*) FROM batches WHERE gateway=? AND boot_epoch=? AND "
+                           "kind='cmdres'", GW, e1)[0][0] == 0
+        relay.drop()
+        assert p.wait(90) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+        relay.stop()
+    said = log_path.read_text()
+    g = json.loads(report.read_text())["gateways"][0]
+    assert g["boot_epoch"] == e1 and g["connections"] >= 2
+    assert "event=command_result_resent" in said and g["commands"]["results_resent"] >= 1
+    # stored, acked past, nothing left in the outbox and no gap alarm (the broker also delivers
+    # the command again, its PUBACK having gone into the dead link too: refused as replayed,
+    # with a result of its own)
+    applied = int(re.search(r"seq=(\d+) event=command_applied", said).group(1))
+    assert suite.query("SELECT count(*) FROM batches WHERE gateway=? AND boot_epoch=? AND "
+                       "kind='cmdres' AND seq=?", GW, e1, applied)[0][0] == 1
+    assert g["acked_seq"] == g["last_seq"] and g["outbox"]["records"] == 0, said[-3000:]
+    assert "event=ack_gap" not in said
+    check_oracle(suite, g["sent_ranges"], {e1})
