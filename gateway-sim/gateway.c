@@ -174,6 +174,7 @@ struct gateway {
     unsigned rs_gen;         /* connection generation the last reconnect pass was for */
     uint64_t stall_ms, ack_wait_since_ms;
     uint64_t ack_gap_seq;    /* this epoch's ack is stuck below this seq (0: no such gap) */
+    int link_up;             /* the client was connected at the last poll */
 
     /* commands (main thread) */
     const sig_actuator *act;
@@ -197,7 +198,6 @@ struct gateway {
 
     /* shared with Paho's thread */
     atomic_uint conn_gen;    /* successful connections so far */
-    int link_up;             /* the client was connected at the last poll (outbox mode) */
     atomic_ullong acked_seq; /* highest seq acked for our boot epoch */
     pthread_mutex_t mu;      /* guards ring_*, lat* and the command queue (cq*, cmd_*) */
     uint64_t *ring_seq, *ring_us;
@@ -1139,6 +1139,15 @@ static void cmdres_done(gateway *g, int published)
     g->cres.active = 0;
 }
 
+/* Drops the oldest kept result; its buffer goes to the end, for reuse. */
+static void drop_oldest_kept(gateway *g)
+{
+    buf b = g->kept[0].env;
+    memmove(&g->kept[0], &g->kept[1], (CRES_KEEP - 1) * sizeof g->kept[0]);
+    g->kept[CRES_KEEP - 1].env = b;
+    g->n_kept--;
+}
+
 /* Keeps the result just published (g->env) until an ack covers it. */
 static void keep_cmdres(gateway *g, uint64_t seq)
 {
@@ -1146,10 +1155,7 @@ static void keep_cmdres(gateway *g, uint64_t seq)
         /* never with a live platform (results are rare and acked within a second) */
         cm_warn("gw=%s seq=%" PRIu64 " event=command_result_not_kept alarm=1", g->id,
                 g->kept[0].seq);
-        buf oldest = g->kept[0].env;
-        memmove(&g->kept[0], &g->kept[1], (CRES_KEEP - 1) * sizeof g->kept[0]);
-        g->kept[CRES_KEEP - 1].env = oldest;
-        g->n_kept--;
+        drop_oldest_kept(g);
     }
     buf *b = &g->kept[g->n_kept].env;
     if (buf_reserve(b, g->env.len)) {
@@ -1162,20 +1168,11 @@ static void keep_cmdres(gateway *g, uint64_t seq)
     g->kept[g->n_kept++].seq = seq;
 }
 
-/* Forgets the kept results an ack of this epoch up to seq covers. */
+/* Forgets the kept results an ack of this epoch up to acked_seq covers. */
 static void unkeep_cmdres(gateway *g, uint64_t acked_seq)
 {
-    size_t drop = 0;
-    while (drop < g->n_kept && g->kept[drop].seq <= acked_seq)
-        drop++;
-    if (!drop)
-        return;
-    for (size_t i = 0; i < drop; i++) { /* the dropped buffers go to the end, for reuse */
-        buf b = g->kept[0].env;
-        memmove(&g->kept[0], &g->kept[1], (CRES_KEEP - 1) * sizeof g->kept[0]);
-        g->kept[CRES_KEEP - 1].env = b;
-    }
-    g->n_kept -= drop;
+    while (g->n_kept && g->kept[0].seq <= acked_seq)
+        drop_oldest_kept(g);
 }
 
 /* After a reconnect, once the acks queued for us had their grace: the kept results again, in
@@ -1187,15 +1184,24 @@ static int resend_kept(gateway *g, uint64_t now_ms)
     if (now_ms < g->kept_not_before_ms)
         return 0;
     for (size_t i = 0; i < g->n_kept; i++) {
-        if (g->kept[i].seq <= g->kept_resent_upto)
+        uint64_t seq = g->kept[i].seq;
+        if (seq <= g->kept_resent_upto)
             continue;
-        if (!can_publish(g) || cm_mqtt_publish(g->mqtt, g->t_cmdres, g->kept[i].env.p,
-                                               g->kept[i].env.len, 1, 0) != CM_OK)
+        if (!can_publish(g))
             return sent;
-        cm_info("gw=%s seq=%" PRIu64 " event=command_result_resent", g->id, g->kept[i].seq);
-        g->kept_resent_upto = g->kept[i].seq;
-        g->cres_resent++;
-        sent++;
+        const buf *b = &g->kept[i].env;
+        cm_err e = cm_mqtt_publish(g->mqtt, g->t_cmdres, b->p, b->len, 1, 0);
+        if (e == CM_ERR_UNAVAILABLE)
+            return sent; /* the window: next poll */
+        if (e != CM_OK) {
+            cm_error("gw=%s seq=%" PRIu64 " error=\"kept command result refused: %s\"", g->id,
+                     seq, cm_strerror(e));
+        } else {
+            cm_info("gw=%s seq=%" PRIu64 " event=command_result_resent", g->id, seq);
+            g->cres_resent++;
+            sent++;
+        }
+        g->kept_resent_upto = seq;
     }
     g->kept_resend = 0;
     return sent;

@@ -13,6 +13,7 @@ gw-0009 (a pumping station): no later test module uses it, test_lifecycle only p
 batches of tiny boot epochs for it, and test_commands only relies on it sending nothing while
 that module runs. Every test here shares one state directory, so its boot epochs strictly
 increase across the runs."""
+import contextlib
 import json
 import pathlib
 import re
@@ -251,24 +252,37 @@ def test_kill_9_in_the_middle_of_a_run_loses_no_batch_taken(suite, state):
     check_oracle(suite, g["sent_ranges"], {e1, e2})
 
 
+@contextlib.contextmanager
+def timed_run(suite, state, name, port, rate, duration, *extra):
+    """The gateway simulator for GW on the shared state directory for `duration` s (then up to
+    40 s waiting for acks), in the background; yields (process, its new boot epoch, log path),
+    the report being state/<name>.json once it has ended. The block must wait for the end."""
+    epoch_file = state / f"{GW}.epoch"
+    old_epoch = int(epoch_file.read_text()) if epoch_file.exists() else 0
+    log_path = state / f"{name}.log"
+    log = open(log_path, "w")
+    p = subprocess.Popen([str(BIN / "suido-gateway-sim"), "--broker", f"ssl://localhost:{port}",
+                          "--deploy", str(suite.dir), "--ids", GW, "--rate", str(rate),
+                          "--duration", str(duration), "--wait-acks", "40", "--state-dir",
+                          str(state), "--report", str(state / f"{name}.json"), *extra],
+                         stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        assert wait_until(lambda: epoch_file.exists() and int(epoch_file.read_text()) > old_epoch,
+                          15)
+        yield p, int(epoch_file.read_text()), log_path
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+
+
 def test_a_reconnect_republishes_what_was_published_but_not_acked(suite, state):
     """The gateway's session is cut in the middle of a run (its identity suspended for a moment:
     the verifier refuses what it sends meanwhile, the broker kicks it): after it reconnects,
     what had left but was never acked is republished, what was taken meanwhile goes out, and
     the archive ends up with every batch of the run, once."""
-    epoch_file = state / f"{GW}.epoch"
-    old_epoch = int(epoch_file.read_text()) if epoch_file.exists() else 0
-    report = state / "reconnect.json"
-    log = open(state / "reconnect.log", "w")
-    p = subprocess.Popen([str(BIN / "suido-gateway-sim"), "--broker", f"ssl://localhost:{suite.port}",
-                          "--deploy", str(suite.dir), "--ids", GW, "--rate", "20",
-                          "--duration", "20", "--wait-acks", "40", "--state-dir", str(state),
-                          "--report", str(report), "--quiet"], stdout=subprocess.DEVNULL,
-                         stderr=log)
-    try:
-        assert wait_until(lambda: epoch_file.exists() and int(epoch_file.read_text()) > old_epoch,
-                          15)
-        e1 = int(epoch_file.read_text())
+    with timed_run(suite, state, "reconnect", suite.port, 20, 20, "--quiet") as (p, e1, _):
         assert wait_until(lambda: len(archived(suite, [e1])) >= 10, 30)
         suite.ctl("gateway", "suspend", GW, "--reason", "outbox test: cut the session")
         try:
@@ -276,11 +290,7 @@ def test_a_reconnect_republishes_what_was_published_but_not_acked(suite, state):
         finally:
             suite.ctl("gateway", "activate", GW)
         assert p.wait(90) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        log.close()
+    report = state / "reconnect.json"
     g = json.loads(report.read_text())["gateways"][0]
     assert g["boot_epoch"] == e1 and g["connections"] >= 2
     assert g["outbox"]["records"] == 0, (state / "reconnect.log").read_text()[-3000:]
@@ -336,36 +346,22 @@ def test_a_command_result_lost_with_the_connection_is_sent_again(suite, state):
 
     relay = proxy.RelayProcess(free_base_port(1), suite.port, state / "relay.status",
                                state / "relay.log")
-    epoch_file = state / f"{GW}.epoch"
-    old_epoch = int(epoch_file.read_text()) if epoch_file.exists() else 0
-    report = state / "cmdres.json"
-    log_path = state / "cmdres.log"
-    log = open(log_path, "w")
-    p = subprocess.Popen([str(BIN / "suido-gateway-sim"), "--broker", f"ssl://localhost:{relay.port}",
-                          "--deploy", str(suite.dir), "--ids", GW, "--rate", "5",
-                          "--duration", "25", "--wait-acks", "40", "--state-dir", str(state),
-                          "--report", str(report)], stdout=subprocess.DEVNULL, stderr=log)
     try:
-        assert wait_until(lambda: epoch_file.exists() and int(epoch_file.read_text()) > old_epoch,
-                          15)
-        e1 = int(epoch_file.read_text())
-        assert wait_until(lambda: len(archived(suite, [e1])) >= 5, 30), log_path.read_text()
-        relay.hold()
-        r = suite.ctl("--json", "command", GW, "pump1", "1", "--unit", "1", "--reason",
-                      "outbox test: a result into a failing link", check=False)
-        assert r.returncode == 0, r.stderr
-        assert wait_until(lambda: "event=command_applied" in log_path.read_text(), 15)
-        time.sleep(0.5)  # the result is in the held link
-        assert suite.query("SELECT count(*) FROM batches WHERE gateway=? AND boot_epoch=? AND "
-                           "kind='cmdres'", GW, e1)[0][0] == 0
-        relay.drop()
-        assert p.wait(90) == 0
+        with timed_run(suite, state, "cmdres", relay.port, 5, 25) as (p, e1, log_path):
+            assert wait_until(lambda: len(archived(suite, [e1])) >= 5, 30), log_path.read_text()
+            relay.hold()
+            r = suite.ctl("--json", "command", GW, "pump1", "1", "--unit", "1", "--reason",
+                          "outbox test: a result into a failing link", check=False)
+            assert r.returncode == 0, r.stderr
+            assert wait_until(lambda: "event=command_applied" in log_path.read_text(), 15)
+            time.sleep(0.5)  # the result is in the held link
+            assert suite.query("SELECT count(*) FROM batches WHERE gateway=? AND boot_epoch=? "
+                               "AND kind='cmdres'", GW, e1)[0][0] == 0
+            relay.drop()
+            assert p.wait(90) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        log.close()
         relay.stop()
+    report = state / "cmdres.json"
     said = log_path.read_text()
     g = json.loads(report.read_text())["gateways"][0]
     assert g["boot_epoch"] == e1 and g["connections"] >= 2
