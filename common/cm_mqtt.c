@@ -50,7 +50,7 @@ struct cm_mqtt {
     char *uri, *client_id, *ca_file, *cert_file, *key_file, *will_topic;
     void *will_payload;
     size_t will_len;
-    int clean_session, keepalive_s, max_inflight, verify_hostname;
+    int clean_session, keepalive_s, max_inflight, verify_hostname, renew_on_loss;
     int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
     void (*on_connected)(void *ctx, int reconnect);
     void (*on_lost)(void *ctx, const char *cause);
@@ -62,8 +62,10 @@ struct cm_mqtt {
     atomic_int closing;     /* destroy has begun: no more connection events for the application */
     atomic_int busy;        /* callbacks currently running (destroy waits for 0) */
     atomic_int failures;    /* failed connect attempts since the last success */
+    atomic_int renew_due;   /* renew_on_loss: a connection was lost, cm_mqtt_renew has not run */
     _Atomic(cm_sub *) subs;
     int started;            /* cm_mqtt_connect was called (application thread only) */
+    int connect_pending;    /* cm_mqtt_renew made a new client, its next call connects it */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -191,6 +193,14 @@ static void on_connection_lost(void *ctx, char *cause)
     cm_mqtt *m = ctx;
     enter(m);
     atomic_store(&m->connected, 0);
+    if (m->renew_on_loss && !atomic_load(&m->closing)) {
+        /* Paho schedules its reconnect after this returns, unless a disconnect was asked for
+         * (which, not connected, only stops the reconnect): cm_mqtt_renew takes over */
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+        d.timeout = 0;
+        (void)MQTTAsync_disconnect(m->cli, &d);
+        atomic_store(&m->renew_due, 1);
+    }
     if (!atomic_load(&m->closing)) {
         cm_warn("client=%s uri=%s event=connection_lost cause=\"%s\"", m->client_id, m->uri,
                 cause ? cause : "");
@@ -354,6 +364,7 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
     m->keepalive_s = o->keepalive_s ? o->keepalive_s : DEFAULT_KEEPALIVE_S;
     m->max_inflight = o->max_inflight ? o->max_inflight : DEFAULT_MAX_INFLIGHT;
     m->verify_hostname = o->verify_hostname ? 1 : 0;
+    m->renew_on_loss = o->renew_on_loss ? 1 : 0;
     m->on_message = o->on_message;
     m->on_connected = o->on_connected;
     m->on_lost = o->on_lost;
@@ -364,6 +375,7 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
     atomic_init(&m->closing, 0);
     atomic_init(&m->busy, 0);
     atomic_init(&m->failures, 0);
+    atomic_init(&m->renew_due, 0);
     atomic_init(&m->subs, NULL);
 
     pthread_condattr_t ca;
@@ -564,10 +576,16 @@ static void destroy_handle(cm_mqtt *m)
 
 cm_err cm_mqtt_renew(cm_mqtt *m)
 {
-    if (!m || !m->started)
+    if (!m)
         return CM_ERR_INVAL;
-    if (atomic_load(&m->connected))
-        return CM_OK; /* already back: nothing to start over */
+    if (m->connect_pending) { /* the second step: connect the client the first one made */
+        m->connect_pending = 0;
+        return cm_mqtt_connect(m, 0);
+    }
+    if (!m->started)
+        return CM_ERR_INVAL;
+    if (!atomic_exchange(&m->renew_due, 0))
+        return CM_OK;
     atomic_store(&m->closing, 1);
     destroy_handle(m); /* no DISCONNECT: the connection is gone, and the will stays armed */
     atomic_store(&m->inflight, 0);
@@ -576,7 +594,9 @@ cm_err cm_mqtt_renew(cm_mqtt *m)
     m->started = 0;
     if (create_handle(m) != MQTTASYNC_SUCCESS)
         return CM_ERR_IO;
-    return cm_mqtt_connect(m, 0);
+    m->connect_pending = 1;
+    cm_info("client=%s event=client_renewed", m->client_id);
+    return CM_OK;
 }
 
 void cm_mqtt_destroy(cm_mqtt **mp)

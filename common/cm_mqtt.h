@@ -24,6 +24,8 @@ typedef struct cm_mqtt_opts {
     int keepalive_s;        /* 0 -> 10 */
     int max_inflight;       /* 0 -> 64 */
     int verify_hostname;    /* 1: check the broker's certificate name against the URI host */
+    int renew_on_loss;      /* 1: a lost connection is not reconnected by Paho: the application
+                             * calls cm_mqtt_renew (see there) */
     const char *will_topic; /* optional last will (QoS 1, not retained) */
     const void *will_payload;
     size_t will_len;
@@ -62,13 +64,18 @@ cm_err cm_mqtt_publish(cm_mqtt *m, const char *topic, const void *payload, size_
 int cm_mqtt_is_connected(const cm_mqtt *m);
 /* Number of publishes sent but not yet acknowledged by the broker. */
 int cm_mqtt_inflight(const cm_mqtt *m);
-/* Starts over with a new Paho client after a lost connection, on the same broker session
- * (clean_session 0 keeps subscriptions and the messages queued for us): publishes still in flight
- * on the old client are dropped instead of replayed on the next connection. For an application
- * that resends from its own store: Paho 1.3 replays its in-flight window on a reconnect, and when
- * the socket fills during that replay it starts again from the first message, so under load one
- * publish can go out dozens of times. Does nothing while connected (Paho reconnected first).
- * Application thread only, never concurrently with a publish on m. */
+/* With renew_on_loss: after a lost connection, starts over with a new Paho client on the same
+ * broker session (clean_session 0 keeps subscriptions and the messages queued for us), so
+ * publishes still in flight on the old client are dropped instead of replayed on the next
+ * connection. For an application that resends from its own store: Paho 1.3 replays its in-flight
+ * window on a reconnect, and when the socket fills during that replay it starts again from the
+ * first message, so under load one publish can go out dozens of times. Paho's own reconnect is
+ * stopped when the loss is reported, so this need not race it. Call it on every poll while not
+ * connected: the first call after a loss replaces the client, the next call connects the new one
+ * (which then retries by itself), other calls do nothing. The two steps let an application with
+ * many clients replace all of them before their TLS handshakes start: a handshake in progress
+ * holds Paho's one lock against every replacement. Application thread only, never concurrently
+ * with a publish on m. */
 cm_err cm_mqtt_renew(cm_mqtt *m);
 /* Disconnects (waiting up to 1 s for in-flight messages) and frees. */
 void cm_mqtt_destroy(cm_mqtt **m);

@@ -174,7 +174,6 @@ struct gateway {
     unsigned rs_gen;         /* connection generation the last reconnect pass was for */
     uint64_t stall_ms, ack_wait_since_ms;
     uint64_t ack_gap_seq;    /* this epoch's ack is stuck below this seq (0: no such gap) */
-    int link_up;             /* the client was connected at the last poll */
 
     /* commands (main thread) */
     const sig_actuator *act;
@@ -830,6 +829,9 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
             .keepalive_s = 30,
             .max_inflight = set->max_inflight,
             .verify_hostname = 1,
+            /* with an outbox, what was in flight when a connection is lost is resent from the
+             * outbox (poll_outbox), not replayed by Paho */
+            .renew_on_loss = g->ob != NULL,
             .will_topic = g->t_death,
             .will_payload = g->env.p,
             .will_len = g->env.len,
@@ -1606,10 +1608,7 @@ static int poll_outbox(gateway *g, uint64_t now_ms)
     /* A lost connection: start over with a new client on the same session, so that what was in
      * flight is resent once, by the republishing pass below, and not replayed by the client
      * library too (cm_mqtt_renew says why that matters). */
-    if (cm_mqtt_is_connected(g->mqtt))
-        g->link_up = 1;
-    else if (g->link_up) {
-        g->link_up = 0;
+    if (!cm_mqtt_is_connected(g->mqtt)) {
         cm_err e = cm_mqtt_renew(g->mqtt);
         if (e != CM_OK)
             cm_error("gw=%s error=\"cannot start a new client: %s\" alarm=1", g->id,

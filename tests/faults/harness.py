@@ -283,6 +283,17 @@ class Harness:
             raise ScenarioFailed(f"load {name}: gateways did not all connect: {sim.tail()}")
         return sim
 
+    def load_parts(self, name, parts, **kw):
+        """The standing load split over `parts` simulator processes (name-0, name-1, ...)."""
+        ids = self.load_ids
+        sims = [Sim(self, f"{name}-{i}", ids[i * len(ids) // parts:(i + 1) * len(ids) // parts],
+                    **kw) for i in range(parts)]
+        for sim in sims:
+            if sim.wait_all_connected(90) is None:
+                raise ScenarioFailed(f"load {sim.name}: gateways did not all connect: "
+                                     f"{sim.tail()}")
+        return sims
+
     def pb(self):
         """The wire messages (proto/suido.proto compiled for Python)."""
         if not hasattr(self, "_pb"):
