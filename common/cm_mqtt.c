@@ -8,6 +8,7 @@
 #include "cm_mqtt.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +34,7 @@
 #define RETRY_MIN_S 1
 #define RETRY_MAX_S 8
 #define DISCONNECT_WAIT_MS 1000
+#define RENEW_QUIET_MS 10000 /* a loss this long after the last renewal reconnects at once */
 
 /* A subscription to repeat after every reconnect. The list only grows (prepend with an atomic
  * head), so Paho's thread can walk it without a lock while the application adds to it. */
@@ -65,7 +67,9 @@ struct cm_mqtt {
     atomic_int renew_due;   /* renew_on_loss: a connection was lost, cm_mqtt_renew has not run */
     _Atomic(cm_sub *) subs;
     int started;            /* cm_mqtt_connect was called (application thread only) */
-    int connect_pending;    /* cm_mqtt_renew made a new client, its next call connects it */
+    int connect_pending;    /* cm_mqtt_renew made a new client, a later call connects it ... */
+    uint64_t connect_at_ms; /* ... from then on (monotonic) */
+    uint64_t last_renew_ms, renew_delay_ms; /* backoff for a connection lost again and again */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -579,6 +583,8 @@ cm_err cm_mqtt_renew(cm_mqtt *m)
     if (!m)
         return CM_ERR_INVAL;
     if (m->connect_pending) { /* the second step: connect the client the first one made */
+        if (cm_mono_ms() < m->connect_at_ms)
+            return CM_OK;
         m->connect_pending = 0;
         return cm_mqtt_connect(m, 0);
     }
@@ -594,8 +600,20 @@ cm_err cm_mqtt_renew(cm_mqtt *m)
     m->started = 0;
     if (create_handle(m) != MQTTASYNC_SUCCESS)
         return CM_ERR_IO;
+    /* A connection that keeps being lost (a broker refusing us right after CONNECT) is retried
+     * with the backoff Paho's own reconnect would use, not at once every time. */
+    uint64_t now = cm_mono_ms();
+    if (m->last_renew_ms && now - m->last_renew_ms < RENEW_QUIET_MS)
+        m->renew_delay_ms = m->renew_delay_ms ? m->renew_delay_ms * 2 : RETRY_MIN_S * 1000;
+    else
+        m->renew_delay_ms = 0;
+    if (m->renew_delay_ms > RETRY_MAX_S * 1000)
+        m->renew_delay_ms = RETRY_MAX_S * 1000;
+    m->last_renew_ms = now;
+    m->connect_at_ms = now + m->renew_delay_ms;
     m->connect_pending = 1;
-    cm_info("client=%s event=client_renewed", m->client_id);
+    cm_info("client=%s reconnect_in_ms=%" PRIu64 " event=client_renewed", m->client_id,
+            m->renew_delay_ms);
     return CM_OK;
 }
 

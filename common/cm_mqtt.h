@@ -71,8 +71,9 @@ int cm_mqtt_inflight(const cm_mqtt *m);
  * window on a reconnect, and when the socket fills during that replay it starts again from the
  * first message, so under load one publish can go out dozens of times. Paho's own reconnect is
  * stopped when the loss is reported, so this need not race it. Call it on every poll while not
- * connected: the first call after a loss replaces the client, the next call connects the new one
- * (which then retries by itself), other calls do nothing. The two steps let an application with
+ * connected: the first call after a loss replaces the client, a later call connects the new one
+ * (which then retries by itself), other calls do nothing. The connect comes at once after a rare
+ * loss, and after 1, 2, 4, 8 s for a connection lost again within 10 s of the last renewal. The two steps let an application with
  * many clients replace all of them before their TLS handshakes start: a handshake in progress
  * holds Paho's one lock against every replacement. Application thread only, never concurrently
  * with a publish on m. */
