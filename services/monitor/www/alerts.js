@@ -20,10 +20,11 @@ suido.start('alerts', async () => {
     }
   }
   async function show() {
-    const box = clear($('detail'));
     const msg = $('action-message');
-    if (!selected) { box.append(el('p', { class: 'muted', text: 'Choose a case.' })); return; }
+    if (!selected) { clear($('detail')).append(el('p', { class: 'muted', text: 'Choose a case.' })); return; }
     const r = await api('/api/alert?id=' + selected);
+    // the old detail stays until the new one is complete: no empty moment while fetching
+    const box = clear($('detail'));
     const c = r.case;
     const kv = el('dl', { class: 'kv', id: 'case' });
     const row = (k, v) => kv.append(el('dt', { text: k }), el('dd', { text: v }));
