@@ -1,5 +1,5 @@
 /* Wycheproof conformance of cm_crypto: runs the C2SP/wycheproof vectors of
- * ../shared/data/wycheproof (RSA-OAEP-2048 SHA-256, AES-GCM, ECDSA P-256 in DER and P1363 form)
+ * tests/data/wycheproof (RSA-OAEP-2048 SHA-256, AES-GCM, ECDSA P-256 in DER and P1363 form)
  * through cm_crypto's public interface only. Every valid case must pass, every invalid case must
  * be refused with the module's single error code for that operation (CM_ERR_DECRYPT,
  * CM_ERR_SIGNATURE), and every case that is not run is listed with the reason. A mismatch names
@@ -20,8 +20,8 @@
  *    converted to DER here with ECDSA_SIG; one that is not exactly 64 bytes is refused by this
  *    test without calling the verifier; r or s zero or >= n are passed on and must be refused.
  *
- * Data directory: $SUIDO_WYCHEPROOF, else ../shared/data/wycheproof (tests run from the repo
- * root), else /work/shared/data/wycheproof. A missing directory or file fails the test. */
+ * Data directory: $SUIDO_WYCHEPROOF, else tests/data/wycheproof (tests run from the repository
+ * root; the vectors and their licence are kept there). A missing directory or file fails the test. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -199,9 +199,7 @@ static int is_dir(const char *path)
 static const char *data_dir(void)
 {
     const char *env = getenv("SUIDO_WYCHEPROOF");
-    const char *dir = env && *env                               ? env
-                      : is_dir("../shared/data/wycheproof")     ? "../shared/data/wycheproof"
-                                                                : "/work/shared/data/wycheproof";
+    const char *dir = env && *env ? env : "tests/data/wycheproof";
     snprintf(data_path, sizeof data_path, "%s", dir);
     return is_dir(dir) ? dir : NULL;
 }

@@ -1,4 +1,4 @@
-"""`make test-faults`: the fault plan (/work/shared/docs/fault-plan.md) against a real suite on
+"""`make test-faults`: the fault plan (tests/faults/README.md) against a real suite on
 this machine. See tests/faults/README.md.
 
     SUIDO_BUILD=build /usr/bin/python3 tests/faults/run.py [F1 F3 ...]

@@ -1,4 +1,4 @@
-"""The scenarios of /work/shared/docs/fault-plan.md that run on one machine, F1-F12. Each one runs
+"""The scenarios of the fault plan (tests/faults/README.md) that run on one machine, F1-F12. Each one runs
 the standing load (every load gateway at one batch per second, with its outbox), injects its
 fault, heals it, stops the simulators (which deliver what their outboxes still hold) and ends
 with the oracle (harness.Harness.oracle). A scenario records its own checks and figures in a

@@ -1,4 +1,4 @@
-"""Bad inputs every release must survive (the list in /work/shared/docs/bad-inputs.md): its
+"""Bad inputs every release must survive (the project's list of hostile inputs): its
 sections "TLS and certificates", "MQTT framing and topics", "ZeroMQ / CURVE between services" and
 "Protobuf and the crypto envelope", sent to the running suite.
 

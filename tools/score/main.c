@@ -9,7 +9,7 @@
  * start and end ("YYYY-MM-DD HH:MM", inclusive), '#' comment lines allowed; without it the attacks
  * are the maximal runs of consecutive rows labelled 1.
  *
- * The score (Taormina et al. 2018; /work/shared/data/README.md):
+ * The score (Taormina et al. 2018, the official BATADAL rules):
  *   for each attack i of duration dt_i hours, TTD_i = hours from its start to the first flagged
  *   row inside it (dt_i if none); S_TTD = 1 - mean(TTD_i / dt_i);
  *   S_CM = (TPR + TNR) / 2 over every labelled row (unknown rows count in neither);
