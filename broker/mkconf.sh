@@ -3,12 +3,19 @@
 # (see broker/README.md).
 #
 #   broker/mkconf.sh DEPLOYDIR OUTDIR PORT [--bind 127.0.0.1] [--max-packet 65536]
-#                    [--plugin PATH] [--metrics-file PATH]
+#                    [--plugin PATH] [--metrics-file PATH] [--user mosquitto | --container]
 #
 # DEPLOYDIR is a PKI made by keys/mkpki.sh. Writes OUTDIR/mosquitto.conf and OUTDIR/acl, creates
 # OUTDIR/data/ (persistence) and OUTDIR/identities.state (the suido plugin's identity states; an
 # existing one is kept, and only identities it does not list yet are added, as active). Start the
 # broker with `mosquitto -c OUTDIR/mosquitto.conf`.
+# The broker never runs as root: started as root, Mosquitto switches to --user (default
+# "mosquitto", the Debian package's system user) before it reads its key. Run as root, this
+# script gives that user what the broker reads and writes, and nothing else: DEPLOYDIR/broker/
+# (its key and certificate), OUTDIR/data/ (persistence) and the metrics file's directory (group
+# write, sticky), then checks as that user that every file is reachable. --container: the
+# broker will run in a container as that container's own unprivileged user (compose/): no host
+# user is involved and nothing is given away here.
 # After a revocation (keys/mkpki.sh DEPLOYDIR --revoke ID) send SIGHUP to the broker so that it
 # re-reads ca/crl.pem. Re-run this script (and SIGHUP) after adding gateways.
 set -euo pipefail
@@ -18,7 +25,7 @@ PROG=mkconf
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 usage() {
     echo "usage: broker/mkconf.sh DEPLOYDIR OUTDIR PORT [--bind 127.0.0.1] [--max-packet 65536]" >&2
-    echo "                        [--plugin PATH] [--metrics-file PATH]" >&2
+    echo "                        [--plugin PATH] [--metrics-file PATH] [--user mosquitto | --container]" >&2
     exit 2
 }
 
@@ -33,6 +40,8 @@ if [[ -z "$PLUGIN" && -n "${SUIDO_BIN:-}" && -f "${SUIDO_BIN%/}/../lib/suido_plu
 fi
 PLUGIN=${PLUGIN:-$TOP/build/lib/suido_plugin.so}
 METRICS=""
+BROKER_USER=mosquitto
+CONTAINER=0
 POS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -40,6 +49,8 @@ while [[ $# -gt 0 ]]; do
         --max-packet) [[ $# -ge 2 ]] || die "--max-packet needs a value"; MAXPKT=$2; shift 2 ;;
         --plugin) [[ $# -ge 2 ]] || die "--plugin needs a value"; PLUGIN=$2; shift 2 ;;
         --metrics-file) [[ $# -ge 2 ]] || die "--metrics-file needs a value"; METRICS=$2; shift 2 ;;
+        --user) [[ $# -ge 2 ]] || die "--user needs a value"; BROKER_USER=$2; shift 2 ;;
+        --container) CONTAINER=1; shift ;;
         -h|--help) usage ;;
         -*) die "unknown option: $1" ;;
         *) POS+=("$1"); shift ;;
@@ -54,6 +65,8 @@ PORT=$((10#$PORT))
     die "--max-packet must be 1024..268435455 bytes (got '$MAXPKT')"
 MAXPKT=$((10#$MAXPKT))
 [[ "$BIND" =~ ^[0-9A-Za-z.:-]+$ ]] || die "bad --bind address '$BIND'"
+[[ "$BROKER_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ && "$BROKER_USER" != root ]] ||
+    die "bad --user '$BROKER_USER' (a system user's name; the broker never runs as root)"
 
 [[ -d "$DEPLOY" ]] || die "DEPLOYDIR $DEPLOY does not exist"
 DEPLOY=$(cd "$DEPLOY" && pwd)
@@ -194,15 +207,11 @@ cat >"$tmp_conf" <<EOF
 # Security settings (allow_anonymous, acl_file) apply to all listeners; there is only one anyway.
 per_listener_settings false
 
-# Started as root, Mosquitto 2.0 switches to the user "mosquitto" (option "user", default
-# "mosquitto") BEFORE it loads the listener's certificate and key. keys/mkpki.sh keeps the
-# broker key in a 0700 root directory, so with the default the broker exits at once with
-# "Unable to load server certificate ... Permission denied"; SIGHUP reloads (key, CRL, ACL) and
-# the persistence directory would need the same access. "user root" skips the switch (as a
-# non-root user the option has no effect at all). This suits tests and development, where
-# everything runs as root; a production broker should run as its own unprivileged user owning
-# its key, the CRL, the ACL and OUTDIR/data (then drop this line).
-user root
+# Started as root, Mosquitto 2.0 switches to this user BEFORE it loads the listener's certificate
+# and key; SIGHUP reloads (key, CRL, ACL) and persistence run as that user too. broker/mkconf.sh
+# (run as root) gave it the broker's key, the persistence directory and the metrics directory.
+# Started as another unprivileged user (a container's), the option has no effect.
+user $BROKER_USER
 
 # ---------------------------------------------------------------- the one listener: TLS only
 listener $PORT $BIND
@@ -277,5 +286,31 @@ mv -f "$tmp_acl" "$OUT/acl"
 if [[ $added -gt 0 || ! -f "$STATE" ]]; then mv -f "$tmp_state" "$STATE"; else rm -f "$tmp_state"; fi
 mv -f "$tmp_conf" "$OUT/mosquitto.conf"
 trap - EXIT
+
+# ---------------------------------------------------------------- the broker's own user
+# Only as root (a user cannot give files away; started unprivileged, the broker is already not
+# root). The broker's key directory and its persistence become the broker user's; the metrics
+# directory, shared with the services' metrics files, lets it create files (group write) but not
+# remove others' (sticky). Then every file the broker opens is checked as that user, so that a
+# directory above the deployment it cannot enter is reported here, not as a broker that exits.
+if [[ $EUID -eq 0 && $CONTAINER -eq 0 ]]; then
+    getent passwd "$BROKER_USER" >/dev/null ||
+        die "no system user '$BROKER_USER' for the broker (install mosquitto, or pass --user NAME)"
+    grp=$(id -gn "$BROKER_USER")
+    chown -R "$BROKER_USER:$grp" "$DEPLOY/broker" "$OUT/data"
+    chmod 0700 "$DEPLOY/broker" "$OUT/data"
+    mdir=$(dirname "$METRICS")
+    chgrp "$grp" "$mdir"
+    chmod 1775 "$mdir"
+    [[ ! -e "$METRICS" ]] || chown "$BROKER_USER:$grp" "$METRICS"
+    for f in "$CAFILE" "$CRLFILE" "$CERTFILE" "$KEYFILE" "$OUT/acl" "$STATE" "$PLUGIN"; do
+        runuser -u "$BROKER_USER" -- test -r "$f" ||
+            die "the broker's user '$BROKER_USER' cannot read $f (is a directory above it closed to other users?)"
+    done
+    for d in "$OUT/data" "$mdir"; do
+        runuser -u "$BROKER_USER" -- test -w "$d" -a -x "$d" ||
+            die "the broker's user '$BROKER_USER' cannot write $d"
+    done
+fi
 echo "$PROG: wrote $OUT/mosquitto.conf and $OUT/acl (${#GWS[@]} gateways, listener $BIND:$PORT);" \
      "$STATE: $added identities added"

@@ -101,7 +101,7 @@ fi
 
 # ---------------------------------------------------------------- the broker
 gen=$(mktemp -d "${TMPDIR:-/tmp}/suido-broker.XXXXXX")
-"$TOP/broker/mkconf.sh" "$DIR" "$gen" 8883 --bind 0.0.0.0 \
+"$TOP/broker/mkconf.sh" "$DIR" "$gen" 8883 --bind 0.0.0.0 --container \
     --metrics-file "$DIR/state/metrics/mosquitto.prom" >/dev/null
 plugin=$(awk '$1 == "plugin" { print $2 }' "$gen/mosquitto.conf")
 f=$STAGE/broker

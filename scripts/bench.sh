@@ -21,6 +21,7 @@ SECS=${BENCH_SECONDS:-15}
 BATCH=${BENCH_BATCH:-32}
 ENC=${BENCH_ENCRYPT:-1}
 WORK=$(mktemp -d /tmp/suido-bench.XXXXXX)
+chmod 0711 "$WORK"  # the broker's own user (broker/mkconf.sh) must enter it
 PIDS=()
 PGROOT=""
 cleanup() {

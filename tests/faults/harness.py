@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import shutil
 import subprocess
 import sys
 import time
@@ -175,9 +176,20 @@ class Relay(proxy.RelayProcess):
 # ---------------------------------------------------------------------------- tmpfs
 
 def mount_tmpfs(path, size_bytes):
+    """Mounts a tmpfs of size_bytes on path, owned like path (the broker's data directory belongs
+    to the broker's own user)."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs",
+    st = path.stat()
+    subprocess.run(["mount", "-t", "tmpfs", "-o",
+                    f"size={size_bytes},mode=0700,uid={st.st_uid},gid={st.st_gid}", "tmpfs",
                     str(path)], check=True)
+
+
+def copy_owned(src, dst):
+    """shutil.copy2 and the owner too (copy2 keeps the mode and times, not the owner)."""
+    shutil.copy2(src, dst)
+    st = os.stat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
 
 
 def resize_tmpfs(path, size_bytes):

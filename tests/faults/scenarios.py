@@ -407,24 +407,24 @@ def f5_stopped_consumer(h, r):
 def move_into_tmpfs(h, d, headroom):
     """Mounts a tmpfs on directory d holding d's files, sized to what they take plus headroom."""
     hold = h.work / f"hold-{d.name}-{time.monotonic_ns()}"
-    shutil.copytree(d, hold)
+    shutil.copytree(d, hold, copy_function=H.copy_owned)
     size = H.du(hold) + headroom
     H.mount_tmpfs(d, size)
     h.mounts.append(d)
     for f in hold.iterdir():
-        shutil.copy2(f, d / f.name)
+        H.copy_owned(f, d / f.name)
     shutil.rmtree(hold)
     return size
 
 
 def move_out_of_tmpfs(h, d):
     hold = h.work / f"hold-{d.name}-{time.monotonic_ns()}"
-    shutil.copytree(d, hold)
+    shutil.copytree(d, hold, copy_function=H.copy_owned)
     if not H.umount(d):
         raise ScenarioFailed(f"cannot unmount the tmpfs on {d}")
     h.mounts.remove(d)
     for f in hold.iterdir():
-        shutil.copy2(f, d / f.name)
+        H.copy_owned(f, d / f.name)
     shutil.rmtree(hold)
 
 

@@ -51,6 +51,17 @@ def wait_until(pred, timeout=10.0, step=0.05):
     return pred()
 
 
+def reachable_by_broker(path):
+    """The broker runs as its own user (broker/mkconf.sh --user mosquitto), which must be able to
+    enter every directory above its files; pytest makes its temporary directories 0700. Adds
+    search-only permission (o+x, no listing) to such root-owned directories above path."""
+    path = pathlib.Path(path).resolve()
+    for d in [path, *path.parents]:
+        st = d.stat()
+        if st.st_uid == 0 and not st.st_mode & 0o001:
+            d.chmod(st.st_mode | 0o001)
+
+
 def load_proto(outdir):
     """Compiles proto/suido.proto for Python (protoc from Debian) and imports it."""
     subprocess.run(["protoc", f"--proto_path={TOP/'proto'}", f"--python_out={outdir}",
@@ -73,6 +84,7 @@ class Suite:
         self.token = None
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        reachable_by_broker(self.root)
         env = dict(os.environ, SUIDO_BIN=str(BIN))
         extra = []
         if archive_pg:

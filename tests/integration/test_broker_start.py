@@ -2,13 +2,15 @@
 is; the same file cut short, which Mosquitto alone refuses to start on, is set aside with an alarm
 and the broker starts without it. A plain loopback listener is enough here: what is tested is the
 broker's own persistence file, not its TLS."""
+import os
+import pwd
 import socket
 import subprocess
 import time
 
 import paho.mqtt.client as mqtt
 
-from suite import BIN, wait_until
+from suite import BIN, TOP, reachable_by_broker, wait_until
 
 
 def free_port():
@@ -25,10 +27,14 @@ def listening(port):
 def write_conf(d, port):
     data = d / "data"
     data.mkdir(exist_ok=True)
+    # as in broker/mkconf.sh: started as root, the broker switches to its own user, which owns
+    # its persistence directory
+    pw = pwd.getpwnam("mosquitto")
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    reachable_by_broker(d)
     conf = d / "mosquitto.conf"
-    # "user root": as in broker/mkconf.sh, the tests run as root and the data directory is ours
     conf.write_text(f"""# test broker: persistence only
-user root
+user mosquitto
 listener {port} 127.0.0.1
 allow_anonymous true
 persistence true
@@ -147,3 +153,30 @@ def test_usage_and_missing_configuration(tmp_path):
     r = subprocess.run([str(BIN / "suido-broker-start"), str(tmp_path / "none.conf")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "none.conf" in r.stderr
+
+
+def process_uid(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("Uid:"):
+            return {int(u) for u in line.split()[1:]}
+    raise AssertionError("no Uid line")
+
+
+def test_suite_broker_runs_as_its_own_user(suite):
+    """The deployment's broker (broker/mkconf.sh) never runs as root: real, effective and saved
+    uid are the mosquitto user's, and it holds its key and persistence, not the rest."""
+    pw = pwd.getpwnam("mosquitto")
+    assert process_uid(suite.procs["mosquitto"].pid) == {pw.pw_uid}
+    conf = (suite.dir / "mosquitto" / "mosquitto.conf").read_text()
+    assert "\nuser mosquitto\n" in conf and "\nuser root\n" not in conf
+    assert (suite.dir / "broker" / "server.key").stat().st_uid == pw.pw_uid
+    assert (suite.dir / "mosquitto" / "data").stat().st_uid == pw.pw_uid
+    assert (suite.dir / "ca").stat().st_uid == 0  # the CA (and its key) stay root's
+    assert (suite.dir / "mosquitto" / "acl").stat().st_uid == 0  # read, never written by it
+
+
+def test_mkconf_refuses_a_root_broker(tmp_path):
+    r = subprocess.run([str(TOP / "broker" / "mkconf.sh"), str(tmp_path),
+                        str(tmp_path / "out"), "1883", "--user", "root"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 1 and "never runs as root" in r.stderr, r.stderr
