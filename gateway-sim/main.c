@@ -26,6 +26,7 @@
 #include "cm_log.h"
 #include "cm_time.h"
 #include "gateway.h"
+#include "retired.h"
 #include "signals.h"
 
 #define PROG "suido-gateway-sim"
@@ -350,7 +351,9 @@ static int load_inventory(const cm_conf *c, inv_entry **out, size_t *n_out)
     return 0;
 }
 
-/* The gateways to run, as indices into the inventory. */
+/* The gateways to run, as indices into the inventory. Without --ids, a gateway that was disposed
+ * or revoked is skipped with one line (its keys are gone or the broker refuses it); named with
+ * --ids it runs anyway, with a warning: a test may mean to show the refusal. */
 static int select_gateways(const options *o, const inv_entry *inv, size_t n_inv, size_t **sel,
                            size_t *n_sel)
 {
@@ -376,6 +379,10 @@ static int select_gateways(const options *o, const inv_entry *inv, size_t n_inv,
                 free(v);
                 return -1;
             }
+            char why[4400];
+            if (gateway_retired(o->deploy, tok, why, sizeof why))
+                fprintf(stderr, PROG ": warning: %s is %s; running it as asked by --ids\n", tok,
+                        why);
             for (size_t j = 0; j < n; j++)
                 if (v[j] == i) {
                     fprintf(stderr, PROG ": --ids: '%s' listed twice\n", tok);
@@ -393,8 +400,14 @@ static int select_gateways(const options *o, const inv_entry *inv, size_t n_inv,
             free(v);
             return -1;
         }
-        for (; n < want; n++)
-            v[n] = n;
+        for (size_t i = 0; i < n_inv && n < want; i++) {
+            char why[4400];
+            if (gateway_retired(o->deploy, inv[i].id, why, sizeof why)) {
+                fprintf(stderr, PROG ": skipping %s: %s\n", inv[i].id, why);
+                continue;
+            }
+            v[n++] = i;
+        }
     }
     if (n == 0) {
         fprintf(stderr, PROG ": no gateways to simulate\n");

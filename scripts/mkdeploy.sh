@@ -96,7 +96,8 @@ inv="$DIR/inventory.conf"
 } >"$inv"
 cp "$PROFILE" "$DIR/profile.conf"
 
-"$TOP/broker/mkconf.sh" "$DIR" "$DIR/mosquitto" "$BASE" >/dev/null
+# compose: the broker runs as its container's own user, never this host's (broker/README.md)
+"$TOP/broker/mkconf.sh" "$DIR" "$DIR/mosquitto" "$BASE" ${COMPOSE:+--container} >/dev/null
 
 # ---- service configurations -------------------------------------------------------------------
 mkdir -p "$DIR/etc" "$DIR/state/metrics" "$DIR/log"

@@ -8,4 +8,7 @@ BUILD=$(cd "${1:-$TOP/build}" && pwd)
 export SUIDO_BUILD=$BUILD
 cd "$TOP"
 # Debian's interpreter: the packages installed by scripts/install-deps.sh live there.
-exec /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE tests "${@:2}"
+# Temporary folders under the build: the broker runs as its own user (broker/mkconf.sh), which
+# must enter the test deployments, and pytest's default base folder is reset to 0700 by every
+# pytest that starts on the machine.
+exec /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE --basetemp "$BUILD/pytest-tmp" tests "${@:2}"

@@ -64,19 +64,49 @@ wait_port() {
     return 1
 }
 
+# Stops every process of the suite, in the order that loses nothing (the simulator first, so
+# that its outbox keeps what the services have not acknowledged; the broker last), saying which
+# one it waits for. Each gets 5 s after SIGTERM, then SIGKILL.
 stop_all() {
     [[ -d "$PIDS" ]] || return 0
     local order="gateway-sim monitor ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
     for n in $order; do
         for f in "$PIDS"/$n.pid; do
             [[ -f "$f" ]] || continue
-            pid=$(cat "$f")
+            pid=$(cat "$f" 2>/dev/null) || continue
+            rm -f "$f"
+            kill -0 "$pid" 2>/dev/null || continue
+            printf 'suite: stopping %s ...' "$(basename "$f" .pid)"
             kill -TERM "$pid" 2>/dev/null || true
             for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-            rm -f "$f"
+            if kill -0 "$pid" 2>/dev/null; then
+                kill -KILL "$pid" 2>/dev/null || true
+                printf ' killed after 5 s\n'
+            else
+                printf ' done\n'
+            fi
         done
     done
+}
+
+# The processes that exited since started (each "name" once), from the pid files.
+exited() {
+    local f pid
+    for f in "$PIDS"/*.pid; do
+        pid=$(cat "$f" 2>/dev/null) || continue # gone meanwhile: stopped by make stop
+        kill -0 "$pid" 2>/dev/null || basename "$f" .pid
+    done
+}
+
+# Stops everything after a process exited on its own, showing the end of its log; exits 1.
+fail_exited() {
+    local n
+    for n in "$@"; do
+        printf 'suite: error: %s exited; the end of %s:\n' "$n" "$LOG/$n.log" >&2
+        tail -n 5 "$LOG/$n.log" 2>/dev/null | sed 's/^/    /' >&2
+    done
+    stop_all
+    die "the suite is stopped because a process exited (fix the cause, then make run again)"
 }
 
 # The deployment's first operator, "admin": made once, with a random password kept in
@@ -102,7 +132,7 @@ running() { [[ -f "$PIDS/mosquitto.pid" ]] && kill -0 "$(cat "$PIDS/mosquitto.pi
 cmd_run() {
     local detach=0
     [[ "${1:-}" == "--detach" ]] && detach=1
-    running && die "a suite is already running in $RUN (scripts/suite.sh stop)"
+    running && die "a suite is already running in $RUN (stop it with: make stop)"
     [[ -f "$RUN/etc/registry.conf" ]] ||
         "$TOP/scripts/mkdeploy.sh" "$RUN" --gateways "$GATEWAYS" --base-port "$PORT"
     PORT=$(cat "$RUN/broker.port")
@@ -127,9 +157,18 @@ cmd_run() {
     start verify "$BIN/suido-verify" -c "$RUN/etc/verify.conf"
     start ingest "$BIN/suido-ingest" -c "$RUN/etc/ingest.conf"
     sleep 0.5
+    local simlog_at=0
+    [[ ! -f "$LOG/gateway-sim.log" ]] || simlog_at=$(stat -c %s "$LOG/gateway-sim.log")
     start gateway-sim "$BIN/suido-gateway-sim" --broker "ssl://localhost:$PORT" --deploy "$RUN" \
         --rate "$RATE" --batch "$BATCH" --encrypt --state-dir "$RUN/state/gateway-sim"
     first_operator
+    # every process must still be up once the simulator has had time to load its gateways
+    sleep 1
+    local gone
+    gone=$(exited)
+    [[ -z "$gone" ]] || fail_exited $gone
+    # gateways the simulator skipped (disposed or revoked), as it said in its log
+    tail -c +$((simlog_at + 1)) "$LOG/gateway-sim.log" | sed -n 's/^suido-gateway-sim: \(skipping .*\)/suite: gateway-sim: \1/p'
     say "broker: ssl://localhost:$PORT (TLS only, client certificates from $RUN/ca)"
     say "PKI: $RUN/{ca,gateways,services,platform}  logs: $LOG  databases: $RUN/state/*/"
     if [[ -f "$RUN/etc/monitor.conf" ]]; then
@@ -148,13 +187,14 @@ cmd_run() {
     say "Ctrl-C stops every process"
     while true; do
         sleep 1
+        # `make stop` from another terminal removed every pid file: that is a stop, not a failure
+        if [[ ! -f "$PIDS/mosquitto.pid" ]] && ! compgen -G "$PIDS/*.pid" >/dev/null; then
+            say "stopped (make stop)"
+            exit 0
+        fi
         status_line
-        for f in "$PIDS"/*.pid; do
-            if ! kill -0 "$(cat "$f")" 2>/dev/null; then
-                say "$(basename "$f" .pid) exited; see $LOG/$(basename "$f" .pid).log"
-                rm -f "$f"
-            fi
-        done
+        gone=$(exited)
+        [[ -z "$gone" ]] || fail_exited $gone
     done
 }
 
