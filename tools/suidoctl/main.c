@@ -98,6 +98,7 @@ typedef struct ctl {
     void *zctx;
     cm_registry *reg;
     cm_curve_keypair keys;
+    char subject[200]; /* what the request is about ("case 12", "gateway gw-0003"), for refusals */
 } ctl;
 
 static void usage(void)
@@ -145,6 +146,33 @@ static void fail(int code, const char *fmt, ...)
     exit(code);
 }
 
+/* A whole number written in plain decimal digits (no sign, no space, no suffix) that is at most
+ * max; 0 and *out, or -1. */
+static int parse_whole(const char *s, unsigned long long max, unsigned long long *out)
+{
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 19)
+        return -1;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ms since the epoch as local time, e.g. "2026-12-07 14:03:51 CET"; "-" for 0. */
+static const char *local_time(uint64_t ms, char *buf, size_t cap)
+{
+    if (ms == 0) {
+        snprintf(buf, cap, "-");
+        return buf;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!localtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%d %H:%M:%S %Z", &tm) == 0)
+        snprintf(buf, cap, "%llu ms", (unsigned long long)ms);
+    return buf;
+}
+
 static void connect_registry(ctl *c)
 {
     char err[CM_CONF_ERRLEN];
@@ -174,6 +202,18 @@ static Suido__RegistryReply *call(ctl *c, const Suido__RegistryRequest *req)
                   "disposed) or invalid";
         if (rep->status == CM_ERR_DENIED && req->op != SUIDO__REGISTRY_OP__REG_LOGIN)
             why = "denied: log in first (--token or $SUIDO_TOKEN) with a role that may do this";
+        /* the same words for a wrong password and a wrong code, for the operator as for anyone
+         * trying; which one it was is in the audit log */
+        if (rep->status == CM_ERR_DENIED && req->op == SUIDO__REGISTRY_OP__REG_LOGIN)
+            why = "login failed (password or code)";
+        if (rep->status == CM_ERR_UNKNOWN && req->id && *req->id)
+            fail(EXIT_FAILED, "refused: unknown: no %s '%s'",
+                 req->op == SUIDO__REGISTRY_OP__REG_SET_OPERATOR_STATE ||
+                         req->op == SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY
+                     ? "operator"
+                 : req->op == SUIDO__REGISTRY_OP__REG_SET_SERVICE_STATE ? "service"
+                                                                         : "gateway",
+                 req->id);
         if (rep->status == CM_ERR_REVOKED && rep->retry_after_ms)
             fail(EXIT_FAILED, "refused: locked out for this source, retry in %llu s",
                  (unsigned long long)((rep->retry_after_ms - cm_now_ms()) / 1000 + 1));
@@ -280,11 +320,13 @@ static ProtobufCMessage *rpc(ctl *c, const char *section, const ProtobufCMessage
     return rep;
 }
 
-/* Exits with the reply's refusal unless status is 0. */
-static void check_status(uint32_t status, const char *error)
+/* Exits with the reply's refusal unless status is 0; an unknown subject is named. */
+static void check_status(const ctl *c, uint32_t status, const char *error)
 {
     if (status == 0)
         return;
+    if (status == CM_ERR_UNKNOWN && c->subject[0])
+        fail(EXIT_FAILED, "refused: unknown: no %s", c->subject);
     if (status == CM_ERR_DENIED && (!error || strcmp(error, cm_strerror(CM_ERR_DENIED)) == 0))
         error = "denied: log in first (--token or $SUIDO_TOKEN) with a role that may do this";
     fail(status == CM_ERR_UNAVAILABLE ? EXIT_UNAVAILABLE : EXIT_FAILED, "refused: %s",
@@ -296,7 +338,7 @@ static Suido__GateReply *gate_call(ctl *c, Suido__GateRequest *req)
     req->token = (char *)(c->token ? c->token : "");
     Suido__GateReply *rep =
         (Suido__GateReply *)rpc(c, "gate", &req->base, &suido__gate_reply__descriptor);
-    check_status(rep->status, rep->error);
+    check_status(c, rep->status, rep->error);
     return rep;
 }
 
@@ -305,7 +347,7 @@ static Suido__ArchiveReply *archive_call(ctl *c, Suido__ArchiveRequest *req)
     req->token = (char *)(c->token ? c->token : "");
     Suido__ArchiveReply *rep =
         (Suido__ArchiveReply *)rpc(c, "archive", &req->base, &suido__archive_reply__descriptor);
-    check_status(rep->status, rep->error);
+    check_status(c, rep->status, rep->error);
     return rep;
 }
 
@@ -415,11 +457,12 @@ static int cmd_alert(ctl *c, const char *verb, const char *id, int all, const ch
                      const char *action)
 {
     Suido__ArchiveRequest req = SUIDO__ARCHIVE_REQUEST__INIT;
-    char *end = NULL;
     if (id) {
-        req.case_id = strtoull(id, &end, 10);
-        if (!*id || *end)
+        unsigned long long n;
+        if (parse_whole(id, INT64_MAX, &n) != 0)
             fail(EXIT_USAGE, "CASE must be a case number (got '%s')", id);
+        req.case_id = n;
+        snprintf(c->subject, sizeof c->subject, "case %llu", n);
     }
     if (strcmp(verb, "list") == 0 && !id) {
         req.op = SUIDO__ARCHIVE_OP__ALERT_LIST;
@@ -469,6 +512,7 @@ static int cmd_command(ctl *c, const char *gw, const char *actuator, const char 
     double v = strtod(value, &end);
     if (end == value || *end)
         fail(EXIT_USAGE, "VALUE must be a number (got '%s')", value);
+    snprintf(c->subject, sizeof c->subject, "gateway '%s' with actuator '%s'", gw, actuator);
     Suido__GateRequest req = SUIDO__GATE_REQUEST__INIT;
     req.op = SUIDO__GATE_OP__GATE_COMMAND;
     req.gateway_id = (char *)gw;
@@ -484,7 +528,9 @@ static int cmd_command(ctl *c, const char *gw, const char *actuator, const char 
         json_str("reason", rep->reason, 1);
         json_str("detail", rep->detail, 1);
         json_str("command_id", rep->command_id, 1);
-        json_str("unit", rep->unit, 1);
+        /* the unit the gate checked, else the one asked for (a refusal may come before the
+         * gate looked the actuator up) */
+        json_str("unit", rep->unit && *rep->unit ? rep->unit : (unit ? unit : ""), 1);
         double shown = sent ? rep->value : v;
         if (isfinite(shown))
             printf("\"value\":%.17g,", shown);
@@ -503,6 +549,7 @@ static int cmd_command(ctl *c, const char *gw, const char *actuator, const char 
 
 static int cmd_command_status(ctl *c, const char *id)
 {
+    snprintf(c->subject, sizeof c->subject, "command '%s'", id);
     Suido__GateRequest req = SUIDO__GATE_REQUEST__INIT;
     req.op = SUIDO__GATE_OP__GATE_STATUS;
     req.command_id = (char *)id;
@@ -562,7 +609,7 @@ static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
         if (g->last_seen_ms)
             snprintf(seen, sizeof seen, "%llus ago",
                      (unsigned long long)((cm_now_ms() - g->last_seen_ms) / 1000));
-        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5ld  %-12s %s\n", g->id, state_name(g->state),
+        printf("%-10s %-11s %-16s %-10s %-8s %-7s %5ld  %-12s %s\n", g->id, state_name(g->state),
                g->site, g->kind, g->model ? g->model : "", g->firmware ? g->firmware : "", days,
                seen, g->key_id && *g->key_id ? g->key_id : "(no key)");
     }
@@ -571,7 +618,7 @@ static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
 static void header_line(const ctl *c)
 {
     if (!c->json)
-        printf("%-10s %-10s %-16s %-10s %-8s %-7s %5s  %-12s %s\n", "ID", "STATE", "SITE",
+        printf("%-10s %-11s %-16s %-10s %-8s %-7s %5s  %-12s %s\n", "ID", "STATE", "SITE",
                "KIND", "MODEL", "FIRMWARE", "DAYS", "LAST SEEN", "KEY");
 }
 
@@ -723,9 +770,10 @@ static int cmd_login(ctl *c, const char *id, const char *pwfile, const char *tot
         json_str("token", rep->token, 0);
         printf(",\"expires_ms\":%llu}\n", (unsigned long long)rep->expires_ms);
     } else {
+        char until[64];
         printf("%s\n", rep->token);
-        fprintf(stderr, "suidoctl: logged in as %s until %llu (export SUIDO_TOKEN=<token>)\n", id,
-                (unsigned long long)rep->expires_ms);
+        fprintf(stderr, "suidoctl: logged in as %s until %s (export SUIDO_TOKEN=<token>)\n", id,
+                local_time(rep->expires_ms, until, sizeof until));
     }
     suido__registry_reply__free_unpacked(rep, NULL);
     return EXIT_OK;
@@ -741,7 +789,7 @@ static int cmd_simple(ctl *c, int op, const char *id)
         if (c->json)
             printf("[");
         else
-            printf("%-20s %-10s %-9s %8s  %s\n", "ID", "STATE", "ROLE", "FAILURES", "LOCKED UNTIL");
+            printf("%-20s %-11s %-9s %8s  %s\n", "ID", "STATE", "ROLE", "FAILURES", "LOCKED UNTIL");
         for (size_t i = 0; i < rep->n_operators; i++) {
             const Suido__OperatorInfo *o = rep->operators[i];
             if (c->json) {
@@ -752,10 +800,16 @@ static int cmd_simple(ctl *c, int op, const char *id)
                 printf(",\"failures\":%u,\"locked_until_ms\":%llu}", o->failures,
                        (unsigned long long)o->locked_until_ms);
             } else {
-                printf("%-20s %-10s %-9s %8u  %llu\n", o->id, state_name(o->state), o->role,
-                       o->failures, (unsigned long long)o->locked_until_ms);
+                char until[64];
+                printf("%-20s %-11s %-9s %8u  %s\n", o->id, state_name(o->state), o->role,
+                       o->failures,
+                       o->locked_until_ms > cm_now_ms()
+                           ? local_time(o->locked_until_ms, until, sizeof until)
+                           : "-");
             }
         }
+        if (!c->json && rep->n_operators == 0)
+            printf("no entries\n");
         if (c->json)
             printf("]\n");
     } else if (op == SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY) {
@@ -771,13 +825,18 @@ static int cmd_simple(ctl *c, int op, const char *id)
                 json_str("result", e->result, 0);
                 printf("}");
             } else {
-                printf("%llu %-20s %-24s %-18s %s\n", (unsigned long long)e->ts_ms, e->operator_,
-                       e->source, e->action, e->result);
+                char when[64];
+                printf("%-23s %-20s %-24s %-18s %s\n", local_time(e->ts_ms, when, sizeof when),
+                       e->operator_, e->source, e->action, e->result);
             }
         }
+        if (!c->json && rep->n_access == 0)
+            printf("no entries\n");
         if (c->json)
             printf("]\n");
     }
+    if (op == SUIDO__REGISTRY_OP__REG_LOGOUT)
+        printf(c->json ? "{\"logged_out\":true}\n" : "logged out: the session has ended\n");
     suido__registry_reply__free_unpacked(rep, NULL);
     return EXIT_OK;
 }
@@ -886,8 +945,13 @@ int main(int argc, char **argv)
             reason = argv[++i];
         else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
             db = argv[++i];
-        else if (strcmp(argv[i], "--days") == 0 && i + 1 < argc)
-            days = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--days") == 0 && i + 1 < argc) {
+            unsigned long long d;
+            if (parse_whole(argv[++i], 36500, &d) != 0)
+                fail(EXIT_USAGE, "--days takes a whole number of days from 0 to 36500 (got '%s')",
+                     argv[i]);
+            days = (long)d;
+        }
         else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
             c.token = argv[++i];
         else if (strcmp(argv[i], "--password-file") == 0 && i + 1 < argc)

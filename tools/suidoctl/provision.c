@@ -24,7 +24,11 @@ static int run_pki(const char *script, const char *pki, const char *option, cons
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        dup2(STDERR_FILENO, STDOUT_FILENO);
+        /* its progress lines are for someone running it by hand (they point to this very
+         * command); its errors go to stderr and stay visible */
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, STDOUT_FILENO);
         execl("/bin/bash", "bash", script, pki, option, id, (char *)NULL);
         _exit(127);
     }
