@@ -71,6 +71,14 @@ def test_disposed_gateway_is_skipped_on_the_next_run(runenv):
     tok = admin_token(runenv)
     assert ctl(runenv, "gateway", "revoke", "gw-0002", token=tok).returncode == 0
     assert ctl(runenv, "gateway", "dispose", "gw-0002", token=tok).returncode == 0
+    # certs: a disposed gateway no longer counts; the deployment's other certificates do
+    r = ctl(runenv, "certs", "--days", "36500", token=tok)
+    assert r.returncode == 0, r.stderr
+    assert "gw-0002" not in r.stdout and "gw-0001" in r.stdout, r.stdout
+    for cert in ("ca/ca.crt", "broker/server.crt", "services/registry/client.crt",
+                 "services/registry/metrics.crt", "services/monitor/https.crt",
+                 "prometheus/client.crt"):
+        assert cert in r.stdout, (cert, r.stdout)
 
     r = suite_sh(runenv, "run", "--detach")
     assert r.returncode == 1 and "already running" in r.stderr and "make stop" in r.stderr

@@ -39,6 +39,7 @@
  *
  * Exit codes: 0 done; 1 refused or failed (the reason is printed); 2 usage; 3 the registry,
  * gate or archive could not be reached. CONF defaults to $SUIDO_CONF, else run/etc/suidoctl.conf. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -622,6 +623,62 @@ static void header_line(const ctl *c)
                "KIND", "MODEL", "FIRMWARE", "DAYS", "LAST SEEN", "KEY");
 }
 
+/* One certificate of the PKI folder dir (rel: its path there), shown when it expires within
+ * within_days; *shown counts what was printed, shown_before what the list held already. */
+static void show_cert(const ctl *c, const char *dir, const char *rel, long within_days,
+                      int shown_before, int *shown)
+{
+    char path[4096 + 600];
+    cm_cert_info ci;
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    if (access(path, F_OK) != 0 || cm_cert_info_load(path, &ci) != CM_OK)
+        return;
+    long days = (long)(((int64_t)ci.not_after_ms - (int64_t)cm_now_ms()) / 86400000);
+    if (days > within_days)
+        return;
+    if (c->json) {
+        printf("%s{", shown_before + *shown ? "," : "");
+        json_str("certificate", rel, 1);
+        json_str("subject", ci.subject_cn, 1);
+        printf("\"cert_days_left\":%ld}", days);
+    } else {
+        if (*shown == 0)
+            printf("\n%-40s %-24s %5s\n", "CERTIFICATE", "SUBJECT", "DAYS");
+        printf("%-40s %-24s %5ld\n", rel, ci.subject_cn, days);
+    }
+    (*shown)++;
+}
+
+/* The deployment's own certificates besides the gateways' (the CA, the broker, the scraper, and
+ * every service's client, metrics and HTTPS certificates), from the PKI folder named in [pki]
+ * dir, each one that expires within within_days. Returns how many were shown; -1 when this
+ * configuration names no PKI folder (a containerised suidoctl). */
+static int list_other_certs(const ctl *c, long within_days, int shown_before)
+{
+    const char *dir = cm_conf_get(c->conf, "pki", "dir");
+    if (!dir || !*dir)
+        return -1;
+    static const char *const fixed[] = {"ca/ca.crt", "broker/server.crt", "prometheus/client.crt"};
+    static const char *const kinds[] = {"client.crt", "metrics.crt", "https.crt"};
+    int shown = 0;
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        show_cert(c, dir, fixed[i], within_days, shown_before, &shown);
+    char path[4096 + 16];
+    snprintf(path, sizeof path, "%s/services", dir);
+    struct dirent **svc = NULL;
+    int n = scandir(path, &svc, NULL, alphasort);
+    for (int i = 0; i < n; i++) {
+        for (size_t k = 0; k < sizeof kinds / sizeof *kinds && svc[i]->d_name[0] != '.'; k++) {
+            char rel[600];
+            snprintf(rel, sizeof rel, "services/%s/%s", svc[i]->d_name, kinds[k]);
+            show_cert(c, dir, rel, within_days, shown_before, &shown);
+        }
+        free(svc[i]);
+    }
+    free(svc);
+    return shown;
+}
+
 static int cmd_list(ctl *c, long within_days)
 {
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
@@ -636,12 +693,22 @@ static int cmd_list(ctl *c, long within_days)
         long days = (long)(((int64_t)g->cert_not_after_ms - (int64_t)cm_now_ms()) / 86400000);
         if (within_days >= 0 && days > within_days)
             continue;
+        /* a revoked or disposed gateway's certificate is no longer one to renew */
+        if (within_days >= 0 && (g->state == SUIDO__ENTITY_STATE__STATE_REVOKED ||
+                                 g->state == SUIDO__ENTITY_STATE__STATE_DISPOSED))
+            continue;
         print_gateway(c, g, shown++ == 0);
     }
+    int others = within_days >= 0 ? list_other_certs(c, within_days, shown) : 0;
     if (c->json)
         printf("]\n");
-    else if (within_days >= 0)
-        printf("%d certificate(s) expire within %ld days\n", shown, within_days);
+    else if (within_days >= 0) {
+        printf("%d certificate(s) expire within %ld days\n", shown + (others > 0 ? others : 0),
+               within_days);
+        if (others < 0)
+            printf("(gateways only: this configuration names no [pki] dir for the deployment's "
+                   "other certificates)\n");
+    }
     suido__registry_reply__free_unpacked(rep, NULL);
     return EXIT_OK;
 }
