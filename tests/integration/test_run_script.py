@@ -99,6 +99,21 @@ def test_disposed_gateway_is_skipped_on_the_next_run(runenv):
     before = stored("gw-0003")
     assert wait_until(lambda: stored("gw-0003") > before, 30)
 
+    # a suspended gateway is refused at the broker: README's audit query and counter show it
+    assert ctl(runenv, "gateway", "suspend", "gw-0001", "--reason", "maintenance",
+               token=tok).returncode == 0
+
+    def refused_at_broker():
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            return c.execute("SELECT datetime(ts_ms/1000, 'unixepoch', 'localtime'), subject, "
+                             "detail FROM audit WHERE event = 'broker_identity_refused' "
+                             "ORDER BY seq DESC LIMIT 10").fetchall()
+    assert wait_until(lambda: any(row[1] == "gw-0001" for row in refused_at_broker()), 60)
+    prom = pathlib.Path(runenv["SUIDO_RUN"]) / "state" / "metrics" / "mosquitto.prom"
+    assert wait_until(lambda: any(line.startswith("suido_broker_refused_state_total ")
+                                  and float(line.split()[1]) > 0
+                                  for line in prom.read_text().splitlines()), 10)
+
 
 def test_a_process_that_exits_fails_the_run(runenv):
     # in the background: the simulator refuses its arguments, the run says so and exits 1
