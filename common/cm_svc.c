@@ -3,11 +3,14 @@
 #include "cm_time.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "cm_crypto.h"
@@ -83,6 +86,7 @@ cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_s
     if (!s)
         cm_daemon_die(service, "out of memory");
     s->check_only = args.check_only;
+    s->state_lock_fd = -1;
     s->conf = cm_daemon_load_config(service, &args, spec);
     snprintf(s->name, sizeof s->name, "%s", cm_conf_get(s->conf, "service", "name"));
     s->state_dir = cm_conf_get(s->conf, "service", "state_dir");
@@ -119,6 +123,35 @@ cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_s
     certs_update(s);
     cm_daemon_signals();
     return s;
+}
+
+void cm_svc_claim_state(cm_svc *s)
+{
+    if (s->check_only)
+        return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/instance.lock", s->state_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        cm_daemon_die(s->name, "%s: cannot open: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            cm_daemon_die(s->name,
+                          "%s is in use by another running suido-%s (pid %s): this service runs "
+                          "as one instance only; stop the other one first",
+                          s->state_dir, s->name, holder[0] ? holder : "unknown");
+        cm_daemon_die(s->name, "%s: cannot lock: %s", path, strerror(e));
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        cm_daemon_die(s->name, "%s: cannot write: %s", path, strerror(errno));
+    s->state_lock_fd = fd;
 }
 
 void cm_svc_ready(cm_svc *s)
@@ -263,6 +296,8 @@ void cm_svc_destroy(cm_svc **sp)
     cm_metrics_destroy(&s->metrics);
     cm_conf_destroy(&s->conf);
     memset(&s->keys, 0, sizeof s->keys);
+    if (s->state_lock_fd >= 0)
+        close(s->state_lock_fd);
     free(s);
     *sp = NULL;
 }

@@ -39,11 +39,19 @@ typedef struct cm_svc {
         uint64_t not_after_ms;
     } certs[16]; /* certificates named in the config (any section's cert and ca) */
     int n_certs;
+    int state_lock_fd; /* held by cm_svc_claim_state for the process's life; -1 if not */
 } cm_svc;
 
 /* Also checks [metrics] (cm_metrics_http) and reads every certificate the config names (any
  * section's cert and ca keys) for suido_certificate_days_left{cert="<section>.<key>",cn=...}. */
 cm_svc *cm_svc_start(const char *service, int argc, char **argv, const cm_conf_spec *spec);
+/* For a service that must run as one instance (it owns a database or a broker identity, or
+ * keeps state that a second copy would contradict): takes an exclusive lock on
+ * state_dir/instance.lock, held until the process exits, and writes its pid there. Exits 1 with
+ * one line naming the state folder and the holder's pid when another process holds it (a second
+ * copy started by mistake, or a scaled replica on the same volume). Call it right after
+ * cm_svc_start, before opening any database; nothing is locked when only checking (-n). */
+void cm_svc_claim_state(cm_svc *s);
 /* After dropping privileges, starts the [metrics] endpoint (exit 1 if it cannot listen). */
 void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters

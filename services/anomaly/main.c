@@ -171,6 +171,7 @@ int main(int argc, char **argv)
         return anomaly_cli(argc, argv);
     checker c = {0};
     c.svc = cm_svc_start("anomaly", argc, argv, SPEC);
+    cm_svc_claim_state(c.svc); /* one instance per shard: a copy would raise every alert twice */
     cm_svc *s = c.svc;
     char err[CM_CONF_ERRLEN], lerr[LEARNED_ERRLEN];
     const char *model = cm_conf_get(s->conf, "anomaly", "model");

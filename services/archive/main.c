@@ -874,6 +874,7 @@ int main(int argc, char **argv)
 {
     archiver a = {0};
     a.svc = cm_svc_start("archive", argc, argv, SPEC);
+    cm_svc_claim_state(a.svc); /* one writer of the archive database (replicas: the standby) */
     cm_svc *s = a.svc;
     char err[CM_CONF_ERRLEN];
     if (cm_conf_long(s->conf, "archive", "commit_ms", 50, 1, 10000, &a.commit_ms, err) ||

@@ -562,6 +562,7 @@ int main(int argc, char **argv)
 {
     static gate g; /* large: plants and followed commands */
     g.svc = cm_svc_start("gate", argc, argv, SPEC);
+    cm_svc_claim_state(g.svc); /* one gate: its command ledger and interlock view */
     cm_svc *s = g.svc;
     char err[CM_CONF_ERRLEN];
     const char *keyf = cm_conf_get(s->conf, "gate", "command_key");

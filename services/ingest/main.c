@@ -134,6 +134,7 @@ int main(int argc, char **argv)
 {
     ingest in = {0};
     in.svc = cm_svc_start("ingest", argc, argv, SPEC);
+    cm_svc_claim_state(in.svc); /* one holder of the broker identity "ingest" */
     cm_svc *s = in.svc;
     char err[CM_CONF_ERRLEN];
     cm_mqtt_opts mo = {

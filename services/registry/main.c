@@ -824,6 +824,7 @@ int main(int argc, char **argv)
 {
     registry r = {0};
     r.svc = cm_svc_start("registry", argc, argv, SPEC);
+    cm_svc_claim_state(r.svc); /* one writer of the registry database */
     cm_svc *s = r.svc;
     char err[CM_CONF_ERRLEN];
     const char *inv_path = cm_conf_get(s->conf, "registry", "inventory");

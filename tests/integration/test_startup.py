@@ -105,3 +105,18 @@ def test_inventory_with_a_bad_key_is_refused(suite, tmp_path):
     conf = edited(suite, tmp_path, "registry",
                   lambda t: re.sub(r"inventory = .*", f"inventory = {inv}", t))
     refused(check(suite, "registry", conf), "inventory.conf:", "bad.pub")
+
+
+@pytest.mark.parametrize("name", ["registry", "archive", "gate", "anomaly-0", "ingest"])
+def test_a_second_instance_is_refused_at_start(suite, name):
+    """A service that owns its state (a database, a broker identity, a shard's alerts) refuses a
+    second copy on the same state folder with one line, and the running one carries on."""
+    first = suite.procs[name]
+    assert first.poll() is None
+    second = subprocess.run(suite.service_argv(name), capture_output=True, text=True, timeout=20)
+    line = refused(second, "is in use by another running suido-", f"(pid {first.pid})",
+                   "runs as one instance only")
+    assert str(suite.dir / "state") in line
+    assert first.poll() is None
+    holder = (suite.dir / "state" / name / "instance.lock").read_text().strip()
+    assert holder == str(first.pid)
