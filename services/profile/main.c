@@ -255,13 +255,7 @@ static void on_birth(void *ctx, void *arg, const char *peer)
         else if (cm_unit_convert(d->unit ? d->unit : "", c->unit, 0, &x) != CM_OK)
             why = "unit_mismatch";
     }
-    if (why) {
-        cm_metric_inc(p->births_refused);
-        cm_svc_reject(p->svc, why);
-        cm_warn("topic=%s reason=%s result=birth_refused", m->topic, why);
-        m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
-        m->reason = (char *)why;
-    } else if (p->reg && m->header && m->header->gateway_id) {
+    if (!why && p->reg && m->header && m->header->gateway_id) {
         /* every replica converts this gateway's readings from what it declared now; the
          * registry refuses a birth of an older boot epoch than the newest it recorded (kept
          * with the channels, so across restarts) */
@@ -282,16 +276,18 @@ static void on_birth(void *ctx, void *arg, const char *peer)
             units_forget(p, m->header->gateway_id);
         if (rep)
             suido__registry_reply__free_unpacked(rep, NULL);
-        if (why) {
-            cm_metric_inc(p->births_refused);
-            cm_svc_reject(p->svc, why);
-            cm_warn("topic=%s epoch=%llu reason=%s result=birth_refused", m->topic,
-                    (unsigned long long)m->header->boot_epoch, why);
-            m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
-            m->reason = (char *)why;
-        }
+    }
+    char *reason = m->reason;
+    if (why) {
+        cm_metric_inc(p->births_refused);
+        cm_svc_reject(p->svc, why);
+        cm_warn("topic=%s epoch=%llu reason=%s result=birth_refused", m->topic,
+                m->header ? (unsigned long long)m->header->boot_epoch : 0ULL, why);
+        m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
+        m->reason = (char *)why;
     }
     cm_stage_send(p->to_archive, m);
+    m->reason = reason; /* m is freed as unpacked: a static string may not stay in it */
 }
 
 /* A death is stored, and told to the gateway's shard (its silence is expected from now on). */
