@@ -29,8 +29,8 @@ typedef struct session {
  * id (gw[0] == 0: free slot). Open addressing with linear probing, never more than half full:
  * it doubles instead. An entry is never evicted or removed, so no gateway's traffic can make the
  * verifier forget another's position. Only a gateway whose signature checked out gets an entry,
- * so the table is bounded by the registered gateways: 88 bytes a slot, at most 2 slots per
- * gateway (500 gateways: 1024 slots, 88 KiB; 100,000: 17 MiB). */
+ * so the table is bounded by the registered gateways: 88 bytes a slot, 2 to 4 slots per gateway
+ * (500 gateways: 1024 slots, 88 KiB; 100,000: 262,144 slots, 22 MiB). */
 typedef struct seq_state {
     char gw[65];
     uint64_t boot_epoch, seq;

@@ -3,8 +3,9 @@
  *
  * Order of checks (cheapest and unauthenticated first, RSA last): topic and sizes, decoding,
  * header consistency with the topic, gateway identity and state (registry), ECDSA signature
- * over header and body, freshness (time window, boot epoch and sequence), decryption of the
- * body with the session key (RSA-OAEP unwrap once per session, then cached), body decoding.
+ * over header and body, freshness (time window, nothing ahead of the receive time, boot epoch
+ * and sequence), decryption of the body with the session key (RSA-OAEP unwrap once per session,
+ * then cached), body decoding (each reading's own time not ahead of the receive time either).
  * Nothing from the message is trusted before its signature is checked; no RSA work is done for
  * an unsigned message. */
 #ifndef VERIFY_CHECK_H
