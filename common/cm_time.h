@@ -5,6 +5,12 @@
 #include <stdio.h>
 #include <time.h>
 
+/* How far ahead of this host's clock a gateway's timestamp may be before it is taken for a
+ * wrong clock rather than drift (gateways are NTP-synced): verify refuses such messages and
+ * readings, the gate and the anomaly shards ignore such readings, so that one of them can never
+ * hold their "latest value" until the clock catches up. */
+#define CM_MAX_AHEAD_MS 10000u
+
 static inline uint64_t cm_now_ms(void)
 {
     struct timespec ts;

@@ -232,6 +232,7 @@ $(archive_out)
 [verify]
 unwrap_key = $DIR/platform/wrap.key
 window_s = 300
+max_ahead_s = 10
 EOT
 registry_client; events_client; metrics_section verify 42; } >"$DIR/etc/verify.conf"
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cm_time.h"
 #include "detectors.h"
 #include "live_rows.h"
 
@@ -66,7 +67,7 @@ struct shard {
     live_rows *rows;
     const shard_batch *cur; /* the batch being fed, for the learned callback */
     cm_metric *checked, *raised, *cleared, *untracked, *rel_untracked, *learned_untracked,
-        *learned_late, *learned_rows, *family[N_FAMILIES];
+        *learned_late, *learned_rows, *future, *family[N_FAMILIES];
 };
 
 void shard_limits_default(shard_limits *l)
@@ -197,6 +198,9 @@ cm_err shard_new(const cm_profile *p, const learned_model *model, const shard_li
             "readings for a learned row already judged (an earlier bucket), dropped");
         s->learned_rows =
             cm_metric_counter(mx, "suido_anomaly_learned_rows_total", "rows judged by the model");
+        s->future = cm_metric_counter(
+            mx, "suido_anomaly_future_readings_total",
+            "readings ignored because they are stamped ahead of this shard's clock");
     }
     *out = s;
     return CM_OK;
@@ -375,6 +379,12 @@ void shard_feed(shard *s, const shard_batch *b, uint64_t now_ms)
         const cm_channel *ch = r && r->channel ? cm_profile_channel_by_id(s->p, r->channel) : NULL;
         if (!ch)
             continue;
+        /* the verifier refuses these; should one pass, it must not become every detector's and
+         * relation's latest reading until the clock catches up */
+        if (r->timestamp_ms > now_ms && r->timestamp_ms - now_ms > CM_MAX_AHEAD_MS) {
+            cm_metric_inc(s->future);
+            continue;
+        }
         int created;
         long k = table_get(&s->chans, gw, ch, ch->id, 1, &created);
         if (k < 0) {

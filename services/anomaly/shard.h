@@ -4,7 +4,10 @@
  * receives batches, calls shard_feed, sends the alerts to the archive, and calls shard_tick every
  * second. The tests drive it the same way.
  *
- * Per reading of a profile channel (readings of unknown channels are skipped):
+ * Per reading of a profile channel (readings of unknown channels are skipped, and so are readings
+ * stamped more than CM_MAX_AHEAD_MS ahead of now_ms, counted in
+ * suido_anomaly_future_readings_total: one of them would otherwise stay every detector's and
+ * relation's latest reading until the clock caught up):
  *   - anomaly_rules: physical range, LL/L/H/HH with deadband, rate (families "limit", "rate");
  *   - det_stuck (family "stuck"), with the defaults of detectors.h;
  *   - det_deviation (family "deviation"), only on channels the profile marks `deviation = yes`;

@@ -371,6 +371,46 @@ static void test_missing_uses_receive_time(void **state)
     shard_destroy(&sh);
 }
 
+/* A reading stamped an hour ahead (a gateway clock gone wrong) is ignored and counted: it does
+ * not become the flow's latest reading, so the relation keeps being fed by the readings that
+ * follow and raises its alert, and silence afterwards is still reported as missing data. */
+static void test_future_reading_does_not_pin_the_latest(void **state)
+{
+    (void)state;
+    cm_metrics *mx = cm_metrics_new("anomaly-test", NULL);
+    shard *sh = new_shard(NULL, mx);
+    const char *st[2] = {"plant.pump1_status", "plant.pump2_status"};
+    const double on_off[2] = {1, 0};
+    for (int t = 0; t < 100; t++) {
+        feed(sh, "gw-11", "plant-11", "plant", t, 2, st, on_off);
+        feed1(sh, "gw-11", t + 0.5, "plant.flow", t < 10 ? 80.0 : 0.0);
+        if (t == 9) {
+            Suido__MappedReading r = SUIDO__MAPPED_READING__INIT, *ptr = &r;
+            r.channel = "plant.flow";
+            r.value = 80.0;
+            r.timestamp_ms = at(9.6) + 3600000;
+            shard_batch b = {.gateway_id = "gw-11", .site = "plant-11", .site_kind = "plant",
+                             .readings = &ptr, .n_readings = 1, .received_ms = at(9.6)};
+            shard_feed(sh, &b, at(9.6));
+        }
+    }
+    /* the pumps run without flow from t = 10 on: the relation sees it */
+    assert_int_equal(count("gw-11", "pump_flow", 0), 1);
+    const rec *p = first("gw-11", "pump_flow", 0);
+    assert_true(p->ts > at(10) && p->ts < at(100));
+    assert_true(p->value == 0.0);
+    assert_int_equal(metric(mx, "suido_anomaly_future_readings_total"), 1);
+    /* then silence: reported, the ignored reading does not keep the channel alive */
+    for (int t = 100; t <= 120; t++)
+        shard_tick(sh, at(t));
+    int flow_missing = 0;
+    for (size_t i = 0; i < NR; i++)
+        flow_missing += strcmp(R[i].id, "gw-11/plant.flow/missing") == 0 && !R[i].cleared;
+    assert_int_equal(flow_missing, 1);
+    shard_destroy(&sh);
+    cm_metrics_destroy(&mx);
+}
+
 static void test_tables_bounded(void **state)
 {
     (void)state;
@@ -428,6 +468,7 @@ int main(void)
         cmocka_unit_test_setup(test_tank_balance, reset),
         cmocka_unit_test_setup(test_missing_data, reset),
         cmocka_unit_test_setup(test_missing_uses_receive_time, reset),
+        cmocka_unit_test_setup(test_future_reading_does_not_pin_the_latest, reset),
         cmocka_unit_test_setup(test_tables_bounded, reset),
     };
     return cmocka_run_group_tests_name("shard", tests, setup, teardown);

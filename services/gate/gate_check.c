@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cm_time.h"
+
 void gate_plant_init(gate_plant *pl) { memset(pl, 0, sizeof *pl); }
 
 const gate_reading *gate_plant_get_reading(const gate_plant *pl, const char *channel)
@@ -44,6 +46,14 @@ cm_err gate_plant_reading(gate_plant *pl, const char *channel, double value, uin
     return CM_OK;
 }
 
+cm_err gate_plant_reading_at(gate_plant *pl, const char *channel, double value, uint64_t ts_ms,
+                             uint64_t now_ms)
+{
+    if (ts_ms > now_ms && ts_ms - now_ms > CM_MAX_AHEAD_MS)
+        return CM_ERR_STALE;
+    return gate_plant_reading(pl, channel, value, ts_ms);
+}
+
 cm_err gate_plant_commanded(gate_plant *pl, const char *actuator, double value, uint64_t ts_ms)
 {
     if (!isfinite(value) || !*actuator || strlen(actuator) >= sizeof pl->sent[0].actuator)
@@ -68,7 +78,8 @@ static double fresh_window_ms(const cm_channel *c)
     return fmax(3.0 * c->period_s * 1000.0, GATE_FRESH_MIN_MS);
 }
 
-/* Age of a reading in ms; a reading from the future (gateway clock ahead) counts as new. */
+/* Age of a reading in ms; a reading from the future (gateway clock ahead, within the skew
+ * gate_plant_reading_at lets through) counts as new. */
 static double age_ms(const gate_reading *r, uint64_t now_ms)
 {
     return r->ts_ms >= now_ms ? 0.0 : (double)(now_ms - r->ts_ms);

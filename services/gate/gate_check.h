@@ -57,6 +57,13 @@ void gate_plant_init(gate_plant *pl);
  * ignored (back-fill never hides newer data). CM_ERR_INVAL for a non-finite value or an id that
  * does not fit, CM_ERR_TOO_BIG when the table is full. */
 cm_err gate_plant_reading(gate_plant *pl, const char *channel, double value, uint64_t ts_ms);
+/* What the daemon records a reading with: gate_plant_reading, except that a reading stamped more
+ * than CM_MAX_AHEAD_MS (cm_time.h) ahead of now_ms, the gate clock, is ignored (CM_ERR_STALE; the
+ * caller counts it). Kept, it would be the channel's latest reading until the clock caught up:
+ * every later reading dropped as older, the interlock input and the feedback frozen, and stale
+ * data never failing safe. The verifier refuses such readings; this holds if one gets through. */
+cm_err gate_plant_reading_at(gate_plant *pl, const char *channel, double value, uint64_t ts_ms,
+                             uint64_t now_ms);
 /* Records a command sent to actuator id (value in the actuator's unit). Same errors. */
 cm_err gate_plant_commanded(gate_plant *pl, const char *actuator, double value, uint64_t ts_ms);
 /* The latest reading of channel id / the last command to actuator id, or NULL. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "cm_time.h"
 #include "gate_check.h"
 
 static const char PROFILE[] =
@@ -392,6 +393,46 @@ static void test_order_of_interlocks(void **state)
     cm_profile_destroy(&p);
 }
 
+/* A reading stamped an hour ahead (a gateway clock gone wrong) is not kept: the readings after
+ * it still count, so the interlock sees the tank drop below LL, the feedback shows the pump did
+ * not start, and once they stop the data goes stale and the gate fails safe. */
+static void test_future_reading_does_not_freeze_the_plant(void **state)
+{
+    (void)state;
+    const uint64_t hour = 3600000;
+    gate_plant pl;
+    gate_plant_init(&pl);
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.pump2_status", 0, T0, T0), CM_OK);
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.tank_level", 3.0, T0, T0), CM_OK);
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.tank_level", 3.0, T0 + hour, T0 + 500),
+                     CM_ERR_STALE);
+    /* within the skew: taken */
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.tank_level", 2.9,
+                                           T0 + 1000 + CM_MAX_AHEAD_MS, T0 + 1000),
+                     CM_OK);
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.tank_level", 0.3, T0 + 12000, T0 + 12000),
+                     CM_OK);
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.pump2_status", 0, T0 + 12000, T0 + 12000),
+                     CM_OK);
+    assert_true(gate_plant_get_reading(&pl, "pumping.tank_level")->value == 0.3);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 13000),
+                        "interlock:pumping.last_pump_1");
+    /* nothing since: stale after 10 s, and stopping pump 1 is refused for want of data */
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 23000),
+                        "interlock_data_missing");
+
+    /* feedback: pump 1 commanded on at T0 + 12000; a status of 1 from the future does not
+     * count as the pump following, the real readings of 0 do */
+    const cm_actuator *pump1 = cm_profile_actuator(prof, "pumping", "pump1");
+    gate_follow f;
+    assert_int_equal(gate_plant_reading_at(&pl, "pumping.pump1_status", 1, T0 + hour, T0 + 12500),
+                     CM_ERR_STALE);
+    for (uint64_t t = T0 + 13000; t <= T0 + 25000; t += 1000)
+        assert_int_equal(gate_plant_reading_at(&pl, "pumping.pump1_status", 0, t, t), CM_OK);
+    assert_int_equal(gate_follow_check(prof, pump1, 1, T0 + 12000, &pl, T0 + 25000, &f),
+                     GATE_FOLLOW_MISMATCH);
+}
+
 static void test_plant_state(void **state)
 {
     (void)state;
@@ -531,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_stale_data_fails_safe),
         cmocka_unit_test(test_order_of_checks),
         cmocka_unit_test(test_order_of_interlocks),
+        cmocka_unit_test(test_future_reading_does_not_freeze_the_plant),
         cmocka_unit_test(test_plant_state),
         cmocka_unit_test(test_follow_check),
         cmocka_unit_test(test_example_profile),

@@ -80,7 +80,7 @@ typedef struct gate {
     followed cmds[MAX_COMMANDS];
     size_t next_cmd;
     cm_metric *requests, *sent, *refused, *applied, *gw_refused, *mismatches, *unanswered,
-        *untracked;
+        *untracked, *future;
 } gate;
 
 /* ------------------------------------------------------------------ plant view */
@@ -425,10 +425,20 @@ static void on_readings(void *ctx, void *arg, const char *peer)
         cm_metric_inc(g->untracked);
         return;
     }
+    uint64_t now = cm_now_ms();
+    size_t future = 0;
     for (size_t i = 0; i < m->n_mapped; i++) {
         const Suido__MappedReading *r = m->mapped[i];
-        if (r->channel && isfinite(r->value))
-            gate_plant_reading(plant, r->channel, r->value, r->timestamp_ms);
+        if (r->channel && isfinite(r->value) &&
+            gate_plant_reading_at(plant, r->channel, r->value, r->timestamp_ms, now) ==
+                CM_ERR_STALE)
+            future++;
+    }
+    if (future) {
+        cm_metric_add(g->future, future);
+        cm_svc_reject(g->svc, "future_timestamp");
+        cm_warn("gateway=%s readings=%zu reason=future_timestamp result=ignored",
+                m->header->gateway_id, future);
     }
 }
 
@@ -604,6 +614,9 @@ int main(int argc, char **argv)
                                      "commands without a result from the gateway");
     g.untracked = cm_metric_counter(mx, "suido_gate_untracked_total",
                                     "gateways or commands beyond the gate's tables");
+    g.future = cm_metric_counter(mx, "suido_gate_future_readings_total",
+                                 "readings ignored because they are stamped ahead of the gate's "
+                                 "clock");
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", on_gateway_event, &g, &events, err))

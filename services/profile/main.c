@@ -235,7 +235,9 @@ static void on_data(void *ctx, void *arg, const char *peer)
 }
 
 /* A birth may only declare channels the profile knows for the gateway's site kind, in a unit
- * that converts to the profile's. Otherwise it is refused (and stored as a refusal). */
+ * that converts to the profile's, and may not come from a boot epoch older than the newest birth
+ * of its gateway (the registry decides: "stale_birth"). Otherwise it is refused (and stored as a
+ * refusal, which the archive audits). */
 static void on_birth(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -253,28 +255,39 @@ static void on_birth(void *ctx, void *arg, const char *peer)
         else if (cm_unit_convert(d->unit ? d->unit : "", c->unit, 0, &x) != CM_OK)
             why = "unit_mismatch";
     }
-    if (why) {
-        cm_metric_inc(p->births_refused);
-        cm_svc_reject(p->svc, why);
-        cm_warn("topic=%s reason=%s result=birth_refused", m->topic, why);
-        m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
-        m->reason = (char *)why;
-    } else if (p->reg && m->header && m->header->gateway_id) {
-        /* every replica converts this gateway's readings from what it declared now */
+    if (!why && p->reg && m->header && m->header->gateway_id) {
+        /* every replica converts this gateway's readings from what it declared now; the
+         * registry refuses a birth of an older boot epoch than the newest it recorded (kept
+         * with the channels, so across restarts) */
         Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
         req.op = SUIDO__REGISTRY_OP__REG_SET_CHANNELS;
         req.id = m->header->gateway_id;
+        req.boot_epoch = m->header->boot_epoch;
         req.n_channels = m->birth->n_channels;
         req.channels = m->birth->channels;
         Suido__RegistryReply *rep = NULL;
-        if (cm_registry_call(p->reg, &req, &rep) != CM_OK || rep->status != 0)
+        cm_err rc = cm_registry_call(p->reg, &req, &rep);
+        if (rc == CM_OK && rep->status == CM_ERR_STALE)
+            why = "stale_birth";
+        else if (rc != CM_OK || rep->status != 0)
             cm_warn("gateway=%s error=\"declared channels not recorded by the registry\"",
                     m->header->gateway_id);
+        else
+            units_forget(p, m->header->gateway_id);
         if (rep)
             suido__registry_reply__free_unpacked(rep, NULL);
-        units_forget(p, m->header->gateway_id);
+    }
+    char *reason = m->reason;
+    if (why) {
+        cm_metric_inc(p->births_refused);
+        cm_svc_reject(p->svc, why);
+        cm_warn("topic=%s epoch=%llu reason=%s result=birth_refused", m->topic,
+                m->header ? (unsigned long long)m->header->boot_epoch : 0ULL, why);
+        m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
+        m->reason = (char *)why;
     }
     cm_stage_send(p->to_archive, m);
+    m->reason = reason; /* m is freed as unpacked: a static string may not stay in it */
 }
 
 /* A death is stored, and told to the gateway's shard (its silence is expected from now on). */
@@ -399,7 +412,8 @@ int main(int argc, char **argv)
     p.unknown = cm_metric_counter(s->metrics, "suido_profile_unknown_channel_total",
                                   "readings on channels the profile does not know");
     p.births_refused = cm_metric_counter(s->metrics, "suido_profile_births_refused_total",
-                                         "births declaring unknown channels or units");
+                                         "births declaring unknown channels or units, or from "
+                                         "a boot epoch older than the newest birth's");
     p.version = cm_metric_gauge(s->metrics, "suido_profile_version", "data profile version");
     cm_metric_set(p.version, cm_profile_version(p.profile));
 

@@ -321,8 +321,8 @@ static void on_set_channels(void *ctx, void *arg, const char *peer)
     (void)peer;
     registry *r = ctx;
     request *q = arg;
-    cm_err rc = registry_store_set_channels(r->store, q->req->id, q->req->channels,
-                                            q->req->n_channels);
+    cm_err rc = registry_store_set_channels(r->store, q->req->id, q->req->boot_epoch,
+                                            q->req->channels, q->req->n_channels);
     if (rc != CM_OK) {
         reply_error(r, q->route, rc);
         return;

@@ -49,7 +49,10 @@ static const char SCHEMA[] =
     /* what each gateway declared in its last birth: its channels and their units */
     "CREATE TABLE IF NOT EXISTS gateway_channels("
     " gateway TEXT NOT NULL, channel TEXT NOT NULL, unit TEXT NOT NULL,"
-    " PRIMARY KEY(gateway, channel)) WITHOUT ROWID;";
+    " PRIMARY KEY(gateway, channel)) WITHOUT ROWID;"
+    /* the boot epoch of the birth those channels come from: an older birth may not replace them */
+    "CREATE TABLE IF NOT EXISTS gateway_births("
+    " gateway TEXT PRIMARY KEY, boot_epoch INTEGER NOT NULL) WITHOUT ROWID;";
 
 cm_err registry_store_open(const char *path, registry_store **out)
 {
@@ -515,12 +518,12 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
 
 sqlite3 *registry_store_db(registry_store *s) { return s->db; }
 
-cm_err registry_store_set_channels(registry_store *s, const char *gw,
+cm_err registry_store_set_channels(registry_store *s, const char *gw, uint64_t boot_epoch,
                                    Suido__ChannelDecl *const *decl, size_t n)
 {
-    sqlite3_stmt *del = NULL, *ins = NULL;
+    sqlite3_stmt *del = NULL, *ins = NULL, *epoch = NULL, *birth = NULL;
     cm_err rc = CM_ERR_DB;
-    if (!valid_id(gw) || n > 4096)
+    if (!valid_id(gw) || n > 4096 || boot_epoch > INT64_MAX)
         return CM_ERR_INVAL;
     for (size_t i = 0; i < n; i++)
         if (!decl[i]->name || !*decl[i]->name || strlen(decl[i]->name) > 64 || !decl[i]->unit ||
@@ -528,6 +531,23 @@ cm_err registry_store_set_channels(registry_store *s, const char *gw,
             return CM_ERR_INVAL;
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return CM_ERR_DB;
+    if (sqlite3_prepare_v2(s->db, "SELECT boot_epoch FROM gateway_births WHERE gateway=?", -1,
+                           &epoch, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(epoch, 1, gw, -1, SQLITE_STATIC);
+    int step = sqlite3_step(epoch);
+    if (step == SQLITE_ROW && (uint64_t)sqlite3_column_int64(epoch, 0) > boot_epoch) {
+        rc = CM_ERR_STALE;
+        goto out;
+    }
+    if ((step != SQLITE_ROW && step != SQLITE_DONE) ||
+        sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO gateway_births(gateway, boot_epoch)"
+                                  " VALUES(?,?)", -1, &birth, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(birth, 1, gw, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(birth, 2, (sqlite3_int64)boot_epoch);
+    if (sqlite3_step(birth) != SQLITE_DONE)
+        goto out;
     if (sqlite3_prepare_v2(s->db, "DELETE FROM gateway_channels WHERE gateway=?", -1, &del,
                            NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO gateway_channels(gateway, channel, unit)"
@@ -546,6 +566,8 @@ cm_err registry_store_set_channels(registry_store *s, const char *gw,
     }
     rc = CM_OK;
 out:
+    sqlite3_finalize(epoch);
+    sqlite3_finalize(birth);
     sqlite3_finalize(del);
     sqlite3_finalize(ins);
     if (sqlite3_exec(s->db, rc == CM_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)

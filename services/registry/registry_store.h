@@ -39,8 +39,12 @@ typedef struct registry_new_gateway {
  * included: an id is never reused. CM_ERR_KEY: the signing key is not a P-256 public key. */
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g);
 
-/* What gateway gw declared in its last birth (replaces what it declared before). */
-cm_err registry_store_set_channels(registry_store *s, const char *gw,
+/* What gateway gw declared in its birth of boot epoch boot_epoch (replaces what it declared
+ * before). CM_ERR_STALE, and nothing changed, when a birth of a newer boot epoch has already
+ * declared gw's channels: an old birth (a replay, or one delivered late) never takes back what a
+ * newer boot declared. The same epoch again is accepted (a gateway re-announces itself after
+ * every reconnect). The newest epoch is stored with the channels, so it survives a restart. */
+cm_err registry_store_set_channels(registry_store *s, const char *gw, uint64_t boot_epoch,
                                    Suido__ChannelDecl *const *decl, size_t n);
 cm_err registry_store_get_channels(registry_store *s, const char *gw,
                                    void (*fn)(void *ctx, const char *channel, const char *unit),

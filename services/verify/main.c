@@ -24,6 +24,8 @@ static const cm_conf_spec SPEC[] = {
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"verify", "unwrap_key", 0, "platform RSA-2048 private key for session keys (0600)"},
     {"verify", "window_s", 0, "freshness window for live data in seconds (300)"},
+    {"verify", "max_ahead_s", 0,
+     "how far ahead of this host's clock any timestamp may be, every kind, in seconds (10)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -153,8 +155,10 @@ int main(int argc, char **argv)
     v.svc = cm_svc_start("verify", argc, argv, SPEC);
     cm_svc *s = v.svc;
     char err[CM_CONF_ERRLEN];
-    long window_s;
-    if (cm_conf_long(s->conf, "verify", "window_s", 300, 1, 86400, &window_s, err))
+    long window_s, max_ahead_s;
+    if (cm_conf_long(s->conf, "verify", "window_s", 300, 1, 86400, &window_s, err) ||
+        cm_conf_long(s->conf, "verify", "max_ahead_s", VERIFY_MAX_AHEAD_MS / 1000, 0, 300,
+                     &max_ahead_s, err))
         cm_svc_die(s, "%s", err);
     cm_rsa *unwrap = NULL;
     const char *keyfile = cm_conf_get(s->conf, "verify", "unwrap_key");
@@ -174,6 +178,7 @@ int main(int argc, char **argv)
     v.check = verify_new(unwrap, lookup, v.registry, (uint64_t)window_s * 1000u);
     if (!v.check)
         cm_svc_die(s, "out of memory");
+    verify_set_max_ahead(v.check, (uint64_t)max_ahead_s * 1000u);
     v.verified = cm_metric_counter(s->metrics, "suido_verify_verified_total", "messages verified");
     v.readings = cm_metric_counter(s->metrics, "suido_verify_readings_total",
                                    "readings in verified batches");

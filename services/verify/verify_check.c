@@ -14,7 +14,7 @@
 #include "cm_svc.h"
 
 #define SESSION_SLOTS 16384 /* power of two */
-#define SEQ_SLOTS 16384     /* power of two */
+#define SEQ_MIN_SLOTS 1024  /* power of two; the replay table doubles from here */
 
 typedef struct session {
     char gw[65];
@@ -25,6 +25,12 @@ typedef struct session {
     cm_aead *aead;
 } session;
 
+/* The replay table: the last accepted (boot epoch, sequence) of each gateway, keyed by its full
+ * id (gw[0] == 0: free slot). Open addressing with linear probing, never more than half full:
+ * it doubles instead. An entry is never evicted or removed, so no gateway's traffic can make the
+ * verifier forget another's position. Only a gateway whose signature checked out gets an entry,
+ * so the table is bounded by the registered gateways: 88 bytes a slot, 2 to 4 slots per gateway
+ * (500 gateways: 1024 slots, 88 KiB; 100,000: 262,144 slots, 22 MiB). */
 typedef struct seq_state {
     char gw[65];
     uint64_t boot_epoch, seq;
@@ -35,9 +41,11 @@ struct verify_ctx {
     verify_lookup_fn lookup;
     void *lookup_ctx;
     uint64_t window_ms;
+    uint64_t max_ahead_ms;
     uint64_t unwraps;
     session *sessions;
     seq_state *seqs;
+    size_t seq_cap, seq_used;
 };
 
 verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup_ctx,
@@ -47,7 +55,8 @@ verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup
     if (!v)
         return NULL;
     v->sessions = calloc(SESSION_SLOTS, sizeof *v->sessions);
-    v->seqs = calloc(SEQ_SLOTS, sizeof *v->seqs);
+    v->seqs = calloc(SEQ_MIN_SLOTS, sizeof *v->seqs);
+    v->seq_cap = SEQ_MIN_SLOTS;
     if (!v->sessions || !v->seqs) {
         verify_destroy(&v);
         return NULL;
@@ -56,8 +65,11 @@ verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup
     v->lookup = lookup;
     v->lookup_ctx = lookup_ctx;
     v->window_ms = window_ms;
+    v->max_ahead_ms = VERIFY_MAX_AHEAD_MS;
     return v;
 }
+
+void verify_set_max_ahead(verify_ctx *v, uint64_t max_ahead_ms) { v->max_ahead_ms = max_ahead_ms; }
 
 void verify_destroy(verify_ctx **vp)
 {
@@ -74,6 +86,8 @@ void verify_destroy(verify_ctx **vp)
 }
 
 uint64_t verify_unwraps(const verify_ctx *v) { return v->unwraps; }
+
+size_t verify_replay_entries(const verify_ctx *v) { return v->seq_used; }
 
 void verify_result_clear(verify_result *res)
 {
@@ -100,8 +114,6 @@ static uint32_t hash_str(const char *s, uint64_t a, uint64_t b)
     return h;
 }
 
-/* The cached session key for (gw, boot epoch, key_seq), unwrapping `wrapped` if it is new.
- * Direct-mapped cache: a collision evicts the older session, which then costs one more unwrap. */
 /* Key length the header's cipher announces, or 0 for a cipher we do not accept. */
 static size_t cipher_key_len(int cipher)
 {
@@ -117,6 +129,11 @@ static size_t cipher_key_len(int cipher)
     }
 }
 
+/* The cached session key for (gw, boot epoch, key_seq), unwrapping `wrapped` if it is new.
+ * Direct-mapped cache: a collision evicts the older session, which then costs one more RSA
+ * unwrap. A cost, not a weakness: a hit needs the same gateway, epoch, key_seq and wrapped-key
+ * hash, so an evicted session is unwrapped again and yields the same key; the replay table
+ * (seq_check) is what must never forget, and it does not evict. */
 static cm_err session_aead(verify_ctx *v, const char *gw, uint64_t epoch, uint32_t key_seq,
                            const ProtobufCBinaryData *wrapped, size_t key_len, cm_aead **out)
 {
@@ -155,22 +172,61 @@ static cm_err session_aead(verify_ctx *v, const char *gw, uint64_t epoch, uint32
     return CM_OK;
 }
 
+/* gw's slot in a replay table of cap slots (a power of two): its entry, or the free slot where
+ * it belongs. The table is never full (at most half), so the probe ends. */
+static seq_state *seq_slot(seq_state *t, size_t cap, const char *gw)
+{
+    size_t i = hash_str(gw, 0, 0) & (cap - 1);
+    while (t[i].gw[0] && strcmp(t[i].gw, gw) != 0)
+        i = (i + 1) & (cap - 1);
+    return &t[i];
+}
+
+/* Doubles the replay table, keeping every entry. */
+static cm_err seq_grow(verify_ctx *v)
+{
+    size_t cap = v->seq_cap * 2;
+    seq_state *t = calloc(cap, sizeof *t);
+    if (!t)
+        return CM_ERR_NOMEM;
+    for (size_t i = 0; i < v->seq_cap; i++)
+        if (v->seqs[i].gw[0])
+            *seq_slot(t, cap, v->seqs[i].gw) = v->seqs[i];
+    free(v->seqs);
+    v->seqs = t;
+    v->seq_cap = cap;
+    return CM_OK;
+}
+
 /* Live data must move forward: a boot epoch going back, or a sequence not above the last one
- * of the same boot epoch, is a replay. Per process: with several verifier replicas each sees a
- * subsequence in order, and the archive's unique key catches the rest. */
+ * of the same boot epoch, is a replay. With commit, (epoch, seq) becomes gw's position
+ * (CM_ERR_NOMEM if the table cannot grow for a new gateway). Per process: with several verifier
+ * replicas each sees a subsequence in order, and the archive's unique key catches the rest. */
 static cm_err seq_check(verify_ctx *v, const char *gw, uint64_t epoch, uint64_t seq, int commit)
 {
-    seq_state *s = &v->seqs[hash_str(gw, 0, 0) & (SEQ_SLOTS - 1)];
-    if (strcmp(s->gw, gw) == 0) {
-        if (epoch < s->boot_epoch || (epoch == s->boot_epoch && seq <= s->seq))
-            return CM_ERR_REPLAY;
-    }
-    if (commit) {
+    seq_state *s = seq_slot(v->seqs, v->seq_cap, gw);
+    if (s->gw[0] && (epoch < s->boot_epoch || (epoch == s->boot_epoch && seq <= s->seq)))
+        return CM_ERR_REPLAY;
+    if (!commit)
+        return CM_OK;
+    if (!s->gw[0]) {
+        if ((v->seq_used + 1) * 2 > v->seq_cap) {
+            if (seq_grow(v) != CM_OK)
+                return CM_ERR_NOMEM;
+            s = seq_slot(v->seqs, v->seq_cap, gw);
+        }
         snprintf(s->gw, sizeof s->gw, "%s", gw);
-        s->boot_epoch = epoch;
-        s->seq = seq;
+        v->seq_used++;
     }
+    s->boot_epoch = epoch;
+    s->seq = seq;
     return CM_OK;
+}
+
+/* t is ahead of the receive time by more than the skew a synced clock may have. */
+static int ahead(const verify_ctx *v, uint64_t t, uint64_t received_ms)
+{
+    return t > received_ms && t - received_ms > v->max_ahead_ms;
 }
 
 static Suido__Kind kind_of_topic(const char *k)
@@ -260,10 +316,13 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
                                                        : received_ms - h->timestamp_ms;
             if (d > v->window_ms)
                 REJECT(CM_ERR_STALE, "outside_time_window");
-            if (seq_check(v, res->gateway_id, h->boot_epoch, h->seq, 0) != CM_OK)
-                REJECT(CM_ERR_REPLAY, "replay");
         }
     }
+    /* nothing of any kind from the future (window_ms bounds the past side of live data) */
+    if (ahead(v, h->timestamp_ms, received_ms))
+        REJECT(CM_ERR_STALE, "future_timestamp");
+    if (live && seq_check(v, res->gateway_id, h->boot_epoch, h->seq, 0) != CM_OK)
+        REJECT(CM_ERR_REPLAY, "replay");
 
     const uint8_t *body = env->body.data;
     size_t bodylen = env->body.len;
@@ -298,6 +357,9 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             if (!r->channel || !*r->channel || strlen(r->channel) > 64 || !isfinite(r->value) ||
                 r->offset_ms > VERIFY_MAX_OFFSET_MS)
                 REJECT(CM_ERR_DECODE, "invalid_reading");
+            /* each reading's own time too: a batch may span minutes, not run into the future */
+            if (ahead(v, h->timestamp_ms + r->offset_ms, received_ms))
+                REJECT(CM_ERR_STALE, "future_timestamp");
         }
         break;
     case SUIDO__KIND__KIND_BIRTH:
@@ -322,8 +384,8 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
     default:
         break; /* a death carries no readings; its signature is what matters here */
     }
-    if (live)
-        seq_check(v, res->gateway_id, h->boot_epoch, h->seq, 1);
+    if (live && seq_check(v, res->gateway_id, h->boot_epoch, h->seq, 1) != CM_OK)
+        REJECT(CM_ERR_NOMEM, "out_of_memory");
 out:
     free(plain);
     if (env)

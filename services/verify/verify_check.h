@@ -3,8 +3,9 @@
  *
  * Order of checks (cheapest and unauthenticated first, RSA last): topic and sizes, decoding,
  * header consistency with the topic, gateway identity and state (registry), ECDSA signature
- * over header and body, freshness (time window, boot epoch and sequence), decryption of the
- * body with the session key (RSA-OAEP unwrap once per session, then cached), body decoding.
+ * over header and body, freshness (time window, nothing ahead of the receive time, boot epoch
+ * and sequence), decryption of the body with the session key (RSA-OAEP unwrap once per session,
+ * then cached), body decoding (each reading's own time not ahead of the receive time either).
  * Nothing from the message is trusted before its signature is checked; no RSA work is done for
  * an unsigned message. */
 #ifndef VERIFY_CHECK_H
@@ -12,6 +13,7 @@
 #include <stdint.h>
 #include "cm_crypto.h"
 #include "cm_registry.h"
+#include "cm_time.h"
 #include "suido.pb-c.h"
 
 #define VERIFY_MAX_ENVELOPE 65536
@@ -20,16 +22,27 @@
 /* A reading's offset from its batch's timestamp: a batch spans minutes at most, so an hour is
  * generous; more would let one reading carry a date far in the future. */
 #define VERIFY_MAX_OFFSET_MS 3600000u
+/* How far ahead of the platform clock (the receive time) any message's header timestamp, and any
+ * reading's own time (batch timestamp + offset), may be: gateways are NTP-synced, so seconds
+ * cover their drift. Anything further ahead is refused ("future_timestamp"), for every kind,
+ * backfill included: a reading from the future would pin the gate's and the anomaly checker's
+ * latest value until the clock caught up. The gate and the anomaly shards ignore such readings
+ * too (CM_MAX_AHEAD_MS, cm_time.h), with the same default. Live data must in addition lie within
+ * window_ms on either side. */
+#define VERIFY_MAX_AHEAD_MS CM_MAX_AHEAD_MS
 
 typedef cm_err (*verify_lookup_fn)(void *ctx, const char *gateway_id, const cm_gateway **out);
 
 typedef struct verify_ctx verify_ctx;
 
 /* unwrap_key may be NULL (then encrypted messages are refused). window_ms is the freshness
- * window for live data (300000 in production). */
+ * window for live data (300000 in production). The context starts with max_ahead_ms =
+ * VERIFY_MAX_AHEAD_MS. */
 verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup_ctx,
                        uint64_t window_ms);
 void verify_destroy(verify_ctx **v);
+/* How far ahead of the receive time a timestamp may be (see VERIFY_MAX_AHEAD_MS). */
+void verify_set_max_ahead(verify_ctx *v, uint64_t max_ahead_ms);
 
 typedef struct verify_result {
     cm_err status;              /* CM_OK or why the message is refused */
@@ -53,5 +66,7 @@ void verify_result_clear(verify_result *res);
 /* Sessions whose key is cached, and RSA unwraps done: the once-per-session contract is
  * measurable. */
 uint64_t verify_unwraps(const verify_ctx *v);
+/* Gateways whose last accepted (boot epoch, sequence) the replay table holds. */
+size_t verify_replay_entries(const verify_ctx *v);
 
 #endif

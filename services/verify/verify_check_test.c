@@ -83,13 +83,20 @@ static int teardown(void **state)
     return 0;
 }
 
-/* the registry, as far as these tests need it: gw-0001 active, gw-0009 suspended */
+/* the registry, as far as these tests need it: gw-0001 and every "gwc-*" active (with gw-0001's
+ * key), gw-0009 suspended */
 static cm_err lookup(void *ctx, const char *id, const cm_gateway **out)
 {
-    static cm_gateway suspended;
+    static cm_gateway suspended, other;
     (void)ctx;
     if (strcmp(id, "gw-0001") == 0) {
         *out = &gw1;
+        return CM_OK;
+    }
+    if (strncmp(id, "gwc-", 4) == 0) {
+        other = gw1;
+        snprintf(other.id, sizeof other.id, "%s", id);
+        *out = &other;
         return CM_OK;
     }
     if (strcmp(id, "gw-0009") == 0) {
@@ -257,14 +264,141 @@ static void test_refusals(void **state)
     assert_string_equal(check(v, T, &t), "invalid_reading");
     /* a reading dated far after its batch would blind time-ordered detectors until then */
     t = o;
-    t.seq = 11;
+    t.kind = SUIDO__KIND__KIND_BACKFILL;
+    t.ts = cm_now_ms() - VERIFY_MAX_OFFSET_MS - 1000;
     t.offset_ms = VERIFY_MAX_OFFSET_MS + 1;
-    assert_string_equal(check(v, T, &t), "invalid_reading");
+    assert_string_equal(check(v, "suido/v1/gw-0001/backfill", &t), "invalid_reading");
     t.offset_ms = VERIFY_MAX_OFFSET_MS;
-    assert_string_equal(check(v, T, &t), "ok");
+    assert_string_equal(check(v, "suido/v1/gw-0001/backfill", &t), "ok");
     t = o;
     t.seq = 0;
     assert_string_equal(check(v, T, &t), "zero_sequence");
+    verify_destroy(&v);
+}
+
+#define TB "suido/v1/gw-0001/backfill"
+
+/* Nothing, of any kind, may be stamped ahead of the receive time by more than the skew: neither
+ * the header nor any reading (batch time + offset). A reading from the future would pin the
+ * gate's and the anomaly checker's latest value until the clock caught up. */
+static void test_future_timestamps_are_refused(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    uint64_t now = cm_now_ms();
+    /* live data: within the window but ahead by more than the skew */
+    msg_opts o = {.gw = "gw-0001", .epoch = 5, .seq = 1, .value = 2, .ts = now + 60000};
+    assert_string_equal(check(v, T, &o), "future_timestamp");
+    o.ts = now + VERIFY_MAX_AHEAD_MS - 2000; /* within the skew */
+    assert_string_equal(check(v, T, &o), "ok");
+    /* a live batch on time, with a reading offset into the future */
+    o.seq = 2;
+    o.ts = cm_now_ms();
+    o.offset_ms = 120000;
+    assert_string_equal(check(v, T, &o), "future_timestamp");
+    o.ts = cm_now_ms() - 100000;
+    o.offset_ms = 100000 + VERIFY_MAX_AHEAD_MS - 2000; /* a reading within the skew */
+    assert_string_equal(check(v, T, &o), "ok");
+    /* a refused future batch did not move the sequence: seq 3 is still new */
+    o.seq = 3;
+    o.ts = cm_now_ms();
+    o.offset_ms = 0;
+    assert_string_equal(check(v, T, &o), "ok");
+
+    /* backfill has no window, but may only be in the past: header and every reading */
+    msg_opts b = {.gw = "gw-0001", .epoch = 4, .seq = 7, .value = 3,
+                  .kind = SUIDO__KIND__KIND_BACKFILL};
+    b.ts = cm_now_ms() + 3600000;
+    assert_string_equal(check(v, TB, &b), "future_timestamp");
+    b.ts = cm_now_ms() + 60000;
+    assert_string_equal(check(v, TB, &b), "future_timestamp");
+    b.ts = cm_now_ms() - 600000;
+    b.offset_ms = 1200000; /* 10 min old batch, a reading 10 min ahead */
+    assert_string_equal(check(v, TB, &b), "future_timestamp");
+    b.offset_ms = 600000 + VERIFY_MAX_AHEAD_MS - 2000;
+    assert_string_equal(check(v, TB, &b), "ok");
+    b.ts = cm_now_ms() - 86400000; /* a day old: backfill */
+    b.offset_ms = 0;
+    assert_string_equal(check(v, TB, &b), "ok");
+
+    /* every kind: a death stamped an hour ahead */
+    msg_opts d = {.gw = "gw-0001", .epoch = 5, .kind = SUIDO__KIND__KIND_DEATH,
+                  .ts = cm_now_ms() + 3600000};
+    size_t len;
+    uint8_t *m = build(&d, &len);
+    verify_result res;
+    assert_int_equal(verify_message(v, "suido/v1/gw-0001/death", cm_now_ms(), m, len, &res),
+                     CM_ERR_STALE);
+    assert_string_equal(res.reason, "future_timestamp");
+    verify_result_clear(&res);
+    free(m);
+
+    /* the skew is configurable: 0 refuses anything ahead at all */
+    verify_set_max_ahead(v, 0);
+    o.seq = 4;
+    o.ts = cm_now_ms() + 3000;
+    assert_string_equal(check(v, T, &o), "future_timestamp");
+    verify_destroy(&v);
+}
+
+/* The slot a gateway had in the former direct-mapped replay table (16384 slots, FNV-1a of the
+ * id followed by 16 zero bytes): two ids with one slot evicted each other's position there. */
+static unsigned old_slot(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (uint8_t)*id) * 16777619u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ 0u) * 16777619u;
+    return h & 16383u;
+}
+
+static const char *topic_of(const char *gw)
+{
+    static char t[96];
+    snprintf(t, sizeof t, "suido/v1/%s/data", gw);
+    return t;
+}
+
+/* Two gateways whose ids share a slot keep their own positions: neither can make the verifier
+ * forget the other's (boot epoch, sequence) and so accept a replay. */
+static void test_replay_table_never_forgets_a_colliding_gateway(void **state)
+{
+    (void)state;
+    char a[32], b[32];
+    snprintf(a, sizeof a, "gwc-00000");
+    unsigned slot = old_slot(a);
+    int found = 0;
+    for (int i = 1; i < 1000000 && !found; i++) {
+        snprintf(b, sizeof b, "gwc-%05d", i);
+        found = old_slot(b) == slot;
+    }
+    assert_true(found);
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    msg_opts oa = {.gw = a, .epoch = 5, .seq = 5, .value = 1};
+    msg_opts ob = {.gw = b, .epoch = 9, .seq = 1, .value = 1};
+    assert_string_equal(check(v, topic_of(a), &oa), "ok");
+    assert_string_equal(check(v, topic_of(b), &ob), "ok");  /* took a's slot in the old table */
+    assert_string_equal(check(v, topic_of(a), &oa), "replay");
+    oa.seq = 4;
+    assert_string_equal(check(v, topic_of(a), &oa), "replay");
+    assert_string_equal(check(v, topic_of(b), &ob), "replay");
+    oa.seq = 6;
+    assert_string_equal(check(v, topic_of(a), &oa), "ok");
+    assert_int_equal(verify_replay_entries(v), 2);
+    verify_destroy(&v);
+
+    /* many gateways: the table grows and keeps every position */
+    v = verify_new(wrap_priv, lookup, NULL, 300000);
+    enum { N = 2100 };
+    char id[32];
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, "gwc-%05d", i);
+            msg_opts o = {.gw = id, .epoch = 3, .seq = 1, .value = 1};
+            assert_string_equal(check(v, topic_of(id), &o), pass == 0 ? "ok" : "replay");
+        }
+    assert_int_equal(verify_replay_entries(v), N);
     verify_destroy(&v);
 }
 
@@ -390,6 +524,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_authentic_fresh_batches_pass_and_replays_do_not),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_future_timestamps_are_refused),
+        cmocka_unit_test(test_replay_table_never_forgets_a_colliding_gateway),
         cmocka_unit_test(test_garbage_is_refused),
         cmocka_unit_test(test_encrypted_session_unwraps_once),
         cmocka_unit_test(test_crypto_primitives),

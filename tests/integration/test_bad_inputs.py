@@ -12,9 +12,10 @@ What other files already cover is not repeated here: the certificate refusals an
 (test_broker_plugin.py), tampered / wrong-key / replayed / skewed / malformed / oversized batches
 from the simulator (test_pipeline.py).
 
-Boot epochs 9101..9116 are this file's; they increase in file order, because the verifier
-remembers the highest (boot epoch, sequence) it accepted per gateway. Batches that must be
-accepted are sent as gw-0004 and gw-0007 only; the real-gateway check runs the simulator as
+Boot epochs 9101..9117 are this file's; they increase in file order, because the verifier
+remembers the highest (boot epoch, sequence) it accepted per gateway (the last test sends gw-0004
+births and data of the current second's boot epoch). Batches that must be accepted are sent as
+gw-0004 and gw-0007 only; the real-gateway check runs the simulator as
 gw-0003 (its boot epoch is the current second, so two runs are kept a second apart)."""
 import datetime
 import json
@@ -163,9 +164,9 @@ AUDIT_EVENT = {"bad_signature": "signature_rejected", "replay": "replay",
                "duplicate": "replay", "outside_time_window": "stale_data"}
 
 
-def audit_count(suite, gw, reason, epoch=0, seq=0):
+def audit_count(suite, gw, reason, epoch=0, seq=0, kind="data"):
     """Audit entries the archive wrote for one refusal (the detail names reason, epoch, seq)."""
-    detail = f"reason={reason} topic=suido/v1/{gw}/data epoch={epoch} seq={seq}"
+    detail = f"reason={reason} topic=suido/v1/{gw}/{kind} epoch={epoch} seq={seq}"
     return suite.query("SELECT count(*) FROM audit WHERE event=? AND subject=? AND detail=?",
                        AUDIT_EVENT.get(reason, "message_refused"), gw, detail)[0][0]
 
@@ -254,13 +255,14 @@ def publish_all(suite, gw, payloads, topic=None):
 HEADERLESS = ("malformed_envelope", "malformed_header", "too_big")
 
 
-def check_fates(suite, pb, gw, cases, timeout=20):
-    """cases: [(name, envelope bytes, expected fate)]. Publishes them in order as gw, waits for
-    every one to be stored or refused, then compares; also checks verify's per-reason counters
-    and that each refusal got exactly one audit entry."""
+def check_fates(suite, pb, gw, cases, timeout=20, kind="data"):
+    """cases: [(name, envelope bytes, expected fate)]. Publishes them in order as gw on its
+    `kind` topic, waits for every one to be stored or refused, then compares; also checks
+    verify's per-reason counters and that each refusal got exactly one audit entry."""
     before = refusal_counts(suite)
-    audit_before = {w: audit_count(suite, gw, w) for _, _, w in cases if w in HEADERLESS}
-    publish_all(suite, gw, [env for _, env, _ in cases])
+    audit_before = {w: audit_count(suite, gw, w, kind=kind) for _, _, w in cases
+                    if w in HEADERLESS}
+    publish_all(suite, gw, [env for _, env, _ in cases], topic=f"suido/v1/{gw}/{kind}")
     assert wait_until(lambda: all(fate(suite, env) is not None for _, env, _ in cases),
                       timeout, 0.1), \
         {n: fate(suite, e) for n, e, _ in cases}
@@ -282,11 +284,11 @@ def check_fates(suite, pb, gw, cases, timeout=20):
         e.ParseFromString(env)
         h = pb.Header()
         h.ParseFromString(e.header)
-        n = audit_count(suite, gw, w, h.boot_epoch, h.seq)
+        n = audit_count(suite, gw, w, h.boot_epoch, h.seq, kind=kind)
         assert n == 1, f"{name}: {n} audit entries for {w} epoch={h.boot_epoch} seq={h.seq}"
     for w, n0 in audit_before.items():
         n = sum(1 for _, _, x in cases if x == w)
-        assert audit_count(suite, gw, w) == n0 + n, f"audit entries for {w}"
+        assert audit_count(suite, gw, w, kind=kind) == n0 + n, f"audit entries for {w}"
 
 
 # ===================================================================== TLS and certificates
@@ -1569,4 +1571,98 @@ def test_sequence_or_boot_epoch_going_back_and_old_data_are_refused(suite, pb):
     check_fates(suite, pb, "gw-0004", cases)
     assert stored(suite, "gw-0004", 9116) == [5, 7, 8]
     assert stored(suite, "gw-0004", 9115) == []
+    still_serving(suite)
+
+
+def test_data_or_backfill_stamped_in_the_future_is_refused_and_audited(suite, pb):
+    """Nothing may be stamped more than 10 s ahead of the receive time ([verify] max_ahead_s):
+    a backfill (no time window: it may be a day old) whose header or one of whose readings (batch
+    time + offset) runs ahead is refused as future_timestamp, counted and audited, and so is a
+    live batch on time whose reading runs ahead. Kept, such a reading would be the gate's and the
+    anomaly checker's latest value until the clock caught up."""
+    now = int(time.time() * 1000)
+    cr = Crafter(suite, pb, "gw-0004", 9117)
+
+    def batch(seq, ts, offset=0, kind=pb.KIND_BACKFILL):
+        body = pb.TelemetryBatch(readings=[pb.Reading(channel="level", value=5.0,
+                                                      offset_ms=offset)]).SerializeToString()
+        return cr.envelope(cr.header(seq, kind=kind, timestamp_ms=ts), body)
+
+    check_fates(suite, pb, "gw-0004", [
+        ("day_old", batch(1, now - 86_400_000), "stored"),
+        ("an_hour_ahead", batch(2, now + 3_600_000), "future_timestamp"),
+        ("a_minute_ahead", batch(3, now + 60_000), "future_timestamp"),
+        ("reading_ten_minutes_ahead", batch(4, now - 60_000, offset=660_000), "future_timestamp"),
+        ("reading_in_the_past", batch(5, now - 600_000, offset=300_000), "stored"),
+    ], kind="backfill")
+    check_fates(suite, pb, "gw-0004", [
+        ("live_reading_two_minutes_ahead", batch(6, now, 120_000, pb.KIND_DATA),
+         "future_timestamp"),
+        ("live_on_time", batch(7, now, 0, pb.KIND_DATA), "stored"),
+    ])
+    assert stored(suite, "gw-0004", 9117) == [1, 5, 7]
+    still_serving(suite)
+
+
+def birth_fate(suite, env):
+    """'stored' (in events), the reason a birth was refused with, or None (not seen yet)."""
+    if suite.query("SELECT count(*) FROM events WHERE envelope=?", env)[0][0]:
+        return "stored"
+    rows = suite.query("SELECT reason FROM rejects WHERE envelope=?", env)
+    return rows[0][0] if rows else None
+
+
+def test_birth_of_an_older_boot_epoch_is_refused_even_after_a_registry_restart(suite, pb):
+    """A birth of a boot epoch older than the newest birth of its gateway may not change the
+    units it declared (a replayed or late birth would make every reading be converted wrongly):
+    refused as stale_birth, counted, stored as a refusal and audited; the same epoch may repeat
+    (a gateway re-announces itself after every reconnect); the registry keeps the newest epoch
+    across a restart. The newest birth declares the profile's own unit (m), the stale one cm: had
+    it been applied, the next reading would be converted."""
+    from test_profile import birth_envelope
+    gw, new = "gw-0004", int(time.time())
+    old = new - 100
+
+    def send_birth(epoch, unit):
+        env = birth_envelope(pb, suite, gw, epoch, [("level", unit)])
+        publish_all(suite, gw, [env], topic=f"suido/v1/{gw}/birth")
+        assert wait_until(lambda: birth_fate(suite, env) is not None, 10)
+        return env, birth_fate(suite, env)
+
+    def stale_audits():
+        return suite.query("SELECT count(*) FROM audit WHERE event='message_refused' AND "
+                           "subject=? AND detail=?", gw,
+                           f"reason=stale_birth topic=suido/v1/{gw}/birth epoch={old} seq=0")[0][0]
+
+    refused = suite.metric("profile", 'suido_rejected_total{reason="stale_birth"}')
+    audits = stale_audits()
+    # refused by the profile itself, before the registry is asked: the epoch is not recorded
+    assert send_birth(new + 1, "furlong")[1] == "unit_mismatch"
+    assert send_birth(new, "m")[1] == "stored"
+    time.sleep(1.1)  # another birth of the same epoch: other bytes (its timestamp)
+    assert send_birth(new, "m")[1] == "stored"
+    assert send_birth(old, "cm")[1] == "stale_birth"
+    assert wait_until(lambda: suite.metric(
+        "profile", 'suido_rejected_total{reason="stale_birth"}') == refused + 1, 5)
+    assert wait_until(lambda: stale_audits() == audits + 1, 5)
+    # the units declared by the newest birth still hold: no conversion of the next reading
+    converted = suite.metric("profile", "suido_profile_converted_total")
+    cr = Crafter(suite, pb, gw, new)
+    env = cr.good(1)
+    publish_all(suite, gw, [env])
+    assert wait_until(lambda: fate(suite, env) == "stored", 10)
+    time.sleep(1.5)
+    assert suite.metric("profile", "suido_profile_converted_total") == converted
+    # the registry remembers the newest epoch across a restart
+    suite.stop("registry")
+    suite.start_service("registry")
+    assert wait_until(lambda: suite.ctl("inventory", check=False).returncode == 0, 10)
+    fates = []
+    for _ in range(5):  # the profile's registry client may time out once while it reconnects
+        fates.append(send_birth(old, "cm")[1])
+        if fates[-1] == "stale_birth":
+            break
+        time.sleep(1)
+    assert fates[-1] == "stale_birth", fates
+    assert send_birth(new, "m")[1] == "stored"
     still_serving(suite)
