@@ -1,7 +1,10 @@
 /* registry_store: SQLite persistence of the registry. */
 #include "registry_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +54,38 @@ static const char SCHEMA[] =
     " gateway TEXT NOT NULL, channel TEXT NOT NULL, unit TEXT NOT NULL,"
     " PRIMARY KEY(gateway, channel)) WITHOUT ROWID;";
 
+/* The database holds password hashes and sealed seeds: it, and its -wal and -shm (which SQLite
+ * creates with the database's mode), are the registry's alone. An older file with a wider mode
+ * is narrowed. */
+static cm_err make_private(const char *path)
+{
+    if (strcmp(path, ":memory:") == 0)
+        return CM_OK;
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || fchmod(fd, 0600) != 0) {
+        cm_error("path=%s error=\"%s\"", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return CM_ERR_IO;
+    }
+    close(fd);
+    static const char *const side[] = {"-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof side / sizeof side[0]; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s%s", path, side[i]);
+        if (chmod(p, 0600) != 0 && errno != ENOENT) {
+            cm_error("path=%s error=\"%s\"", p, strerror(errno));
+            return CM_ERR_IO;
+        }
+    }
+    return CM_OK;
+}
+
 cm_err registry_store_open(const char *path, registry_store **out)
 {
     *out = NULL;
+    if (make_private(path) != CM_OK)
+        return CM_ERR_IO;
     registry_store *s = calloc(1, sizeof *s);
     if (!s)
         return CM_ERR_NOMEM;
