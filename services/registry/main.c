@@ -238,6 +238,14 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
                g->sign_pub_der.len == 0 || q->req->cert_pem.len == 0) {
         e = CM_ERR_INVAL;
         why = "id, site, kind, signing key and certificate are required";
+    } else if (!cm_valid_label(g->site) || !cm_valid_label(g->kind) ||
+               (g->model && *g->model && !cm_valid_label(g->model)) ||
+               (g->firmware && *g->firmware && !cm_valid_label(g->firmware))) {
+        /* they reach MQTT topics, gateway.conf and log lines */
+        e = CM_ERR_INVAL;
+        why = "site, kind, model and firmware must be 1-64 of [A-Za-z0-9._-]";
+        cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "bad_name");
     } else if ((e = cm_cert_check(q->req->cert_pem.data, q->req->cert_pem.len, r->ca,
                                   cm_now_ms(), &ci)) != CM_OK) {
         why = "certificate not issued by the deployment CA, or not valid now";

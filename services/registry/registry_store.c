@@ -249,9 +249,16 @@ out:
     return rc;
 }
 
+/* Site and kind are required, model and firmware optional; all are labels (cm_valid_label). */
+static int valid_names(const char *site, const char *kind, const char *model, const char *fw)
+{
+    return cm_valid_label(site) && cm_valid_label(kind) && (!model || !*model || cm_valid_label(model)) &&
+           (!fw || !*fw || cm_valid_label(fw));
+}
+
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g)
 {
-    if (!valid_id(g->id) || !g->site || !*g->site || !g->kind || !*g->kind)
+    if (!valid_id(g->id) || !valid_names(g->site, g->kind, g->model, g->firmware))
         return CM_ERR_INVAL;
     int added = 0;
     return insert_gateway(s, g, 0, &added);
@@ -295,6 +302,13 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
             goto out;
         const char *model = cm_conf_get(inv, sec, "model");
         const char *fw = cm_conf_get(inv, sec, "firmware");
+        if (!valid_names(site, kind, model, fw)) {
+            snprintf(err, CM_CONF_ERRLEN,
+                     "%s: [%s] site, kind, model and firmware must be 1-%d of [A-Za-z0-9._-]",
+                     cm_conf_name(inv), sec, CM_LABEL_MAX);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
         cm_pubkey *pk = NULL;
         cm_cert_info ci;
         if (cm_pubkey_load_pem(pubf, &pk) != CM_OK) {
