@@ -185,7 +185,9 @@ static void refuse(gate *g, zmq_msg_t *route, const Suido__GateRequest *q, const
              cm_log_escape(act, sizeof act, q->actuator), q->value,
              cm_log_escape(unit, sizeof unit, q->unit), reason,
              cm_log_escape(det, sizeof det, detail), cm_log_escape(why, sizeof why, q->reason));
-    cm_info("gateway=%s by=%s decision=refused %s", q->gateway_id, who, line);
+    char gw[140];
+    cm_info("gateway=\"%s\" by=%s decision=refused %s", cm_log_escape(gw, sizeof gw, q->gateway_id),
+            who, line);
     audit(g, "command_refused", q->gateway_id, who, line);
     char decision[128];
     snprintf(decision, sizeof decision, "refused:%s", reason);

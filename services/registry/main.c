@@ -183,7 +183,9 @@ static void set_state(registry *r, request *q, const char *kind)
     snprintf(detail, sizeof detail, "from=%s to=%s result=%s reason=\"%s\"",
              registry_state_name(old), registry_state_name(state), cm_strerror(e),
              cm_log_escape(reason, sizeof reason, q->req->reason));
-    cm_info("peer=%s kind=%s id=%s %s", q->peer, kind, q->req->id, detail);
+    char id_esc[140];
+    cm_info("peer=%s kind=%s id=\"%s\" %s", q->peer, kind,
+            cm_log_escape(id_esc, sizeof id_esc, q->req->id), detail);
     audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id,
           *q->actor ? q->actor : q->peer, detail);
     if (e != CM_OK) {
@@ -443,7 +445,8 @@ static void on_login(void *ctx, void *arg, const char *peer)
         audit(r, "suspicious_access", q->req->id, q->req->id, "finding=unusual_hour");
     if (res.failure_burst)
         audit(r, "suspicious_access", q->req->id, q->req->id, "finding=failure_burst");
-    cm_info("operator=%s %s", q->req->id, detail);
+    char who[140];
+    cm_info("operator=\"%s\" %s", cm_log_escape(who, sizeof who, q->req->id), detail);
     Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
     if (res.status != CM_OK) {
         /* one answer for every wrong credential: the reason stays in the audit log */
