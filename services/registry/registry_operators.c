@@ -550,6 +550,7 @@ void registry_operators_login(registry_operators *o, const char *id, const char 
     registry_operators_record(o, now_ms, id, source, "login", "ok");
     return;
 failed:
+    OPENSSL_cleanse(seed, sizeof seed); /* a failed open may have left plaintext behind */
     if (st)
         sqlite3_finalize(st);
     registry_operators_record(o, now_ms, id, source, "login", res->reason);
