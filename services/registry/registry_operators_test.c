@@ -131,6 +131,12 @@ static void test_account_cap_across_sources(void **state)
     assert_string_equal(r.reason, "account_locked");
     registry_operators_login(f->o, "dave", PW, code, "suidoctl", NULL, t + 1000, &r);
     assert_string_equal(r.reason, "account_locked");
+    /* the lock is stored: a restart (the tables opened again) does not lift it */
+    registry_operators_close(&f->o);
+    int sealed = 0;
+    assert_int_equal(registry_operators_open(f->db, KEY, &sealed, &f->o), CM_OK);
+    registry_operators_login(f->o, "dave", PW, code, "suidoctl", NULL, t + 2000, &r);
+    assert_string_equal(r.reason, "account_locked");
     /* after 15 min it opens; the next round of failures locks it for 30 */
     t += 15 * 60000ull + 1000;
     for (n = 0; n < OP_ACCOUNT_MAX_FAILURES; n++) {

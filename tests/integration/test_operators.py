@@ -148,6 +148,26 @@ def test_totp_seeds_are_sealed(suite):
     assert isinstance(suite.login("hank", PASSWORD, totp(secret)), str)
 
 
+def test_a_seed_left_in_clear_is_sealed_at_start(suite):
+    """A database from before sealing: the registry seals the clear seed when it starts, audits
+    that once, and the operator logs in as before."""
+    secret = suite.add_operator("ivy", "viewer", PASSWORD)
+    seed = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    suite.stop("registry")
+    db = suite.dir / "state" / "registry" / "registry.db"
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE operators SET totp_secret=? WHERE id='ivy'", (seed,))
+    c.close()
+    suite.start_service("registry")
+    assert wait_until(lambda: suite.ctl("inventory", check=False).returncode == 0, 15)
+    assert wait_until(lambda: suite.query("SELECT detail FROM audit WHERE "
+                                          "event='totp_seeds_sealed'") == [("operators=1",)], 5)
+    with registry_db(suite) as c:
+        (blob,) = c.execute("SELECT totp_secret FROM operators WHERE id='ivy'").fetchone()
+    assert seed not in blob
+    assert isinstance(suite.login("ivy", PASSWORD, totp(secret)), str)
+
+
 def test_registry_database_is_readable_by_the_registry_only(suite):
     state = suite.dir / "state" / "registry"
     for name in ("registry.db", "registry.db-wal", "registry.db-shm"):
