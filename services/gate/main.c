@@ -181,7 +181,8 @@ static void refuse(gate *g, zmq_msg_t *route, const Suido__GateRequest *q, const
     cm_metric_inc(g->refused);
     cm_svc_reject(g->svc, reason);
     char line[1400], act[100], unit[60], det[400], why[600];
-    snprintf(line, sizeof line, "actuator=\"%s\" value=%.6g unit=\"%s\" reason=%s detail=\"%s\" why=\"%s\"",
+    snprintf(line, sizeof line,
+             "actuator=\"%s\" value=%.6g unit=\"%s\" reason=%s detail=\"%s\" why=\"%s\"",
              cm_log_escape(act, sizeof act, q->actuator), q->value,
              cm_log_escape(unit, sizeof unit, q->unit), reason,
              cm_log_escape(det, sizeof det, detail), cm_log_escape(why, sizeof why, q->reason));

@@ -37,7 +37,8 @@ static const cm_conf_spec SPEC[] = {
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {"registry", "ca", 0, "deployment CA certificate: provisioned gateways' certificates must chain to it"},
-    {"registry", "seal_key", 1, "32 random bytes (0600) sealing the operators' TOTP seeds, kept outside the database"},
+    {"registry", "seal_key", 1,
+     "32 random bytes (0600) sealing the operators' TOTP seeds, kept outside the database"},
     {"profile", "file", 0, "the data profile engineers edit; re-read when it changes"},
     {"profile", "signing_key", 0, "P-256 key that signs each profile version (0600)"},
     {NULL, NULL, 0, NULL},
@@ -931,11 +932,12 @@ int main(int argc, char **argv)
         }
         cm_profile_destroy(&check);
     }
-    /* the key that seals the TOTP seeds is checked by -n too: without it no operator could log in */
+    /* the key sealing the TOTP seeds is checked by -n too: without it no operator could log in */
     const char *seal_path = cm_conf_get(s->conf, "registry", "seal_key");
     uint8_t seal_key[OP_SEAL_KEY_LEN];
     if (load_seal_key(seal_path, seal_key) != CM_OK)
-        cm_svc_die(s, "%s: [registry] seal_key %s must be a file of exactly %d random bytes, mode 0600",
+        cm_svc_die(s,
+                   "%s: [registry] seal_key %s must be a file of exactly %d random bytes, mode 0600",
                    cm_conf_name(s->conf), seal_path ? seal_path : "(missing)", OP_SEAL_KEY_LEN);
     cm_svc_ready(s);
 

@@ -252,8 +252,8 @@ out:
 /* Site and kind are required, model and firmware optional; all are labels (cm_valid_label). */
 static int valid_names(const char *site, const char *kind, const char *model, const char *fw)
 {
-    return cm_valid_label(site) && cm_valid_label(kind) && (!model || !*model || cm_valid_label(model)) &&
-           (!fw || !*fw || cm_valid_label(fw));
+    return cm_valid_label(site) && cm_valid_label(kind) &&
+           (!model || !*model || cm_valid_label(model)) && (!fw || !*fw || cm_valid_label(fw));
 }
 
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g)
