@@ -67,4 +67,9 @@ const char *cm_conf_section_name(const char *section, const char *type);
  * Returns the number of items, or -1 if they do not fit. */
 int cm_conf_split(const char *value, char *buf, size_t bufsize, const char **items, int max);
 
+/* A gateway's site, kind, model or firmware: such names end up in MQTT topics, gateway.conf
+ * files and log lines, so only 1 to CM_LABEL_MAX of [A-Za-z0-9._-] are taken. 1 if s is one. */
+#define CM_LABEL_MAX 64
+int cm_valid_label(const char *s);
+
 #endif

@@ -107,6 +107,32 @@ static void test_numbers(void **state)
     cm_conf_destroy(&c);
 }
 
+/* Site, kind, model and firmware names: nothing that could leave a topic level, a line of
+ * gateway.conf or a key=value of a log line. */
+static void test_labels(void **state)
+{
+    (void)state;
+    assert_true(cm_valid_label("reservoir-07"));
+    assert_true(cm_valid_label("RTU-9"));
+    assert_true(cm_valid_label("2.1.0_rc1"));
+    assert_false(cm_valid_label(NULL));
+    assert_false(cm_valid_label(""));
+    assert_false(cm_valid_label("a/b"));    /* another topic level */
+    assert_false(cm_valid_label("#"));
+    assert_false(cm_valid_label("+"));
+    assert_false(cm_valid_label("x\nbroker = ssl://evil:8883")); /* another conf line */
+    assert_false(cm_valid_label("a b"));
+    assert_false(cm_valid_label("a\"b"));
+    assert_false(cm_valid_label("caf\xc3\xa9"));
+    char longest[CM_LABEL_MAX + 2];
+    memset(longest, 'a', sizeof longest);
+    longest[CM_LABEL_MAX] = '\0';
+    assert_true(cm_valid_label(longest));
+    longest[CM_LABEL_MAX] = 'a';
+    longest[CM_LABEL_MAX + 1] = '\0';
+    assert_false(cm_valid_label(longest));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -114,6 +140,7 @@ int main(void)
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_spec_check),
         cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_labels),
     };
     return cmocka_run_group_tests_name("cm_conf", tests, NULL, NULL);
 }

@@ -55,3 +55,35 @@ void cm_log_write(enum cm_log_level level, const char *func, const char *fmt, ..
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
 }
+
+char *cm_log_escape(char *dst, size_t n, const char *src)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t k = 0;
+    if (n == 0)
+        return dst;
+    for (const unsigned char *p = (const unsigned char *)(src ? src : ""); *p; p++) {
+        char esc[4];
+        size_t len;
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            len = 2;
+        } else if (*p < 0x20 || *p >= 0x7f) {
+            esc[0] = '\\';
+            esc[1] = 'x';
+            esc[2] = hex[*p >> 4];
+            esc[3] = hex[*p & 15];
+            len = 4;
+        } else {
+            esc[0] = (char)*p;
+            len = 1;
+        }
+        if (k + len >= n)
+            break;
+        memcpy(dst + k, esc, len);
+        k += len;
+    }
+    dst[k] = '\0';
+    return dst;
+}

@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include <openssl/crypto.h>
+
 #include "cm_crypto.h"
 #include "cm_daemon.h"
 #include "cm_log.h"
@@ -892,9 +894,10 @@ cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section,
 
 /* ---------------------------------------------------------------- messages */
 
+/* hint: the buffer's size. Wiped before it is freed: a request may carry a password. */
 static void free_buf(void *data, void *hint)
 {
-    (void)hint;
+    OPENSSL_cleanse(data, (size_t)(uintptr_t)hint);
     free(data);
 }
 
@@ -908,7 +911,8 @@ cm_err cm_zsend_pb(void *sock, const ProtobufCMessage *m, int flags)
         return CM_ERR_NOMEM;
     protobuf_c_message_pack(m, buf);
     zmq_msg_t msg;
-    if (zmq_msg_init_data(&msg, buf, n, free_buf, NULL) != 0) {
+    if (zmq_msg_init_data(&msg, buf, n, free_buf, (void *)(uintptr_t)n) != 0) {
+        OPENSSL_cleanse(buf, n);
         free(buf);
         return CM_ERR_NOMEM;
     }

@@ -68,6 +68,12 @@ if [[ ! -f "$DIR/ca/ca.key" ]]; then
     "$TOP/keys/mkpki.sh" "$DIR" --gateways "$NGW" --services "$SERVICES" $TEST \
         --keygen "$BIN/suido-keygen" >/dev/null
 fi
+# The key sealing the operators' TOTP seeds in the registry database (registry.conf seal_key):
+# kept outside the database, so a copy of the database (a backup) holds no usable seed.
+SEAL_KEY="$DIR/services/registry/seal.key"
+if [[ ! -f "$SEAL_KEY" ]]; then
+    (umask 077 && head -c 32 /dev/urandom >"$SEAL_KEY.tmp" && mv "$SEAL_KEY.tmp" "$SEAL_KEY")
+fi
 if [[ -n "$STANDBY" ]]; then
     [[ -z "$ARCHIVE_PG" ]] || die "--standby keeps its own SQLite database: not with --archive-postgresql"
     [[ -f "$DIR/services/$STANDBY/curve.pub" ]] ||
@@ -199,6 +205,7 @@ $(archive_out)
 [registry]
 inventory = $inv
 ca = $DIR/ca/ca.crt
+seal_key = $SEAL_KEY
 
 [broker]
 state_file = $DIR/mosquitto/identities.state

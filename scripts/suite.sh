@@ -133,8 +133,11 @@ cmd_run() {
     local detach=0
     [[ "${1:-}" == "--detach" ]] && detach=1
     running && die "a suite is already running in $RUN (stop it with: make stop)"
-    [[ -f "$RUN/etc/registry.conf" ]] ||
+    # made anew when missing, or made before the registry sealed TOTP seeds (keys are kept)
+    if ! grep -q '^seal_key' "$RUN/etc/registry.conf" 2>/dev/null; then
+        [[ ! -f "$RUN/broker.port" ]] || PORT=$(cat "$RUN/broker.port")
         "$TOP/scripts/mkdeploy.sh" "$RUN" --gateways "$GATEWAYS" --base-port "$PORT"
+    fi
     PORT=$(cat "$RUN/broker.port")
     mkdir -p "$PIDS" "$LOG"
     local s

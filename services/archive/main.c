@@ -583,10 +583,11 @@ static void alert_change(archiver *a, const Suido__ArchiveRequest *q, const char
                     : archive_cases_close(db, q->case_id, who, q->cause, q->action, a->input_ms);
     if (rc == CM_ERR_DB)
         input_failed(a);
-    char detail[1200], subject[32];
+    char detail[2200], subject[32], cause[1000], action[1000];
     snprintf(subject, sizeof subject, "case-%llu", (unsigned long long)q->case_id);
     snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"", cm_strerror(rc),
-             ack ? "" : (q->cause ? q->cause : ""), ack ? "" : (q->action ? q->action : ""));
+             cm_log_escape(cause, sizeof cause, ack ? NULL : q->cause),
+             cm_log_escape(action, sizeof action, ack ? NULL : q->action));
     Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
     e.ts_ms = a->input_ms;
     e.event = rc != CM_OK ? "alert_change_refused" : ack ? "alert_acknowledged" : "alert_closed";

@@ -180,10 +180,15 @@ static void refuse(gate *g, zmq_msg_t *route, const Suido__GateRequest *q, const
 {
     cm_metric_inc(g->refused);
     cm_svc_reject(g->svc, reason);
-    char line[640];
-    snprintf(line, sizeof line, "actuator=%s value=%.6g unit=%s reason=%s detail=\"%s\" why=\"%s\"",
-             q->actuator, q->value, q->unit, reason, detail, q->reason ? q->reason : "");
-    cm_info("gateway=%s by=%s decision=refused %s", q->gateway_id, who, line);
+    char line[1400], act[100], unit[60], det[400], why[600];
+    snprintf(line, sizeof line,
+             "actuator=\"%s\" value=%.6g unit=\"%s\" reason=%s detail=\"%s\" why=\"%s\"",
+             cm_log_escape(act, sizeof act, q->actuator), q->value,
+             cm_log_escape(unit, sizeof unit, q->unit), reason,
+             cm_log_escape(det, sizeof det, detail), cm_log_escape(why, sizeof why, q->reason));
+    char gw[140];
+    cm_info("gateway=\"%s\" by=%s decision=refused %s", cm_log_escape(gw, sizeof gw, q->gateway_id),
+            who, line);
     audit(g, "command_refused", q->gateway_id, who, line);
     char decision[128];
     snprintf(decision, sizeof decision, "refused:%s", reason);
@@ -324,10 +329,10 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
     if (plant)
         gate_plant_commanded(plant, f->act->id, f->value, issued);
     cm_metric_inc(g->sent);
-    char line[512];
+    char line[1024], why[600];
     snprintf(line, sizeof line, "command=%s actuator=%s value=%.6g unit=%s expires_ms=%llu why=\"%s\"",
              f->id, f->act->id, f->value, f->act->unit, (unsigned long long)f->expires_ms,
-             q->reason ? q->reason : "");
+             cm_log_escape(why, sizeof why, q->reason));
     cm_info("gateway=%s by=%s decision=sent %s", f->gw, who, line);
     audit(g, "command_sent", f->gw, who, line);
     record(g, f, f->gw, f->act->name, f->value, f->act->unit, who, "sent", dec.detail);
@@ -520,7 +525,9 @@ static void follow(void *ctx)
         } else {
             snprintf(f->outcome, sizeof f->outcome, "followed");
         }
-        cm_info("command=%s outcome=%s detail=\"%s\"", f->id, f->outcome, fo.detail);
+        char det[400];
+        cm_info("command=%s outcome=%s detail=\"%s\"", f->id, f->outcome,
+                cm_log_escape(det, sizeof det, fo.detail));
         record(g, f, f->gw, f->act->name, f->value, f->act->unit, f->requested_by, f->outcome,
                fo.detail);
     }

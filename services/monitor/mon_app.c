@@ -357,10 +357,9 @@ static void on_login(call *c)
         login_failed(c, who, "malformed", 400, "operator, password and a 6-digit code are needed");
         return;
     }
-    char source[96];
-    snprintf(source, sizeof source, "monitor:%s", c->rq->client);
+    /* the browser's address: the registry keys lockouts on "monitor/" and this */
     mon_login_result res;
-    mon_backend_login(c->a->b, op, json_string_value(pw), totp, source, &res);
+    mon_backend_login(c->a->b, op, json_string_value(pw), totp, c->rq->client, &res);
     char opid[65];
     snprintf(opid, sizeof opid, "%s", op);
     OPENSSL_cleanse((char *)json_string_value(pw), json_string_length(pw));

@@ -179,6 +179,16 @@ static void client_address(struct MHD_Connection *c, char out[64])
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, 64);
 }
 
+/* Wipes and frees the body collected so far (it may hold a password); st->len is kept. */
+static void drop_body(conn_state *st)
+{
+    if (st->body) {
+        OPENSSL_cleanse(st->body, st->len);
+        free(st->body);
+        st->body = NULL;
+    }
+}
+
 /* Builds the request and asks the handler; queues its response. */
 static enum MHD_Result answer(mon_http *h, struct MHD_Connection *c, const char *url,
                               const char *method, conn_state *st)
@@ -227,15 +237,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             /* past the limit without a length announced: the rest is read and dropped (the
              * library answers only once a body is complete), then refused */
             st->too_big = 1;
-            free(st->body);
-            st->body = NULL;
+            drop_body(st);
+            st->len = 0;
             *upload_size = 0;
             return MHD_YES;
         }
-        char *nb = realloc(st->body, st->len + *upload_size + 1);
+        /* not realloc: a body may carry a password, and no copy of it may be left behind */
+        char *nb = malloc(st->len + *upload_size + 1);
         if (!nb)
             return MHD_NO;
+        if (st->body)
+            memcpy(nb, st->body, st->len);
         memcpy(nb + st->len, upload_data, *upload_size);
+        drop_body(st);
         st->len += *upload_size;
         nb[st->len] = '\0';
         st->body = nb;
@@ -256,7 +270,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                                    ? "request timed out"
                                    : "request ended before it was complete");
     if (st) {
-        free(st->body);
+        drop_body(st);
         free(st);
     }
     *con_cls = NULL;

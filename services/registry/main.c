@@ -9,6 +9,7 @@
  *          Clients use DEALER and send one RegistryRequest frame; the reply is one frame.
  *          [events] PUB, CURVE server: RegistryEvent to every subscribed service.
  *          [output archive] PUSH: audit events. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -36,6 +37,8 @@ static const cm_conf_spec SPEC[] = {
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
     {"registry", "inventory", 1, "gateway inventory to import at start"},
     {"registry", "ca", 0, "deployment CA certificate: provisioned gateways' certificates must chain to it"},
+    {"registry", "seal_key", 1,
+     "32 random bytes (0600) sealing the operators' TOTP seeds, kept outside the database"},
     {"profile", "file", 0, "the data profile engineers edit; re-read when it changes"},
     {"profile", "signing_key", 0, "P-256 key that signs each profile version (0600)"},
     {NULL, NULL, 0, NULL},
@@ -177,11 +180,13 @@ static void set_state(registry *r, request *q, const char *kind)
     char curve[41] = "";
     int state = q->req->state;
     cm_err e = registry_store_set_state(r->store, kind, q->req->id, state, &old, curve);
-    char detail[256];
+    char detail[512], reason[400];
     snprintf(detail, sizeof detail, "from=%s to=%s result=%s reason=\"%s\"",
              registry_state_name(old), registry_state_name(state), cm_strerror(e),
-             q->req->reason ? q->req->reason : "");
-    cm_info("peer=%s kind=%s id=%s %s", q->peer, kind, q->req->id, detail);
+             cm_log_escape(reason, sizeof reason, q->req->reason));
+    char id_esc[140];
+    cm_info("peer=%s kind=%s id=\"%s\" %s", q->peer, kind,
+            cm_log_escape(id_esc, sizeof id_esc, q->req->id), detail);
     audit(r, e == CM_OK ? "identity_state_changed" : "identity_state_refused", q->req->id,
           *q->actor ? q->actor : q->peer, detail);
     if (e != CM_OK) {
@@ -236,6 +241,14 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
                g->sign_pub_der.len == 0 || q->req->cert_pem.len == 0) {
         e = CM_ERR_INVAL;
         why = "id, site, kind, signing key and certificate are required";
+    } else if (!cm_valid_label(g->site) || !cm_valid_label(g->kind) ||
+               (g->model && *g->model && !cm_valid_label(g->model)) ||
+               (g->firmware && *g->firmware && !cm_valid_label(g->firmware))) {
+        /* they reach MQTT topics, gateway.conf and log lines */
+        e = CM_ERR_INVAL;
+        why = "site, kind, model and firmware must be 1-64 of [A-Za-z0-9._-]";
+        cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "bad_name");
     } else if ((e = cm_cert_check(q->req->cert_pem.data, q->req->cert_pem.len, r->ca,
                                   cm_now_ms(), &ci)) != CM_OK) {
         why = "certificate not issued by the deployment CA, or not valid now";
@@ -251,11 +264,12 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
               : e == CM_OK          ? "ok"
                                     : "refused";
     }
-    char detail[256];
-    snprintf(detail, sizeof detail, "site=%s kind=%s result=%s why=\"%s\"",
-             g && g->site ? g->site : "", g && g->kind ? g->kind : "", cm_strerror(e), why);
+    char detail[512], site[120], kind[120], id_esc[120];
+    snprintf(detail, sizeof detail, "site=\"%s\" kind=\"%s\" result=%s why=\"%s\"",
+             cm_log_escape(site, sizeof site, g ? g->site : NULL),
+             cm_log_escape(kind, sizeof kind, g ? g->kind : NULL), cm_strerror(e), why);
     const char *id = g && g->id ? g->id : "";
-    cm_info("peer=%s gateway=%s %s", peer, id, detail);
+    cm_info("peer=%s gateway=\"%s\" %s", peer, cm_log_escape(id_esc, sizeof id_esc, id), detail);
     audit(r, e == CM_OK ? "gateway_provisioned" : "gateway_provision_refused", id,
           *q->actor ? q->actor : peer, detail);
     registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, "add_gateway", cm_strerror(e));
@@ -298,7 +312,9 @@ static cm_err check_profile(registry *r, int force)
     if (rc != CM_OK) {
         cm_metric_inc(r->profile_refusals);
         cm_error("profile=%s in_force=%ld error=\"%s\"", r->profile_file, o.old_version, o.why);
-        snprintf(detail, sizeof detail, "in_force=%ld why=\"%s\"", o.old_version, o.why);
+        char why[CM_CONF_ERRLEN];
+        snprintf(detail, sizeof detail, "in_force=%ld why=\"%s\"", o.old_version,
+                 cm_log_escape(why, sizeof why, o.why));
         audit(r, "profile_refused", "profile", "registry", detail);
         return rc;
     }
@@ -395,27 +411,43 @@ static void on_get_profile(void *ctx, void *arg, const char *peer)
     free(sig);
 }
 
+/* Lockouts are keyed on the authenticated peer, never on a name the client chooses: the
+ * request's source counts only when the monitor relays a browser's address
+ * (registry_operators_source_key); anyone else's claim is only recorded, escaped. */
 static void on_login(void *ctx, void *arg, const char *peer)
 {
     registry *r = ctx;
     request *q = arg;
     op_login res;
-    const char *source = q->req->source && *q->req->source ? q->req->source : peer;
     uint64_t now = cm_now_ms();
-    registry_operators_login(r->ops, q->req->id, q->req->password, q->req->totp, source, now,
-                             &res);
-    char detail[256];
-    snprintf(detail, sizeof detail, "source=%s via=%s result=%s", source, peer, res.reason);
+    registry_operators_login(r->ops, q->req->id, q->req->password, q->req->totp, peer,
+                             q->req->source, now, &res);
+    char detail[400], claimed[160] = "";
+    if (strcmp(peer, "monitor") != 0 && q->req->source && *q->req->source) {
+        char esc[128];
+        snprintf(claimed, sizeof claimed, " claimed=\"%s\"",
+                 cm_log_escape(esc, sizeof esc, q->req->source));
+    }
+    snprintf(detail, sizeof detail, "source=%s via=%s result=%s%s", res.source, peer, res.reason,
+             claimed);
     audit(r, res.status == CM_OK ? "login" : "login_failed", q->req->id, q->req->id, detail);
     if (res.locked_now)
         audit(r, "lockout", q->req->id, q->req->id, detail);
+    if (res.account_locked_now) {
+        char adetail[480];
+        snprintf(adetail, sizeof adetail, "scope=account failures=%d %s", OP_ACCOUNT_MAX_FAILURES,
+                 detail);
+        cm_warn("operator=%s scope=account event=lockout", q->req->id);
+        audit(r, "lockout", q->req->id, q->req->id, adetail);
+    }
     if (res.new_source)
         audit(r, "suspicious_access", q->req->id, q->req->id, "finding=new_source");
     if (res.unusual_hour)
         audit(r, "suspicious_access", q->req->id, q->req->id, "finding=unusual_hour");
     if (res.failure_burst)
         audit(r, "suspicious_access", q->req->id, q->req->id, "finding=failure_burst");
-    cm_info("operator=%s source=%s result=%s", q->req->id, source, res.reason);
+    char who[140];
+    cm_info("operator=\"%s\" %s", cm_log_escape(who, sizeof who, q->req->id), detail);
     Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
     if (res.status != CM_OK) {
         /* one answer for every wrong credential: the reason stays in the audit log */
@@ -814,10 +846,36 @@ static void handle_one(registry *r)
     } else {
         row->handler(r, &q, peer);
     }
+    /* the credentials a login or operator_add carried leave no copy behind */
+    if (req->password)
+        OPENSSL_cleanse(req->password, strlen(req->password));
+    if (req->totp)
+        OPENSSL_cleanse(req->totp, strlen(req->totp));
     suido__registry_request__free_unpacked(req, NULL);
 out:
+    if (zmq_msg_size(&body))
+        OPENSSL_cleanse(zmq_msg_data(&body), zmq_msg_size(&body));
     zmq_msg_close(&route);
     zmq_msg_close(&body);
+}
+
+/* Reads the seed-sealing key: a regular file, 0600, of exactly OP_SEAL_KEY_LEN bytes. */
+static cm_err load_seal_key(const char *path, uint8_t key[OP_SEAL_KEY_LEN])
+{
+    if (!path || cm_key_file_check(path) != CM_OK)
+        return CM_ERR_KEY;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return CM_ERR_KEY;
+    uint8_t extra;
+    size_t n = fread(key, 1, OP_SEAL_KEY_LEN, f);
+    int more = fread(&extra, 1, 1, f) == 1;
+    fclose(f);
+    if (n != OP_SEAL_KEY_LEN || more) {
+        OPENSSL_cleanse(key, OP_SEAL_KEY_LEN);
+        return CM_ERR_KEY;
+    }
+    return CM_OK;
 }
 
 int main(int argc, char **argv)
@@ -875,6 +933,13 @@ int main(int argc, char **argv)
         }
         cm_profile_destroy(&check);
     }
+    /* the key sealing the TOTP seeds is checked by -n too: without it no operator could log in */
+    const char *seal_path = cm_conf_get(s->conf, "registry", "seal_key");
+    uint8_t seal_key[OP_SEAL_KEY_LEN];
+    if (load_seal_key(seal_path, seal_key) != CM_OK)
+        cm_svc_die(s,
+                   "%s: [registry] seal_key %s must be a file of exactly %d random bytes, mode 0600",
+                   cm_conf_name(s->conf), seal_path ? seal_path : "(missing)", OP_SEAL_KEY_LEN);
     cm_svc_ready(s);
 
     char db[4096];
@@ -885,7 +950,11 @@ int main(int argc, char **argv)
         cm_svc_die(s, "%s", err);
     cm_conf_destroy(&inv);
     cm_info("inventory=%s added=%d gateways=%d", inv_path, added, registry_store_count(r.store));
-    if (registry_operators_open(registry_store_db(r.store), &r.ops) != CM_OK)
+    int sealed_now = 0;
+    cm_err ops_rc = registry_operators_open(registry_store_db(r.store), seal_key, &sealed_now,
+                                            &r.ops);
+    OPENSSL_cleanse(seal_key, sizeof seal_key);
+    if (ops_rc != CM_OK)
         cm_svc_die(s, "%s: cannot open the operator tables", db);
 
     if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "api", ZMQ_ROUTER, &s->keys, &r.api, err))
@@ -900,6 +969,12 @@ int main(int argc, char **argv)
         cm_svc_die(s, "%s", err);
     if (r.to_archive)
         cm_stage_audit_security(s, r.to_archive);
+    if (sealed_now > 0) {
+        char sdetail[64];
+        snprintf(sdetail, sizeof sdetail, "operators=%d", sealed_now);
+        cm_info("event=totp_seeds_sealed operators=%d", sealed_now);
+        audit(&r, "totp_seeds_sealed", "operators", "registry", sdetail);
+    }
     r.state_file = cm_conf_get(s->conf, "broker", "state_file");
     r.ca = cm_conf_get(s->conf, "registry", "ca");
     r.profile_version = cm_metric_gauge(s->metrics, "suido_registry_profile_version",

@@ -24,8 +24,14 @@
 #define SOURCE_WINDOW_MS (10u * 60u * 1000u)
 #define MAX_LOCK_MS (24ull * 3600u * 1000u)
 
+#define SEED_LEN 20
+/* a sealed seed: 'S', the IV, the ciphertext and the GCM tag */
+#define SEALED_LEN (1 + CM_GCM_IV_LEN + SEED_LEN + CM_GCM_TAG_LEN)
+#define ACCOUNT_LOCK_MS (15ull * 60u * 1000u)
+
 struct registry_operators {
     sqlite3 *db;
+    cm_aead *seal;
 };
 
 static const char SCHEMA[] =
@@ -37,6 +43,10 @@ static const char SCHEMA[] =
     " operator TEXT NOT NULL, source TEXT NOT NULL, failures INTEGER NOT NULL,"
     " locked_until_ms INTEGER NOT NULL, lockouts INTEGER NOT NULL,"
     " PRIMARY KEY(operator, source));"
+    /* consecutive failures of an account across all sources since its last success */
+    "CREATE TABLE IF NOT EXISTS account_locks("
+    " operator TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until_ms INTEGER NOT NULL,"
+    " lockouts INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS sessions("
     " token_hash BLOB PRIMARY KEY, operator TEXT NOT NULL, source TEXT NOT NULL,"
     " expires_ms INTEGER NOT NULL);"
@@ -64,9 +74,13 @@ const char *op_role_name(op_role r)
     return (unsigned)r < 4 ? n[r] : "none";
 }
 
-cm_err registry_operators_open(sqlite3 *db, registry_operators **out)
+static cm_err seal_clear_seeds(registry_operators *o, int *sealed_now);
+
+cm_err registry_operators_open(sqlite3 *db, const uint8_t seal_key[OP_SEAL_KEY_LEN],
+                               int *sealed_now, registry_operators **out)
 {
     *out = NULL;
+    *sealed_now = 0;
     char *err = NULL;
     if (sqlite3_exec(db, SCHEMA, NULL, NULL, &err) != SQLITE_OK) {
         cm_error("error=\"operators schema: %s\"", err ? err : "");
@@ -77,9 +91,19 @@ cm_err registry_operators_open(sqlite3 *db, registry_operators **out)
     if (!o)
         return CM_ERR_NOMEM;
     o->db = db;
-    if (oath_init() != OATH_OK) {
+    if (cm_aead_new(seal_key, OP_SEAL_KEY_LEN, &o->seal) != CM_OK) {
         free(o);
         return CM_ERR_CRYPTO;
+    }
+    if (oath_init() != OATH_OK) {
+        cm_aead_destroy(&o->seal);
+        free(o);
+        return CM_ERR_CRYPTO;
+    }
+    cm_err rc = seal_clear_seeds(o, sealed_now);
+    if (rc != CM_OK) {
+        registry_operators_close(&o);
+        return rc;
     }
     *out = o;
     return CM_OK;
@@ -90,6 +114,7 @@ void registry_operators_close(registry_operators **op)
     if (!op || !*op)
         return;
     oath_done();
+    cm_aead_destroy(&(*op)->seal);
     free(*op);
     *op = NULL;
 }
@@ -129,6 +154,67 @@ int registry_operators_count(registry_operators *o)
     return (int)one_int(o, "SELECT count(*) FROM operators", NULL, NULL, -1);
 }
 
+/* Seals a seed for operator id into out (SEALED_LEN bytes). */
+static cm_err seal_seed(registry_operators *o, const char *id, const uint8_t seed[SEED_LEN],
+                        uint8_t out[SEALED_LEN])
+{
+    out[0] = 'S';
+    if (cm_random(out + 1, CM_GCM_IV_LEN) != CM_OK)
+        return CM_ERR_CRYPTO;
+    return cm_aead_seal(o->seal, out + 1, (const uint8_t *)id, strlen(id), seed, SEED_LEN,
+                        out + 1 + CM_GCM_IV_LEN);
+}
+
+/* Opens a stored seed; CM_ERR_DECRYPT for anything but a seed sealed for this id and key. */
+static cm_err open_seed(registry_operators *o, const char *id, const uint8_t *blob, size_t len,
+                        uint8_t seed[SEED_LEN])
+{
+    if (!blob || len != SEALED_LEN || blob[0] != 'S')
+        return CM_ERR_DECRYPT;
+    return cm_aead_open(o->seal, blob + 1, CM_GCM_IV_LEN, (const uint8_t *)id, strlen(id),
+                        blob + 1 + CM_GCM_IV_LEN, SEED_LEN + CM_GCM_TAG_LEN, seed);
+}
+
+/* Seeds stored in clear (SEED_LEN bytes, before sealing existed) are sealed in place, in one
+ * transaction. */
+static cm_err seal_clear_seeds(registry_operators *o, int *sealed_now)
+{
+    cm_err rc = CM_ERR_DB;
+    sqlite3_stmt *sel = NULL, *upd = NULL;
+    if (sqlite3_exec(o->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return CM_ERR_DB;
+    sel = q(o, "SELECT id, totp_secret FROM operators WHERE length(totp_secret)=?");
+    upd = q(o, "UPDATE operators SET totp_secret=? WHERE id=?");
+    if (!sel || !upd)
+        goto out;
+    sqlite3_bind_int(sel, 1, SEED_LEN);
+    int st;
+    while ((st = sqlite3_step(sel)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(sel, 0);
+        uint8_t sealed[SEALED_LEN];
+        if ((rc = seal_seed(o, id, sqlite3_column_blob(sel, 1), sealed)) != CM_OK)
+            goto out;
+        sqlite3_reset(upd);
+        sqlite3_bind_blob(upd, 1, sealed, sizeof sealed, SQLITE_TRANSIENT);
+        sqlite3_bind_text(upd, 2, id, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(upd) != SQLITE_DONE) {
+            rc = CM_ERR_DB;
+            goto out;
+        }
+        (*sealed_now)++;
+    }
+    rc = st == SQLITE_DONE ? CM_OK : CM_ERR_DB;
+out:
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    if (sqlite3_exec(o->db, rc == CM_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK &&
+        rc == CM_OK)
+        rc = CM_ERR_DB;
+    if (rc != CM_OK)
+        *sealed_now = 0;
+    return rc;
+}
+
 static int valid_id(const char *id)
 {
     size_t n = id ? strlen(id) : 0;
@@ -149,7 +235,7 @@ cm_err registry_operators_add(registry_operators *o, const char *id, const char 
         return CM_ERR_INVAL;
     if (one_int(o, "SELECT count(*) FROM operators WHERE id=?", id, NULL, -1) != 0)
         return CM_ERR_DUPLICATE;
-    uint8_t salt[16], secret[20];
+    uint8_t salt[16], secret[SEED_LEN], sealed[SEALED_LEN];
     char hash[256];
     if (cm_random(salt, sizeof salt) != CM_OK || cm_random(secret, sizeof secret) != CM_OK)
         return CM_ERR_CRYPTO;
@@ -164,7 +250,12 @@ cm_err registry_operators_add(registry_operators *o, const char *id, const char 
         return CM_ERR_CRYPTO;
     }
     snprintf(secret_b32, 64, "%s", b32);
+    OPENSSL_cleanse(b32, b32len);
     free(b32);
+    cm_err sealed_rc = seal_seed(o, id, secret, sealed);
+    OPENSSL_cleanse(secret, sizeof secret);
+    if (sealed_rc != CM_OK)
+        return sealed_rc;
     sqlite3_stmt *st = q(o, "INSERT INTO operators(id,state,role,pw_hash,totp_secret,created_ms)"
                             " VALUES(?,?,?,?,?,?)");
     if (!st)
@@ -173,11 +264,10 @@ cm_err registry_operators_add(registry_operators *o, const char *id, const char 
     sqlite3_bind_int(st, 2, SUIDO__ENTITY_STATE__STATE_ACTIVE);
     sqlite3_bind_text(st, 3, role, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 4, hash, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 5, secret, sizeof secret, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 5, sealed, sizeof sealed, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)(time(NULL) * 1000LL));
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
-    OPENSSL_cleanse(secret, sizeof secret);
     return r == SQLITE_DONE ? CM_OK : CM_ERR_DB;
 }
 
@@ -237,10 +327,75 @@ static void count_failure(registry_operators *o, const char *id, const char *sou
     sqlite3_finalize(st);
 }
 
+/* Counts a failure of an existing account whatever its source; locks the account everywhere
+ * after OP_ACCOUNT_MAX_FAILURES in a row (15 min, doubling, at most 24 h). */
+static void count_account_failure(registry_operators *o, const char *id, uint64_t now_ms,
+                                   op_login *res)
+{
+    int64_t failures = one_int(o, "SELECT failures FROM account_locks WHERE operator=?", id,
+                               NULL, -1);
+    int64_t lockouts = one_int(o, "SELECT lockouts FROM account_locks WHERE operator=?", id,
+                               NULL, -1);
+    if (failures < 0) {
+        failures = 0;
+        lockouts = 0;
+    }
+    failures++;
+    uint64_t until = 0;
+    if (failures >= OP_ACCOUNT_MAX_FAILURES) {
+        uint64_t lock = ACCOUNT_LOCK_MS << (lockouts < 10 ? lockouts : 10);
+        if (lock > MAX_LOCK_MS)
+            lock = MAX_LOCK_MS;
+        until = now_ms + lock;
+        lockouts++;
+        failures = 0;
+        res->account_locked_now = 1;
+        if (until > res->retry_after_ms)
+            res->retry_after_ms = until;
+    }
+    sqlite3_stmt *st = q(o, "INSERT INTO account_locks(operator,failures,locked_until_ms,"
+                            "lockouts) VALUES(?,?,?,?) ON CONFLICT(operator) DO UPDATE"
+                            " SET failures=excluded.failures, lockouts=excluded.lockouts,"
+                            " locked_until_ms=CASE WHEN excluded.locked_until_ms > 0 THEN"
+                            " excluded.locked_until_ms ELSE locked_until_ms END");
+    if (!st)
+        return;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, failures);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)until);
+    sqlite3_bind_int64(st, 4, lockouts);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+}
+
 static void token_hash(const char *token, uint8_t out[32])
 {
     unsigned int n = 0;
     EVP_Digest(token, strlen(token), out, &n, EVP_sha256(), NULL);
+}
+
+static int valid_address(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == ':' || s[i] == '_' ||
+              s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+void registry_operators_source_key(const char *peer, const char *claimed,
+                                   char out[OP_SOURCE_LEN])
+{
+    if (!peer || !*peer)
+        peer = "unknown";
+    if (strcmp(peer, "monitor") == 0)
+        snprintf(out, OP_SOURCE_LEN, "monitor/%s", valid_address(claimed) ? claimed : "unknown");
+    else
+        snprintf(out, OP_SOURCE_LEN, "%s", peer);
 }
 
 #define FAIL(why)                                                                                  \
@@ -251,14 +406,18 @@ static void token_hash(const char *token, uint8_t out[32])
     } while (0)
 
 void registry_operators_login(registry_operators *o, const char *id, const char *password,
-                              const char *totp, const char *source, uint64_t now_ms,
-                              op_login *res)
+                              const char *totp, const char *peer, const char *claimed,
+                              uint64_t now_ms, op_login *res)
 {
     memset(res, 0, sizeof *res);
     res->status = CM_OK;
     res->reason = "ok";
+    registry_operators_source_key(peer, claimed, res->source);
+    const char *source = res->source;
     sqlite3_stmt *st = NULL;
-    if (!valid_id(id) || !source || !*source || strlen(source) > 128) {
+    uint8_t seed[SEED_LEN];
+    int known = 0;
+    if (!valid_id(id)) {
         res->status = CM_ERR_INVAL;
         res->reason = "malformed";
         return;
@@ -282,6 +441,13 @@ void registry_operators_login(registry_operators *o, const char *id, const char 
         res->retry_after_ms = (uint64_t)until;
         return;
     }
+    until = one_int(o, "SELECT locked_until_ms FROM account_locks WHERE operator=?", id, NULL, -1);
+    if (until > 0 && (uint64_t)until > now_ms) {
+        res->status = CM_ERR_REVOKED;
+        res->reason = "account_locked";
+        res->retry_after_ms = (uint64_t)until;
+        return;
+    }
     st = q(o, "SELECT state, role, pw_hash, totp_secret, last_totp_step FROM operators "
               "WHERE id=?");
     if (!st) {
@@ -299,18 +465,27 @@ void registry_operators_login(registry_operators *o, const char *id, const char 
                               sizeof dummy);
         FAIL("unknown_operator");
     }
+    known = 1;
     if (sqlite3_column_int(st, 0) != SUIDO__ENTITY_STATE__STATE_ACTIVE)
         FAIL("operator_not_active");
     res->role = op_role_parse((const char *)sqlite3_column_text(st, 1));
     const char *hash = (const char *)sqlite3_column_text(st, 2);
     if (!password || !hash || argon2id_verify(hash, password, strlen(password)) != ARGON2_OK)
         FAIL("bad_password");
+    if (open_seed(o, id, sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3),
+                  seed) != CM_OK) {
+        cm_error("operator=%s error=\"TOTP seed does not open with the seal key\"", id);
+        FAIL("seed_unreadable");
+    }
     int otp_pos = 0;
     uint64_t counter = 0;
-    if (!totp || strlen(totp) != 6 ||
-        oath_totp_validate3(sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3),
-                            (time_t)(now_ms / 1000), TOTP_STEP, 0, 1, &otp_pos, &counter,
-                            totp) < 0)
+    int otp_rc = totp && strlen(totp) == 6
+                     ? oath_totp_validate3((const char *)seed, sizeof seed,
+                                           (time_t)(now_ms / 1000), TOTP_STEP, 0, 1, &otp_pos,
+                                           &counter, totp)
+                     : -1;
+    OPENSSL_cleanse(seed, sizeof seed);
+    if (otp_rc < 0)
         FAIL("bad_totp");
     if ((int64_t)counter <= sqlite3_column_int64(st, 4))
         FAIL("totp_reused");
@@ -330,6 +505,12 @@ void registry_operators_login(registry_operators *o, const char *id, const char 
     if (u) {
         sqlite3_bind_text(u, 1, id, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(u, 2, source, -1, SQLITE_TRANSIENT);
+        sqlite3_step(u);
+        sqlite3_finalize(u);
+    }
+    u = q(o, "UPDATE account_locks SET failures=0 WHERE operator=?");
+    if (u) {
+        sqlite3_bind_text(u, 1, id, -1, SQLITE_TRANSIENT);
         sqlite3_step(u);
         sqlite3_finalize(u);
     }
@@ -369,14 +550,17 @@ void registry_operators_login(registry_operators *o, const char *id, const char 
     registry_operators_record(o, now_ms, id, source, "login", "ok");
     return;
 failed:
+    OPENSSL_cleanse(seed, sizeof seed); /* a failed open may have left plaintext behind */
     if (st)
         sqlite3_finalize(st);
     registry_operators_record(o, now_ms, id, source, "login", res->reason);
     count_failure(o, id, source, now_ms, res);
+    if (known)
+        count_account_failure(o, id, now_ms, res);
     res->failure_burst = one_int(o, "SELECT count(*) FROM access WHERE operator=? AND "
                                     "action='login' AND result<>'ok' AND ts_ms>?",
                                  id, NULL, (int64_t)(now_ms - 60000)) >= 3;
-    if (res->locked_now)
+    if (res->locked_now || res->account_locked_now)
         res->status = CM_ERR_REVOKED;
 }
 
@@ -452,8 +636,10 @@ cm_err registry_operators_each(registry_operators *o,
                                void (*fn)(void *ctx, const Suido__OperatorInfo *op), void *ctx)
 {
     sqlite3_stmt *st = q(o, "SELECT o.id, o.state, o.role, o.last_login_ms, "
-                            "(SELECT max(locked_until_ms) FROM lockouts l WHERE l.operator=o.id), "
-                            "(SELECT sum(failures) FROM lockouts l WHERE l.operator=o.id) "
+                            "max(coalesce((SELECT max(locked_until_ms) FROM lockouts l "
+                            "WHERE l.operator=o.id), 0), coalesce((SELECT locked_until_ms FROM "
+                            "account_locks a WHERE a.operator=o.id), 0)), "
+                            "(SELECT failures FROM account_locks a WHERE a.operator=o.id) "
                             "FROM operators o ORDER BY o.id");
     if (!st)
         return CM_ERR_DB;

@@ -1,7 +1,10 @@
 /* registry_store: SQLite persistence of the registry. */
 #include "registry_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +57,38 @@ static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS gateway_births("
     " gateway TEXT PRIMARY KEY, boot_epoch INTEGER NOT NULL) WITHOUT ROWID;";
 
+/* The database holds password hashes and sealed seeds: it, and its -wal and -shm (which SQLite
+ * creates with the database's mode), are the registry's alone. An older file with a wider mode
+ * is narrowed. */
+static cm_err make_private(const char *path)
+{
+    if (strcmp(path, ":memory:") == 0)
+        return CM_OK;
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || fchmod(fd, 0600) != 0) {
+        cm_error("path=%s error=\"%s\"", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return CM_ERR_IO;
+    }
+    close(fd);
+    static const char *const side[] = {"-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof side / sizeof side[0]; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s%s", path, side[i]);
+        if (chmod(p, 0600) != 0 && errno != ENOENT) {
+            cm_error("path=%s error=\"%s\"", p, strerror(errno));
+            return CM_ERR_IO;
+        }
+    }
+    return CM_OK;
+}
+
 cm_err registry_store_open(const char *path, registry_store **out)
 {
     *out = NULL;
+    if (make_private(path) != CM_OK)
+        return CM_ERR_IO;
     registry_store *s = calloc(1, sizeof *s);
     if (!s)
         return CM_ERR_NOMEM;
@@ -220,9 +252,16 @@ out:
     return rc;
 }
 
+/* Site and kind are required, model and firmware optional; all are labels (cm_valid_label). */
+static int valid_names(const char *site, const char *kind, const char *model, const char *fw)
+{
+    return cm_valid_label(site) && cm_valid_label(kind) &&
+           (!model || !*model || cm_valid_label(model)) && (!fw || !*fw || cm_valid_label(fw));
+}
+
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g)
 {
-    if (!valid_id(g->id) || !g->site || !*g->site || !g->kind || !*g->kind)
+    if (!valid_id(g->id) || !valid_names(g->site, g->kind, g->model, g->firmware))
         return CM_ERR_INVAL;
     int added = 0;
     return insert_gateway(s, g, 0, &added);
@@ -266,6 +305,13 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
             goto out;
         const char *model = cm_conf_get(inv, sec, "model");
         const char *fw = cm_conf_get(inv, sec, "firmware");
+        if (!valid_names(site, kind, model, fw)) {
+            snprintf(err, CM_CONF_ERRLEN,
+                     "%s: [%s] site, kind, model and firmware must be 1-%d of [A-Za-z0-9._-]",
+                     cm_conf_name(inv), sec, CM_LABEL_MAX);
+            rc = CM_ERR_CONFIG;
+            goto out;
+        }
         cm_pubkey *pk = NULL;
         cm_cert_info ci;
         if (cm_pubkey_load_pem(pubf, &pk) != CM_OK) {

@@ -366,6 +366,11 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         res->birth = suido__birth__unpack(NULL, bodylen, body);
         if (!res->birth || res->birth->base.n_unknown_fields)
             REJECT(CM_ERR_DECODE, "malformed_body");
+        /* model, firmware and site travel on to the archive and the consoles */
+        if ((*res->birth->model && !cm_valid_label(res->birth->model)) ||
+            (*res->birth->firmware && !cm_valid_label(res->birth->firmware)) ||
+            (*res->birth->site && !cm_valid_label(res->birth->site)))
+            REJECT(CM_ERR_DECODE, "invalid_birth_name");
         if (res->birth->cipher != SUIDO__CIPHER__CIPHER_NONE) {
             cm_aead *a;
             if (session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq,

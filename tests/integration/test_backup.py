@@ -9,6 +9,7 @@ restore with a reason naming the file, restore writing nothing.
 The gateways used here for background data (gw-0003, gw-0006, gw-0010) are ones that later tests
 only drive with the simulator (time-based boot epochs), so this data cannot look like a replay
 to them; gw-0200 is provisioned here and disposed."""
+import base64
 import hashlib
 import json
 import os
@@ -200,6 +201,9 @@ def test_backup_taken_while_data_flows_verifies_with_the_right_counts(suite, bk,
     n, readings = copy.execute("SELECT count(*), sum(readings) FROM batches").fetchone()
     copy.close()
     assert (n, readings) == (batches, int(m["file archive.db"]["readings"]))
+    # the operators' TOTP seeds are in it only sealed: the admin's seed is nowhere in the file
+    admin_seed = base64.b32decode(suite.admin_secret + "=" * (-len(suite.admin_secret) % 8))
+    assert admin_seed not in (b / "registry.db").read_bytes()
     seq, head = audit_head(b / "archive.db")
     assert (seq, head) == (int(m["file archive.db"]["audit_head_seq"]),
                            m["file archive.db"]["audit_head_hash"])

@@ -52,6 +52,8 @@
 
 #include <zmq.h>
 
+#include <openssl/crypto.h>
+
 #include "audit_check.h"
 #include "archive_gaps.h"
 #include "backup.h"
@@ -727,14 +729,24 @@ static int cmd_show(ctl *c, const char *id)
     return EXIT_OK;
 }
 
-/* Overwrites a file with zeros, syncs and removes it (credentials unreadable at disposal). */
+/* Overwrites a file with zeros, syncs and removes it (credentials unreadable at disposal).
+ * Only a regular file named by path itself: a symbolic link (which could point anywhere outside
+ * the bundle) or anything else is refused and left alone. 0 when done or absent. */
 static int shred(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
+    struct stat lst, st;
+    if (lstat(path, &lst) != 0)
         return errno == ENOENT ? 0 : -1;
-    struct stat st;
-    int ok = fstat(fd, &st) == 0;
+    if (!S_ISREG(lst.st_mode)) {
+        fprintf(stderr, "suidoctl: %s: not a regular file, left alone\n", path);
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    /* the file opened is the one looked at (not swapped in between) */
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == lst.st_dev &&
+             st.st_ino == lst.st_ino;
     char zero[4096] = {0};
     for (off_t done = 0; ok && done < st.st_size; done += (off_t)sizeof zero)
         ok = write(fd, zero, sizeof zero) > 0;
@@ -797,28 +809,38 @@ static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char 
     return EXIT_OK;
 }
 
-/* The password: the first line of --password-file, or of standard input. */
-static void read_password(const char *file, char *out, size_t len)
+/* The password read by read_password: one buffer, wiped at exit whichever way suidoctl ends
+ * (a refusal exits from call()). */
+static char g_password[1100];
+
+static void wipe_password(void) { OPENSSL_cleanse(g_password, sizeof g_password); }
+
+/* The password: the first line of --password-file, or of standard input, into g_password.
+ * Read unbuffered, so that no stdio buffer keeps a copy. */
+static char *read_password(const char *file)
 {
     FILE *f = file ? fopen(file, "r") : stdin;
     if (!f)
         fail(EXIT_USAGE, "%s: %s", file, strerror(errno));
-    if (!fgets(out, (int)len, f))
+    setvbuf(f, NULL, _IONBF, 0);
+    atexit(wipe_password);
+    char *out = g_password;
+    if (!fgets(out, (int)sizeof g_password, f))
         out[0] = '\0';
     if (file)
         fclose(f);
     out[strcspn(out, "\r\n")] = '\0';
     if (!out[0])
         fail(EXIT_USAGE, "%s", "no password given (first line of --password-file or stdin)");
+    return out;
 }
 
 static int cmd_login(ctl *c, const char *id, const char *pwfile, const char *totp,
                      const char *source)
 {
-    char pw[1100];
     if (!totp)
         fail(EXIT_USAGE, "%s", "login needs --totp CODE (the 6 digits of the authenticator)");
-    read_password(pwfile, pw, sizeof pw);
+    char *pw = read_password(pwfile);
     char host[256] = "";
     if (!source) {
         gethostname(host, sizeof host - 1);
@@ -831,7 +853,7 @@ static int cmd_login(ctl *c, const char *id, const char *pwfile, const char *tot
     req.totp = (char *)totp;
     req.source = (char *)source;
     Suido__RegistryReply *rep = call(c, &req);
-    memset(pw, 0, sizeof pw);
+    wipe_password();
     if (c->json) {
         printf("{");
         json_str("token", rep->token, 0);
@@ -910,17 +932,16 @@ static int cmd_simple(ctl *c, int op, const char *id)
 
 static int cmd_operator_add(ctl *c, const char *id, const char *role, const char *pwfile)
 {
-    char pw[1100];
     if (!role)
         fail(EXIT_USAGE, "%s", "operator add needs --role viewer|operator|admin");
-    read_password(pwfile, pw, sizeof pw);
+    char *pw = read_password(pwfile);
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
     req.op = SUIDO__REGISTRY_OP__REG_OPERATOR_ADD;
     req.id = (char *)id;
     req.role = (char *)role;
     req.password = pw;
     Suido__RegistryReply *rep = call(c, &req);
-    memset(pw, 0, sizeof pw);
+    wipe_password();
     if (c->json) {
         printf("{");
         json_str("id", id, 1);

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cm_conf.h"
 #include "cm_crypto.h"
 #include "ctl_msg.h"
 
@@ -128,6 +129,16 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
         fprintf(stderr, "suidoctl: gateway provision needs --site, --kind and --out\n");
         return 2;
     }
+    /* checked before anything is issued: these go into gateway.conf and MQTT topics (an empty
+     * site or kind is the registry's to refuse) */
+    const char *const names[][2] = {{"--site", r->site}, {"--kind", r->kind},
+                                    {"--model", r->model}, {"--firmware", r->firmware}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (names[i][1] && *names[i][1] && !cm_valid_label(names[i][1])) {
+            fprintf(stderr, "suidoctl: %s must be 1-%d of [A-Za-z0-9._-]\n", names[i][0],
+                    CM_LABEL_MAX);
+            return 2;
+        }
     struct stat st;
     if (lstat(r->out, &st) == 0)
         return ctl_say("%s: already exists (a bundle is never overwritten)", r->out);
