@@ -109,7 +109,9 @@ typedef struct archiver {
     cm_metric *api_denied;
     /* the audit log's head, sent to the registry to be signed (cm_audit_checkpoint.h) */
     cm_pubkey *checkpoint_key; /* the registry's: checks what it signed; NULL: not configured */
-    uint64_t cp_seq, cp_next_ms, cp_refresh_ms;
+    uint64_t cp_seq;  /* the registry's latest head, from its last answer (0: none) */
+    int cp_known;     /* cp_seq is the registry's answer, not just unknown */
+    uint64_t cp_next_ms;
     cm_metric *cp_sent, *cp_unsent;
 } archiver;
 
@@ -224,62 +226,83 @@ static void ack_everything(archiver *a)
     cm_info("epochs=%ld event=acknowledged_everything", n);
 }
 
-#define CHECKPOINT_EVERY_MS 2000    /* at most one head per this long */
-#define CHECKPOINT_REFRESH_MS 30000 /* the same head again (a lost one is made good) */
+#define CHECKPOINT_EVERY_MS 2000  /* at most one head per this long */
+#define CHECKPOINT_RETRY_MS 10000 /* after the registry did not answer (6x: refused) */
 
-/* Sends the audit log's committed head to the registry, which signs and keeps it: when it moved
- * and CHECKPOINT_EVERY_MS have passed, or every CHECKPOINT_REFRESH_MS, or now (final: at
- * shutdown, waiting for the answer). Never inside a transaction (its entries may yet be rolled
- * back), never on a standby that follows (its log is its primary's). */
+/* The hash of audit entry seq as committed; 0 when there is no such entry. */
+static int audit_hash_at(archiver *a, uint64_t seq, uint8_t out[CM_AUDIT_HASH_LEN],
+                         uint64_t *last_seq)
+{
+    cm_sql_stmt *st = NULL;
+    const char *sql = seq ? "SELECT seq, hash FROM audit WHERE seq=?"
+                          : "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
+    if (cm_sql_prepare(archive_store_db(a->store), sql, &st) != CM_OK)
+        return 0;
+    if (seq)
+        cm_sql_bind_int64(st, 1, (int64_t)seq);
+    int found = 0;
+    if (cm_sql_step(st) == CM_SQL_ROW) {
+        size_t hl = 0;
+        const void *h = cm_sql_column_blob(st, 1, &hl);
+        if (h && hl == CM_AUDIT_HASH_LEN) {
+            memcpy(out, h, hl);
+            if (last_seq)
+                *last_seq = (uint64_t)cm_sql_column_int64(st, 0);
+            found = 1;
+        }
+    }
+    cm_sql_finalize(&st);
+    return found;
+}
+
+/* Hands the audit log's committed head to the registry, which signs and keeps it
+ * (cm_audit_checkpoint.h), with this log's hash of the registry's latest head as proof that the
+ * log still holds it: when the head moved and CHECKPOINT_EVERY_MS have passed, or now (final: at
+ * shutdown). Never inside a transaction (its entries may yet be rolled back), never on a standby
+ * that follows (its log is its primary's). The answer names the registry's latest head, proved
+ * next time; a refusal is logged (the registry audits it and raises the alarm). */
 static void send_checkpoint(archiver *a, int final)
 {
     uint64_t now = cm_mono_ms();
     if (a->in_tx || archive_replica_following(a->repl) || (!final && now < a->cp_next_ms))
         return;
-    cm_sql_stmt *st = NULL;
-    if (cm_sql_prepare(archive_store_db(a->store),
-                       "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &st) != CM_OK)
-        return;
-    uint8_t head[CM_AUDIT_HASH_LEN];
+    uint8_t head[CM_AUDIT_HASH_LEN], prev[CM_AUDIT_HASH_LEN];
     uint64_t seq = 0;
-    size_t hl = 0;
-    if (cm_sql_step(st) == CM_SQL_ROW) {
-        const void *h = cm_sql_column_blob(st, 1, &hl);
-        if (h && hl == sizeof head) {
-            seq = (uint64_t)cm_sql_column_int64(st, 0);
-            memcpy(head, h, sizeof head);
-        }
-    }
-    cm_sql_finalize(&st);
-    if (!seq || (!final && seq == a->cp_seq && now < a->cp_refresh_ms))
+    if (!audit_hash_at(a, 0, head, &seq) || (seq == a->cp_seq && a->cp_known))
         return;
     Suido__AuditCheckpoint cp = SUIDO__AUDIT_CHECKPOINT__INIT;
     cp.seq = seq;
     cp.head_sha256.data = head;
     cp.head_sha256.len = sizeof head;
+    cp.prev_seq = a->cp_seq; /* a log without that entry proves nothing: refused */
+    if (a->cp_seq && audit_hash_at(a, a->cp_seq, prev, NULL)) {
+        cp.prev_sha256.data = prev;
+        cp.prev_sha256.len = sizeof prev;
+    }
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
     req.op = SUIDO__REGISTRY_OP__REG_AUDIT_CHECKPOINT;
     req.checkpoint = &cp;
-    cm_err rc;
-    if (final) {
-        Suido__RegistryReply *rep = NULL;
-        rc = cm_registry_call(a->reg, &req, &rep);
-        if (rc == CM_OK && rep->status != CM_OK)
-            rc = (cm_err)rep->status;
-        if (rep)
-            suido__registry_reply__free_unpacked(rep, NULL);
-    } else {
-        rc = cm_registry_notify(a->reg, &req); /* the answer is not waited for */
-    }
-    a->cp_next_ms = now + CHECKPOINT_EVERY_MS;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(a->reg, &req, &rep);
+    a->cp_next_ms = now + (rc == CM_OK ? CHECKPOINT_EVERY_MS : CHECKPOINT_RETRY_MS);
     if (rc == CM_OK) {
-        a->cp_seq = seq;
-        a->cp_refresh_ms = now + CHECKPOINT_REFRESH_MS;
+        rc = (cm_err)rep->status;
+        if (rc == CM_ERR_REPLAY) /* refused for good until someone looks: not every 2 s */
+            a->cp_next_ms = now + 6 * CHECKPOINT_RETRY_MS;
+        /* the registry's latest head, whatever became of this one */
+        a->cp_seq = rep->checkpoint ? rep->checkpoint->seq : 0;
+        a->cp_known = 1;
+    }
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    if (rc == CM_OK) {
         cm_metric_inc(a->cp_sent);
-    } else {
+    } else if (rc != CM_ERR_UNKNOWN) { /* UNKNOWN: it told us its latest; proved next time */
         cm_metric_inc(a->cp_unsent);
-        cm_warn("seq=%llu error=\"audit checkpoint not taken by the registry: %s\"",
-                (unsigned long long)seq, cm_strerror(rc));
+        cm_warn("seq=%llu registry_seq=%llu error=\"audit checkpoint not taken by the "
+                "registry: %s\"%s",
+                (unsigned long long)seq, (unsigned long long)a->cp_seq, cm_strerror(rc),
+                rc == CM_ERR_REPLAY ? " alarm=1" : "");
     }
 }
 

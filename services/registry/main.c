@@ -602,33 +602,40 @@ static void on_seen(void *ctx, void *arg, const char *peer)
 }
 
 /* The archive's audit-log head after a commit: signed with the profile key and kept
- * (registry_checkpoint.h). A head that goes back is refused, audited and an alarm. */
+ * (registry_checkpoint.h). A head that goes back, or from a log that no longer holds the latest,
+ * is refused, audited and an alarm. Every answer carries the latest head kept, so the archive
+ * learns which entry to prove next time. */
 static void on_audit_checkpoint(void *ctx, void *arg, const char *peer)
 {
     registry *r = ctx;
     request *q = arg;
     const Suido__AuditCheckpoint *cp = q->req->checkpoint;
     int stored = 0;
-    cm_err e = cp ? registry_checkpoint_put(registry_store_db(r->store), r->profile_signer,
-                                            cp->seq, cp->head_sha256.data, cp->head_sha256.len,
-                                            cm_now_ms(), &stored)
-                  : CM_ERR_INVAL;
-    if (e != CM_OK) {
+    sqlite3 *db = registry_store_db(r->store);
+    cm_err e = registry_checkpoint_put(db, r->profile_signer, cp, cm_now_ms(), &stored);
+    if (e != CM_OK && e != CM_ERR_UNKNOWN) {
         char detail[160];
-        snprintf(detail, sizeof detail, "seq=%llu result=%s",
-                 cp ? (unsigned long long)cp->seq : 0ULL, cm_strerror(e));
+        snprintf(detail, sizeof detail, "seq=%llu prev_seq=%llu result=%s",
+                 cp ? (unsigned long long)cp->seq : 0ULL,
+                 cp ? (unsigned long long)cp->prev_seq : 0ULL, cm_strerror(e));
         cm_metric_inc(r->rejected);
         cm_svc_reject(r->svc, "audit_checkpoint");
         cm_error("peer=%s %s error=\"audit checkpoint refused\"%s", peer, detail,
                  e == CM_ERR_REPLAY ? " alarm=1" : "");
         audit(r, "audit_checkpoint_refused", "audit", peer, detail);
-        reply_error(r, q->route, e);
-        return;
-    }
-    if (stored)
+    } else if (stored) {
         cm_debug("peer=%s seq=%llu event=audit_checkpoint", peer, (unsigned long long)cp->seq);
+    }
     Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    Suido__AuditCheckpoint latest;
+    int have = registry_checkpoint_latest(db, &latest) == CM_OK;
+    rep.status = (uint32_t)e;
+    rep.error = (char *)cm_strerror(e);
+    if (have)
+        rep.checkpoint = &latest;
     reply(r, q->route, &rep);
+    if (have)
+        registry_checkpoint_clear(&latest);
 }
 
 static void on_get_audit_checkpoint(void *ctx, void *arg, const char *peer)

@@ -55,23 +55,33 @@ void registry_checkpoint_clear(Suido__AuditCheckpoint *cp)
     suido__audit_checkpoint__init(cp);
 }
 
-cm_err registry_checkpoint_put(sqlite3 *db, cm_signer *signer, uint64_t seq, const uint8_t *head,
-                               size_t head_len, uint64_t now_ms, int *stored)
+cm_err registry_checkpoint_put(sqlite3 *db, cm_signer *signer, const Suido__AuditCheckpoint *cp,
+                               uint64_t now_ms, int *stored)
 {
     *stored = 0;
-    if (seq == 0 || seq > INT64_MAX || !head || head_len != CM_AUDIT_HASH_LEN)
+    if (!cp || cp->seq == 0 || cp->seq > INT64_MAX || cp->head_sha256.len != CM_AUDIT_HASH_LEN)
         return CM_ERR_INVAL;
     if (!signer)
         return CM_ERR_CONFIG;
+    uint64_t seq = cp->seq;
+    const uint8_t *head = cp->head_sha256.data;
+    size_t head_len = cp->head_sha256.len;
     Suido__AuditCheckpoint last;
     cm_err rc = registry_checkpoint_latest(db, &last);
     if (rc == CM_OK) {
         int same = last.seq == seq && memcmp(last.head_sha256.data, head, head_len) == 0;
-        int back = seq < last.seq || (last.seq == seq && !same);
+        int back = seq <= last.seq && !same;
+        int knows = cp->prev_seq == last.seq;
+        int holds = knows && cp->prev_sha256.len == last.head_sha256.len &&
+                    memcmp(cp->prev_sha256.data, last.head_sha256.data, last.head_sha256.len) == 0;
         registry_checkpoint_clear(&last);
         if (same)
             return CM_OK;
         if (back)
+            return CM_ERR_REPLAY;
+        if (!knows)
+            return CM_ERR_UNKNOWN;
+        if (!holds)
             return CM_ERR_REPLAY;
     } else if (rc != CM_ERR_UNKNOWN) {
         return rc;

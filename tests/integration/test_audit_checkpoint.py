@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from suite import Suite, wait_until
+from test_archive_rights import api_socket, ask
 from test_backup import Backups, edit_manifest, manifest_of
 
 CP_DOMAIN = b"suido-audit-checkpoint-v1\0"
@@ -53,7 +54,7 @@ def verify(suite, *extra):
     return r, json.loads(r.stdout) if r.stdout.strip() else None
 
 
-def test_the_registry_signs_the_archives_audit_head(cp_suite):
+def test_the_registry_signs_the_archives_audit_head(cp_suite, pb):
     assert wait_until(lambda: archive_head(cp_suite) >= 2, 10)
     # within a few seconds of a commit the registry holds the head
     assert wait_until(lambda: registry_head(cp_suite) == archive_head(cp_suite), 10)
@@ -61,6 +62,12 @@ def test_the_registry_signs_the_archives_audit_head(cp_suite):
     assert r.returncode == 0, r.stderr
     assert out["ok"] and out["checkpoint"] == "verified"
     assert out["checkpoint_seq"] == registry_head(cp_suite)
+    sock = api_socket(cp_suite, "monitor")
+    try:
+        chk = ask(pb, sock, "AUDIT_VERIFY", cp_suite.token).audit_check
+    finally:
+        sock.close()
+    assert chk.intact and chk.checkpoint == "verified"
 
 
 def test_backup_manifest_carries_the_checkpoint_and_verify_checks_it(cp_suite, tmp_path):
@@ -99,7 +106,7 @@ def test_backup_manifest_carries_the_checkpoint_and_verify_checks_it(cp_suite, t
     assert "manifest's checkpoint" in r.stderr
 
 
-def test_entries_cut_off_the_end_of_the_log_are_reported_as_truncated(cp_suite, tmp_path):
+def test_entries_cut_off_the_end_of_the_log_are_reported_as_truncated(cp_suite, pb, tmp_path):
     suite = cp_suite
     r, out = verify(suite)
     assert r.returncode == 0 and out["checkpoint"] == "verified", r.stderr
@@ -122,9 +129,23 @@ def test_entries_cut_off_the_end_of_the_log_are_reported_as_truncated(cp_suite, 
     bk = Backups(suite, tmp_path)
     r = bk.ctl("backup", "create", tmp_path / "b2")
     assert r.returncode == 1 and "does not reach the registry's signed checkpoint" in r.stderr
-    # started again, the archive's head goes back: the registry refuses it, and audits that
+    # started again, and its log grown past the cut: the registry signs no head of a log that
+    # no longer holds the one it signed, and audits the refusal
     suite.start_service("archive")
+    for i in range(4):
+        suite.login("admin", "not the password", "000000", source=f"cut-{i}", check=False)
+    assert wait_until(lambda: archive_head(suite) > head + 1, 10)
     assert wait_until(lambda: suite.query(
-        "SELECT count(*) FROM audit WHERE event='audit_checkpoint_refused'")[0][0] >= 1, 15), \
+        "SELECT count(*) FROM audit WHERE event='audit_checkpoint_refused'")[0][0] >= 1, 20), \
         suite.log("registry")
     assert registry_head(suite) == head
+    r, out = verify(suite)
+    assert r.returncode == 1 and "TRUNCATED" in r.stderr and out["checkpoint"] == "truncated"
+    # the monitor's chain check (the archive's API) says the same
+    sock = api_socket(suite, "monitor")
+    try:
+        chk = ask(pb, sock, "AUDIT_VERIFY", suite.token).audit_check
+    finally:
+        sock.close()
+    assert chk.checkpoint == "truncated" and not chk.intact and chk.checkpoint_seq == head
+    assert "registry signed" in chk.problem
