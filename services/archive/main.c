@@ -11,15 +11,14 @@
  * every replay, and the security events other services send it.
  *
  * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly, registry.
- *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases (list, show
- *          with past cases, acknowledge, close with cause and action), for a valid operator
- *          session (registry); viewers read, operators and admins change. Also the monitor's
- *          reads (archive_query.c: trends, gateway statistics, command and audit logs with the
- *          chain check for admins, planning summaries).
- *          Replication status (any session) and promotion of a standby (admins).
+ *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases, the
+ *          monitor's reads (archive_query.c), replication status and promotion, for a valid
+ *          operator session (registry); every operation's peers and least role are in one table
+ *          (archive_api.c), checked before its handler runs.
  *          [replication] primary: ROUTER, CURVE server, allow-list: the standbys; standby:
  *          DEALER to the primary's (archive_replica.h).
- *          [registry] DEALER to the registry (session checks).
+ *          [registry] DEALER to the registry (session checks; the audit log's head, which the
+ *          registry signs and keeps: cm_audit_checkpoint.h).
  *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only.
  *
  * Every input (a pipeline frame, an audit entry the archive makes itself, an operator's change
