@@ -15,6 +15,7 @@
 
 #include "archive_api.h"
 #include "archive_store.h"
+#include "cm_audit.h"
 
 typedef struct fake {
     int changes, promotes, statuses, denied;
@@ -220,11 +221,92 @@ static void test_the_table_covers_every_op_with_the_monitors_rights(void **state
     }
 }
 
+static uint8_t g_head[CM_AUDIT_HASH_LEN];
+static uint64_t g_head_seq;
+
+static cm_err fake_checkpoint(void *ctx, Suido__AuditCheckpoint **cp)
+{
+    (void)ctx;
+    Suido__AuditCheckpoint *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    suido__audit_checkpoint__init(c);
+    c->seq = g_head_seq;
+    c->ts_ms = 1795708800000ull;
+    c->head_sha256.data = malloc(CM_AUDIT_HASH_LEN);
+    memcpy(c->head_sha256.data, g_head, CM_AUDIT_HASH_LEN);
+    c->head_sha256.len = CM_AUDIT_HASH_LEN;
+    *cp = c;
+    return CM_OK;
+}
+
+/* The chain check compares the log with the registry's checkpoint: a log cut at its end is a good
+ * chain, and only the checkpoint shows that entries are missing. */
+static void test_audit_verify_reports_a_log_cut_short_of_the_checkpoint(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/suido-api-test-XXXXXX";
+    cm_sql *db = open_db(path);
+    uint8_t prev[CM_AUDIT_HASH_LEN] = {0};
+    for (uint64_t seq = 1; seq <= 5; seq++) {
+        cm_audit_entry e = {seq, 1000 + seq, "archive", "request_denied", "x", "x", "d"};
+        assert_int_equal(cm_audit_hash(prev, &e, prev), CM_OK);
+        cm_sql_stmt *st = NULL;
+        assert_int_equal(cm_sql_prepare(db, "INSERT INTO audit(seq,ts_ms,source,event,subject,"
+                                            "actor,detail,hash) VALUES(?,?,?,?,?,?,?,?)", &st),
+                         CM_OK);
+        cm_sql_bind_int64(st, 1, (int64_t)seq);
+        cm_sql_bind_int64(st, 2, (int64_t)e.ts_ms);
+        cm_sql_bind_text(st, 3, e.source);
+        cm_sql_bind_text(st, 4, e.event);
+        cm_sql_bind_text(st, 5, e.subject);
+        cm_sql_bind_text(st, 6, e.actor);
+        cm_sql_bind_text(st, 7, e.detail);
+        cm_sql_bind_blob(st, 8, prev, sizeof prev);
+        assert_int_equal(cm_sql_step(st), CM_SQL_DONE);
+        cm_sql_finalize(&st);
+        if (seq == 4) {
+            memcpy(g_head, prev, sizeof prev);
+            g_head_seq = 4;
+        }
+    }
+    fake f = {0};
+    archive_api_hooks h = {.ctx = &f, .session = fake_session, .change_case = fake_change,
+                           .repl_status = fake_status, .repl_promote = fake_promote,
+                           .denied = fake_denied, .checkpoint = fake_checkpoint};
+    Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
+    q.op = SUIDO__ARCHIVE_OP__AUDIT_VERIFY;
+    q.token = "admin";
+    for (int cut = 0; cut < 2; cut++) {
+        if (cut) /* the two newest entries removed: what is left is still a good chain */
+            assert_int_equal(cm_sql_exec(db, "DELETE FROM audit WHERE seq >= 4"), CM_OK);
+        Suido__ArchiveReply rep = SUIDO__ARCHIVE_REPLY__INIT;
+        char why[400];
+        assert_int_equal(archive_api_dispatch(&h, db, "monitor", 0, &q, 2000, &rep, why,
+                                              sizeof why),
+                         CM_OK);
+        const Suido__AuditCheck *c = rep.audit_check;
+        assert_non_null(c);
+        assert_int_equal(c->checkpoint_seq, 4);
+        assert_int_equal(c->first_bad_seq, 0); /* the chain itself is whole */
+        if (!cut) {
+            assert_true(c->intact);
+            assert_string_equal(c->checkpoint, "verified");
+        } else {
+            assert_false(c->intact);
+            assert_string_equal(c->checkpoint, "truncated");
+            assert_non_null(strstr(c->problem, "ends at entry 3"));
+        }
+        archive_api_free(&rep);
+    }
+    close_db(&db, path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_operation_refuses_roles_below_its_own),
         cmocka_unit_test(test_the_table_covers_every_op_with_the_monitors_rights),
+        cmocka_unit_test(test_audit_verify_reports_a_log_cut_short_of_the_checkpoint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
