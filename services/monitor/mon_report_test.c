@@ -322,6 +322,46 @@ static void test_csv_rows_of_every_length(void **state)
     assert_int_equal(refused, 0);
 }
 
+/* Reports whose last whole row ended one or two bytes before the end of a buffer sized at 640
+ * bytes a row: the next row's CR, LF and NUL went past it (ASan: heap-buffer-overflow). Found by
+ * sweeping the lengths; kept as they are. */
+static void test_csv_rows_that_end_at_the_buffers_end(void **state)
+{
+    (void)state;
+    static const struct {
+        size_t sites, site_len, ch_len;
+    } CASES[] = {{3, 13, 92}, {4, 3, 86}};
+    mon_report_site sites[4];
+    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++) {
+        memset(sites, 0, sizeof sites);
+        mon_report r = {.from_ms = 0, .to_ms = HOUR, .period_hours = 1, .n_sites = CASES[c].sites,
+                        .sites = sites};
+        for (size_t i = 0; i < CASES[c].sites; i++) {
+            mon_report_site *s = &sites[i];
+            fill(s->site, i == 0 ? CASES[c].site_len : sizeof s->site - 1, "x");
+            fill(s->kind, sizeof s->kind - 1, "k");
+            s->n_flows = MON_REPORT_MAX_FLOWS;
+            s->has_pumps = s->has_energy = 1;
+            s->pump_hours = s->energy_kwh = s->data_hours = -1e60;
+            for (size_t k = 0; k < s->n_flows; k++) {
+                mon_report_flow *f = &s->flows[k];
+                fill(f->channel, k == s->n_flows - 1 ? CASES[c].ch_len : sizeof f->channel - 1,
+                     "c");
+                f->hours = f->volume_m3 = f->mean_ls = f->peak_ls = f->capacity_ls = -1e60;
+            }
+        }
+        size_t len = 0;
+        char *csv = mon_report_csv(&r, &len);
+        assert_non_null(csv);
+        /* the header and one row per flow, each ended by CRLF */
+        size_t rows = 0;
+        for (const char *p = csv; (p = strstr(p, "\r\n")); p += 2)
+            rows++;
+        assert_int_equal(rows, 1 + CASES[c].sites * MON_REPORT_MAX_FLOWS);
+        free(csv);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_nothing_to_report),
         cmocka_unit_test(test_csv_long_names_and_extreme_values),
         cmocka_unit_test(test_csv_rows_of_every_length),
+        cmocka_unit_test(test_csv_rows_that_end_at_the_buffers_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
