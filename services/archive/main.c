@@ -286,7 +286,7 @@ static void send_checkpoint(archiver *a, int final)
     a->cp_next_ms = now + (rc == CM_OK ? CHECKPOINT_EVERY_MS : CHECKPOINT_RETRY_MS);
     if (rc == CM_OK) {
         rc = (cm_err)rep->status;
-        if (rc == CM_ERR_REPLAY) /* refused for good until someone looks: not every 2 s */
+        if (rc != CM_OK && rc != CM_ERR_UNKNOWN) /* refused until someone looks: not every 2 s */
             a->cp_next_ms = now + 6 * CHECKPOINT_RETRY_MS;
         /* the registry's latest head, whatever became of this one */
         a->cp_seq = rep->checkpoint ? rep->checkpoint->seq : 0;
