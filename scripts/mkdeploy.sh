@@ -293,7 +293,8 @@ $([[ -n "$ARCHIVE_PG" ]] && echo "postgresql = $ARCHIVE_PG")
 $([[ -n "$STANDBY" ]] && printf '\n[replication]\nrole = primary\nbind = %s\nallow = %s\n' \
     "$(ep 20)" "$(allow "$STANDBY")")
 EOT
-registry_client; events_client; metrics_section archive 44; } >"$DIR/etc/archive.conf"
+registry_client; echo "checkpoint_key = $DIR/platform/profile.pub"
+events_client; metrics_section archive 44; } >"$DIR/etc/archive.conf"
 
 if [[ -n "$STANDBY" ]]; then
     { service_head "$STANDBY"; mqtt_section "$STANDBY"; cat <<EOT
@@ -314,7 +315,8 @@ role = standby
 primary = $(ep 20)
 primary_key = $(key archive)
 EOT
-    registry_client; events_client; metrics_section "$STANDBY" 47; } >"$DIR/etc/$STANDBY.conf"
+    registry_client; echo "checkpoint_key = $DIR/platform/profile.pub"
+    events_client; metrics_section "$STANDBY" 47; } >"$DIR/etc/$STANDBY.conf"
 fi
 
 { service_head gate; mqtt_section gate; cat <<EOT
@@ -365,6 +367,7 @@ curve_public = $DIR/services/suidoctl/curve.pub
 curve_secret = $DIR/services/suidoctl/curve.key
 $(registry_client)
 timeout_ms = 5000
+checkpoint_key = $DIR/platform/profile.pub
 
 [archive]
 $(if [[ -n "$ARCHIVE_PG" ]]; then echo "postgresql = $ARCHIVE_PG"

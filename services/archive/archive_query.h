@@ -15,8 +15,8 @@
  * duplicate batch, never stored twice, is never counted twice. A rollback discards them.
  *
  * The reads (archive_query_answer) are ArchiveOp TREND, GATEWAY_STATS, COMMAND_LOG, AUDIT_LIST,
- * AUDIT_VERIFY and PLANNING; the caller has checked the operator's session, and passes the role
- * (audit reads need an admin). SQL is the dialect SQLite and PostgreSQL share (cm_sql). */
+ * AUDIT_VERIFY and PLANNING. They check no rights: archive_api's table does, before any of them
+ * runs. SQL is the dialect SQLite and PostgreSQL share (cm_sql). */
 #ifndef ARCHIVE_QUERY_H
 #define ARCHIVE_QUERY_H
 #include <stdint.h>
@@ -44,13 +44,11 @@ void archive_agg_discard(archive_agg *a);
 /* Gateway/channel/minute entries pending. */
 size_t archive_agg_pending(const archive_agg *a);
 
-/* 1 when op is one of the reads above. */
-int archive_query_handles(int op);
 /* Answers q into rep's fields for that op (memory owned by rep until archive_query_free).
- * CM_ERR_DENIED for audit reads without the admin role, CM_ERR_INVAL for malformed requests
- * (unknown gateway or channel names are simply empty answers), CM_ERR_DB on a database error. */
-cm_err archive_query_answer(cm_sql *db, const Suido__ArchiveRequest *q, const char *role,
-                            uint64_t now_ms, Suido__ArchiveReply *rep);
+ * CM_ERR_INVAL for malformed requests and ops that are not reads (unknown gateway or channel
+ * names are simply empty answers), CM_ERR_DB on a database error. No rights are checked here. */
+cm_err archive_query_answer(cm_sql *db, const Suido__ArchiveRequest *q, uint64_t now_ms,
+                            Suido__ArchiveReply *rep);
 /* Frees what archive_query_answer put into rep (not rep itself). */
 void archive_query_free(Suido__ArchiveReply *rep);
 

@@ -54,12 +54,11 @@ static void store(cm_sql *db, archive_agg *agg, batch *b)
     assert_int_equal(cm_sql_commit(db), CM_OK);
 }
 
-static Suido__ArchiveReply *ask(cm_sql *db, Suido__ArchiveRequest *q, const char *role,
-                                cm_err want)
+static Suido__ArchiveReply *ask(cm_sql *db, Suido__ArchiveRequest *q, cm_err want)
 {
     static Suido__ArchiveReply rep;
     suido__archive_reply__init(&rep);
-    assert_int_equal(archive_query_answer(db, q, role, (uint64_t)T0 + 3600000, &rep), want);
+    assert_int_equal(archive_query_answer(db, q, (uint64_t)T0 + 3600000, &rep), want);
     return &rep;
 }
 
@@ -117,7 +116,7 @@ static void aggregates(cm_sql *db)
     q.channel = "reservoir.level";
     q.from_ms = (uint64_t)T0 - 60000;
     q.to_ms = (uint64_t)T0 + 180000;
-    Suido__ArchiveReply *r = ask(db, &q, "viewer", CM_OK);
+    Suido__ArchiveReply *r = ask(db, &q, CM_OK);
     assert_int_equal(r->step_s, 60);
     assert_int_equal(r->n_points, 2);
     assert_int_equal(r->points[0]->t_ms, T0);
@@ -129,23 +128,23 @@ static void aggregates(cm_sql *db)
     archive_query_free(r);
     /* wide points: both minutes in one */
     q.limit = 1;
-    r = ask(db, &q, "viewer", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_int_equal(r->n_points, 1);
     assert_int_equal(r->points[0]->count, 4);
     assert_true(r->points[0]->last == 3 && r->points[0]->max == 3);
     archive_query_free(r);
     /* malformed requests */
     q.gateway_id = "GW 1";
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
     q.gateway_id = "gw-0001";
     q.channel = "level";
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
     q.channel = "reservoir.level";
     q.from_ms = q.to_ms;
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
     q.from_ms = 1;
     q.to_ms = (uint64_t)T0;
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_INVAL)); /* more than ten years */
+    archive_query_free(ask(db, &q, CM_ERR_INVAL)); /* more than ten years */
 
     /* one transaction with more gateway/channel/minutes than are held: flushed on the way */
     assert_int_equal(cm_sql_begin(db), CM_OK);
@@ -164,7 +163,7 @@ static void aggregates(cm_sql *db)
     q.from_ms = (uint64_t)(T0 - 401ll * 86400000);
     q.to_ms = (uint64_t)(T0 - 390ll * 86400000);
     q.limit = 2000;
-    r = ask(db, &q, "viewer", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_int_equal(r->step_s, 3600); /* a long period: from the hourly table */
     uint64_t n = 0;
     for (size_t i = 0; i < r->n_points; i++)
@@ -190,7 +189,7 @@ static void planning_and_stats(cm_sql *db)
                (int64_t)1, (int64_t)1, "bad_signature");
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
     q.op = SUIDO__ARCHIVE_OP__GATEWAY_STATS;
-    Suido__ArchiveReply *r = ask(db, &q, "viewer", CM_OK);
+    Suido__ArchiveReply *r = ask(db, &q, CM_OK);
     const Suido__GatewayStats *g1 = NULL;
     for (size_t i = 0; i < r->n_gateway_stats; i++) {
         assert_string_not_equal(r->gateway_stats[i]->gateway_id, "gw-0009");
@@ -217,7 +216,7 @@ static void planning_and_stats(cm_sql *db)
     q.op = SUIDO__ARCHIVE_OP__PLANNING;
     q.from_ms = (uint64_t)T0;
     q.to_ms = (uint64_t)T0 + 3600000;
-    r = ask(db, &q, "viewer", CM_OK);
+    r = ask(db, &q, CM_OK);
     const Suido__ChannelSummary *level = NULL, *inflow = NULL;
     for (size_t i = 0; i < r->n_summaries; i++) {
         if (strcmp(r->summaries[i]->channel, "reservoir.level") == 0)
@@ -239,7 +238,7 @@ static void planning_and_stats(cm_sql *db)
     assert_int_equal(r->alarms[0]->critical, 1);
     archive_query_free(r);
     q.from_ms = 0;
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
 }
 
 static void commands(cm_sql *db)
@@ -253,13 +252,13 @@ static void commands(cm_sql *db)
                    i == 0 ? "sent" : "applied", "ok", (int64_t)T0 + i);
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
     q.op = SUIDO__ARCHIVE_OP__COMMAND_LOG;
-    Suido__ArchiveReply *r = ask(db, &q, "operator", CM_OK);
+    Suido__ArchiveReply *r = ask(db, &q, CM_OK);
     assert_int_equal(r->n_commands, 5);
     assert_true(r->commands[0]->id > r->commands[4]->id);
     uint64_t third = r->commands[2]->id;
     archive_query_free(r);
     q.gateway_id = "gw-0003";
-    r = ask(db, &q, "operator", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_int_equal(r->n_commands, 3);
     assert_string_equal(r->commands[0]->decision, "applied");
     assert_string_equal(r->commands[2]->decision, "sent");
@@ -267,12 +266,12 @@ static void commands(cm_sql *db)
     q.gateway_id = "";
     q.before = third;
     q.limit = 1;
-    r = ask(db, &q, "operator", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_int_equal(r->n_commands, 1);
     assert_true(r->commands[0]->id < third);
     archive_query_free(r);
     q.gateway_id = "gw 3'";
-    archive_query_free(ask(db, &q, "operator", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
 }
 
 static void audit(cm_sql *db)
@@ -302,15 +301,13 @@ static void audit(cm_sql *db)
     }
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
     q.op = SUIDO__ARCHIVE_OP__AUDIT_LIST;
-    archive_query_free(ask(db, &q, "operator", CM_ERR_DENIED));
-    Suido__ArchiveReply *r = ask(db, &q, "admin", CM_OK);
+    Suido__ArchiveReply *r = ask(db, &q, CM_OK);
     assert_int_equal(r->n_audit, 4);
     assert_int_equal(r->audit[0]->seq, 4);
     assert_string_equal(r->audit[3]->detail, "n=1");
     archive_query_free(r);
     q.op = SUIDO__ARCHIVE_OP__AUDIT_VERIFY;
-    archive_query_free(ask(db, &q, "viewer", CM_ERR_DENIED));
-    r = ask(db, &q, "admin", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_true(r->audit_check->intact);
     assert_int_equal(r->audit_check->entries, 4);
     char head[65];
@@ -320,7 +317,7 @@ static void audit(cm_sql *db)
     archive_query_free(r);
     /* an edited entry is found */
     assert_int_equal(cm_sql_exec(db, "UPDATE audit SET detail='n=0' WHERE seq=3"), CM_OK);
-    r = ask(db, &q, "admin", CM_OK);
+    r = ask(db, &q, CM_OK);
     assert_false(r->audit_check->intact);
     assert_int_equal(r->audit_check->first_bad_seq, 3);
     assert_int_equal(r->audit_check->entries, 2);
@@ -337,8 +334,7 @@ static void engine_checks(cm_sql *db)
     audit(db);
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
     q.op = SUIDO__ARCHIVE_OP__ALERT_LIST;
-    assert_false(archive_query_handles(q.op));
-    archive_query_free(ask(db, &q, "admin", CM_ERR_INVAL));
+    archive_query_free(ask(db, &q, CM_ERR_INVAL));
 }
 
 static void test_sqlite(void **state)
@@ -475,7 +471,7 @@ static void test_store_counts_a_batch_once(void **state)
     q.channel = "treatment.ph";
     q.from_ms = (uint64_t)T0;
     q.to_ms = (uint64_t)T0 + 60000;
-    Suido__ArchiveReply *r = ask(archive_store_db(st), &q, "viewer", CM_OK);
+    Suido__ArchiveReply *r = ask(archive_store_db(st), &q, CM_OK);
     assert_int_equal(r->n_points, 1);
     assert_int_equal(r->points[0]->count, 2);
     assert_true(fabs(r->points[0]->mean - 7.2) < 1e-9 && r->points[0]->last == 7.3);

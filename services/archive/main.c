@@ -11,15 +11,14 @@
  * every replay, and the security events other services send it.
  *
  * Sockets: [input] PULL, CURVE server, allow-list: verify, profile, anomaly, registry.
- *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases (list, show
- *          with past cases, acknowledge, close with cause and action), for a valid operator
- *          session (registry); viewers read, operators and admins change. Also the monitor's
- *          reads (archive_query.c: trends, gateway statistics, command and audit logs with the
- *          chain check for admins, planning summaries).
- *          Replication status (any session) and promotion of a standby (admins).
+ *          [api] ROUTER, CURVE server, allow-list: suidoctl, monitor: alert cases, the
+ *          monitor's reads (archive_query.c), replication status and promotion, for a valid
+ *          operator session (registry); every operation's peers and least role are in one table
+ *          (archive_api.c), checked before its handler runs.
  *          [replication] primary: ROUTER, CURVE server, allow-list: the standbys; standby:
  *          DEALER to the primary's (archive_replica.h).
- *          [registry] DEALER to the registry (session checks).
+ *          [registry] DEALER to the registry (session checks; the audit log's head, which the
+ *          registry signs and keeps: cm_audit_checkpoint.h).
  *          [mqtt] MQTT/TLS client "archive": publishes acks and alerts only.
  *
  * Every input (a pipeline frame, an audit entry the archive makes itself, an operator's change
@@ -37,7 +36,10 @@
 #include "archive_replica.h"
 #include "archive_store.h"
 #include "archive_cases.h"
+#include "archive_api.h"
 #include "archive_query.h"
+#include "cm_audit.h"
+#include "cm_audit_checkpoint.h"
 #include "cm_log.h"
 #include "cm_crypto.h"
 #include "cm_registry.h"
@@ -51,6 +53,8 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_SERVER_ROWS("api"),
     CM_REGISTRY_SPEC_ROWS("registry"),
+    {"registry", "checkpoint_key", 0,
+     "the registry's profile public key (PEM): checks its signed audit checkpoints"},
     {"archive", "database", 0, "SQLite file (default state_dir/archive.db)"},
     {"archive", "postgresql", 0,
      "file (mode 0600) holding the libpq connection string of a PostgreSQL archive, instead of "
@@ -100,6 +104,14 @@ typedef struct archiver {
     uint64_t db_down_since_ms, db_retry_at_ms;
     long db_backoff_ms, db_lost_records;
     cm_metric *pending_records, *pending_alerts; /* the open transaction: what waits for commit */
+    archive_api_hooks api_hooks;
+    cm_metric *api_denied;
+    /* the audit log's head, sent to the registry to be signed (cm_audit_checkpoint.h) */
+    cm_pubkey *checkpoint_key; /* the registry's: checks what it signed; NULL: not configured */
+    uint64_t cp_seq;  /* the registry's latest head, from its last answer (0: none) */
+    int cp_known;     /* cp_seq is the registry's answer, not just unknown */
+    uint64_t cp_next_ms;
+    cm_metric *cp_sent, *cp_unsent;
 } archiver;
 
 static int tx_open(archiver *a)
@@ -213,6 +225,110 @@ static void ack_everything(archiver *a)
     cm_info("epochs=%ld event=acknowledged_everything", n);
 }
 
+#define CHECKPOINT_EVERY_MS 2000  /* at most one head per this long */
+#define CHECKPOINT_RETRY_MS 10000 /* after the registry did not answer (6x: refused) */
+
+/* The hash of audit entry seq as committed; 0 when there is no such entry. */
+static int audit_hash_at(archiver *a, uint64_t seq, uint8_t out[CM_AUDIT_HASH_LEN],
+                         uint64_t *last_seq)
+{
+    cm_sql_stmt *st = NULL;
+    const char *sql = seq ? "SELECT seq, hash FROM audit WHERE seq=?"
+                          : "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
+    if (cm_sql_prepare(archive_store_db(a->store), sql, &st) != CM_OK)
+        return 0;
+    if (seq)
+        cm_sql_bind_int64(st, 1, (int64_t)seq);
+    int found = 0;
+    if (cm_sql_step(st) == CM_SQL_ROW) {
+        size_t hl = 0;
+        const void *h = cm_sql_column_blob(st, 1, &hl);
+        if (h && hl == CM_AUDIT_HASH_LEN) {
+            memcpy(out, h, hl);
+            if (last_seq)
+                *last_seq = (uint64_t)cm_sql_column_int64(st, 0);
+            found = 1;
+        }
+    }
+    cm_sql_finalize(&st);
+    return found;
+}
+
+/* Hands the audit log's committed head to the registry, which signs and keeps it
+ * (cm_audit_checkpoint.h), with this log's hash of the registry's latest head as proof that the
+ * log still holds it: when the head moved and CHECKPOINT_EVERY_MS have passed, or now (final: at
+ * shutdown). Never inside a transaction (its entries may yet be rolled back), never on a standby
+ * that follows (its log is its primary's). The answer names the registry's latest head, proved
+ * next time; a refusal is logged (the registry audits it and raises the alarm). */
+static void send_checkpoint(archiver *a, int final)
+{
+    uint64_t now = cm_mono_ms();
+    if (a->in_tx || archive_replica_following(a->repl) || (!final && now < a->cp_next_ms))
+        return;
+    uint8_t head[CM_AUDIT_HASH_LEN], prev[CM_AUDIT_HASH_LEN];
+    uint64_t seq = 0;
+    if (!audit_hash_at(a, 0, head, &seq) || (seq == a->cp_seq && a->cp_known))
+        return;
+    Suido__AuditCheckpoint cp = SUIDO__AUDIT_CHECKPOINT__INIT;
+    cp.seq = seq;
+    cp.head_sha256.data = head;
+    cp.head_sha256.len = sizeof head;
+    cp.prev_seq = a->cp_seq; /* a log without that entry proves nothing: refused */
+    if (a->cp_seq && audit_hash_at(a, a->cp_seq, prev, NULL)) {
+        cp.prev_sha256.data = prev;
+        cp.prev_sha256.len = sizeof prev;
+    }
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_AUDIT_CHECKPOINT;
+    req.checkpoint = &cp;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(a->reg, &req, &rep);
+    a->cp_next_ms = now + (rc == CM_OK ? CHECKPOINT_EVERY_MS : CHECKPOINT_RETRY_MS);
+    if (rc == CM_OK) {
+        rc = (cm_err)rep->status;
+        if (rc != CM_OK && rc != CM_ERR_UNKNOWN) /* refused until someone looks: not every 2 s */
+            a->cp_next_ms = now + 6 * CHECKPOINT_RETRY_MS;
+        /* the registry's latest head, whatever became of this one */
+        a->cp_seq = rep->checkpoint ? rep->checkpoint->seq : 0;
+        a->cp_known = 1;
+    }
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    if (rc == CM_OK) {
+        cm_metric_inc(a->cp_sent);
+    } else if (rc != CM_ERR_UNKNOWN) { /* UNKNOWN: it told us its latest; proved next time */
+        cm_metric_inc(a->cp_unsent);
+        cm_warn("seq=%llu registry_seq=%llu error=\"audit checkpoint not taken by the "
+                "registry: %s\"%s",
+                (unsigned long long)seq, (unsigned long long)a->cp_seq, cm_strerror(rc),
+                rc == CM_ERR_REPLAY ? " alarm=1" : "");
+    }
+}
+
+/* archive_api hook: the registry's latest checkpoint, its signature checked. */
+static cm_err api_checkpoint(void *ctx, Suido__AuditCheckpoint **out)
+{
+    archiver *a = ctx;
+    *out = NULL;
+    if (!a->checkpoint_key)
+        return CM_ERR_CONFIG;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(a->reg, &req, &rep);
+    if (rc == CM_OK && rep->status != CM_OK)
+        rc = rep->status == CM_ERR_UNKNOWN ? CM_ERR_UNKNOWN : CM_ERR_UNAVAILABLE;
+    else if (rc == CM_OK && cm_audit_checkpoint_verify(a->checkpoint_key, rep->checkpoint) != CM_OK)
+        rc = CM_ERR_SIGNATURE;
+    if (rc == CM_OK) {
+        *out = rep->checkpoint; /* moved out of the reply */
+        rep->checkpoint = NULL;
+    }
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    return rc;
+}
+
 static void db_watch(archiver *a);
 
 static void on_tick(void *ctx)
@@ -222,6 +338,7 @@ static void on_tick(void *ctx)
     if (a->in_tx && (a->tx_records >= a->max_batch ||
                      cm_mono_ms() - a->tx_started_ms >= (uint64_t)a->commit_ms))
         tx_commit(a);
+    send_checkpoint(a, 0);
     cm_metric_set(a->pending_records, a->in_tx ? a->tx_records : 0);
     cm_metric_set(a->pending_alerts, (int64_t)a->n_alerts);
     archive_replica_serve(a->repl);
@@ -671,162 +788,92 @@ static void hook_audit(void *ctx, const char *event, const char *subject, const 
 
 /* ------------------------------------------------------------------ the operators' API */
 
-typedef struct case_list {
-    Suido__AlertCase **items;
-    size_t n, cap;
-} case_list;
+/* archive_api hooks: what the API's handlers need of the archive beyond its database. */
 
-static char *dup_text(const char *s) { return strdup(s ? s : ""); }
-
-static void case_collect(void *ctx, const Suido__AlertCase *c)
+static cm_err api_session(void *ctx, const char *token, char who[65], char role[16])
 {
-    case_list *l = ctx;
-    if (l->n == l->cap)
-        return;
-    Suido__AlertCase *d = malloc(sizeof *d);
-    if (!d)
-        return;
-    *d = *c;
-    d->alert_id = dup_text(c->alert_id);
-    d->gateway_id = dup_text(c->gateway_id);
-    d->site = dup_text(c->site);
-    d->channel = dup_text(c->channel);
-    d->rule = dup_text(c->rule);
-    d->state = dup_text(c->state);
-    d->evidence = dup_text(c->evidence);
-    d->acked_by = dup_text(c->acked_by);
-    d->closed_by = dup_text(c->closed_by);
-    d->cause = dup_text(c->cause);
-    d->action = dup_text(c->action);
-    l->items[l->n++] = d;
+    archiver *a = ctx;
+    return cm_registry_session(a->reg, token, who, role);
 }
 
-static void case_list_free(case_list *l)
+static cm_err api_change_case(void *ctx, Suido__ArchiveRequest *q, const char *who)
 {
-    for (size_t i = 0; i < l->n; i++) {
-        Suido__AlertCase *c = l->items[i];
-        char *strs[] = {c->alert_id, c->gateway_id, c->site, c->channel, c->rule, c->state,
-                        c->evidence, c->acked_by, c->closed_by, c->cause, c->action};
-        for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++)
-            free(strs[k]);
-        free(c);
-    }
-    free(l->items);
+    archiver *a = ctx;
+    cm_err rc = CM_OK;
+    /* logged for the standbys without the token, the operator as the sender */
+    char *token = q->token;
+    q->token = "";
+    alert_change(a, q, who, &rc);
+    q->token = token;
+    if (tx_commit(a) != CM_OK) /* the operator's change is on disk before the answer */
+        rc = CM_ERR_DB;
+    return rc;
 }
 
-/* The operator behind token and whether their role may change cases; 0 for a valid session. */
-static int session(archiver *a, const char *token, char who[65], char role[16],
-                   int *may_change)
+static void api_repl_status(void *ctx, Suido__ReplicationStatus **st)
 {
-    if (cm_registry_session(a->reg, token, who, role) != CM_OK)
-        return -1;
-    *may_change = strcmp(role, "operator") == 0 || strcmp(role, "admin") == 0;
-    return 0;
+    archiver *a = ctx;
+    archive_replica_status(a->repl, st);
+}
+
+static cm_err api_repl_promote(void *ctx, int force, const char *who, char *why, size_t len)
+{
+    archiver *a = ctx;
+    cm_err rc = archive_replica_promote(a->repl, force, cm_now_ms(), why, len);
+    if (rc == CM_OK)
+        cm_info("operator=%s forced=%d event=promoted", who, force);
+    else
+        cm_warn("operator=%s forced=%d error=\"promotion refused: %s\"", who, force, why);
+    return rc;
+}
+
+/* A refused API request: counted and audited (who asked, for what, why not). */
+static void api_denied(void *ctx, const char *op, const char *peer, const char *who,
+                       const char *reason)
+{
+    archiver *a = ctx;
+    char detail[160];
+    snprintf(detail, sizeof detail, "op=%s peer=%s reason=%s", op, peer, reason);
+    cm_metric_inc(a->api_denied);
+    cm_svc_reject(a->svc, strcmp(reason, "role") == 0 ? "api_role" : "api_not_allowed");
+    cm_warn("peer=%s operator=%s op=%s reason=%s error=\"request refused\"", peer, who, op,
+            reason);
+    archive_audit_self(a, "request_denied", *who ? who : peer, *who ? who : peer, detail);
 }
 
 static void on_api(void *ctx)
 {
     archiver *a = ctx;
     zmq_msg_t route, body;
-    char peer[64], who[65] = "", role[16] = "", why[400] = "";
+    char peer[64], why[400] = "";
     zmq_msg_init(&route);
     zmq_msg_init(&body);
     Suido__ArchiveRequest *q = NULL;
     Suido__ArchiveReply rep = SUIDO__ARCHIVE_REPLY__INIT;
-    case_list cases = {0}, past = {0};
-    int may_change = 0;
     if (zmq_msg_recv(&route, a->api, ZMQ_DONTWAIT) < 0)
         goto out;
     if (!zmq_msg_more(&route) || cm_zrecv(a->api, &body, peer, sizeof peer, 0) != CM_OK)
         goto out;
     q = suido__archive_request__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
-    static const cm_dispatch API_PEERS = {"api", "suidoctl,monitor", NULL};
-    cm_sql *db = archive_store_db(a->store);
-    cm_err rc = CM_OK;
-    int repl_op = q && (q->op == SUIDO__ARCHIVE_OP__REPL_STATUS ||
-                        q->op == SUIDO__ARCHIVE_OP__REPL_PROMOTE);
-    if (!q || !cm_dispatch_peer_ok(&API_PEERS, peer) || cm_svc_peer_revoked(a->svc, peer)) {
-        rc = q ? CM_ERR_DENIED : CM_ERR_DECODE;
-        archive_audit_self(a, "request_denied", peer, peer, q ? "reason=not_allowed" : "malformed");
-    } else if (session(a, q->token, who, role, &may_change) != 0) {
+    cm_err rc;
+    if (!q) {
+        rc = CM_ERR_DECODE;
+        api_denied(a, "unknown", peer, "", "malformed");
+    } else if (cm_svc_peer_revoked(a->svc, peer)) {
         rc = CM_ERR_DENIED;
-    } else if (archive_replica_following(a->repl) && !repl_op) {
-        rc = CM_ERR_UNAVAILABLE;
-        snprintf(why, sizeof why, "this archive is a standby: ask the primary, or promote this "
-                                  "one (suidoctl archive promote)");
-    } else if ((q->op == SUIDO__ARCHIVE_OP__ALERT_ACK || q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE) &&
-               !may_change) {
-        rc = CM_ERR_DENIED;
-        archive_audit_self(a, "request_denied", "", who, "op=alert_change reason=role");
-    } else if (q->op == SUIDO__ARCHIVE_OP__REPL_PROMOTE && strcmp(role, "admin") != 0) {
-        rc = CM_ERR_DENIED;
-        archive_audit_self(a, "request_denied", "", who, "op=promote reason=role");
+        api_denied(a, "any", peer, "", "peer_revoked");
     } else {
-        size_t cap = q->limit && q->limit < 1000 ? q->limit : 100;
-        cases.items = calloc(cap, sizeof *cases.items);
-        cases.cap = cases.items ? cap : 0;
-        switch (q->op) {
-        case SUIDO__ARCHIVE_OP__ALERT_LIST:
-            rc = archive_cases_list(db, q->all, (unsigned)cap, case_collect, &cases);
-            break;
-        case SUIDO__ARCHIVE_OP__ALERT_SHOW:
-            past.items = calloc(20, sizeof *past.items);
-            past.cap = past.items ? 20 : 0;
-            rc = archive_cases_get(db, q->case_id, case_collect, &cases);
-            if (rc == CM_OK && cases.n == 1)
-                rc = archive_cases_past(db, cases.items[0]->alert_id, q->case_id, 20,
-                                        case_collect, &past);
-            break;
-        case SUIDO__ARCHIVE_OP__ALERT_ACK:
-        case SUIDO__ARCHIVE_OP__ALERT_CLOSE: {
-            /* logged for the standbys without the token, the operator as the sender */
-            char *token = q->token;
-            q->token = "";
-            alert_change(a, q, who, &rc);
-            q->token = token;
-            if (tx_commit(a) != CM_OK) /* the operator's change is on disk before the answer */
-                rc = CM_ERR_DB;
-            if (rc == CM_OK)
-                rc = archive_cases_get(db, q->case_id, case_collect, &cases);
-            break;
-        }
-        case SUIDO__ARCHIVE_OP__REPL_STATUS:
-            archive_replica_status(a->repl, &rep.replication);
-            break;
-        case SUIDO__ARCHIVE_OP__REPL_PROMOTE:
-            rc = archive_replica_promote(a->repl, q->force, cm_now_ms(), why, sizeof why);
-            if (rc == CM_OK)
-                cm_info("operator=%s forced=%d event=promoted", who, (int)q->force);
-            else
-                cm_warn("operator=%s forced=%d error=\"promotion refused: %s\"", who,
-                        (int)q->force, why);
-            archive_replica_status(a->repl, &rep.replication);
-            break;
-        default: /* the monitor's reads (archive_query.c) */
-            rc = archive_query_handles(q->op)
-                     ? archive_query_answer(db, q, role, cm_now_ms(), &rep)
-                     : CM_ERR_INVAL;
-            if (rc == CM_ERR_DENIED)
-                archive_audit_self(a, "request_denied", "", who, "op=audit_read reason=role");
-        }
+        /* every operation's rights: archive_api.c's table */
+        rc = archive_api_dispatch(&a->api_hooks, archive_store_db(a->store), peer,
+                                  archive_replica_following(a->repl), q, cm_now_ms(), &rep, why,
+                                  sizeof why);
     }
     rep.request_id = q ? q->request_id : 0;
     rep.status = (uint32_t)rc;
-    rep.error = (char *)(why[0] ? why
-                         : rc == CM_ERR_DENIED && q && q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE &&
-                                 may_change
-                             ? "the condition is still active: acknowledge it now, close it "
-                               "with cause and action once it has cleared"
-                             : cm_strerror(rc));
-    rep.n_cases = cases.n;
-    rep.cases = cases.items;
-    rep.n_past = past.n;
-    rep.past = past.items;
+    rep.error = (char *)(why[0] ? why : cm_strerror(rc));
     cm_zreply(a->api, &route, &rep.base);
 out:
-    archive_query_free(&rep);
-    case_list_free(&cases);
-    case_list_free(&past);
+    archive_api_free(&rep);
     if (q)
         suido__archive_request__free_unpacked(q, NULL);
     zmq_msg_close(&route);
@@ -896,6 +943,10 @@ int main(int argc, char **argv)
     cm_mqtt_opts mo = {.clean_session = 1, .max_inflight = 1024, .verify_hostname = 1};
     if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
         cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
+    const char *cpkey = cm_conf_get(s->conf, "registry", "checkpoint_key");
+    if (cpkey && cm_pubkey_load_pem(cpkey, &a.checkpoint_key) != CM_OK)
+        cm_svc_die(s, "%s: [registry] checkpoint_key %s: not a P-256 public key (PEM)",
+                   cm_conf_name(s->conf), cpkey);
     cm_svc_ready(s);
 
     char db[4096];
@@ -953,6 +1004,17 @@ int main(int argc, char **argv)
                                         "records in the open transaction, not yet committed");
     a.pending_alerts = cm_metric_gauge(mx, "suido_archive_pending_alerts",
                                        "alerts waiting for their commit to be published");
+    a.api_denied = cm_metric_counter(mx, "suido_archive_api_denied_total",
+                                     "API requests refused (peer, session, role, malformed)");
+    a.api_hooks = (archive_api_hooks){.ctx = &a, .session = api_session,
+                                      .change_case = api_change_case,
+                                      .repl_status = api_repl_status,
+                                      .repl_promote = api_repl_promote, .denied = api_denied,
+                                      .checkpoint = api_checkpoint};
+    a.cp_sent = cm_metric_counter(mx, "suido_archive_audit_checkpoints_total",
+                                  "audit-log heads handed to the registry to be signed");
+    a.cp_unsent = cm_metric_counter(mx, "suido_archive_audit_checkpoints_unsent_total",
+                                    "audit-log heads the registry did not take");
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", NULL, NULL, &events, err))
@@ -981,11 +1043,13 @@ int main(int argc, char **argv)
 
     cm_info("event=stopping");
     tx_commit(&a);
+    send_checkpoint(&a, 1); /* the head as it is left */
     if (input)
         zmq_close(input);
     zmq_close(a.api);
     archive_replica_destroy(&a.repl);
     cm_registry_destroy(&a.reg);
+    cm_pubkey_destroy(&a.checkpoint_key);
     cm_mqtt_destroy(&a.mqtt);
     archive_acks_destroy(&a.acks);
     archive_store_close(&a.store);

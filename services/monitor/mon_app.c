@@ -863,15 +863,21 @@ static void on_audit_verify(call *c)
     } else {
         const Suido__AuditCheck *k = r->audit_check;
         char detail[256];
-        snprintf(detail, sizeof detail, "intact=%d entries=%llu first_bad=%llu head=%s",
+        char cp[24];
+        mon_safe(cp, sizeof cp, k->checkpoint ? k->checkpoint : "");
+        snprintf(detail, sizeof detail,
+                 "intact=%d entries=%llu first_bad=%llu head=%s checkpoint=%s checkpoint_seq=%llu",
                  k->intact, (unsigned long long)k->entries,
-                 (unsigned long long)k->first_bad_seq, k->head_sha256 ? k->head_sha256 : "");
+                 (unsigned long long)k->first_bad_seq, k->head_sha256 ? k->head_sha256 : "", cp,
+                 (unsigned long long)k->checkpoint_seq);
         mon_backend_audit(c->a->b, "monitor_audit_checked", "audit", c->who, detail);
+        /* checkpoint: whether the log reaches the registry's signed head ("truncated": cut) */
         reply_json(c, 200,
-                   json_pack("{s:b, s:I, s:I, s:o, s:o}", "intact", k->intact, "entries",
-                             (json_int_t)k->entries, "first_bad_seq",
+                   json_pack("{s:b, s:I, s:I, s:o, s:o, s:o, s:I}", "intact", k->intact,
+                             "entries", (json_int_t)k->entries, "first_bad_seq",
                              (json_int_t)k->first_bad_seq, "problem", js(k->problem), "head",
-                             js(k->head_sha256)));
+                             js(k->head_sha256), "checkpoint", js(k->checkpoint),
+                             "checkpoint_seq", (json_int_t)k->checkpoint_seq));
     }
     suido__archive_reply__free_unpacked(r, NULL);
 }

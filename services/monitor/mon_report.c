@@ -199,12 +199,43 @@ static const char *const CSV_HEADER[] = {
     "alarms_alarm_or_critical",
 };
 
+/* Room one row may need: 4 text cells of at most 95 characters (every one a quote, so doubled)
+ * with their quotes, apostrophe and comma, 2 dates, 15 numbers and the CRLF. The buffer is grown
+ * to hold that much more before each row, so a row is never refused for want of space; a row that
+ * still does not fit is an error (the whole file is refused), never a cell cut short. */
+#define CSV_ROW_MAX (4 * (2 * 95 + 4) + 2 * 16 + 15 * (MON_CSV_NUMBER_MAX + 1) + 4)
+#define CSV_MAX_BYTES (256u << 20) /* a report larger than this is refused */
+
+/* Makes room for one more row (CRLF included) after *pos. 0 when out of memory or too large. */
+static int csv_reserve(char **buf, size_t *cap, size_t pos)
+{
+    if (*cap - pos > CSV_ROW_MAX)
+        return 1;
+    size_t want = *cap * 2 > pos + CSV_ROW_MAX + 1 ? *cap * 2 : pos + CSV_ROW_MAX + 1;
+    if (want > CSV_MAX_BYTES)
+        return 0;
+    char *nb = realloc(*buf, want);
+    if (!nb)
+        return 0;
+    *buf = nb;
+    *cap = want;
+    return 1;
+}
+
+/* Ends the row at *pos with CRLF, within n bytes (a NUL after it). 0 when it does not fit. */
+static int csv_crlf(char *buf, size_t n, size_t *pos)
+{
+    if (*pos + 3 > n)
+        return 0;
+    buf[(*pos)++] = '\r';
+    buf[(*pos)++] = '\n';
+    buf[*pos] = '\0';
+    return 1;
+}
+
 char *mon_report_csv(const mon_report *r, size_t *len)
 {
-    size_t rows = 1;
-    for (size_t i = 0; i < r->n_sites; i++)
-        rows += r->sites[i].n_flows ? r->sites[i].n_flows : 1;
-    size_t cap = rows * 640 + 1024, pos = 0;
+    size_t cap = 4096, pos = 0;
     char *buf = malloc(cap);
     if (!buf)
         return NULL;
@@ -212,6 +243,7 @@ char *mon_report_csv(const mon_report *r, size_t *len)
     int ok = 1;
     for (size_t k = 0; k < sizeof CSV_HEADER / sizeof CSV_HEADER[0]; k++)
         ok = ok && mon_csv_text(buf, cap, &pos, CSV_HEADER[k], k == 0);
+    ok = ok && csv_crlf(buf, cap, &pos);
     char from[11], to[11];
     mon_format_date(r->from_ms, from);
     mon_format_date(r->to_ms ? r->to_ms - 1 : 0, to);
@@ -223,11 +255,7 @@ char *mon_report_csv(const mon_report *r, size_t *len)
         size_t n = s->n_flows ? s->n_flows : 1;
         for (size_t k = 0; ok && k < n; k++) {
             const mon_report_flow *f = s->n_flows ? &s->flows[k] : NULL;
-            ok = ok && pos + 2 < cap;
-            buf[pos++] = '\r';
-            buf[pos++] = '\n';
-            buf[pos] = '\0';
-            ok = ok && mon_csv_text(buf, cap, &pos, from, 1) &&
+            ok = csv_reserve(&buf, &cap, pos) && mon_csv_text(buf, cap, &pos, from, 1) &&
                  mon_csv_text(buf, cap, &pos, to, 0) &&
                  mon_csv_text(buf, cap, &pos, s->site, 0) &&
                  mon_csv_text(buf, cap, &pos, s->kind, 0) &&
@@ -247,16 +275,14 @@ char *mon_report_csv(const mon_report *r, size_t *len)
                  mon_csv_number(buf, cap, &pos, s->has_energy ? s->energy_kwh : NAN, 1, 0) &&
                  mon_csv_number(buf, cap, &pos, per_m3, 4, 0) &&
                  mon_csv_number(buf, cap, &pos, (double)s->alarms, 0, 0) &&
-                 mon_csv_number(buf, cap, &pos, (double)s->severe, 0, 0);
+                 mon_csv_number(buf, cap, &pos, (double)s->severe, 0, 0) &&
+                 csv_crlf(buf, cap, &pos);
         }
     }
-    if (!ok || pos + 3 > cap) {
+    if (!ok) {
         free(buf);
         return NULL;
     }
-    buf[pos++] = '\r';
-    buf[pos++] = '\n';
-    buf[pos] = '\0';
     *len = pos;
     return buf;
 }

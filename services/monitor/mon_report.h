@@ -64,7 +64,9 @@ double mon_report_util_mean(const mon_report_flow *f);
 double mon_report_util_peak(const mon_report_flow *f);
 
 /* The report as JSON (caller json_decref's) and as CSV text, one row per site and flow (a site
- * without flows has one row), with a header row (caller frees; NULL when out of memory). */
+ * without flows has one row), with a header row, CRLF after each (caller frees; NULL when out of
+ * memory or a row cannot be written whole: every cell is complete or there is no file). Text
+ * cells are quoted (RFC 4180) and defused against spreadsheet formulas (mon_csv_text). */
 json_t *mon_report_json(const mon_report *r);
 char *mon_report_csv(const mon_report *r, size_t *len);
 

@@ -181,9 +181,14 @@ int mon_csv_text(char *buf, size_t n, size_t *pos, const char *cell, int first)
 
 int mon_csv_number(char *buf, size_t n, size_t *pos, double v, int decimals, int first)
 {
-    char num[64] = "";
-    if (isfinite(v))
-        snprintf(num, sizeof num, "%.*f", decimals < 0 ? 0 : decimals > 9 ? 9 : decimals, v);
+    /* any finite double in fixed notation: sign, 309 digits, point, at most 9 decimals */
+    char num[MON_CSV_NUMBER_MAX + 1] = "";
+    if (isfinite(v)) {
+        int len = snprintf(num, sizeof num, "%.*f", decimals < 0 ? 0 : decimals > 9 ? 9 : decimals,
+                           v);
+        if (len < 0 || (size_t)len >= sizeof num)
+            return 0; /* never a number cut short */
+    }
     size_t start = *pos;
     int ok = first || put(buf, n, pos, ',');
     for (const char *c = num; ok && *c; c++)

@@ -39,7 +39,10 @@ char *mon_safe(char *dst, size_t n, const char *src);
  * CR) is prefixed with an apostrophe. 0 when it does not fit (buf then ends at the last whole
  * cell). */
 int mon_csv_text(char *buf, size_t n, size_t *pos, const char *cell, int first);
-/* The same for a number with that many decimals; NaN and infinities give an empty cell. */
+/* The same for a number with that many decimals (at most 9); NaN and infinities give an empty
+ * cell. A cell is at most MON_CSV_NUMBER_MAX characters besides its comma: the whole number, never
+ * cut short (-DBL_MAX has 309 digits before the point). */
+#define MON_CSV_NUMBER_MAX 330
 int mon_csv_number(char *buf, size_t n, size_t *pos, double v, int decimals, int first);
 
 #endif

@@ -22,6 +22,7 @@
 #include "cm_svc.h"
 #include "cm_time.h"
 #include "cm_profile.h"
+#include "registry_checkpoint.h"
 #include "registry_operators.h"
 #include "registry_profile.h"
 #include "registry_store.h"
@@ -632,6 +633,60 @@ static void on_seen(void *ctx, void *arg, const char *peer)
     reply(r, q->route, &rep);
 }
 
+/* The archive's audit-log head after a commit: signed with the profile key and kept
+ * (registry_checkpoint.h). A head that goes back, or from a log that no longer holds the latest,
+ * is refused, audited and an alarm. Every answer carries the latest head kept, so the archive
+ * learns which entry to prove next time. */
+static void on_audit_checkpoint(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    const Suido__AuditCheckpoint *cp = q->req->checkpoint;
+    int stored = 0;
+    sqlite3 *db = registry_store_db(r->store);
+    cm_err e = registry_checkpoint_put(db, r->profile_signer, cp, cm_now_ms(), &stored);
+    if (e != CM_OK && e != CM_ERR_UNKNOWN) {
+        char detail[160];
+        snprintf(detail, sizeof detail, "seq=%llu prev_seq=%llu result=%s",
+                 cp ? (unsigned long long)cp->seq : 0ULL,
+                 cp ? (unsigned long long)cp->prev_seq : 0ULL, cm_strerror(e));
+        cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "audit_checkpoint");
+        cm_error("peer=%s %s error=\"audit checkpoint refused\"%s", peer, detail,
+                 e == CM_ERR_REPLAY ? " alarm=1" : "");
+        audit(r, "audit_checkpoint_refused", "audit", peer, detail);
+    } else if (stored) {
+        cm_debug("peer=%s seq=%llu event=audit_checkpoint", peer, (unsigned long long)cp->seq);
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    Suido__AuditCheckpoint latest;
+    int have = registry_checkpoint_latest(db, &latest) == CM_OK;
+    rep.status = (uint32_t)e;
+    rep.error = (char *)cm_strerror(e);
+    if (have)
+        rep.checkpoint = &latest;
+    reply(r, q->route, &rep);
+    if (have)
+        registry_checkpoint_clear(&latest);
+}
+
+static void on_get_audit_checkpoint(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    registry *r = ctx;
+    request *q = arg;
+    Suido__AuditCheckpoint cp;
+    cm_err e = registry_checkpoint_latest(registry_store_db(r->store), &cp);
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.checkpoint = &cp;
+    reply(r, q->route, &rep);
+    registry_checkpoint_clear(&cp);
+}
+
 /* A certificate crossed a warning threshold: an alert operators see, and an audit entry. */
 static void on_cert_expiring(void *ctx, const char *kind, const char *id, const char *site,
                              long days_left, long threshold)
@@ -698,6 +753,8 @@ static const cm_dispatch DISPATCH[] = {
     {"set_operator_state", "suidoctl", on_set_operator_state},
     {"list_operators", "suidoctl", on_list_operators},
     {"access_history", "suidoctl", on_access_history},
+    {"audit_checkpoint", "archive,archive-standby", on_audit_checkpoint},
+    {"get_audit_checkpoint", "suidoctl,monitor,archive,archive-standby", on_get_audit_checkpoint},
     {NULL, NULL, NULL},
 };
 
@@ -710,6 +767,7 @@ static const struct {
 } RIGHTS[] = {
     {"login", -1},
     {"session_check", -1},
+    {"get_audit_checkpoint", -1}, /* signed, and no secret: `audit verify` needs no account */
     {"get_gateway", ROLE_VIEWER},
     {"get_profile", ROLE_VIEWER},
     {"get_channels", ROLE_VIEWER},
@@ -783,6 +841,10 @@ static const char *op_name(int op)
         return "list_operators";
     case SUIDO__REGISTRY_OP__REG_ACCESS_HISTORY:
         return "access_history";
+    case SUIDO__REGISTRY_OP__REG_AUDIT_CHECKPOINT:
+        return "audit_checkpoint";
+    case SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT:
+        return "get_audit_checkpoint";
     default:
         return "unknown";
     }
@@ -981,8 +1043,9 @@ int main(int argc, char **argv)
                                         "data profile version in force");
     r.profile_refusals = cm_metric_counter(s->metrics, "suido_registry_profile_refusals_total",
                                            "profile files refused (the version in force stays)");
-    if (registry_profile_init(registry_store_db(r.store)) != CM_OK)
-        cm_svc_die(s, "%s: cannot create the profile table", db);
+    if (registry_profile_init(registry_store_db(r.store)) != CM_OK ||
+        registry_checkpoint_init(registry_store_db(r.store)) != CM_OK)
+        cm_svc_die(s, "%s: cannot create the profile and audit checkpoint tables", db);
     r.profile_file = cm_conf_get(s->conf, "profile", "file");
     if (r.profile_file) {
         long v;

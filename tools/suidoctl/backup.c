@@ -19,6 +19,7 @@
 #include <sqlite3.h>
 
 #include "audit_check.h"
+#include "cm_audit_checkpoint.h"
 #include "backup_pg.h"
 #include "cm_crypto.h"
 #include "ctl_msg.h"
@@ -53,6 +54,11 @@ static const cm_conf_spec MANIFEST_SPEC[] = {
     {"file", "audit_head_seq", 0, "archive: number of the audit log's last entry"},
     {"file", "audit_head_hash", 0, "archive: its chain hash"},
     {"file", "gateways", 0, "registry: gateways"},
+    /* the registry's latest signed audit checkpoint when the backup was made (all four or none) */
+    {"file", "checkpoint_seq", 0, "archive: entry number of the registry's signed audit head"},
+    {"file", "checkpoint_hash", 0, "archive: its chain hash"},
+    {"file", "checkpoint_ms", 0, "archive: when the registry signed it"},
+    {"file", "checkpoint_sig", 0, "archive: the registry's signature (DER, hex)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -65,6 +71,11 @@ typedef struct manifest {
     char sha256[F__COUNT][HEX_SHA256];
     uint64_t batches, readings, audit_seq, gateways;
     char audit_hash[HEX_SHA256];
+    /* the registry's audit checkpoint at backup time (cm_audit_checkpoint.h), if it had one */
+    int has_cp;
+    uint64_t cp_seq, cp_ms;
+    uint8_t cp_head[CM_AUDIT_HASH_LEN], cp_sig[CM_SIG_MAX];
+    size_t cp_siglen;
 } manifest;
 
 /* What a check of the two databases found. */
@@ -149,7 +160,8 @@ static void print_json(const report *r)
     if (r->manifest_ok) {
         printf(",\"format\":%ld,\"deployment\":", r->m.format);
         json_string(r->m.deployment);
-        printf(",\"created_ms\":%" PRIu64, r->m.created_ms);
+        printf(",\"created_ms\":%" PRIu64 ",\"checkpoint_seq\":%" PRIu64, r->m.created_ms,
+               r->m.has_cp ? r->m.cp_seq : 0);
     }
     printf(",\"files\":[");
     for (int f = 0; f < F__COUNT; f++) {
@@ -225,6 +237,11 @@ static void print_report(const report *r, const char *what)
                r->file_size[f]);
     printf("  audit chain  %" PRIu64 " entries intact, head %s (as in the manifest)\n",
            r->c.audit.entries, r->c.audit.head_hex);
+    if (r->m.has_cp)
+        printf("  checkpoint   entry %" PRIu64 " as the registry signed it: reached\n",
+               r->m.cp_seq);
+    else
+        printf("  checkpoint   none in the manifest (the registry had signed none)\n");
     printf("  registry     %" PRIu64 " gateways\n", r->c.gateways);
     print_signature_line(&r->c);
 }
@@ -245,6 +262,40 @@ static int is_hex64(const char *s)
         if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
             return 0;
     return 1;
+}
+
+/* Lowercase hex of at most max bytes into out; 0 for anything else (odd length, other
+ * characters, too long, empty). */
+static int parse_hex(const char *s, uint8_t *out, size_t max, size_t *len)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n % 2 || n / 2 > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (v < 0)
+            return 0;
+        if (i % 2 == 0)
+            out[i / 2] = (uint8_t)(v << 4);
+        else
+            out[i / 2] |= (uint8_t)v;
+    }
+    *len = n / 2;
+    return 1;
+}
+
+/* The manifest's checkpoint as a message (borrowing m's bytes). */
+static Suido__AuditCheckpoint manifest_checkpoint(const manifest *m)
+{
+    Suido__AuditCheckpoint cp = SUIDO__AUDIT_CHECKPOINT__INIT;
+    cp.seq = m->cp_seq;
+    cp.ts_ms = m->cp_ms;
+    cp.head_sha256.data = (uint8_t *)m->cp_head;
+    cp.head_sha256.len = sizeof m->cp_head;
+    cp.signature.data = (uint8_t *)m->cp_sig;
+    cp.signature.len = m->cp_siglen;
+    return cp;
 }
 
 /* Decimal without sign, spaces or overflow. */
@@ -705,6 +756,17 @@ static int check_open(cm_sql *arch, const char *alabel, cm_sql *reg, const char 
                     c->gateways, m->gateways);
             ok = 0;
         }
+        if (m->has_cp) {
+            /* the log must reach the head the registry had signed when the backup was made */
+            Suido__AuditCheckpoint cp = manifest_checkpoint(m);
+            char why[400];
+            int reached = cm_audit_checkpoint_reached(arch, &c->audit, &cp, why, sizeof why);
+            if (reached <= 0) {
+                problem(r, "%s: audit log TRUNCATED against the manifest's checkpoint: %s",
+                        alabel, reached < 0 ? cm_sql_error(arch) : why);
+                ok = 0;
+            }
+        }
     }
     if (sigs && !check_signatures(arch, alabel, reg, rlabel, c, r))
         ok = 0;
@@ -864,6 +926,41 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
         goto out;
     }
     snprintf(m->audit_hash, sizeof m->audit_hash, "%s", ah);
+    const char *cps = cm_conf_get(mc, as, "checkpoint_seq"), *cph = cm_conf_get(mc, as,
+                                                                             "checkpoint_hash");
+    const char *cpm = cm_conf_get(mc, as, "checkpoint_ms"), *cpg = cm_conf_get(mc, as,
+                                                                             "checkpoint_sig");
+    if (cps || cph || cpm || cpg) {
+        size_t hl = 0;
+        if (!parse_u64(cps, &m->cp_seq) || m->cp_seq == 0 || !parse_u64(cpm, &m->cp_ms) ||
+            !parse_hex(cph, m->cp_head, sizeof m->cp_head, &hl) || hl != sizeof m->cp_head ||
+            !parse_hex(cpg, m->cp_sig, sizeof m->cp_sig, &m->cp_siglen)) {
+            problem(r, "%s: the audit checkpoint (checkpoint_seq, _hash, _ms, _sig) is incomplete "
+                       "or malformed",
+                    MANIFEST);
+            goto out;
+        }
+        m->has_cp = 1;
+        /* signed by the backup key with the manifest; the registry's own signature is checked
+         * too when this suidoctl knows its key */
+        const char *ckey = cm_conf_get(conf, "registry", "checkpoint_key");
+        cm_pubkey *rk = NULL;
+        if (ckey && *ckey) {
+            Suido__AuditCheckpoint cp = manifest_checkpoint(m);
+            if (cm_pubkey_load_pem(ckey, &rk) != CM_OK) {
+                problem(r, "%s: [registry] checkpoint_key %s is not a P-256 public key",
+                        cm_conf_name(conf), ckey);
+                goto out;
+            }
+            int good = cm_audit_checkpoint_verify(rk, &cp) == CM_OK;
+            cm_pubkey_destroy(&rk);
+            if (!good) {
+                problem(r, "%s: the audit checkpoint's signature is not the registry's (%s)",
+                        MANIFEST, ckey);
+                goto out;
+            }
+        }
+    }
     r->manifest_ok = 1;
     if (deployment_id(conf, r->deployment) != B_OK) {
         problem(r, "%s: cannot tell this deployment's id ([backup] ca)", cm_conf_name(conf));
@@ -1077,6 +1174,41 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
     return rc;
 }
 
+/* The registry's latest signed audit checkpoint, read from its live database (table
+ * audit_checkpoints): 1 and *m's checkpoint fields, 0 when there is none (no such table yet, or no
+ * row), -1 when the database cannot be read (why). Read before the archive is copied, so the copy
+ * (the archive only grows) must reach it. */
+static int live_checkpoint(const char *registry_db, manifest *m, char *why, size_t len)
+{
+    cm_sql *db = NULL;
+    if (!db_open_ro(registry_db, 0, &db, why, len))
+        return -1;
+    cm_sql_stmt *st = NULL;
+    int found = 0;
+    if (cm_sql_prepare(db, "SELECT seq, head, ts_ms, signature FROM audit_checkpoints"
+                           " ORDER BY seq DESC LIMIT 1", &st) == CM_OK) {
+        if (cm_sql_step(st) == CM_SQL_ROW) {
+            size_t hl = 0, sl = 0;
+            const void *h = cm_sql_column_blob(st, 1, &hl), *g = cm_sql_column_blob(st, 3, &sl);
+            int64_t seq = cm_sql_column_int64(st, 0);
+            if (h && g && hl == sizeof m->cp_head && sl > 0 && sl <= sizeof m->cp_sig && seq > 0) {
+                m->cp_seq = (uint64_t)seq;
+                m->cp_ms = (uint64_t)cm_sql_column_int64(st, 2);
+                memcpy(m->cp_head, h, hl);
+                memcpy(m->cp_sig, g, sl);
+                m->cp_siglen = sl;
+                m->has_cp = found = 1;
+            } else {
+                snprintf(why, len, "its latest audit checkpoint is malformed");
+                found = -1;
+            }
+        }
+        cm_sql_finalize(&st);
+    } /* no table: a registry that never signed a checkpoint */
+    cm_sql_close(&db);
+    return found;
+}
+
 int backup_create(const cm_conf *conf, const char *dir, int json)
 {
     const char *src[F__COUNT], *keyf;
@@ -1111,8 +1243,13 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
     report r = {.dir = dir, .json = json};
     char path[F__COUNT][4200], mpath[4200], spath[4200], parent[4200];
     uint64_t created = cm_now_ms();
-    char *text = NULL;
+    char *text = NULL, cpwhy[600];
     rc = B_FAILED;
+    if (live_checkpoint(src[F_REGISTRY], &r.m, cpwhy, sizeof cpwhy) < 0) {
+        ctl_say("%s: cannot read the registry's audit checkpoint: %s", src[F_REGISTRY], cpwhy);
+        rc = B_UNAVAILABLE;
+        goto out;
+    }
     for (int f = 0; f < F__COUNT; f++) {
         const char *why = "";
         int unavailable = 0;
@@ -1159,6 +1296,29 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
                 src[F_ARCHIVE]);
         goto out;
     }
+    char cplines[400] = "";
+    if (r.m.has_cp) {
+        Suido__AuditCheckpoint cp = manifest_checkpoint(&r.m);
+        cm_sql *arch = NULL;
+        int reached = db_open_ro(path[F_ARCHIVE], 1, &arch, cpwhy, sizeof cpwhy)
+                          ? cm_audit_checkpoint_reached(arch, &r.c.audit, &cp, cpwhy,
+                                                        sizeof cpwhy)
+                          : -1;
+        cm_sql_close(&arch);
+        if (reached != 1) {
+            ctl_say("%s: the live archive's audit log does not reach the registry's signed "
+                    "checkpoint: %s (no backup made: run suidoctl audit verify)",
+                    FILE_NAME[F_ARCHIVE], cpwhy);
+            goto out;
+        }
+        char hh[2 * CM_AUDIT_HASH_LEN + 1], sh[2 * CM_SIG_MAX + 1];
+        hex(r.m.cp_head, sizeof r.m.cp_head, hh);
+        hex(r.m.cp_sig, r.m.cp_siglen, sh);
+        snprintf(cplines, sizeof cplines,
+                 "checkpoint_seq = %" PRIu64 "\ncheckpoint_hash = %s\ncheckpoint_ms = %" PRIu64
+                 "\ncheckpoint_sig = %s\n",
+                 r.m.cp_seq, hh, r.m.cp_ms, sh);
+    }
     char iso[32];
     cm_time_iso(created, iso, sizeof iso);
     if (asprintf(&text,
@@ -1177,6 +1337,7 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
                  "readings = %" PRIu64 "\n"
                  "audit_head_seq = %" PRIu64 "\n"
                  "audit_head_hash = %s\n"
+                 "%s"
                  "\n"
                  "[file registry.db]\n"
                  "size = %" PRIu64 "\n"
@@ -1184,7 +1345,7 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
                  "gateways = %" PRIu64 "\n",
                  MANIFEST_SIG, BACKUP_DOMAIN, BACKUP_FORMAT, depl, created, iso,
                  r.file_size[F_ARCHIVE], r.m.sha256[F_ARCHIVE], r.c.batches, r.c.readings,
-                 r.c.audit.entries, r.c.audit.head_hex, r.file_size[F_REGISTRY],
+                 r.c.audit.entries, r.c.audit.head_hex, cplines, r.file_size[F_REGISTRY],
                  r.m.sha256[F_REGISTRY], r.c.gateways) < 0) {
         text = NULL;
         ctl_say("%s", "out of memory");

@@ -13,13 +13,18 @@
  * manifest (format 1):
  *     [backup]            format = 1; deployment = SHA-256 of the deployment CA certificate (DER,
  *                         lowercase hex); created_ms; created (ISO 8601, for people)
- *     [file archive.db]   size; sha256; batches; readings; audit_head_seq; audit_head_hash
+ *     [file archive.db]   size; sha256; batches; readings; audit_head_seq; audit_head_hash;
+ *                         checkpoint_seq, checkpoint_hash, checkpoint_ms, checkpoint_sig: the
+ *                         registry's latest signed audit checkpoint (cm_audit_checkpoint.h),
+ *                         read before the archive is copied, all four or none (none signed yet)
  *     [file registry.db]  size; sha256; gateways
  *
  * Verification trusts nothing in the directory before the manifest's signature has been checked
  * with the deployment's backup verification key; then it checks the format version, that the
  * deployment id is this deployment's CA, every file's size and SHA-256, PRAGMA integrity_check of
- * both databases, the audit hash chain against the manifest's head, the batch and reading counts,
+ * both databases, the audit hash chain against the manifest's head and the archive's log against
+ * the manifest's checkpoint (it must hold that entry with that hash; the checkpoint's registry
+ * signature too, with [registry] checkpoint_key), the batch and reading counts,
  * and re-verifies every stored batch envelope's ECDSA signature with its gateway's signing key
  * from the backed-up registry. A disposed gateway has no key left: its batches are counted as
  * unverifiable by disposal, not as failures.

@@ -58,6 +58,7 @@
 #include "archive_gaps.h"
 #include "backup.h"
 #include "cm_audit.h"
+#include "cm_audit_checkpoint.h"
 #include "cm_conf.h"
 #include "cm_log.h"
 #include "cm_registry.h"
@@ -75,6 +76,8 @@ static const cm_conf_spec SPEC[] = {
     {"service", "curve_secret", 1, "suidoctl's CURVE secret key (0600)"},
     {"service", "*", 0, "other daemon keys are ignored"},
     CM_REGISTRY_SPEC_ROWS("registry"),
+    {"registry", "checkpoint_key", 0,
+     "the registry's profile public key (PEM): checks its signed audit checkpoints"},
     {"archive", "database", 0, "archive database (read-only) for audit verify"},
     {"archive", "postgresql", 0, "instead of database: file (0600) with the libpq connection "
                                  "string of a PostgreSQL archive"},
@@ -972,7 +975,56 @@ static int cmd_operator_state(ctl *c, const char *verb, const char *id)
     return EXIT_OK;
 }
 
-/* Recomputes the hash chain of the audit log; reports the first entry that does not fit. */
+/* The registry's latest signed audit checkpoint, its signature checked against [registry]
+ * checkpoint_key: CM_OK and *out (caller frees), CM_ERR_CONFIG (no key), CM_ERR_UNKNOWN (none
+ * signed yet), CM_ERR_UNAVAILABLE, CM_ERR_SIGNATURE. why names the problem. */
+static cm_err fetch_checkpoint(ctl *c, Suido__AuditCheckpoint **out, char *why, size_t len)
+{
+    *out = NULL;
+    const char *path = cm_conf_get(c->conf, "registry", "checkpoint_key");
+    cm_pubkey *key = NULL;
+    if (!path || !*path) {
+        snprintf(why, len, "[registry] checkpoint_key is not set in %s", cm_conf_name(c->conf));
+        return CM_ERR_CONFIG;
+    }
+    if (cm_pubkey_load_pem(path, &key) != CM_OK) {
+        snprintf(why, len, "[registry] checkpoint_key %s: not a P-256 public key (PEM)", path);
+        return CM_ERR_CONFIG;
+    }
+    if (!c->reg)
+        connect_registry(c);
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT;
+    req.token = (char *)(c->token ? c->token : "");
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(c->reg, &req, &rep);
+    if (rc != CM_OK) {
+        snprintf(why, len, "the registry did not answer");
+        rc = CM_ERR_UNAVAILABLE;
+    } else if (rep->status == CM_ERR_UNKNOWN) {
+        snprintf(why, len, "the registry has signed no checkpoint yet");
+        rc = CM_ERR_UNKNOWN;
+    } else if (rep->status != CM_OK) {
+        snprintf(why, len, "the registry refused: %s", cm_strerror(rep->status));
+        rc = CM_ERR_UNAVAILABLE;
+    } else if (cm_audit_checkpoint_verify(key, rep->checkpoint) != CM_OK) {
+        snprintf(why, len, "the checkpoint's signature is not the registry's (%s)", path);
+        rc = CM_ERR_SIGNATURE;
+    } else {
+        *out = rep->checkpoint; /* moved out of the reply */
+        rep->checkpoint = NULL;
+    }
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    cm_pubkey_destroy(&key);
+    return rc;
+}
+
+/* Recomputes the hash chain of the audit log and reports the first entry that does not fit;
+ * for the live archive, also whether the log still reaches the registry's latest signed
+ * checkpoint (entries cut off its end leave a chain that checks good). A copy named with --db
+ * (a backup, a standby) may rightly be older than the checkpoint: its chain alone is checked
+ * (`backup verify` checks a backup against the checkpoint its manifest carries). */
 static int cmd_audit_verify(ctl *c, const char *db)
 {
     cm_sql *h = NULL;
@@ -993,19 +1045,66 @@ static int cmd_audit_verify(ctl *c, const char *db)
         cm_sql_close(&h);
         return EXIT_UNAVAILABLE;
     }
+    /* the checkpoint: verified, truncated, none, unavailable, bad_signature, not_configured,
+     * not_checked (a copy) */
+    const char *cp_state = "not_checked";
+    char cp_why[600] = "";
+    Suido__AuditCheckpoint *cp = NULL;
+    uint64_t cp_seq = 0;
+    if (!db) {
+        cm_err got = fetch_checkpoint(c, &cp, cp_why, sizeof cp_why);
+        cp_state = got == CM_ERR_CONFIG      ? "not_configured"
+                   : got == CM_ERR_UNKNOWN   ? "none"
+                   : got == CM_ERR_SIGNATURE ? "bad_signature"
+                   : got != CM_OK            ? "unavailable"
+                                             : "verified";
+        if (cp) {
+            cp_seq = cp->seq;
+            int reached = cm_audit_checkpoint_reached(h, &r, cp, cp_why, sizeof cp_why);
+            if (reached < 0) {
+                fprintf(stderr, "suidoctl: %s: %s\n", label, cm_sql_error(h));
+                suido__audit_checkpoint__free_unpacked(cp, NULL);
+                cm_sql_close(&h);
+                return EXIT_UNAVAILABLE;
+            }
+            cp_state = reached ? "verified" : "truncated";
+            suido__audit_checkpoint__free_unpacked(cp, NULL);
+        }
+    }
     cm_sql_close(&h);
+    int truncated = strcmp(cp_state, "truncated") == 0;
+    int bad_sig = strcmp(cp_state, "bad_signature") == 0;
     if (c->json)
-        printf("{\"ok\":%s,\"entries\":%llu,\"first_bad\":%llu,\"head\":\"%s\"}\n",
-               r.why ? "false" : "true", (unsigned long long)r.entries,
-               (unsigned long long)r.bad_seq, r.head_hex);
+        printf("{\"ok\":%s,\"entries\":%llu,\"first_bad\":%llu,\"head\":\"%s\","
+               "\"checkpoint\":\"%s\",\"checkpoint_seq\":%llu}\n",
+               r.why || truncated || bad_sig ? "false" : "true", (unsigned long long)r.entries,
+               (unsigned long long)r.bad_seq, r.head_hex, cp_state, (unsigned long long)cp_seq);
     if (r.why) {
         fprintf(stderr, "suidoctl: audit log BROKEN at entry %llu (position %llu): %s\n",
                 (unsigned long long)r.bad_seq, (unsigned long long)r.rows, r.why);
         return EXIT_FAILED;
     }
+    if (truncated) {
+        fprintf(stderr, "suidoctl: audit log TRUNCATED: %s\n", cp_why);
+        return EXIT_FAILED;
+    }
+    if (bad_sig) {
+        fprintf(stderr, "suidoctl: audit checkpoint REFUSED: %s\n", cp_why);
+        return EXIT_FAILED;
+    }
+    if (strcmp(cp_state, "unavailable") == 0) {
+        fprintf(stderr, "suidoctl: the chain of %llu entries is intact, but whether its newest "
+                        "entries were removed cannot be told: %s\n",
+                (unsigned long long)r.rows, cp_why);
+        return EXIT_UNAVAILABLE;
+    }
+    if (*cp_why && strcmp(cp_state, "verified") != 0)
+        fprintf(stderr, "suidoctl: note: end of the log not checked: %s\n", cp_why);
     if (!c->json)
-        printf("audit log intact: %llu entries, head %s\n", (unsigned long long)r.rows,
-               r.head_hex);
+        printf("audit log intact: %llu entries, head %s%s\n", (unsigned long long)r.rows,
+               r.head_hex,
+               strcmp(cp_state, "verified") == 0 ? ", reaches the registry's signed checkpoint"
+                                                 : "");
     return EXIT_OK;
 }
 
