@@ -231,6 +231,9 @@ $(archive_out)
 [verify]
 unwrap_key = $DIR/platform/wrap.key
 window_s = 300
+
+[profile]
+registry_key = $DIR/platform/profile.pub
 EOT
 registry_client; events_client; metrics_section verify 42; } >"$DIR/etc/verify.conf"
 
