@@ -65,3 +65,87 @@ def test_plaintext_confidential_readings_are_refused_and_sealed_ones_stored(csui
     # audited like the verifier's other refusals
     assert csuite.query("SELECT count(*) FROM audit WHERE event='message_refused' AND subject=? "
                         "AND detail LIKE 'reason=plaintext_confidential %'", GW)[0][0] == 2
+
+
+def aggregates(suite, gw, channel):
+    """Rows the archive keeps in clear about one channel of one gateway."""
+    return {t: suite.query(f"SELECT count(*) FROM {t} WHERE gateway=? AND channel=?", gw,
+                           channel)[0][0]
+            for t in ("readings_minute", "readings_hour", "readings_series")}
+
+
+def test_no_aggregate_of_a_confidential_channel_is_kept_in_clear(csuite):
+    # a reservoir gateway sealing its batches (every batch carries its four channels)
+    rep = csuite.sim("--ids", GW, "--encrypt", "--rate", "5", "--batch", "8", "--max-batches",
+                     "5", "--wait-acks", "20")
+    assert rep["acked_batches"] == rep["legit_sent"] == 5, rep
+    # the other channels of the same batches are aggregated, the confidential one is not
+    assert all(n > 0 for n in aggregates(csuite, GW, "reservoir.level").values())
+    assert aggregates(csuite, GW, CONFIDENTIAL) == dict.fromkeys(
+        ("readings_minute", "readings_hour", "readings_series"), 0)
+    # its readings are stored all the same, inside the encrypted envelopes
+    assert csuite.query("SELECT count(*) FROM batches WHERE gateway=? AND kind='data' AND "
+                        "encrypted=1", GW)[0][0] >= 5
+
+
+def monitor_login(suite):
+    """An HTTPS session of a new viewer with the monitor (tests/browser/conftest.py's flow)."""
+    import http.client
+    import json
+    import ssl
+    from wire import totp
+    ctx = ssl.create_default_context(cafile=str(suite.dir / "ca" / "ca.crt"))
+    port = suite.base + 9
+    cookies, csrf = {}, [""]
+
+    def call(method, path, body=None):
+        c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
+        h = {"Host": f"localhost:{port}"}
+        if cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        if body is not None:
+            body = json.dumps(body)
+            h["Content-Type"] = "application/json"
+            h["X-CSRF-Token"] = csrf[0]
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            for k, v in r.getheaders():
+                if k.lower() == "set-cookie":
+                    name, _, rest = v.partition("=")
+                    cookies[name] = rest.split(";", 1)[0]
+            return r.status, json.loads(data or b"null")
+        finally:
+            c.close()
+
+    secret = suite.add_operator("vicky", "viewer", "vicky has a long passphrase")
+    status, form = call("GET", "/api/login")
+    assert status == 200, form
+    csrf[0] = form["csrf"]
+    status, r = call("POST", "/api/login", {"operator": "vicky",
+                                             "password": "vicky has a long passphrase",
+                                             "totp": totp(secret)})
+    assert status == 200, r
+    csrf[0] = r["csrf"]
+    return call
+
+
+def test_the_monitor_says_a_confidential_channel_has_no_stored_trend(csuite):
+    csuite.start_service("monitor")
+
+    def up():
+        try:
+            return monitor_login(csuite)
+        except OSError:
+            return None
+    call = wait_until(up, 30, 0.5)
+    assert call, csuite.log("monitor")
+    status, t = call("GET", f"/api/trend?gateway={GW}&channel={CONFIDENTIAL}")
+    assert status == 200, t
+    assert t["confidential"] is True and t["points"] == [] and t["readings"] == 0
+    assert "confidential" in t["detail"] and "no trend" in t["detail"]
+    status, t = call("GET", f"/api/trend?gateway={GW}&channel=reservoir.level")
+    assert status == 200 and not t.get("confidential") and t["readings"] > 0, t
+    status, c = call("GET", f"/api/channels?gateway={GW}")
+    assert {ch["id"]: ch["confidential"] for ch in c["channels"]}[CONFIDENTIAL] is True
