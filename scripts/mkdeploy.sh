@@ -88,6 +88,8 @@ inv="$DIR/inventory.conf"
         printf '\n[gateway %s]\nsite = %s-%02d\nkind = %s\nmodel = %s\nfirmware = %s\n' \
             "$gw" "$kind" "$n" "$kind" "$model" "$fw"
         printf 'sign_pub = %s\ncert = %s\n' "${d%/}/sign.pub" "${d%/}/client.crt"
+        # the RSA key commands are encrypted to (a PKI from before has none: no commands)
+        [[ ! -f "${d%/}/cmdwrap.pub" ]] || printf 'cmd_pub = %s\n' "${d%/}/cmdwrap.pub"
     done
     for d in "$DIR"/services/*/; do
         printf '\n[service %s]\ncurve_pub = %s\ncert = %s\n' "$(basename "$d")" \

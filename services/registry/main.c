@@ -245,9 +245,11 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
     } else {
         registry_new_gateway ng = {g->id, g->site, g->kind, g->model, g->firmware,
                                    g->sign_pub_der.data, g->sign_pub_der.len, &ci,
-                                   SUIDO__ENTITY_STATE__STATE_PROVISIONED};
+                                   SUIDO__ENTITY_STATE__STATE_PROVISIONED,
+                                   g->cmd_pub_der.data, g->cmd_pub_der.len};
         e = registry_store_add_gateway(r->store, &ng);
         why = e == CM_ERR_DUPLICATE ? "id already used (ids are never reused)"
+              : e == CM_ERR_KEY     ? "signing key not P-256, or command key not RSA-2048"
               : e == CM_OK          ? "ok"
                                     : "refused";
     }
