@@ -1,8 +1,11 @@
-"""Channels the data profile marks `confidential = yes` (the water CPS profile's mandatory item 5:
-important data encrypted by itself, under a per-session AES key wrapped with RSA-OAEP-2048):
-through the real pipeline, the verifier refuses a plaintext batch carrying one of them, counted
-and audited like its other refusals, while the same reading sealed under the session key is
-stored; and the archive keeps no aggregate of such a channel in clear."""
+"""The water CPS profile's mandatory item 5 (important data encrypted by itself, under a
+per-session AES key wrapped with RSA-OAEP-2048), through the real pipeline. Channels the data
+profile marks `confidential = yes`: the verifier refuses a plaintext batch carrying one of them,
+counted and audited like its other refusals, while the same reading sealed under the session key
+is stored; the archive keeps no aggregate of such a channel in clear, and the monitor says so.
+Commands are encrypted to each gateway's own RSA key (test_commands.py): a gateway the registry
+holds no such key for (one made before) gets none."""
+import json
 import re
 
 import pytest
@@ -11,6 +14,7 @@ from suite import TOP, Suite, wait_until
 from test_bad_inputs import Crafter, check_fates, fate, publish_all
 
 GW = "gw-0002"  # a reservoir (scripts/mkdeploy.sh: neither n % 10 == 1 nor n % 3 == 0)
+OLD_GW = "gw-0003"  # a pumping station, imported without a command key
 CONFIDENTIAL = "reservoir.chlorine"
 
 
@@ -25,6 +29,11 @@ def csuite(tmp_path_factory):
     profile = root / "profile.conf"
     profile.write_text(text)
     s = Suite(root, gateways=4, profile=profile)
+    # gw-0003 as a gateway made before command keys: the registry imports it without one
+    inv = s.dir / "inventory.conf"
+    text, n = re.subn(r"(?m)^cmd_pub = .*/gw-0003/cmdwrap\.pub\n", "", inv.read_text())
+    assert n == 1
+    inv.write_text(text)
     try:
         s.start()
         s.login_admin()
@@ -149,3 +158,17 @@ def test_the_monitor_says_a_confidential_channel_has_no_stored_trend(csuite):
     assert status == 200 and not t.get("confidential") and t["readings"] > 0, t
     status, c = call("GET", f"/api/channels?gateway={GW}")
     assert {ch["id"]: ch["confidential"] for ch in c["channels"]}[CONFIDENTIAL] is True
+
+
+def test_a_gateway_without_a_command_key_gets_no_command(csuite):
+    r = csuite.ctl("--json", "command", OLD_GW, "pump1", "1", "--unit", "1", check=False)
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["decision"] == "refused", (out, r.stderr)
+    assert out["reason"] == "no_command_key" and "encrypted" in out["detail"]
+    assert wait_until(lambda: csuite.query(
+        "SELECT count(*) FROM audit WHERE event='command_refused' AND subject=? AND detail LIKE ?",
+        OLD_GW, "%reason=no_command_key %")[0][0] == 1, 5)
+    # a gateway with one is commanded as usual (encrypted)
+    r = csuite.ctl("--json", "command", "gw-0002", "inlet_valve", "10", "--unit", "%",
+                   check=False)
+    assert json.loads(r.stdout)["decision"] == "sent", r.stderr
