@@ -67,9 +67,14 @@ def test_revoked_then_disposed_gateway_loses_its_keys_for_good(suite):
     suite.ctl("gateway", "revoke", "gw-0010", "--reason", "decommissioned")
     assert identity_state(suite, "gw-0010") == "revoked"
     out = json.loads(suite.ctl("--json", "gateway", "dispose", "gw-0010").stdout)
-    assert out["state"] == "disposed" and out["key_files_destroyed"] == 2
+    assert out["state"] == "disposed" and out["key_files_destroyed"] == 3
     assert not (suite.dir / "gateways" / "gw-0010" / "sign.key").exists()
     assert not (suite.dir / "gateways" / "gw-0010" / "client.key").exists()
+    assert not (suite.dir / "gateways" / "gw-0010" / "cmdwrap.key").exists()
+    reg = suite.dir / "state" / "registry" / "registry.db"
+    with sqlite3.connect(f"file:{reg}?mode=ro", uri=True, timeout=5) as db:
+        assert db.execute("SELECT length(cmd_pub) FROM gateways WHERE id='gw-0010'"
+                          ).fetchone()[0] == 0
     show = json.loads(suite.ctl("--json", "gateway", "show", "gw-0010").stdout)
     assert show["state"] == "disposed" and show["key_id"] == ""
     # a disposed identity never comes back
