@@ -126,6 +126,23 @@ static void report_seen(void *ctx)
     v->n_seen = 0;
 }
 
+/* The envelope without its body, malloc'd into *out (*len bytes): what is kept of a batch refused
+ * for carrying a confidential channel in clear. Its header and signature name and prove what was
+ * sent; the readings themselves are not stored at rest in clear. NULL when it does not decode. */
+static uint8_t *without_body(const ProtobufCBinaryData *env, size_t *len)
+{
+    Suido__SignedEnvelope *e = suido__signed_envelope__unpack(NULL, env->len, env->data);
+    uint8_t *out = NULL;
+    if (e) {
+        e->body.len = 0;
+        *len = suido__signed_envelope__get_packed_size(e);
+        if ((out = malloc(*len ? *len : 1)))
+            suido__signed_envelope__pack(e, out);
+        suido__signed_envelope__free_unpacked(e, NULL);
+    }
+    return out;
+}
+
 static void on_gateway_message(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -152,8 +169,16 @@ static void on_gateway_message(void *ctx, void *arg, const char *peer)
          * the refusal always fits the archive's frame limit */
         if (out.envelope.len > VERIFY_MAX_ENVELOPE)
             out.envelope.len = VERIFY_MAX_ENVELOPE;
+        uint8_t *kept = NULL;
+        if (strcmp(res.reason, "plaintext_confidential") == 0) {
+            kept = without_body(&in->envelope, &out.envelope.len);
+            out.envelope.data = kept;
+            if (!kept)
+                out.envelope.len = 0;
+        }
         out.header = res.header;
         cm_stage_send(v->to_archive, &out);
+        free(kept);
     } else {
         cm_metric_inc(v->verified);
         if (res.batch)

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from suite import TOP, Suite, wait_until
-from test_bad_inputs import Crafter, check_fates, fate, publish_all
+from test_bad_inputs import Crafter, check_fates, fate, publish_all, rejected
 
 GW = "gw-0002"  # a reservoir (scripts/mkdeploy.sh: neither n % 10 == 1 nor n % 3 == 0)
 OLD_GW = "gw-0003"  # a pumping station, imported without a command key
@@ -56,22 +56,37 @@ def test_verify_took_the_confidential_set_of_the_profile_in_force(csuite):
         csuite.log("verify")
 
 
+def refusal(suite, epoch, seq):
+    """(reason, stored envelope) of the refusal of (GW, epoch, seq), or None."""
+    rows = suite.query("SELECT reason, envelope FROM rejects WHERE gateway=? AND boot_epoch=? "
+                       "AND seq=?", GW, epoch, seq)
+    return rows[0] if rows else None
+
+
 def test_plaintext_confidential_readings_are_refused_and_sealed_ones_stored(csuite, pb):
     c = Chlorine(csuite, pb, GW, epoch=7001)
     level = Chlorine(csuite, pb, GW, epoch=7001)
     level.channel = "level"
-    cases = [
-        ("plaintext chlorine", c.good(1), "plaintext_confidential"),
-        ("plaintext level", level.good(2), "stored"),
-        ("sealed chlorine", c.sealed(3), "stored"),
-    ]
-    check_fates(csuite, pb, GW, cases)
-    # backfill is stored data too: the same rule (on its own topic)
-    env = c.good(4, kind=pb.KIND_BACKFILL)
-    publish_all(csuite, GW, [env], topic=f"suido/v1/{GW}/backfill")
-    assert wait_until(lambda: fate(csuite, env) is not None, 15)
-    assert fate(csuite, env) == "plaintext_confidential"
-    # audited like the verifier's other refusals
+    # stored: a non-confidential channel in clear, the confidential one sealed (each checked
+    # to be counted and audited by check_fates when refused, here stored)
+    check_fates(csuite, pb, GW, [("plaintext level", level.good(2), "stored"),
+                                 ("sealed chlorine", c.sealed(3), "stored")])
+    before = rejected(csuite, "plaintext_confidential")
+    plain = c.good(4)
+    backfill = c.good(5, kind=pb.KIND_BACKFILL)  # stored data too: the same rule
+    publish_all(csuite, GW, [plain])
+    publish_all(csuite, GW, [backfill], topic=f"suido/v1/{GW}/backfill")
+    assert wait_until(lambda: refusal(csuite, 7001, 4) and refusal(csuite, 7001, 5), 15)
+    for seq, env in ((4, plain), (5, backfill)):
+        reason, kept = refusal(csuite, 7001, seq)
+        assert reason == "plaintext_confidential"
+        # kept as evidence without the readings it carried in clear: header and signature
+        sent, got = pb.SignedEnvelope.FromString(env), pb.SignedEnvelope.FromString(kept)
+        assert got.header == sent.header and got.signature == sent.signature
+        assert got.body == b"" and sent.body not in kept
+        assert fate(csuite, env) is None  # nowhere stored whole
+    # counted once each, and audited like the verifier's other refusals
+    assert wait_until(lambda: rejected(csuite, "plaintext_confidential") == before + 2, 5)
     assert csuite.query("SELECT count(*) FROM audit WHERE event='message_refused' AND subject=? "
                         "AND detail LIKE 'reason=plaintext_confidential %'", GW)[0][0] == 2
 
