@@ -3,8 +3,9 @@
  * session and role with the registry, that the gateway is active, and the profile's operating
  * envelope and interlocks against its own view of the plant (gate_check); then it encrypts the
  * command to that gateway's own RSA command key and signs it, with an expiry (gate_seal), and
- * publishes it to that gateway only (a gateway without a command key gets none: no_command_key). It follows the command: the
- * gateway's signed result, then whether the plant's feedback channel followed. Every decision
+ * publishes it to that gateway only (a gateway without a command key gets none: no_command_key).
+ * It follows the command: the gateway's signed result, then whether the plant's feedback channel
+ * followed. Every decision
  * and every outcome is audited and recorded in the archive's command log; a refusal by the
  * gateway, an unanswered command and a plant that does not follow raise alerts.
  *

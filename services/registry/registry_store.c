@@ -525,7 +525,8 @@ cm_err registry_store_set_state(registry_store *s, const char *kind, const char 
     /* disposal makes the keys unusable: the stored public keys are wiped with the state */
     if (state == SUIDO__ENTITY_STATE__STATE_DISPOSED)
         snprintf(sql, sizeof sql, "UPDATE %s SET state=?, %s WHERE id=?",
-                 gw ? "gateways" : "services", gw ? "sign_pub=x'', cmd_pub=x'', key_id=''" : "curve_pub=''");
+                 gw ? "gateways" : "services",
+                 gw ? "sign_pub=x'', cmd_pub=x'', key_id=''" : "curve_pub=''");
     else
         snprintf(sql, sizeof sql, "UPDATE %s SET state=? WHERE id=?", gw ? "gateways" : "services");
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)

@@ -110,7 +110,8 @@ size_t verify_confidential_count(const verify_ctx *v) { return v->n_confidential
 static int is_confidential(const verify_ctx *v, const char *kind, const char *name)
 {
     for (size_t i = 0; i < v->n_confidential; i++)
-        if (strcmp(v->confidential[i].name, name) == 0 && strcmp(v->confidential[i].kind, kind) == 0)
+        if (strcmp(v->confidential[i].name, name) == 0 &&
+            strcmp(v->confidential[i].kind, kind) == 0)
             return 1;
     return 0;
 }
@@ -340,7 +341,7 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
                 REJECT(CM_ERR_DECODE, "invalid_reading");
         }
         /* the profile's mandatory encryption of important data: a confidential channel's
-         * readings never cross the broker in clear */
+         * readings are taken only encrypted */
         for (size_t i = 0; h->cipher == SUIDO__CIPHER__CIPHER_NONE && i < res->batch->n_readings;
              i++)
             if (is_confidential(v, res->gw_kind, res->batch->readings[i]->channel))
