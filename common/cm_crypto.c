@@ -200,12 +200,31 @@ cm_err cm_sign_domain(cm_signer *s, const char *domain, const uint8_t *msg, size
     return CM_OK;
 }
 
-cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
-                       size_t *siglen)
+/* be32(hlen) || header || body into buf (cap bytes): the message a command signature covers. */
+static size_t command_input(const uint8_t *header, size_t hlen, const uint8_t *body, size_t blen,
+                            uint8_t *buf, size_t cap)
 {
-    if (len > CM_CMD_MAX)
+    if (hlen > CM_CMD_HEADER_MAX || blen > CM_CMD_MAX || 4 + hlen + blen > cap)
+        return 0;
+    buf[0] = (uint8_t)(hlen >> 24);
+    buf[1] = (uint8_t)(hlen >> 16);
+    buf[2] = (uint8_t)(hlen >> 8);
+    buf[3] = (uint8_t)hlen;
+    if (hlen)
+        memcpy(buf + 4, header, hlen);
+    if (blen)
+        memcpy(buf + 4 + hlen, body, blen);
+    return 4 + hlen + blen;
+}
+
+cm_err cm_command_sign(cm_signer *s, const uint8_t *header, size_t hlen, const uint8_t *body,
+                       size_t blen, uint8_t *sig, size_t *siglen)
+{
+    uint8_t buf[4 + CM_CMD_HEADER_MAX + CM_CMD_MAX];
+    size_t n = command_input(header, hlen, body, blen, buf, sizeof buf);
+    if (n == 0)
         return CM_ERR_INVAL;
-    return cm_sign_domain(s, CM_CMD_DOMAIN, cmd, len, sig, siglen);
+    return cm_sign_domain(s, CM_CMD_DOMAIN, buf, n, sig, siglen);
 }
 
 /* ------------------------------------------------------------ verification */
@@ -356,12 +375,14 @@ cm_err cm_verify_domain(const cm_pubkey *k, const char *domain, const uint8_t *m
     return ok ? CM_OK : CM_ERR_SIGNATURE;
 }
 
-cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *cmd, size_t len, const uint8_t *sig,
-                         size_t siglen)
+cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *header, size_t hlen,
+                         const uint8_t *body, size_t blen, const uint8_t *sig, size_t siglen)
 {
-    if (len > CM_CMD_MAX)
+    uint8_t buf[4 + CM_CMD_HEADER_MAX + CM_CMD_MAX];
+    size_t n = command_input(header, hlen, body, blen, buf, sizeof buf);
+    if (n == 0)
         return CM_ERR_SIGNATURE;
-    return cm_verify_domain(k, CM_CMD_DOMAIN, cmd, len, sig, siglen);
+    return cm_verify_domain(k, CM_CMD_DOMAIN, buf, n, sig, siglen);
 }
 
 /* ------------------------------------------------------------------ AES-GCM */
@@ -455,6 +476,7 @@ struct cm_rsa {
     EVP_PKEY *key;
     EVP_PKEY_CTX *ctx; /* prepared once: OAEP, SHA-256, MGF1-SHA-256 */
     int private;
+    char key_id[CM_KEY_ID_LEN + 1];
 };
 
 static cm_err rsa_wrap_key(EVP_PKEY *k, int private, cm_rsa **out)
@@ -471,6 +493,10 @@ static cm_err rsa_wrap_key(EVP_PKEY *k, int private, cm_rsa **out)
     }
     r->key = k;
     r->private = private;
+    if (key_id_of(k, r->key_id) != CM_OK) {
+        cm_rsa_destroy(&r);
+        return CM_ERR_CRYPTO;
+    }
     r->ctx = EVP_PKEY_CTX_new(k, NULL);
     int ok = r->ctx && (private ? EVP_PKEY_decrypt_init(r->ctx) : EVP_PKEY_encrypt_init(r->ctx)) == 1 &&
              EVP_PKEY_CTX_set_rsa_padding(r->ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
@@ -517,6 +543,38 @@ cm_err cm_rsa_from_private_der(const uint8_t *der, size_t len, cm_rsa **out)
         return CM_ERR_KEY;
     return rsa_wrap_key(k, 1, out);
 }
+
+cm_err cm_rsa_from_public_der(const uint8_t *der, size_t len, cm_rsa **out)
+{
+    *out = NULL;
+    const unsigned char *p = der;
+    EVP_PKEY *k = len ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
+    if (!k || p != der + len) {
+        EVP_PKEY_free(k);
+        ERR_clear_error();
+        return CM_ERR_KEY;
+    }
+    return rsa_wrap_key(k, 0, out);
+}
+
+cm_err cm_rsa_public_der(const cm_rsa *r, uint8_t **der, size_t *len)
+{
+    unsigned char *d = NULL;
+    int n = i2d_PUBKEY(r->key, &d);
+    if (n <= 0)
+        return CM_ERR_CRYPTO;
+    *der = malloc((size_t)n);
+    if (!*der) {
+        OPENSSL_free(d);
+        return CM_ERR_NOMEM;
+    }
+    memcpy(*der, d, (size_t)n);
+    *len = (size_t)n;
+    OPENSSL_free(d);
+    return CM_OK;
+}
+
+const char *cm_rsa_key_id(const cm_rsa *r) { return r->key_id; }
 
 void cm_rsa_destroy(cm_rsa **rp)
 {

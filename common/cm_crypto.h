@@ -37,18 +37,22 @@ cm_err cm_signer_sign(cm_signer *s, const uint8_t *header, size_t hlen, const ui
                       size_t blen, uint8_t *sig, size_t *siglen);
 
 /* Commands (gate -> gateway): ECDSA P-256 / SHA-256 over CM_CMD_DOMAIN, its terminating NUL,
- * and the exact serialized Command (at most CM_CMD_MAX bytes). The domain keeps a command
- * signature from ever passing as a telemetry signature and the other way round. */
-#define CM_CMD_DOMAIN "suido-cmd-v1"
+ * be32(len(header)) || header || body, where header is the serialized CommandHeader (at most
+ * CM_CMD_HEADER_MAX bytes: cipher, IV, wrapped session key, key id) and body the sealed Command
+ * (at most CM_CMD_MAX bytes). The signature covers how the command is encrypted as well as the
+ * ciphertext; the domain keeps a command signature from ever passing as a telemetry signature and
+ * the other way round. */
+#define CM_CMD_DOMAIN "suido-cmd-v2"
 #define CM_CMD_MAX 4096
+#define CM_CMD_HEADER_MAX 1024
 /* Data profiles (registry -> services): the same scheme over the profile file's exact bytes. */
 #define CM_PROFILE_DOMAIN "suido-profile-v1"
 /* ECDSA P-256 / SHA-256 over domain, its terminating NUL, and msg: the one scheme behind the
  * command and profile signatures. */
 cm_err cm_sign_domain(cm_signer *s, const char *domain, const uint8_t *msg, size_t len,
                       uint8_t *sig, size_t *siglen);
-cm_err cm_command_sign(cm_signer *s, const uint8_t *cmd, size_t len, uint8_t *sig,
-                       size_t *siglen);
+cm_err cm_command_sign(cm_signer *s, const uint8_t *header, size_t hlen, const uint8_t *body,
+                       size_t blen, uint8_t *sig, size_t *siglen);
 
 /* ---- ECDSA P-256 verification (platform side) ---- */
 typedef struct cm_pubkey cm_pubkey;
@@ -71,8 +75,8 @@ cm_err cm_pubkey_verify_raw(const cm_pubkey *k, const uint8_t *msg, size_t len,
 cm_err cm_verify_domain(const cm_pubkey *k, const char *domain, const uint8_t *msg, size_t len,
                         const uint8_t *sig, size_t siglen);
 /* A command signature (see cm_command_sign); CM_ERR_SIGNATURE for anything but a valid one. */
-cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *cmd, size_t len, const uint8_t *sig,
-                         size_t siglen);
+cm_err cm_command_verify(const cm_pubkey *k, const uint8_t *header, size_t hlen,
+                         const uint8_t *body, size_t blen, const uint8_t *sig, size_t siglen);
 
 /* ---- AES-GCM with a session key: the key schedule is done once per session ---- */
 typedef struct cm_aead cm_aead;
@@ -98,6 +102,12 @@ typedef struct cm_rsa cm_rsa;
 cm_err cm_rsa_load_public(const char *pem_path, cm_rsa **out);
 cm_err cm_rsa_load_private(const char *pem_path, cm_rsa **out);
 cm_err cm_rsa_from_private_der(const uint8_t *der, size_t len, cm_rsa **out);
+/* A public key for wrapping from SubjectPublicKeyInfo DER (as the registry stores it). */
+cm_err cm_rsa_from_public_der(const uint8_t *der, size_t len, cm_rsa **out);
+/* SPKI DER of the (public half of the) key; *der is malloc'd, caller frees. */
+cm_err cm_rsa_public_der(const cm_rsa *r, uint8_t **der, size_t *len);
+/* The key id of the public key, CM_KEY_ID_LEN hex chars of SHA-256(SPKI DER). Owned by r. */
+const char *cm_rsa_key_id(const cm_rsa *r);
 void cm_rsa_destroy(cm_rsa **r);
 /* out must hold CM_WRAPPED_LEN bytes. */
 cm_err cm_rsa_wrap(cm_rsa *r, const uint8_t *key, size_t keylen, uint8_t *out, size_t *outlen);

@@ -143,8 +143,10 @@ void cm_registry_destroy(cm_registry **rp)
     if (!rp || !*rp)
         return;
     cm_registry *r = *rp;
-    for (size_t i = 0; i < CACHE_SLOTS; i++)
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
         cm_pubkey_destroy(&r->cache[i].gw.key);
+        cm_rsa_destroy(&r->cache[i].gw.cmd_key);
+    }
     free(r->cache);
     if (r->sock)
         zmq_close(r->sock);
@@ -291,12 +293,15 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
         return rc; /* cm_registry_call said it, once per outage */
     if (!s) {
         /* cache full: start afresh rather than grow without bound */
-        for (size_t i = 0; i < CACHE_SLOTS; i++)
+        for (size_t i = 0; i < CACHE_SLOTS; i++) {
             cm_pubkey_destroy(&r->cache[i].gw.key);
+            cm_rsa_destroy(&r->cache[i].gw.cmd_key);
+        }
         memset(r->cache, 0, CACHE_SLOTS * sizeof *r->cache);
         s = find_slot(r, id);
     }
     cm_pubkey_destroy(&s->gw.key);
+    cm_rsa_destroy(&s->gw.cmd_key);
     memset(s, 0, sizeof *s);
     s->used = 1;
     snprintf(s->gw.id, sizeof s->gw.id, "%s", id);
@@ -319,6 +324,11 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
         suido__registry_reply__free_unpacked(rep, NULL);
         return CM_ERR_UNAVAILABLE;
     }
+    /* the command key is optional (gateways made before command encryption have none): an
+     * unusable one counts as none, so the gate refuses to command rather than send in clear */
+    if (g->state == SUIDO__ENTITY_STATE__STATE_ACTIVE && g->cmd_pub_der.len &&
+        cm_rsa_from_public_der(g->cmd_pub_der.data, g->cmd_pub_der.len, &s->gw.cmd_key) != CM_OK)
+        cm_error("id=%s error=\"registry sent an unusable command key\"", id);
     s->status = CM_OK;
     s->gw.state = g->state;
     snprintf(s->gw.site, sizeof s->gw.site, "%s", g->site ? g->site : "");

@@ -24,6 +24,8 @@ typedef struct cm_gateway {
     char kind[32];
     char key_id[CM_KEY_ID_LEN + 1];
     cm_pubkey *key;          /* signing key, owned by the cache */
+    cm_rsa *cmd_key;         /* RSA-2048 command key (commands are encrypted to it), owned by
+                              * the cache; NULL: the gateway has none and gets no command */
     uint64_t cert_not_after_ms;
 } cm_gateway;
 

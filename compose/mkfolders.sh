@@ -127,6 +127,7 @@ for d in "$DIR"/gateways/*/; do
     g=$(basename "$d")
     mkdir -p "$f/gateways/$g"
     cp -p "$d"/client.crt "$d"/client.key "$d"/sign.key "$d"/sign.pub "$f/gateways/$g/"
+    for k in cmdwrap.key cmdwrap.pub; do [[ ! -f "$d/$k" ]] || cp -p "$d/$k" "$f/gateways/$g/"; done
 done
 seal "$f" gateway-sim
 

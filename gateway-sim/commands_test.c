@@ -1,7 +1,8 @@
 /* commands_test: unit tests of the gateway's command validation (gateway-sim/commands.c) with a
- * real P-256 gate key generated here: acceptance of a valid command, every refusal reason, the
- * order of the checks, replay by id and by issued_ms, the bounded seen-id memory, and that a
- * refused command changes nothing. */
+ * real P-256 gate key and RSA-2048 gateway command keys generated here: acceptance of a valid
+ * (encrypted) command, every refusal reason (a command in clear, one that does not decrypt), the
+ * order of the checks, the once-per-key unwrap, replay by id and by issued_ms, the bounded
+ * seen-id memory, and that a refused command changes nothing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -19,21 +20,40 @@
 
 #define NOW_MS 1700000000000ull
 #define GW "gw-0001"
-#define BUF 8192
+#define BUF 16384
+
+#define KID "0123456789abcdef"
 
 typedef struct keys {
-    EVP_PKEY *gate, *other; /* private keys: the gate's, and someone else's */
-    cm_pubkey *pub;         /* the gate's public key as the gateway loads it */
+    EVP_PKEY *gate, *other;   /* private keys: the gate's, and someone else's */
+    cm_pubkey *pub;           /* the gate's public key as the gateway loads it */
+    cm_rsa *unwrap;           /* this gateway's RSA command key (private) */
+    uint8_t key[32];          /* the gate's session key for this gateway */
+    uint8_t wrapped[CM_WRAPPED_LEN], wrapped_other[CM_WRAPPED_LEN]; /* to it / to another key */
+    cmd_keys ck;              /* the gateway's cache, as gateway.c keeps it */
 } keys;
 
 static keys K;
+
+/* SPKI DER of k's public half, as the registry keeps it, into a cm_rsa for wrapping. */
+static cm_rsa *rsa_public(EVP_PKEY *k)
+{
+    unsigned char *der = NULL;
+    int n = i2d_PUBKEY(k, &der);
+    cm_rsa *r = NULL;
+    if (n > 0)
+        cm_rsa_from_public_der(der, (size_t)n, &r);
+    OPENSSL_free(der);
+    return r;
+}
 
 static int setup(void **state)
 {
     (void)state;
     K.gate = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     K.other = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    if (!K.gate || !K.other)
+    EVP_PKEY *mine = EVP_RSA_gen(2048), *theirs = EVP_RSA_gen(2048);
+    if (!K.gate || !K.other || !mine || !theirs)
         return -1;
     unsigned char *der = NULL;
     int n = i2d_PUBKEY(K.gate, &der);
@@ -41,7 +61,22 @@ static int setup(void **state)
         return -1;
     cm_err e = cm_pubkey_from_der(der, (size_t)n, &K.pub);
     OPENSSL_free(der);
-    return e == CM_OK ? 0 : -1;
+    der = NULL;
+    n = i2d_PrivateKey(mine, &der);
+    if (e != CM_OK || n <= 0 || cm_rsa_from_private_der(der, (size_t)n, &K.unwrap) != CM_OK)
+        return -1;
+    OPENSSL_free(der);
+    cm_rsa *to = rsa_public(mine), *to_other = rsa_public(theirs);
+    size_t wl = 0, wl2 = 0;
+    int ok = to && to_other && cm_random(K.key, sizeof K.key) == CM_OK &&
+             cm_rsa_wrap(to, K.key, sizeof K.key, K.wrapped, &wl) == CM_OK &&
+             cm_rsa_wrap(to_other, K.key, sizeof K.key, K.wrapped_other, &wl2) == CM_OK;
+    cm_rsa_destroy(&to);
+    cm_rsa_destroy(&to_other);
+    EVP_PKEY_free(mine);
+    EVP_PKEY_free(theirs);
+    K.ck.unwrap = K.unwrap;
+    return ok ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -50,11 +85,13 @@ static int teardown(void **state)
     EVP_PKEY_free(K.gate);
     EVP_PKEY_free(K.other);
     cm_pubkey_destroy(&K.pub);
+    cmd_keys_clear(&K.ck);
+    cm_rsa_destroy(&K.unwrap);
     return 0;
 }
 
 /* Test-only signer: ECDSA P-256/SHA-256 DER over prefix || msg, as the gate signs with
- * prefix = "suido-cmd-v1" || 0x00 (prefix_len 13); other prefixes make wrong signatures. */
+ * prefix = "suido-cmd-v2" || 0x00 (prefix_len 13); other prefixes make wrong signatures. */
 static size_t sign_with(EVP_PKEY *k, const void *prefix, size_t prefix_len, const uint8_t *msg,
                         size_t len, uint8_t *sig)
 {
@@ -70,16 +107,93 @@ static size_t sign_with(EVP_PKEY *k, const void *prefix, size_t prefix_len, cons
     return siglen;
 }
 
-/* Packs SignedCommand{cmd bytes, sig} into out. */
-static size_t wrap(const uint8_t *cmd, size_t cmdlen, const uint8_t *sig, size_t siglen,
-                   uint8_t *out)
+/* How a payload is made: zero-initialised it is the gate's own (sealed under K.key wrapped to
+ * this gateway, signed by the gate); each field changes one ingredient. */
+typedef struct sealing {
+    EVP_PKEY *signer;           /* NULL: K.gate */
+    int no_prefix, short_prefix; /* sign without the domain, or without its 0x00 */
+    int plaintext;              /* cipher NONE, the Command in clear */
+    int no_header;              /* the old form: no header, the Command in clear */
+    int cipher;                 /* 0: AES-256-GCM */
+    int to_other;               /* session key wrapped to another gateway's key */
+    const char *key_id;         /* NULL: KID */
+    const char *header_cid;     /* NULL: the command's own id */
+    size_t iv_len;              /* 0: 12 */
+    size_t wrapped_len;         /* 0: 256 */
+    int damage_ct;              /* a ciphertext byte flipped before signing (GCM notices) */
+    int change_after_sign;      /* a ciphertext byte flipped after signing */
+    int sig_flip, sig_cut, sig_extra; /* the signature damaged */
+    int no_sig, no_cmd;         /* empty signature / command */
+} sealing;
+
+#define BIG 16384
+
+/* Seals cmd bytes (id cid) as o says, signs and packs them into out: a payload on the command
+ * topic. */
+static size_t seal_bytes(const sealing *o, const char *cid, const uint8_t *cmd, size_t n,
+                         uint8_t *out)
 {
+    static uint8_t hdr[2048], ct[BIG], msg[BIG + 2048];
+    uint8_t iv[CM_GCM_IV_LEN] = {7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 1}, sig[CM_SIG_MAX + 1];
+    size_t hlen = 0, clen = n;
+    if (!o->no_header) {
+        Suido__CommandHeader h = SUIDO__COMMAND_HEADER__INIT;
+        h.version = 1;
+        h.gateway_id = GW;
+        h.command_id = (char *)(o->header_cid ? o->header_cid : cid);
+        h.cipher = o->plaintext ? SUIDO__CIPHER__CIPHER_NONE
+                   : o->cipher  ? o->cipher
+                                : SUIDO__CIPHER__CIPHER_AES_256_GCM;
+        if (!o->plaintext) {
+            h.iv.data = iv;
+            h.iv.len = o->iv_len ? o->iv_len : sizeof iv;
+            h.wrapped_key.data = o->to_other ? K.wrapped_other : K.wrapped;
+            h.wrapped_key.len = o->wrapped_len ? o->wrapped_len : CM_WRAPPED_LEN;
+            h.key_id = (char *)(o->key_id ? o->key_id : KID);
+        }
+        hlen = suido__command_header__pack(&h, hdr);
+    }
+    if (o->plaintext || o->no_header) {
+        memcpy(ct, cmd, n);
+    } else {
+        cm_aead *a = NULL;
+        assert_int_equal(cm_aead_new(K.key, sizeof K.key, &a), CM_OK);
+        assert_int_equal(cm_aead_seal(a, iv, hdr, hlen, cmd, n, ct), CM_OK);
+        cm_aead_destroy(&a);
+        clen = n + CM_GCM_TAG_LEN;
+    }
+    if (o->damage_ct)
+        ct[0] ^= 1;
+    size_t m = 0;
+    if (!o->no_header) {
+        msg[0] = (uint8_t)(hlen >> 24);
+        msg[1] = (uint8_t)(hlen >> 16);
+        msg[2] = (uint8_t)(hlen >> 8);
+        msg[3] = (uint8_t)hlen;
+        memcpy(msg + 4, hdr, hlen);
+        m = 4 + hlen;
+    }
+    memcpy(msg + m, ct, clen);
+    m += clen;
+    size_t sl = sign_with(o->signer ? o->signer : K.gate, CMD_DOMAIN,
+                          o->no_prefix ? 0 : sizeof CMD_DOMAIN - (o->short_prefix ? 1 : 0), msg,
+                          m, sig);
+    if (o->change_after_sign)
+        ct[clen - 1] ^= 1;
+    if (o->sig_flip)
+        sig[sl - 1] ^= 1;
+    if (o->sig_cut)
+        sl--;
+    if (o->sig_extra)
+        sig[sl++] = 0;
     Suido__SignedCommand sc = SUIDO__SIGNED_COMMAND__INIT;
-    sc.command.data = (uint8_t *)cmd;
-    sc.command.len = cmdlen;
-    sc.signature.data = (uint8_t *)sig;
-    sc.signature.len = siglen;
-    assert_true(suido__signed_command__get_packed_size(&sc) <= BUF);
+    sc.header.data = hdr;
+    sc.header.len = hlen;
+    sc.command.data = ct;
+    sc.command.len = o->no_cmd ? 0 : clen;
+    sc.signature.data = sig;
+    sc.signature.len = o->no_sig ? 0 : sl;
+    assert_true(suido__signed_command__get_packed_size(&sc) <= BIG);
     return suido__signed_command__pack(&sc, out);
 }
 
@@ -98,14 +212,19 @@ static Suido__Command cmd_of(const char *id, uint64_t issued)
     return c;
 }
 
-/* Serialises c, signs it with k under the command domain and wraps it: a payload as the gate
- * publishes it. */
+/* c sealed and signed as o says. */
+static size_t sealed(const sealing *o, const Suido__Command *c, uint8_t *out)
+{
+    static uint8_t cmd[BIG];
+    size_t n = suido__command__pack(c, cmd);
+    return seal_bytes(o, c->command_id, cmd, n, out);
+}
+
+/* c sealed by the gate, signed with k: a payload as the gate publishes it when k is its key. */
 static size_t signed_by(EVP_PKEY *k, const Suido__Command *c, uint8_t *out)
 {
-    uint8_t cmd[BUF], sig[CM_SIG_MAX];
-    size_t n = suido__command__pack(c, cmd);
-    size_t sl = sign_with(k, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, n, sig);
-    return wrap(cmd, n, sig, sl, out);
+    sealing o = {.signer = k};
+    return sealed(&o, c, out);
 }
 
 static size_t gate(const Suido__Command *c, uint8_t *out) { return signed_by(K.gate, c, out); }
@@ -116,7 +235,7 @@ static cmd_reason check_at(cmd_state *st, sig_kind kind, uint64_t now, const uin
 {
     const sig_actuator *act;
     size_t na = sig_actuators(kind, &act);
-    return cmd_check(st, K.pub, GW, now, act, na, p, n, d);
+    return cmd_check(st, K.pub, &K.ck, GW, now, act, na, p, n, d);
 }
 
 static cmd_reason check(cmd_state *st, const uint8_t *p, size_t n)
@@ -140,7 +259,8 @@ static void test_reason_names(void **state)
     (void)state;
     static const char *const want[CMD__REASONS] = {
         "ok",       "malformed",        "bad_signature", "wrong_gateway", "expired",
-        "replayed", "unknown_actuator", "wrong_unit",    "out_of_range",
+        "replayed", "unknown_actuator", "wrong_unit",    "out_of_range", "plaintext_command",
+        "decrypt",
     };
     for (int i = 0; i < CMD__REASONS; i++)
         assert_string_equal(cmd_reason_name((cmd_reason)i), want[i]);
@@ -198,7 +318,7 @@ static void test_malformed(void **state)
     Suido__Command ok = cmd_of("seed", NOW_MS - 5000);
     assert_int_equal(decide(&st, SIG_PUMPING, &ok), CMD_OK);
     before = st;
-    uint8_t p[BUF], cmd[BUF], sig[CM_SIG_MAX];
+    uint8_t p[BUF], cmd[BUF];
     size_t n;
 
     assert_int_equal(check(&st, NULL, 0), CMD_MALFORMED);
@@ -217,24 +337,35 @@ static void test_malformed(void **state)
 
     /* SignedCommand without a signature, or without a command */
     c = cmd_of("nosig", NOW_MS - 1000);
-    n = suido__command__pack(&c, cmd);
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, 0, p)), CMD_MALFORMED);
-    size_t sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, 0, sig);
-    assert_int_equal(check(&st, p, wrap(cmd, 0, sig, sl, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.no_sig = 1}, &c, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.no_cmd = 1}, &c, p)), CMD_MALFORMED);
 
-    /* the command bytes are not a Command, yet validly signed */
+    /* a header that cannot be right, validly signed: IV, wrapped key, key id, cipher */
+    c = cmd_of("bad-header", NOW_MS - 1000);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.iv_len = 8}, &c, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.wrapped_len = 255}, &c, p)),
+                     CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.key_id = ""}, &c, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.key_id = "0123456789abcdef0"}, &c, p)),
+                     CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.cipher = 99}, &c, p)), CMD_MALFORMED);
+    /* the header names another command than the one sealed */
+    assert_int_equal(check(&st, p, sealed(&(sealing){.header_cid = "other"}, &c, p)),
+                     CMD_MALFORMED);
+
+    /* the sealed bytes are not a Command, yet validly sealed and signed */
     memset(cmd, 0xff, 40);
-    sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, 40, sig);
-    assert_int_equal(check(&st, p, wrap(cmd, 40, sig, sl, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, seal_bytes(&(sealing){0}, "junk", cmd, 40, p)),
+                     CMD_MALFORMED);
 
-    /* an unknown field in the Command (field 99, varint 1), validly signed */
+    /* an unknown field in the Command (field 99, varint 1), validly sealed and signed */
     c = cmd_of("unknown-field", NOW_MS - 1000);
     n = suido__command__pack(&c, cmd);
     cmd[n++] = 0x98; /* tag (99 << 3 | 0) as a varint: 0x98 0x06 */
     cmd[n++] = 0x06;
     cmd[n++] = 1;
-    sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, n, sig);
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, sl, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, seal_bytes(&(sealing){0}, "unknown-field", cmd, n, p)),
+                     CMD_MALFORMED);
 
     /* an unknown field in the SignedCommand */
     c = cmd_of("outer-unknown", NOW_MS - 1000);
@@ -288,43 +419,130 @@ static void test_bad_signature(void **state)
     cmd_state st, before;
     memset(&st, 0, sizeof st);
     before = st;
-    uint8_t p[BUF], cmd[BUF], sig[CM_SIG_MAX];
+    uint8_t p[BUF];
     Suido__Command c = cmd_of("sig-1", NOW_MS - 1000);
-    size_t n = suido__command__pack(&c, cmd), sl;
 
     /* another key */
     assert_int_equal(check(&st, p, signed_by(K.other, &c, p)), CMD_BAD_SIGNATURE);
     /* the right key without the domain prefix, or with the prefix but no 0x00 */
-    sl = sign_with(K.gate, NULL, 0, cmd, n, sig);
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, sl, p)), CMD_BAD_SIGNATURE);
-    sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN - 1, cmd, n, sig);
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, sl, p)), CMD_BAD_SIGNATURE);
-    /* the signed command, then its value changed (still a well-formed Command) */
-    sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, n, sig);
-    c.value = 0.0;
-    size_t n2 = suido__command__pack(&c, cmd);
-    assert_int_equal(check(&st, p, wrap(cmd, n2, sig, sl, p)), CMD_BAD_SIGNATURE);
-    c.value = 1.0;
-    n = suido__command__pack(&c, cmd);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.no_prefix = 1}, &c, p)),
+                     CMD_BAD_SIGNATURE);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.short_prefix = 1}, &c, p)),
+                     CMD_BAD_SIGNATURE);
+    /* the signed command, then its ciphertext changed */
+    assert_int_equal(check(&st, p, sealed(&(sealing){.change_after_sign = 1}, &c, p)),
+                     CMD_BAD_SIGNATURE);
     /* a signature with a flipped bit, one cut short, one with a trailing byte (not strict DER) */
-    sl = sign_with(K.gate, CMD_DOMAIN, sizeof CMD_DOMAIN, cmd, n, sig);
-    sig[sl - 1] ^= 1;
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, sl, p)), CMD_BAD_SIGNATURE);
-    sig[sl - 1] ^= 1;
-    assert_int_equal(check(&st, p, wrap(cmd, n, sig, sl - 1, p)), CMD_BAD_SIGNATURE);
-    uint8_t longer[CM_SIG_MAX + 1];
-    memcpy(longer, sig, sl);
-    longer[sl] = 0;
-    assert_int_equal(check(&st, p, wrap(cmd, n, longer, sl + 1, p)), CMD_BAD_SIGNATURE);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.sig_flip = 1}, &c, p)), CMD_BAD_SIGNATURE);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.sig_cut = 1}, &c, p)), CMD_BAD_SIGNATURE);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.sig_extra = 1}, &c, p)),
+                     CMD_BAD_SIGNATURE);
     /* no key at all */
     const sig_actuator *act;
     size_t na = sig_actuators(SIG_PUMPING, &act);
     cmd_decision d;
-    size_t good = wrap(cmd, n, sig, sl, p);
-    assert_int_equal(cmd_check(&st, NULL, GW, NOW_MS, act, na, p, good, &d), CMD_BAD_SIGNATURE);
+    size_t good = gate(&c, p);
+    assert_int_equal(cmd_check(&st, NULL, &K.ck, GW, NOW_MS, act, na, p, good, &d),
+                     CMD_BAD_SIGNATURE);
     assert_int_equal(memcmp(&st, &before, sizeof st), 0);
     /* and the intact one is fine */
     assert_int_equal(check(&st, p, good), CMD_OK);
+}
+
+/* A command in clear is refused whoever signed it; one whose session key does not unwrap with
+ * this gateway's key, or whose ciphertext does not open, is refused as decrypt, naming the
+ * command (from the signed header) so that the gate learns of it. Neither changes the state. */
+static void test_plaintext_and_decrypt(void **state)
+{
+    (void)state;
+    cmd_state st, before;
+    memset(&st, 0, sizeof st);
+    before = st;
+    uint8_t p[BUF], cmd[BUF], sig[CM_SIG_MAX];
+    cmd_decision d;
+    Suido__Command c = cmd_of("clear-1", NOW_MS - 1000);
+    /* the old form: the Command in clear, signed by the gate over the v1 domain */
+    size_t n = suido__command__pack(&c, cmd);
+    size_t sl = sign_with(K.gate, "suido-cmd-v1", 13, cmd, n, sig);
+    Suido__SignedCommand sc = SUIDO__SIGNED_COMMAND__INIT;
+    sc.command.data = cmd;
+    sc.command.len = n;
+    sc.signature.data = sig;
+    sc.signature.len = sl;
+    n = suido__signed_command__pack(&sc, p);
+    assert_int_equal(check_at(&st, SIG_PUMPING, NOW_MS, p, n, &d), CMD_PLAINTEXT);
+    assert_string_equal(d.command_id, "clear-1");
+    assert_string_equal(d.channel, "pump1");
+    assert_string_equal(cmd_reason_name(d.reason), "plaintext_command");
+    assert_int_equal(check(&st, p, sealed(&(sealing){.no_header = 1}, &c, p)), CMD_PLAINTEXT);
+    /* a header saying CIPHER_NONE, validly signed, or signed by anyone */
+    assert_int_equal(check(&st, p, sealed(&(sealing){.plaintext = 1}, &c, p)), CMD_PLAINTEXT);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.plaintext = 1, .signer = K.other}, &c, p)),
+                     CMD_PLAINTEXT);
+
+    /* a session key wrapped to another gateway's key */
+    c = cmd_of("undecryptable", NOW_MS - 1000);
+    n = sealed(&(sealing){.to_other = 1, .key_id = "fedcba9876543210"}, &c, p);
+    assert_int_equal(check_at(&st, SIG_PUMPING, NOW_MS, p, n, &d), CMD_DECRYPT);
+    assert_string_equal(d.command_id, "undecryptable");
+    assert_string_equal(cmd_reason_name(d.reason), "decrypt");
+    /* damaged before it was signed: only GCM notices */
+    assert_int_equal(check(&st, p, sealed(&(sealing){.damage_ct = 1}, &c, p)), CMD_DECRYPT);
+    /* a 32-byte key announced as AES-128 */
+    assert_int_equal(check(&st, p,
+                           sealed(&(sealing){.cipher = SUIDO__CIPHER__CIPHER_AES_128_GCM}, &c, p)),
+                     CMD_DECRYPT);
+    /* a gateway without a command key opens nothing */
+    cmd_keys none = {0};
+    const sig_actuator *act;
+    size_t na = sig_actuators(SIG_PUMPING, &act);
+    n = gate(&c, p);
+    assert_int_equal(cmd_check(&st, K.pub, &none, GW, NOW_MS, act, na, p, n, &d), CMD_DECRYPT);
+    assert_int_equal(cmd_check(&st, K.pub, NULL, GW, NOW_MS, act, na, p, n, &d), CMD_DECRYPT);
+    assert_int_equal(memcmp(&st, &before, sizeof st), 0);
+    /* the same command, decryptable, is accepted */
+    assert_int_equal(check(&st, p, n), CMD_OK);
+}
+
+/* The session key is unwrapped once and then taken from the cache; another key is unwrapped
+ * (once) when the gate's key id or wrapped bytes change. What crosses is ciphertext. */
+static void test_session_key_unwrapped_once(void **state)
+{
+    (void)state;
+    cmd_state st;
+    memset(&st, 0, sizeof st);
+    cmd_keys ck = {.unwrap = K.unwrap};
+    const sig_actuator *act;
+    size_t na = sig_actuators(SIG_PUMPING, &act);
+    uint8_t p[BUF];
+    cmd_decision d;
+    char id[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "once-%d", i);
+        Suido__Command c = cmd_of(id, NOW_MS - 10000 + (uint64_t)i);
+        size_t n = gate(&c, p);
+        assert_int_equal(cmd_check(&st, K.pub, &ck, GW, NOW_MS, act, na, p, n, &d), CMD_OK);
+        /* neither the actuator nor the requester appears in clear */
+        assert_null(memmem(p, n, "pump1", 5));
+        assert_null(memmem(p, n, "op-1", 4));
+    }
+    assert_int_equal(ck.unwraps, 1);
+    /* an undecryptable key under the cached id does not replace the good one */
+    Suido__Command c = cmd_of("once-x", NOW_MS - 1000);
+    size_t n = sealed(&(sealing){.to_other = 1}, &c, p);
+    assert_int_equal(cmd_check(&st, K.pub, &ck, GW, NOW_MS, act, na, p, n, &d), CMD_DECRYPT);
+    assert_int_equal(ck.unwraps, 2);
+    c = cmd_of("once-y", NOW_MS - 900);
+    n = gate(&c, p);
+    assert_int_equal(cmd_check(&st, K.pub, &ck, GW, NOW_MS, act, na, p, n, &d), CMD_OK);
+    assert_int_equal(ck.unwraps, 2);
+    /* no RSA work for a command the gate did not sign */
+    c = cmd_of("once-z", NOW_MS - 800);
+    n = sealed(&(sealing){.signer = K.other, .key_id = "aaaaaaaaaaaaaaaa"}, &c, p);
+    assert_int_equal(cmd_check(&st, K.pub, &ck, GW, NOW_MS, act, na, p, n, &d),
+                     CMD_BAD_SIGNATURE);
+    assert_int_equal(ck.unwraps, 2);
+    cmd_keys_clear(&ck);
 }
 
 static void test_wrong_gateway(void **state)
@@ -482,10 +700,22 @@ static void test_order(void **state)
     size_t n_old = gate(&c, p_old);
     assert_int_equal(check(&st, p_old, n_old), CMD_OK);
 
-    /* malformed before bad_signature: a missing unit, signed by the wrong key */
+    /* malformed (the header) before plaintext_command before bad_signature before decrypt
+     * before malformed (the opened command): what is in clear is checked first, nothing is
+     * opened that the gate did not sign */
     c = cmd_of("ord-1", NOW_MS - 1000);
     c.unit = "";
-    assert_int_equal(check(&st, p, signed_by(K.other, &c, p)), CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.iv_len = 8, .signer = K.other}, &c, p)),
+                     CMD_MALFORMED);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.plaintext = 1, .signer = K.other}, &c, p)),
+                     CMD_PLAINTEXT);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.to_other = 1, .signer = K.other}, &c, p)),
+                     CMD_BAD_SIGNATURE);
+    assert_int_equal(check(&st, p, sealed(&(sealing){.to_other = 1, .key_id = "1111111111111111"},
+                                          &c, p)),
+                     CMD_DECRYPT);
+    assert_int_equal(check(&st, p, signed_by(K.other, &c, p)), CMD_BAD_SIGNATURE);
+    assert_int_equal(decide(&st, SIG_PUMPING, &c), CMD_MALFORMED);
     /* bad_signature before wrong_gateway */
     c = cmd_of("ord-2", NOW_MS - 1000);
     c.gateway_id = "gw-0002";
@@ -599,6 +829,8 @@ int main(void)
         cmocka_unit_test(test_accept),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bad_signature),
+        cmocka_unit_test(test_plaintext_and_decrypt),
+        cmocka_unit_test(test_session_key_unwrapped_once),
         cmocka_unit_test(test_wrong_gateway),
         cmocka_unit_test(test_expired),
         cmocka_unit_test(test_replayed),

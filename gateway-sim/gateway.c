@@ -179,6 +179,8 @@ struct gateway {
     const sig_actuator *act;
     size_t nact;
     cmd_state cst;
+    cmd_keys ckeys;          /* its RSA command key (cmdwrap.key) and the cached session key */
+    cm_rsa *cmd_unwrap;      /* owned; NULL when the gateway was made without one */
     cmd_result cres;
     seq_list cres_seqs;      /* every seq a command result took, increasing */
     seq_list cres_unsent;    /* those that never left */
@@ -802,6 +804,19 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
             cm_error("gw=%s path=%s error=\"cannot load the other key: %s\"", g->id,
                      idn->wrong_key, cm_strerror(e));
     }
+    /* every command arrives encrypted to this gateway's own RSA key: without one (a gateway
+     * made before command encryption) every command is refused as "decrypt", and the gate, which
+     * finds no key in the registry for it, sends none */
+    snprintf(path, sizeof path, "%s/cmdwrap.key", dir);
+    if (e == CM_OK && set->cmd_key) {
+        if (access(path, F_OK) != 0)
+            cm_warn("gw=%s path=%s event=no_command_key detail=\"commands cannot be opened\"",
+                    g->id, path);
+        else if ((e = cm_rsa_load_private(path, &g->cmd_unwrap)) != CM_OK)
+            cm_error("gw=%s path=%s error=\"cannot load the command key: %s\"", g->id, path,
+                     cm_strerror(e));
+        g->ckeys.unwrap = g->cmd_unwrap;
+    }
     if (e == CM_OK && set->state_dir && set->outbox_max_bytes)
         e = open_outbox(g);
     if (e == CM_OK)
@@ -1099,7 +1114,8 @@ static void decide_command(gateway *g, const cmd_msg *m)
     cmd_decision d;
     uint64_t now = cm_now_ms();
     /* an oversize payload was queued without its bytes: cmd_check refuses it as malformed */
-    cmd_check(&g->cst, g->set->cmd_key, g->id, now, g->act, g->nact, m->p, m->len, &d);
+    cmd_check(&g->cst, g->set->cmd_key, &g->ckeys, g->id, now, g->act, g->nact, m->p, m->len,
+              &d);
     double in_force = 0.0;
     if (d.reason == CMD_OK) {
         in_force = sig_actuate(&g->sig, (size_t)d.actuator, d.value);
@@ -2030,6 +2046,8 @@ void gateway_destroy(gateway **gp)
     cm_signer_destroy(&g->signer);
     cm_signer_destroy(&g->wrong_signer);
     cm_aead_destroy(&g->aead);
+    cmd_keys_clear(&g->ckeys);
+    cm_rsa_destroy(&g->cmd_unwrap);
     buf_free(&g->birth);
     buf_free(&g->env);
     buf_free(&g->body);

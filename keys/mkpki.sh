@@ -6,7 +6,12 @@
 #   keys/mkpki.sh OUTDIR --revoke ID     revoke the current TLS cert of gateway/service ID
 #   keys/mkpki.sh OUTDIR --gencrl        re-issue ca/crl.pem (it is valid for 30 days only)
 #   keys/mkpki.sh OUTDIR --add-gateway ID  issue one more gateway (TLS key and certificate, signing
-#                                        key) into OUTDIR/gateways/ID; an id is never issued twice
+#                                        key, command key) into OUTDIR/gateways/ID; an id is never
+#                                        issued twice
+#
+# Each gateway also gets an RSA-2048 command key pair (cmdwrap.key, 0600, and cmdwrap.pub): the
+# command gate wraps each command session key to cmdwrap.pub (registered with the registry), the
+# gateway unwraps it with cmdwrap.key.
 #
 # Every TLS key is EC P-256. Certificates are issued with `openssl ca` from a config file kept in
 # OUTDIR/ca/openssl.cnf (paths in it are relative to OUTDIR/ca, so the directory can be moved).
@@ -111,9 +116,11 @@ if [[ $MODE != create ]]; then
             -keyout "$tmp/client.key" -out "$tmp/client.csr" -subj "/CN=$ADD_ID"
         ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/sign.key"
         ossl pkey -in "$tmp/sign.key" -pubout -out "$tmp/sign.pub"
+        ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/cmdwrap.key"
+        ossl pkey -in "$tmp/cmdwrap.key" -pubout -out "$tmp/cmdwrap.pub"
         ca_cmd -notext -in "$tmp/client.csr" -out "$tmp/client.crt" -extensions ext_gateway -days "$DAYS"
         rm -f "$tmp/client.csr"
-        chmod 0644 "$tmp/client.crt" "$tmp/sign.pub"
+        chmod 0644 "$tmp/client.crt" "$tmp/sign.pub" "$tmp/cmdwrap.pub"
         mv -- "$tmp" "$d"
         echo "$PROG: issued gateway $ADD_ID in $d (not yet known to the registry: use suidoctl gateway provision)"
         exit 0
@@ -357,7 +364,9 @@ gw_keys() {
     mkdir -p "$d"
     newkey_csr "$d/client.key" "$TMPD/$1.csr" "/CN=$1" &&
         ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/sign.key" &&
-        ossl pkey -in "$d/sign.key" -pubout -out "$d/sign.pub"
+        ossl pkey -in "$d/sign.key" -pubout -out "$d/sign.pub" &&
+        ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/cmdwrap.key" &&
+        ossl pkey -in "$d/cmdwrap.key" -pubout -out "$d/cmdwrap.pub"
 }
 run_parallel gw_keys "${GWS[@]}"
 CSRS=()

@@ -94,6 +94,8 @@ inv="$DIR/inventory.conf"
         printf '\n[gateway %s]\nsite = %s-%02d\nkind = %s\nmodel = %s\nfirmware = %s\n' \
             "$gw" "$kind" "$n" "$kind" "$model" "$fw"
         printf 'sign_pub = %s\ncert = %s\n' "${d%/}/sign.pub" "${d%/}/client.crt"
+        # the RSA key commands are encrypted to (a PKI from before has none: no commands)
+        [[ ! -f "${d%/}/cmdwrap.pub" ]] || printf 'cmd_pub = %s\n' "${d%/}/cmdwrap.pub"
     done
     for d in "$DIR"/services/*/; do
         printf '\n[service %s]\ncurve_pub = %s\ncert = %s\n' "$(basename "$d")" \
@@ -240,6 +242,9 @@ $(archive_out)
 unwrap_key = $DIR/platform/wrap.key
 window_s = 300
 max_ahead_s = 10
+
+[profile]
+registry_key = $DIR/platform/profile.pub
 EOT
 registry_client; events_client; metrics_section verify 42; } >"$DIR/etc/verify.conf"
 

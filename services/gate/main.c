@@ -1,9 +1,11 @@
 /* suido-gate: the command safety gate. Operators ask for a command to one actuator of one
  * gateway (pump start/stop, valve position, dosing setpoint); the gate checks the requester's
  * session and role with the registry, that the gateway is active, and the profile's operating
- * envelope and interlocks against its own view of the plant (gate_check); then it signs the
- * command with an expiry and publishes it to that gateway only. It follows the command: the
- * gateway's signed result, then whether the plant's feedback channel followed. Every decision
+ * envelope and interlocks against its own view of the plant (gate_check); then it encrypts the
+ * command to that gateway's own RSA command key and signs it, with an expiry (gate_seal), and
+ * publishes it to that gateway only (a gateway without a command key gets none: no_command_key).
+ * It follows the command: the gateway's signed result, then whether the plant's feedback channel
+ * followed. Every decision
  * and every outcome is audited and recorded in the archive's command log; a refusal by the
  * gateway, an unanswered command and a plant that does not follow raise alerts.
  *
@@ -27,6 +29,7 @@
 #include "cm_stage.h"
 #include "cm_time.h"
 #include "gate_check.h"
+#include "gate_seal.h"
 
 #define MAX_GATEWAYS 1024 /* plants held (about 18 KiB each, allocated on first reading) */
 #define MAX_COMMANDS 256  /* commands followed; the oldest finished one makes room */
@@ -71,6 +74,7 @@ typedef struct gate {
     cm_profile *retired[MAX_RETIRED_PROFILES]; /* older versions: followed commands point in */
     size_t n_retired;
     cm_signer *signer;
+    gate_seal *seal;  /* per-gateway session keys; borrows signer */
     cm_registry *reg;
     cm_mqtt *mqtt;
     void *api, *to_archive;
@@ -80,7 +84,7 @@ typedef struct gate {
     followed cmds[MAX_COMMANDS];
     size_t next_cmd;
     cm_metric *requests, *sent, *refused, *applied, *gw_refused, *mismatches, *unanswered,
-        *untracked, *future;
+        *untracked, *future, *wraps;
 } gate;
 
 /* ------------------------------------------------------------------ plant view */
@@ -224,8 +228,9 @@ static followed *find_command(gate *g, const char *id)
     return NULL;
 }
 
-/* Signs and publishes an allowed command; 0 when it left. */
-static int send_command(gate *g, followed *f)
+/* Seals (encrypted to the gateway's RSA command key `to`), signs and publishes an allowed
+ * command; 0 when it left. */
+static int send_command(gate *g, followed *f, cm_rsa *to)
 {
     Suido__Command c = SUIDO__COMMAND__INIT;
     c.command_id = f->id;
@@ -236,20 +241,15 @@ static int send_command(gate *g, followed *f)
     c.issued_ms = f->issued_ms;
     c.expires_ms = f->expires_ms;
     c.requested_by = f->requested_by;
-    uint8_t cmd[CM_CMD_MAX], sig[CM_SIG_MAX];
-    size_t n = suido__command__get_packed_size(&c), siglen = 0;
-    if (n > sizeof cmd)
+    uint8_t out[GATE_SEAL_MAX];
+    size_t len = 0;
+    cm_err rc = gate_seal_command(g->seal, to, &c, out, sizeof out, &len);
+    cm_metric_set(g->wraps, (int64_t)gate_seal_wraps(g->seal));
+    if (rc != CM_OK) {
+        cm_error("gateway=%s command=%s error=\"cannot seal the command: %s\"", f->gw, f->id,
+                 cm_strerror(rc));
         return -1;
-    suido__command__pack(&c, cmd);
-    if (cm_command_sign(g->signer, cmd, n, sig, &siglen) != CM_OK)
-        return -1;
-    Suido__SignedCommand sc = SUIDO__SIGNED_COMMAND__INIT;
-    sc.command.data = cmd;
-    sc.command.len = n;
-    sc.signature.data = sig;
-    sc.signature.len = siglen;
-    uint8_t out[CM_CMD_MAX + CM_SIG_MAX + 16];
-    size_t len = suido__signed_command__pack(&sc, out);
+    }
     char topic[96];
     snprintf(topic, sizeof topic, "suido/v1/%s/cmd", f->gw);
     return cm_mqtt_publish(g->mqtt, topic, out, len, 1, 0) == CM_OK ? 0 : -1;
@@ -294,6 +294,16 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
                "the gateway is not active (suspended, revoked or decommissioned)");
         return;
     }
+    /* every command is encrypted to the gateway's own RSA key: one made without a key gets
+     * none, rather than a command in clear. The key is borrowed from the registry cache until
+     * the next registry call (none is made before the command is sealed). */
+    cm_rsa *to = gw->cmd_key;
+    if (!to) {
+        refuse(g, route, q, who, "no_command_key",
+               "the gateway has no command key in the registry: commands are sent encrypted "
+               "only (provision it again)");
+        return;
+    }
     char site[64], kind[32];
     snprintf(site, sizeof site, "%s", gw->site);
     snprintf(kind, sizeof kind, "%s", gw->kind);
@@ -319,7 +329,7 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
     f->value = dec.value;
     f->issued_ms = issued;
     f->expires_ms = issued + (uint64_t)g->expiry_s * 1000u;
-    if (send_command(g, f) != 0) {
+    if (send_command(g, f, to) != 0) {
         memset(f, 0, sizeof *f);
         refuse(g, route, q, who, "broker_unavailable", "the command could not be published");
         return;
@@ -587,6 +597,8 @@ int main(int argc, char **argv)
         cm_svc_die(s, "%s: not a private P-256 key readable by this user only", keyf);
     if (cm_conf_long(s->conf, "gate", "expiry_s", 30, 5, 3600, &g.expiry_s, err) != CM_OK)
         cm_svc_die(s, "%s", err);
+    if (!(g.seal = gate_seal_new(g.signer)))
+        cm_svc_die(s, "out of memory");
     cm_mqtt_opts mo = {.clean_session = 1, .max_inflight = 64, .verify_hostname = 1};
     if (cm_mqtt_opts_from_conf(s->conf, "mqtt", s->name, &mo) != CM_OK)
         cm_svc_die(s, "%s: [mqtt] client key unusable", cm_conf_name(s->conf));
@@ -624,6 +636,8 @@ int main(int argc, char **argv)
     g.future = cm_metric_counter(mx, "suido_gate_future_readings_total",
                                  "readings ignored because they are stamped ahead of the gate's "
                                  "clock");
+    g.wraps = cm_metric_gauge(mx, "suido_gate_command_key_wraps",
+                              "command session keys made and RSA-OAEP wrapped to a gateway");
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", on_gateway_event, &g, &events, err))
@@ -640,6 +654,7 @@ int main(int argc, char **argv)
     zmq_close(g.to_archive);
     cm_mqtt_destroy(&g.mqtt);
     cm_registry_destroy(&g.reg);
+    gate_seal_destroy(&g.seal);
     cm_signer_destroy(&g.signer);
     for (size_t i = 0; i < MAX_GATEWAYS; i++)
         free(g.plants[i].plant);

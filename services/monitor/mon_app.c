@@ -514,9 +514,10 @@ static json_t *channel_json(const cm_channel *ch)
     json_t *limits = ch->has_limits ? json_pack("{s:o, s:o, s:o, s:o}", "ll", jnum(ch->ll), "l",
                                                 jnum(ch->l), "h", jnum(ch->h), "hh", jnum(ch->hh))
                                     : json_null();
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o}", "id", ch->id, "name", ch->name,
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:b}", "id", ch->id, "name", ch->name,
                      "quantity", ch->quantity, "unit", ch->unit, "min", jnum(ch->range_min),
-                     "max", jnum(ch->range_max), "limits", limits);
+                     "max", jnum(ch->range_max), "limits", limits, "confidential",
+                     ch->confidential != 0);
 }
 
 /* The gateway named by ?gateway= and its kind's profile; NULL after answering. */
@@ -579,6 +580,21 @@ static void on_trend(call *c)
     const cm_channel *ch = cm_profile_channel_by_id(p, chan);
     if (!ch || !g->kind || strcmp(ch->kind, g->kind) != 0) {
         reply_error(c, 404, "this gateway's kind of site has no such channel");
+        return;
+    }
+    if (ch->confidential) {
+        /* its readings stay inside their encrypted envelopes: the archive keeps no aggregate of
+         * a confidential channel, so there is no trend to ask for, and the page says why */
+        reply_json(c, 200, json_pack("{s:o, s:o, s:o, s:b, s:s, s:I, s:I, s:I, s:I, s:o, s:I, "
+                                     "s:[]}",
+                                     "gateway", js(g->id), "site", js(g->site), "channel",
+                                     channel_json(ch), "confidential", 1, "detail",
+                                     "confidential channel: its readings are kept only "
+                                     "encrypted, so no trend is stored",
+                                     "from_ms", (json_int_t)(c->now - span * 1000), "to_ms",
+                                     (json_int_t)c->now, "step_s", (json_int_t)0, "readings",
+                                     (json_int_t)0, "last", json_null(), "last_ms",
+                                     (json_int_t)0, "points"));
         return;
     }
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;

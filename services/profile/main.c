@@ -172,13 +172,15 @@ static void on_data(void *ctx, void *arg, const char *peer)
     size_t n = m->batch->n_readings;
     Suido__MappedReading *mr = calloc(n ? n : 1, sizeof *mr);
     Suido__MappedReading **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-    if (!mr || !ptrs) {
+    Suido__MappedReading **kept = calloc(n ? n : 1, sizeof *kept); /* the archive's */
+    if (!mr || !ptrs || !kept) {
         free(mr);
         free(ptrs);
+        free(kept);
         cm_error("error=\"out of memory\"");
         return;
     }
-    size_t k = 0;
+    size_t k = 0, n_kept = 0;
     uint32_t unknown = 0;
     const declared *d = units_of(p, m->header->gateway_id);
     if (!d)
@@ -205,6 +207,8 @@ static void on_data(void *ctx, void *arg, const char *peer)
         mr[k].unit = (char *)c->unit;
         mr[k].timestamp_ms = m->header->timestamp_ms + r->offset_ms;
         ptrs[k] = &mr[k];
+        if (!c->confidential)
+            kept[n_kept++] = &mr[k];
         k++;
     }
     cm_metric_add(p->mapped, k);
@@ -213,17 +217,23 @@ static void on_data(void *ctx, void *arg, const char *peer)
         cm_warn("gateway=%s kind=%s unknown_channels=%u", m->header->gateway_id, m->site_kind,
                 unknown);
     }
-    /* the archive keeps the signed bytes and aggregates the meaning (trends, reports); the
-     * anomaly checker needs only the meaning */
+    /* The archive keeps the signed bytes and aggregates the meaning (trends, reports), but
+     * never of a channel the profile marks confidential: its readings stay at rest only inside
+     * their encrypted envelope (profile P8), so the archive gets neither their mapped values nor
+     * the decrypted batch (it never needs the batch: the envelope is the record). Deciding here,
+     * with the profile in force, keeps the archive's input self-describing: a standby applying
+     * the same frames stores the same rows. The anomaly checker needs only the meaning. */
     m->unknown_channels = unknown;
+    m->n_mapped = n_kept;
+    m->mapped = kept;
+    Suido__TelemetryBatch *batch = m->batch;
+    m->batch = NULL;
+    cm_stage_send(p->to_archive, m);
     m->n_mapped = k;
     m->mapped = ptrs;
-    cm_stage_send(p->to_archive, m);
     ProtobufCBinaryData env = m->envelope;
-    Suido__TelemetryBatch *batch = m->batch;
     m->envelope.len = 0;
     m->envelope.data = NULL;
-    m->batch = NULL;
     cm_stage_send(p->shards[shard_of(m->header->gateway_id, p->n_shards)], m);
     to_gate(p, m);
     m->envelope = env;
@@ -232,6 +242,7 @@ static void on_data(void *ctx, void *arg, const char *peer)
     m->mapped = NULL;
     free(mr);
     free(ptrs);
+    free(kept);
 }
 
 /* A birth may only declare channels the profile knows for the gateway's site kind, in a unit

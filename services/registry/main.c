@@ -259,9 +259,11 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
     } else {
         registry_new_gateway ng = {g->id, g->site, g->kind, g->model, g->firmware,
                                    g->sign_pub_der.data, g->sign_pub_der.len, &ci,
-                                   SUIDO__ENTITY_STATE__STATE_PROVISIONED};
+                                   SUIDO__ENTITY_STATE__STATE_PROVISIONED,
+                                   g->cmd_pub_der.data, g->cmd_pub_der.len};
         e = registry_store_add_gateway(r->store, &ng);
         why = e == CM_ERR_DUPLICATE ? "id already used (ids are never reused)"
+              : e == CM_ERR_KEY     ? "signing key not P-256, or command key not RSA-2048"
               : e == CM_OK          ? "ok"
                                     : "refused";
     }
@@ -743,7 +745,7 @@ static const cm_dispatch DISPATCH[] = {
     {"add_gateway", "suidoctl", on_add_gateway},
     {"set_service_state", "suidoctl", on_set_service_state},
     {"seen", "verify", on_seen},
-    {"get_profile", "profile,anomaly,gate,suidoctl,monitor", on_get_profile},
+    {"get_profile", "profile,anomaly,gate,verify,suidoctl,monitor", on_get_profile},
     {"set_channels", "profile", on_set_channels},
     {"get_channels", "profile,suidoctl,monitor", on_get_channels},
     {"login", "suidoctl,monitor", on_login},

@@ -39,7 +39,8 @@ static const char SCHEMA[] =
     " cert_not_after_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
     " last_seen_ms INTEGER NOT NULL DEFAULT 0,"
-    " cert_warned INTEGER NOT NULL DEFAULT 0);"
+    " cert_warned INTEGER NOT NULL DEFAULT 0,"
+    " cmd_pub BLOB NOT NULL DEFAULT x'');"
     "CREATE TABLE IF NOT EXISTS services("
     " id TEXT PRIMARY KEY,"
     " state INTEGER NOT NULL,"
@@ -84,6 +85,23 @@ static cm_err make_private(const char *path)
     return CM_OK;
 }
 
+/* The gateways' RSA command keys (empty: none) came after schema version 3: a database made
+ * before gets the column, whatever its version number says. */
+static int add_cmd_pub(sqlite3 *db, char **errmsg)
+{
+    sqlite3_stmt *st;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('gateways') WHERE "
+                               "name='cmd_pub'", -1, &st, NULL) != SQLITE_OK)
+        return SQLITE_ERROR;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        have = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return have ? SQLITE_OK
+                : sqlite3_exec(db, "ALTER TABLE gateways ADD COLUMN cmd_pub BLOB NOT NULL "
+                                   "DEFAULT x''", NULL, NULL, errmsg);
+}
+
 cm_err registry_store_open(const char *path, registry_store **out)
 {
     *out = NULL;
@@ -115,6 +133,7 @@ cm_err registry_store_open(const char *path, registry_store **out)
                       "ALTER TABLE gateways ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;"
                       "ALTER TABLE services ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;",
                       NULL, NULL, &errmsg) != SQLITE_OK) ||
+        add_cmd_pub(s->db, &errmsg) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA user_version=3", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
@@ -122,8 +141,8 @@ cm_err registry_store_open(const char *path, registry_store **out)
     }
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms "
-                           "FROM gateways WHERE id=?",
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms,"
+                           "cmd_pub FROM gateways WHERE id=?",
                            -1, &s->get, NULL) != SQLITE_OK)
         goto fail;
     *out = s;
@@ -216,15 +235,23 @@ static cm_err insert_gateway(registry_store *s, const registry_new_gateway *g, i
     cm_pubkey *pk = NULL;
     if (cm_pubkey_from_der(g->sign_pub_der, g->sign_pub_len, &pk) != CM_OK)
         return CM_ERR_KEY;
+    cm_rsa *ck = NULL;
+    if (g->cmd_pub_len && cm_rsa_from_public_der(g->cmd_pub_der, g->cmd_pub_len, &ck) != CM_OK) {
+        cm_pubkey_destroy(&pk);
+        return CM_ERR_KEY;
+    }
+    cm_rsa_destroy(&ck);
     sqlite3_stmt *ins = NULL;
     cm_err rc = CM_ERR_DB;
     if (sqlite3_prepare_v2(s->db,
                            if_absent ? "INSERT OR IGNORE INTO gateways(id,state,site,kind,model,"
                                        "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
-                                       "cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)"
+                                       "cert_not_after_ms,created_ms,cmd_pub) "
+                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
                                      : "INSERT INTO gateways(id,state,site,kind,model,"
                                        "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
-                                       "cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                                       "cert_not_after_ms,created_ms,cmd_pub) "
+                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &ins, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_text(ins, 1, g->id, -1, SQLITE_TRANSIENT);
@@ -239,6 +266,8 @@ static cm_err insert_gateway(registry_store *s, const registry_new_gateway *g, i
     sqlite3_bind_text(ins, 10, g->cert->sha256, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(ins, 11, (sqlite3_int64)g->cert->not_after_ms);
     sqlite3_bind_int64(ins, 12, (sqlite3_int64)cm_now_ms());
+    sqlite3_bind_blob(ins, 13, g->cmd_pub_len ? g->cmd_pub_der : (const uint8_t *)"",
+                      (int)g->cmd_pub_len, SQLITE_TRANSIENT);
     int st = sqlite3_step(ins);
     if (st == SQLITE_CONSTRAINT) {
         rc = CM_ERR_DUPLICATE;
@@ -312,15 +341,32 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
             rc = CM_ERR_CONFIG;
             goto out;
         }
+        const char *cmdf = cm_conf_get(inv, sec, "cmd_pub"); /* optional: older gateways */
+        uint8_t *cmd_der = NULL;
+        size_t cmd_len = 0;
+        if (cmdf) {
+            cm_rsa *ck = NULL;
+            if (cm_rsa_load_public(cmdf, &ck) != CM_OK ||
+                cm_rsa_public_der(ck, &cmd_der, &cmd_len) != CM_OK) {
+                cm_rsa_destroy(&ck);
+                snprintf(err, CM_CONF_ERRLEN, "%s:%d: %s: not an RSA-2048 public key",
+                         cm_conf_name(inv), cm_conf_line(inv, sec, "cmd_pub"), cmdf);
+                rc = CM_ERR_CONFIG;
+                goto out;
+            }
+            cm_rsa_destroy(&ck);
+        }
         cm_pubkey *pk = NULL;
         cm_cert_info ci;
         if (cm_pubkey_load_pem(pubf, &pk) != CM_OK) {
+            free(cmd_der);
             snprintf(err, CM_CONF_ERRLEN, "%s:%d: %s: not a P-256 public key", cm_conf_name(inv),
                      cm_conf_line(inv, sec, "sign_pub"), pubf);
             rc = CM_ERR_CONFIG;
             goto out;
         }
         if (cm_cert_info_load(certf, &ci) != CM_OK || strcmp(ci.subject_cn, id) != 0) {
+            free(cmd_der);
             cm_pubkey_destroy(&pk);
             snprintf(err, CM_CONF_ERRLEN,
                      "%s:%d: %s: not a readable certificate with CN=%s", cm_conf_name(inv),
@@ -331,15 +377,17 @@ cm_err registry_store_import(registry_store *s, const cm_conf *inv, int *added,
         uint8_t *der = NULL;
         size_t derlen = 0;
         if (cm_pubkey_der(pk, &der, &derlen) != CM_OK) {
+            free(cmd_der);
             cm_pubkey_destroy(&pk);
             rc = CM_ERR_CRYPTO;
             goto out;
         }
         registry_new_gateway g = {id, site, kind, model, fw, der, derlen, &ci,
-                                  SUIDO__ENTITY_STATE__STATE_ACTIVE};
+                                  SUIDO__ENTITY_STATE__STATE_ACTIVE, cmd_der, cmd_len};
         int one = 0;
         rc = insert_gateway(s, &g, 1, &one);
         free(der);
+        free(cmd_der);
         cm_pubkey_destroy(&pk);
         if (rc != CM_OK) {
             snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
@@ -382,7 +430,13 @@ static cm_err fill_info(sqlite3_stmt *st, Suido__GatewayInfo *info)
     info->cert_sha256 = col_text(st, 10);
     info->created_ms = (uint64_t)sqlite3_column_int64(st, 11);
     info->last_seen_ms = (uint64_t)sqlite3_column_int64(st, 12);
-    if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data || !info->key_id ||
+    int cn = sqlite3_column_bytes(st, 13);
+    info->cmd_pub_der.data = malloc(cn > 0 ? (size_t)cn : 1);
+    if (info->cmd_pub_der.data && cn > 0)
+        memcpy(info->cmd_pub_der.data, sqlite3_column_blob(st, 13), (size_t)cn);
+    info->cmd_pub_der.len = (size_t)cn;
+    if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data ||
+        !info->cmd_pub_der.data || !info->key_id ||
         !info->cert_serial || !info->model || !info->firmware || !info->cert_sha256) {
         registry_info_clear(info);
         return CM_ERR_NOMEM;
@@ -396,6 +450,7 @@ void registry_info_clear(Suido__GatewayInfo *info)
     free(info->site);
     free(info->kind);
     free(info->sign_pub_der.data);
+    free(info->cmd_pub_der.data);
     free(info->key_id);
     free(info->cert_serial);
     free(info->model);
@@ -423,8 +478,8 @@ cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__Gatew
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
-                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms "
-                           "FROM gateways ORDER BY id",
+                           "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms,"
+                           "cmd_pub FROM gateways ORDER BY id",
                            -1, &st, NULL) != SQLITE_OK)
         return CM_ERR_DB;
     cm_err rc = CM_OK;
@@ -519,7 +574,8 @@ cm_err registry_store_set_state(registry_store *s, const char *kind, const char 
     /* disposal makes the keys unusable: the stored public keys are wiped with the state */
     if (state == SUIDO__ENTITY_STATE__STATE_DISPOSED)
         snprintf(sql, sizeof sql, "UPDATE %s SET state=?, %s WHERE id=?",
-                 gw ? "gateways" : "services", gw ? "sign_pub=x'', key_id=''" : "curve_pub=''");
+                 gw ? "gateways" : "services",
+                 gw ? "sign_pub=x'', cmd_pub=x'', key_id=''" : "curve_pub=''");
     else
         snprintf(sql, sizeof sql, "UPDATE %s SET state=? WHERE id=?", gw ? "gateways" : "services");
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)

@@ -33,10 +33,13 @@ typedef struct registry_new_gateway {
     size_t sign_pub_len;
     const cm_cert_info *cert;
     int state;
+    const uint8_t *cmd_pub_der; /* RSA-2048 command key (SPKI DER); NULL/0: none */
+    size_t cmd_pub_len;
 } registry_new_gateway;
 
 /* Adds a gateway (provisioning). CM_ERR_DUPLICATE when the id was ever used, disposed ids
- * included: an id is never reused. CM_ERR_KEY: the signing key is not a P-256 public key. */
+ * included: an id is never reused. CM_ERR_KEY: the signing key is not a P-256 public key, or a
+ * command key is given that is not an RSA-2048 public key. */
 cm_err registry_store_add_gateway(registry_store *s, const registry_new_gateway *g);
 
 /* What gateway gw declared in its birth of boot epoch boot_epoch (replaces what it declared

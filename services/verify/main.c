@@ -4,13 +4,17 @@
  * Sockets: [input] PULL, CURVE server, allow-list: ingest.
  *          [output profile] PUSH to the profile stage (verified messages).
  *          [output archive] PUSH to the archive (refusals, kept as audit records).
- *          [registry] DEALER to the registry (identities and signing keys; fail closed). */
+ *          [registry] DEALER to the registry (identities and signing keys; fail closed), and
+ *          the profile in force ([profile] registry_key): of it the verifier keeps only the set
+ *          of confidential channels, which may not arrive in clear; a new version announced on
+ *          [events] replaces the set at once (one that does not check out leaves it). */
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "cm_crypto.h"
 #include "cm_log.h"
+#include "cm_profile.h"
 #include "cm_registry.h"
 #include "cm_stage.h"
 #include "cm_time.h"
@@ -22,6 +26,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     CM_REGISTRY_SPEC_ROWS("registry"),
+    CM_PROFILE_SPEC_ROWS("profile"),
     {"verify", "unwrap_key", 0, "platform RSA-2048 private key for session keys (0600)"},
     {"verify", "window_s", 0, "freshness window for live data in seconds (300)"},
     {"verify", "max_ahead_s", 0,
@@ -50,6 +55,34 @@ static void on_gateway_event(void *ctx, const char *id, int state)
     verifier *v = ctx;
     cm_registry_forget(v->registry, id);
     cm_info("gateway=%s state=%d event=cache_dropped", id, state);
+}
+
+/* Puts the confidential channels of the profile in force into the check. Without a [profile]
+ * section nothing is confidential (a deployment without a profile key). */
+static cm_err load_confidential(verifier *v, long wait_ms, char err[CM_CONF_ERRLEN])
+{
+    const cm_conf *conf = v->svc->conf;
+    if (!cm_conf_get(conf, "profile", "file") && !cm_conf_get(conf, "profile", "registry_key"))
+        return CM_OK;
+    cm_profile *p = NULL;
+    cm_err rc = wait_ms ? cm_registry_profile_wait(v->registry, conf, "profile", wait_ms, &p, err)
+                        : cm_registry_profile(v->registry, conf, "profile", &p, err);
+    if (rc == CM_OK && (rc = verify_set_confidential(v->check, p)) != CM_OK)
+        snprintf(err, CM_CONF_ERRLEN, "out of memory");
+    if (rc == CM_OK)
+        cm_info("profile=\"%s\" version=%ld confidential_channels=%zu event=profile_in_force",
+                cm_profile_name(p), cm_profile_version(p), verify_confidential_count(v->check));
+    cm_profile_destroy(&p);
+    return rc;
+}
+
+static void on_other_event(void *ctx, const char *kind, const char *id)
+{
+    verifier *v = ctx;
+    char err[CM_CONF_ERRLEN];
+    if (strcmp(kind, "profile") == 0 && load_confidential(v, 0, err) != CM_OK)
+        cm_error("announced_version=%s error=\"%s\" detail=\"the confidential channels of the "
+                 "version in force stay\"", id, err);
 }
 
 static cm_err lookup(void *ctx, const char *id, const cm_gateway **out)
@@ -95,6 +128,23 @@ static void report_seen(void *ctx)
     v->n_seen = 0;
 }
 
+/* The envelope without its body, malloc'd into *out (*len bytes): what is kept of a batch refused
+ * for carrying a confidential channel in clear. Its header and signature name and prove what was
+ * sent; the readings themselves are not stored at rest in clear. NULL when it does not decode. */
+static uint8_t *without_body(const ProtobufCBinaryData *env, size_t *len)
+{
+    Suido__SignedEnvelope *e = suido__signed_envelope__unpack(NULL, env->len, env->data);
+    uint8_t *out = NULL;
+    if (e) {
+        e->body.len = 0;
+        *len = suido__signed_envelope__get_packed_size(e);
+        if ((out = malloc(*len ? *len : 1)))
+            suido__signed_envelope__pack(e, out);
+        suido__signed_envelope__free_unpacked(e, NULL);
+    }
+    return out;
+}
+
 static void on_gateway_message(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -121,8 +171,16 @@ static void on_gateway_message(void *ctx, void *arg, const char *peer)
          * the refusal always fits the archive's frame limit */
         if (out.envelope.len > VERIFY_MAX_ENVELOPE)
             out.envelope.len = VERIFY_MAX_ENVELOPE;
+        uint8_t *kept = NULL;
+        if (strcmp(res.reason, "plaintext_confidential") == 0) {
+            kept = without_body(&in->envelope, &out.envelope.len);
+            out.envelope.data = kept;
+            if (!kept)
+                out.envelope.len = 0;
+        }
         out.header = res.header;
         cm_stage_send(v->to_archive, &out);
+        free(kept);
     } else {
         cm_metric_inc(v->verified);
         if (res.batch)
@@ -179,6 +237,8 @@ int main(int argc, char **argv)
     if (!v.check)
         cm_svc_die(s, "out of memory");
     verify_set_max_ahead(v.check, (uint64_t)max_ahead_s * 1000u);
+    if (load_confidential(&v, 15000, err) != CM_OK)
+        cm_svc_die(s, "%s", err);
     v.verified = cm_metric_counter(s->metrics, "suido_verify_verified_total", "messages verified");
     v.readings = cm_metric_counter(s->metrics, "suido_verify_readings_total",
                                    "readings in verified batches");
@@ -189,6 +249,7 @@ int main(int argc, char **argv)
     cm_events *events = NULL;
     if (cm_events_new(s, "events", on_gateway_event, &v, &events, err))
         cm_svc_die(s, "%s", err);
+    cm_events_on_other(events, on_other_event, &v);
     cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &v,
                           .events = events, .on_tick = report_seen};
     cm_stage_run(&stage);

@@ -36,6 +36,11 @@ typedef struct seq_state {
     uint64_t boot_epoch, seq;
 } seq_state;
 
+typedef struct confidential_channel {
+    char kind[32];
+    char name[64];
+} confidential_channel;
+
 struct verify_ctx {
     cm_rsa *unwrap;
     verify_lookup_fn lookup;
@@ -46,6 +51,8 @@ struct verify_ctx {
     session *sessions;
     seq_state *seqs;
     size_t seq_cap, seq_used;
+    confidential_channel *confidential; /* of the profile in force (verify_set_confidential) */
+    size_t n_confidential;
 };
 
 verify_ctx *verify_new(cm_rsa *unwrap_key, verify_lookup_fn lookup, void *lookup_ctx,
@@ -81,6 +88,7 @@ void verify_destroy(verify_ctx **vp)
             cm_aead_destroy(&v->sessions[i].aead);
     free(v->sessions);
     free(v->seqs);
+    free(v->confidential);
     free(v);
     *vp = NULL;
 }
@@ -88,6 +96,38 @@ void verify_destroy(verify_ctx **vp)
 uint64_t verify_unwraps(const verify_ctx *v) { return v->unwraps; }
 
 size_t verify_replay_entries(const verify_ctx *v) { return v->seq_used; }
+cm_err verify_set_confidential(verify_ctx *v, const cm_profile *p)
+{
+    size_t n = 0, total = p ? cm_profile_channel_count(p) : 0;
+    confidential_channel *set = calloc(total ? total : 1, sizeof *set);
+    if (!set)
+        return CM_ERR_NOMEM;
+    for (size_t i = 0; i < total; i++) {
+        const cm_channel *c = cm_profile_channel_at(p, i);
+        if (!c->confidential)
+            continue;
+        snprintf(set[n].kind, sizeof set[n].kind, "%s", c->kind);
+        snprintf(set[n].name, sizeof set[n].name, "%s", c->name);
+        n++;
+    }
+    free(v->confidential);
+    v->confidential = set;
+    v->n_confidential = n;
+    return CM_OK;
+}
+
+size_t verify_confidential_count(const verify_ctx *v) { return v->n_confidential; }
+
+/* 1 when a reading on channel `name` of a gateway of site kind `kind` is confidential. A profile
+ * marks a few channels: a linear look-up costs less than the signature already checked. */
+static int is_confidential(const verify_ctx *v, const char *kind, const char *name)
+{
+    for (size_t i = 0; i < v->n_confidential; i++)
+        if (strcmp(v->confidential[i].name, name) == 0 &&
+            strcmp(v->confidential[i].kind, kind) == 0)
+            return 1;
+    return 0;
+}
 
 void verify_result_clear(verify_result *res)
 {
@@ -361,6 +401,12 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             if (ahead(v, h->timestamp_ms + r->offset_ms, received_ms))
                 REJECT(CM_ERR_STALE, "future_timestamp");
         }
+        /* the profile's mandatory encryption of important data: a confidential channel's
+         * readings are taken only encrypted */
+        for (size_t i = 0; h->cipher == SUIDO__CIPHER__CIPHER_NONE && i < res->batch->n_readings;
+             i++)
+            if (is_confidential(v, res->gw_kind, res->batch->readings[i]->channel))
+                REJECT(CM_ERR_DENIED, "plaintext_confidential");
         break;
     case SUIDO__KIND__KIND_BIRTH:
         res->birth = suido__birth__unpack(NULL, bodylen, body);

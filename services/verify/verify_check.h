@@ -7,11 +7,13 @@
  * and sequence), decryption of the body with the session key (RSA-OAEP unwrap once per session,
  * then cached), body decoding (each reading's own time not ahead of the receive time either).
  * Nothing from the message is trusted before its signature is checked; no RSA work is done for
- * an unsigned message. */
+ * an unsigned message. Last, a data or backfill batch sent in clear may not carry a reading of a
+ * channel the profile marks confidential (verify_set_confidential): "plaintext_confidential". */
 #ifndef VERIFY_CHECK_H
 #define VERIFY_CHECK_H
 #include <stdint.h>
 #include "cm_crypto.h"
+#include "cm_profile.h"
 #include "cm_registry.h"
 #include "cm_time.h"
 #include "suido.pb-c.h"
@@ -62,6 +64,14 @@ typedef struct verify_result {
 cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
                       const uint8_t *msg, size_t len, verify_result *res);
 void verify_result_clear(verify_result *res);
+
+/* The channels the profile in force marks `confidential = yes` (by site kind and channel name):
+ * from now on a plaintext (CIPHER_NONE) data or backfill batch with a reading of one of them, on
+ * a gateway of that site kind, is refused with "plaintext_confidential" (CM_ERR_DENIED). p NULL
+ * empties the set. The profile is not kept. CM_ERR_NOMEM leaves the set held before. */
+cm_err verify_set_confidential(verify_ctx *v, const cm_profile *p);
+/* Channels in the set. */
+size_t verify_confidential_count(const verify_ctx *v);
 
 /* Sessions whose key is cached, and RSA unwraps done: the once-per-session contract is
  * measurable. */

@@ -476,6 +476,63 @@ static void test_encrypted_session_unwraps_once(void **state)
     verify_destroy(&v);
 }
 
+/* A profile where `level` is confidential at one site kind and not at the other. */
+static cm_profile *profile_with(const char *confidential_kind)
+{
+    char text[512];
+    snprintf(text, sizeof text,
+             "[profile]\nname = t\nversion = 1\n"
+             "[channel reservoir.level]\nquantity = level\nunit = m\nrange = 0, 10\n"
+             "confidential = %s\n"
+             "[channel pumping.level]\nquantity = level\nunit = m\nrange = 0, 10\n"
+             "confidential = %s\n",
+             strcmp(confidential_kind, "reservoir") == 0 ? "yes" : "no",
+             strcmp(confidential_kind, "pumping") == 0 ? "yes" : "no");
+    cm_profile *p = NULL;
+    char err[CM_CONF_ERRLEN];
+    assert_int_equal(cm_profile_load_text("t.conf", text, strlen(text), &p, err), CM_OK);
+    return p;
+}
+
+static void test_confidential_channels_arrive_encrypted_only(void **state)
+{
+    (void)state;
+    verify_ctx *v = verify_new(wrap_priv, lookup, NULL, 300000);
+    cm_profile *p = profile_with("reservoir");
+    assert_int_equal(verify_set_confidential(v, p), CM_OK);
+    cm_profile_destroy(&p);
+    assert_int_equal(verify_confidential_count(v), 1);
+    uint8_t key[32];
+    cm_random(key, sizeof key);
+    msg_opts o = {.gw = "gw-0001", .epoch = 8, .seq = 1, .value = 2};
+    assert_string_equal(check(v, T, &o), "plaintext_confidential");
+    o.kind = SUIDO__KIND__KIND_BACKFILL;
+    assert_string_equal(check(v, "suido/v1/gw-0001/backfill", &o), "plaintext_confidential");
+    /* the same reading encrypted under the session key passes (the refusal took no sequence) */
+    o.kind = 0;
+    o.key = key;
+    o.key_seq = 1;
+    assert_string_equal(check(v, T, &o), "ok");
+    /* the refusal is a denial, as the daemon counts and audits it */
+    o.key = NULL;
+    o.seq = 2;
+    size_t len;
+    uint8_t *m = build(&o, &len);
+    verify_result res;
+    assert_int_equal(verify_message(v, T, cm_now_ms(), m, len, &res), CM_ERR_DENIED);
+    verify_result_clear(&res);
+    free(m);
+    /* confidential at another kind of site only: this reservoir may send it in clear */
+    p = profile_with("pumping");
+    assert_int_equal(verify_set_confidential(v, p), CM_OK);
+    cm_profile_destroy(&p);
+    assert_string_equal(check(v, T, &o), "ok");
+    /* no profile: nothing is confidential */
+    assert_int_equal(verify_set_confidential(v, NULL), CM_OK);
+    assert_int_equal(verify_confidential_count(v), 0);
+    verify_destroy(&v);
+}
+
 static void test_crypto_primitives(void **state)
 {
     (void)state;
@@ -528,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_replay_table_never_forgets_a_colliding_gateway),
         cmocka_unit_test(test_garbage_is_refused),
         cmocka_unit_test(test_encrypted_session_unwraps_once),
+        cmocka_unit_test(test_confidential_channels_arrive_encrypted_only),
         cmocka_unit_test(test_crypto_primitives),
     };
     return cmocka_run_group_tests_name("verify_check", tests, setup, teardown);

@@ -72,9 +72,10 @@ def load_proto(outdir):
 
 
 class Suite:
-    def __init__(self, root, gateways=8, archive_pg=None, standby=False):
+    def __init__(self, root, gateways=8, archive_pg=None, standby=False, profile=None):
         """archive_pg: a pg.PostgreSQL server the archive stores into instead of SQLite;
-        standby: with a standby archive, "archive-standby" (scripts/mkdeploy.sh --standby)."""
+        standby: with a standby archive, "archive-standby" (scripts/mkdeploy.sh --standby);
+        profile: a data profile file instead of the example utility's."""
         self.root = pathlib.Path(root)
         self.pg = archive_pg
         self.dir = self.root / "deploy"
@@ -93,6 +94,8 @@ class Suite:
                      str(archive_pg.write_conninfo(self.root / "archive-postgresql.conninfo"))]
         if standby:
             extra.append("--standby")
+        if profile:
+            extra += ["--profile", str(profile)]
         subprocess.run([str(TOP / "scripts" / "mkdeploy.sh"), str(self.dir), "--gateways",
                         str(gateways), "--base-port", str(self.base), "--test", *extra],
                        check=True, env=env, stdout=subprocess.DEVNULL)

@@ -1,19 +1,21 @@
 """The command gate end to end: an operator asks through suidoctl; the gate checks role, gateway
-state, the profile's envelope and interlocks; an allowed command is signed with an expiry and
-sent to that gateway only; the simulated gateway verifies it, acts and reports; the gate follows
+state, the profile's envelope and interlocks; an allowed command is encrypted to that gateway's
+own RSA key, signed with an expiry and sent to that gateway only (what crosses the broker is
+ciphertext; a command in clear is refused); the simulated gateway verifies, opens it, acts and
+reports; the gate follows
 the plant's feedback. Refused, expired and replayed commands move nothing. Every decision is
 audited and kept in the archive's command log."""
 import json
 import signal
+import struct
 import subprocess
 import time
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from suite import BIN, wait_until
-from wire import Client, totp
+from wire import Client, command_payload, open_command, totp
 
 PUMPING, TREATMENT = "gw-0006", "gw-0001"
 
@@ -135,14 +137,54 @@ def test_only_operators_and_admins_may_command(suite, field):
     assert code == 0 and out["decision"] == "sent", err
 
 
-def signed_command(suite, pb, gw, actuator, value, unit, issued_ms, expires_ms, cid, key=None):
-    key = key or serialization.load_pem_private_key(
-        (suite.dir / "platform" / "command.key").read_bytes(), None)
+def signed_command(suite, pb, gw, actuator, value, unit, issued_ms, expires_ms, cid, key=None,
+                   plaintext=False):
     cmd = pb.Command(command_id=cid, gateway_id=gw, channel=actuator, value=value, unit=unit,
-                     issued_ms=issued_ms, expires_ms=expires_ms,
-                     requested_by="test").SerializeToString()
-    sig = key.sign(b"suido-cmd-v1\0" + cmd, ec.ECDSA(hashes.SHA256()))
-    return pb.SignedCommand(command=cmd, signature=sig).SerializeToString()
+                     issued_ms=issued_ms, expires_ms=expires_ms, requested_by="test")
+    return command_payload(suite, pb, cmd, key=key, plaintext=plaintext)
+
+
+def publish_as_gate(suite, topic, payloads):
+    cert, key = suite.tls_files("gate")
+    c = Client(suite, cert, key, client_id="gate")
+    assert c.connect()
+    try:
+        for m in payloads:
+            c.publish(topic, m)
+    finally:
+        c.close()
+
+
+def results(suite, gw):
+    return suite.query("SELECT count(*) FROM batches WHERE gateway=? AND kind='cmdres'", gw)[0][0]
+
+
+CRAFTED = []  # commands this module published itself, beside the gate's
+
+
+def test_a_plaintext_command_is_refused_by_the_gateway(suite, pb, field):
+    """Signed by the gate's own key, but in clear (no header, the old form): the gateway refuses
+    it and says so in its signed result, naming the command."""
+    now = int(time.time() * 1000)
+    before = results(suite, PUMPING)
+    publish_as_gate(suite, f"suido/v1/{PUMPING}/cmd", [
+        signed_command(suite, pb, PUMPING, "pump2", 1, "1", now, now + 30_000, "t-plain",
+                       plaintext=True)])
+    CRAFTED.append("t-plain")
+    assert wait_until(lambda: results(suite, PUMPING) > before, 15)
+
+    def reasons():
+        out = {}
+        for (env,) in suite.query("SELECT envelope FROM batches WHERE gateway=? AND "
+                                  "kind='cmdres'", PUMPING):
+            e = pb.SignedEnvelope()
+            e.ParseFromString(env)
+            r = pb.CommandResult()
+            r.ParseFromString(e.body)
+            out[r.command_id] = (r.outcome, r.reason)
+        return out
+    assert wait_until(lambda: "t-plain" in reasons(), 10), reasons()
+    assert reasons()["t-plain"] == (pb.OUTCOME_REFUSED, "plaintext_command")
 
 
 def test_expired_replayed_and_forged_commands_move_nothing(suite, pb, field):
@@ -164,27 +206,50 @@ def test_expired_replayed_and_forged_commands_move_nothing(suite, pb, field):
         signed_command(suite, pb, PUMPING, "pump2", 1, "1", now, now + 30_000, "t-forged",
                        key=other),
     ]
-    def results():
-        return suite.query("SELECT count(*) FROM batches WHERE gateway=? AND kind='cmdres'",
-                           PUMPING)[0][0]
-
-    before = results()
-    cert, key = suite.tls_files("gate")
-    c = Client(suite, cert, key, client_id="gate")
-    assert c.connect()
-    try:
-        for m in msgs:
-            c.publish(f"suido/v1/{PUMPING}/cmd", m)
-    finally:
-        c.close()
+    before = results(suite, PUMPING)
+    publish_as_gate(suite, f"suido/v1/{PUMPING}/cmd", msgs)
     # every refusal is reported too: a signed result per command, stored like any envelope
-    assert wait_until(lambda: results() >= before + len(msgs), 15), (results(), before)
+    assert wait_until(lambda: results(suite, PUMPING) >= before + len(msgs), 15), \
+        (results(suite, PUMPING), before)
     rep = field()  # stops the gateways: their report says what they did with each command
     gw = next(g for g in rep["gateways"] if g["id"] == PUMPING)
     refused = gw["commands"]["refused_by_reason"]
     assert refused["expired"] == 1 and refused["replayed"] == 1 and refused["bad_signature"] == 1
+    assert refused["plaintext_command"] == len(CRAFTED) == 1
     assert gw["commands"]["applied"] == 1  # only the gate's own, from the first test
     # and nothing else reached the gateways than what the gate sent or the test forged
     sent = suite.query("SELECT count(*) FROM command_log WHERE decision='sent'")[0][0]
     total = rep["commands"]["received"]
-    assert total == sent + len(msgs), (total, sent)
+    assert total == sent + len(msgs) + len(CRAFTED), (total, sent)
+
+
+def test_what_crosses_the_broker_is_ciphertext(suite, pb):
+    """A command to a reservoir whose simulator is not running, received by a raw client holding
+    that gateway's own identity: the actuator, the value and the operator are not in the bytes;
+    the header says AES-256-GCM and carries the wrapped key; the gateway's RSA key opens it."""
+    gw = "gw-0002"
+    c = Client(suite, *suite.tls_files(gw), client_id=gw)
+    assert c.connect()
+    try:
+        c.subscribe(f"suido/v1/{gw}/cmd")
+        assert wait_until(lambda: c.suback, 5)
+        # the tests above took the gate's MQTT session (same client id): it reconnects first
+        def send():
+            r = command(suite, gw, "inlet_valve", "17.25", "--unit", "%")
+            return r if r[0] == 0 or r[1]["reason"] != "broker_unavailable" else None
+        code, out, err = wait_until(send, 20, 0.5) or (None, None, "gate not reconnected")
+        assert code == 0 and out["decision"] == "sent", (out, err)
+        assert wait_until(lambda: c.messages, 10)
+    finally:
+        c.close()
+    topic, payload = c.messages[0]
+    assert topic == f"suido/v1/{gw}/cmd"
+    for clear in (b"inlet_valve", struct.pack("<d", 17.25), b"admin"):
+        assert clear not in pb.SignedCommand.FromString(payload).command, clear
+    assert b"inlet_valve" not in payload and struct.pack("<d", 17.25) not in payload
+    h, cmd = open_command(suite, pb, payload)
+    assert h.cipher == pb.CIPHER_AES_256_GCM and len(h.iv) == 12 and len(h.wrapped_key) == 256
+    assert h.command_id == out["command_id"] == cmd.command_id
+    assert (cmd.gateway_id, cmd.channel, cmd.value, cmd.unit, cmd.requested_by) == \
+        (gw, "inlet_valve", 17.25, "%", "admin")
+    assert suite.metric("gate", "suido_gate_command_key_wraps") >= 1

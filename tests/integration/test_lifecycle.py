@@ -67,9 +67,14 @@ def test_revoked_then_disposed_gateway_loses_its_keys_for_good(suite):
     suite.ctl("gateway", "revoke", "gw-0010", "--reason", "decommissioned")
     assert identity_state(suite, "gw-0010") == "revoked"
     out = json.loads(suite.ctl("--json", "gateway", "dispose", "gw-0010").stdout)
-    assert out["state"] == "disposed" and out["key_files_destroyed"] == 2
+    assert out["state"] == "disposed" and out["key_files_destroyed"] == 3
     assert not (suite.dir / "gateways" / "gw-0010" / "sign.key").exists()
     assert not (suite.dir / "gateways" / "gw-0010" / "client.key").exists()
+    assert not (suite.dir / "gateways" / "gw-0010" / "cmdwrap.key").exists()
+    reg = suite.dir / "state" / "registry" / "registry.db"
+    with sqlite3.connect(f"file:{reg}?mode=ro", uri=True, timeout=5) as db:
+        assert db.execute("SELECT length(cmd_pub) FROM gateways WHERE id='gw-0010'"
+                          ).fetchone()[0] == 0
     show = json.loads(suite.ctl("--json", "gateway", "show", "gw-0010").stdout)
     assert show["state"] == "disposed" and show["key_id"] == ""
     # a disposed identity never comes back
@@ -201,10 +206,20 @@ def test_provisioned_gateway_gets_a_field_bundle_and_works_once_activated(suite,
                                "--out", bundle).stdout)
     assert out == {"id": "gw-0100", "state": "provisioned", "bundle": str(bundle)}
     files = {p.name for p in bundle.iterdir()}
-    assert {"client.crt", "client.key", "sign.key", "ca.crt", "wrap.pub", "gateway.conf"} <= files
+    assert {"client.crt", "client.key", "sign.key", "ca.crt", "wrap.pub", "gateway.conf",
+            "cmdwrap.key", "cmdwrap.pub"} <= files
     assert not any(p.stat().st_mode & 0o077 for p in bundle.iterdir() if p.suffix == ".key")
     conf = (bundle / "gateway.conf").read_text()
     assert "id = gw-0100" in conf and f"broker = ssl://127.0.0.1:{suite.port}" in conf
+    assert "command_unwrap_key = cmdwrap.key" in conf
+    # the registry holds the public half of the gateway's own RSA key: commands are encrypted to it
+    from cryptography.hazmat.primitives import serialization
+    pub = serialization.load_pem_public_key((bundle / "cmdwrap.pub").read_bytes())
+    der = pub.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    reg = suite.dir / "state" / "registry" / "registry.db"
+    with sqlite3.connect(f"file:{reg}?mode=ro", uri=True, timeout=5) as db:
+        assert db.execute("SELECT cmd_pub FROM gateways WHERE id='gw-0100'").fetchone()[0] == der
     show = json.loads(suite.ctl("--json", "gateway", "show", "gw-0100").stdout)
     assert show["state"] == "provisioned" and show["site"] == "hill-res"
     assert show["model"] == "RTU-9" and show["cert_days_left"] > 300 and show["key_id"]

@@ -120,3 +120,16 @@ def test_a_second_instance_is_refused_at_start(suite, name):
     assert first.poll() is None
     holder = (suite.dir / "state" / name / "instance.lock").read_text().strip()
     assert holder == str(first.pid)
+
+
+def test_inventory_with_a_command_key_that_is_not_rsa_2048_is_refused(suite, tmp_path):
+    # commands are encrypted to this key: a P-256 key (the gateway's signing key) is no such key
+    inv = tmp_path / "inventory.conf"
+    text, n = re.subn(r"cmd_pub = (\S*gw-0001/+)cmdwrap.pub", r"cmd_pub = \1sign.pub",
+                      (suite.dir / "inventory.conf").read_text())
+    assert n == 1
+    inv.write_text(text)
+    conf = edited(suite, tmp_path, "registry",
+                  lambda t: re.sub(r"inventory = .*", f"inventory = {inv}", t))
+    refused(check(suite, "registry", conf), "inventory.conf:", "sign.pub",
+            "not an RSA-2048 public key")

@@ -1,13 +1,15 @@
 """Hand-made gateway traffic for tests: envelopes signed exactly as a gateway signs them (so a
 test can vary one field at a time), and MQTT clients with any certificate."""
 import hashlib
+import os
 import ssl
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 DOMAIN = b"suido/v1/batch\0"
 
@@ -51,6 +53,50 @@ def envelope(pb, suite, gw, seq, readings, epoch=1000, ts_ms=None, signer=None,
     if tamper:
         body = body[:-1] + bytes([body[-1] ^ 1])
     return pb.SignedEnvelope(header=hb, body=body, signature=sig).SerializeToString()
+
+
+CMD_DOMAIN = b"suido-cmd-v2\0"
+OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def command_payload(suite, pb, command, key=None, session_key=None, plaintext=False):
+    """A SignedCommand as the gate sends it (services/gate/gate_seal.c): the serialized Command
+    sealed with AES-256-GCM under a session key (fresh unless given) RSA-OAEP wrapped to the
+    gateway's command key, the CommandHeader as AAD, signed by the gate's command key (or `key`).
+    plaintext: the old form, the Command in clear signed over "suido-cmd-v1", no header."""
+    key = key or serialization.load_pem_private_key(
+        (suite.dir / "platform" / "command.key").read_bytes(), None)
+    cmd = command.SerializeToString()
+    if plaintext:
+        sig = key.sign(b"suido-cmd-v1\0" + cmd, ec.ECDSA(hashes.SHA256()))
+        return pb.SignedCommand(command=cmd, signature=sig).SerializeToString()
+    to = serialization.load_pem_public_key(
+        (suite.dir / "gateways" / command.gateway_id / "cmdwrap.pub").read_bytes())
+    session_key = session_key or os.urandom(32)
+    iv = os.urandom(12)
+    h = pb.CommandHeader(version=1, gateway_id=command.gateway_id, command_id=command.command_id,
+                         cipher=pb.CIPHER_AES_256_GCM, iv=iv,
+                         wrapped_key=to.encrypt(session_key, OAEP),
+                         key_id=hashlib.sha256(session_key).hexdigest()[:16])
+    hb = h.SerializeToString()
+    ct = AESGCM(session_key).encrypt(iv, cmd, hb)
+    sig = key.sign(CMD_DOMAIN + len(hb).to_bytes(4, "big") + hb + ct, ec.ECDSA(hashes.SHA256()))
+    return pb.SignedCommand(header=hb, command=ct, signature=sig).SerializeToString()
+
+
+def open_command(suite, pb, payload):
+    """(CommandHeader, Command) of a sealed command, opened with its gateway's command key as the
+    gateway opens it."""
+    sc = pb.SignedCommand()
+    sc.ParseFromString(payload)
+    h = pb.CommandHeader()
+    h.ParseFromString(sc.header)
+    priv = serialization.load_pem_private_key(
+        (suite.dir / "gateways" / h.gateway_id / "cmdwrap.key").read_bytes(), None)
+    c = pb.Command()
+    c.ParseFromString(AESGCM(priv.decrypt(h.wrapped_key, OAEP)).decrypt(h.iv, sc.command,
+                                                                         sc.header))
+    return h, c
 
 
 class Client:

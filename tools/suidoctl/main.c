@@ -791,10 +791,14 @@ static int cmd_set_state(ctl *c, const char *kind, const char *verb, const char 
     const char *pki = cm_conf_get(c->conf, "pki", "dir");
     int shredded = 0;
     if (gw && state == SUIDO__ENTITY_STATE__STATE_DISPOSED && pki) {
-        static const char *const files[] = {"client.key", "sign.key"};
-        for (size_t i = 0; i < 2; i++) {
+        /* the command key is absent for a gateway made before commands were encrypted */
+        static const struct { const char *name; int optional; } files[] = {
+            {"client.key", 0}, {"sign.key", 0}, {"cmdwrap.key", 1}};
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
             char path[4096];
-            snprintf(path, sizeof path, "%s/gateways/%s/%s", pki, id, files[i]);
+            snprintf(path, sizeof path, "%s/gateways/%s/%s", pki, id, files[i].name);
+            if (files[i].optional && access(path, F_OK) != 0)
+                continue;
             if (shred(path) != 0)
                 fail(EXIT_FAILED, "%s: could not destroy the key file", path);
             shredded++;

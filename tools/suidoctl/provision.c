@@ -92,7 +92,8 @@ static int write_bundle(const cm_conf *conf, const provision_request *r, const c
     if (mkdir(r->out, 0700) != 0)
         return ctl_say("%s: cannot create the bundle directory: %s", r->out, strerror(errno));
     static const struct { const char *name; mode_t mode; } KEYS[] = {
-        {"client.crt", 0644}, {"client.key", 0600}, {"sign.key", 0600}, {"sign.pub", 0644}};
+        {"client.crt", 0644}, {"client.key", 0600}, {"sign.key", 0600}, {"sign.pub", 0644},
+        {"cmdwrap.key", 0600}, {"cmdwrap.pub", 0644}};
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++) {
         snprintf(from, sizeof from, "%s/%s", gwdir, KEYS[i].name);
         if (copy_into(r->out, KEYS[i].name, from, KEYS[i].mode) != 0)
@@ -106,10 +107,10 @@ static int write_bundle(const cm_conf *conf, const provision_request *r, const c
     char text[2048];
     int n = snprintf(text, sizeof text,
                      "# Field bundle of gateway %s, made by suidoctl gateway provision.\n"
-                     "# Keep client.key and sign.key secret; the rest is public.\n"
+                     "# Keep client.key, sign.key and cmdwrap.key secret; the rest is public.\n"
                      "[gateway]\nid = %s\nsite = %s\nkind = %s\nmodel = %s\nfirmware = %s\n"
                      "broker = %s\ncert = client.crt\nkey = client.key\nsign_key = sign.key\n"
-                     "ca = ca.crt\nwrap_pub = wrap.pub\n%s",
+                     "command_unwrap_key = cmdwrap.key\nca = ca.crt\nwrap_pub = wrap.pub\n%s",
                      r->id, r->id, r->site, r->kind, r->model ? r->model : "",
                      r->firmware ? r->firmware : "", broker ? broker : "",
                      access(cmd, R_OK) == 0 ? "command_pub = command.pub\n" : "");
@@ -144,17 +145,22 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
         return ctl_say("%s: already exists (a bundle is never overwritten)", r->out);
     if (run_pki(script, pki, "--add-gateway", r->id) != 0)
         return ctl_say("%s: could not issue credentials for %s", script, r->id);
-    char gwdir[4096], crt[4096], pub[4096];
+    char gwdir[4096], crt[4096], pub[4096], cmdpub[4096];
     snprintf(gwdir, sizeof gwdir, "%s/gateways/%s", pki, r->id);
     snprintf(crt, sizeof crt, "%s/client.crt", gwdir);
     snprintf(pub, sizeof pub, "%s/sign.pub", gwdir);
+    snprintf(cmdpub, sizeof cmdpub, "%s/cmdwrap.pub", gwdir);
     size_t crt_len = 0;
     uint8_t *crt_pem = slurp(crt, &crt_len);
     cm_pubkey *pk = NULL;
-    uint8_t *der = NULL;
-    size_t der_len = 0;
+    cm_rsa *ck = NULL;
+    uint8_t *der = NULL, *cmd_der = NULL;
+    size_t der_len = 0, cmd_der_len = 0;
     int rc = 1;
-    if (!crt_pem || cm_pubkey_load_pem(pub, &pk) != CM_OK || cm_pubkey_der(pk, &der, &der_len)) {
+    /* the RSA key every command to this gateway is encrypted to, registered with its identity */
+    if (!crt_pem || cm_pubkey_load_pem(pub, &pk) != CM_OK || cm_pubkey_der(pk, &der, &der_len) ||
+        cm_rsa_load_public(cmdpub, &ck) != CM_OK ||
+        cm_rsa_public_der(ck, &cmd_der, &cmd_der_len) != CM_OK) {
         ctl_say("%s: the issued credentials are unreadable", gwdir);
         goto revoke;
     }
@@ -166,6 +172,8 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
     g.firmware = (char *)(r->firmware ? r->firmware : "");
     g.sign_pub_der.data = der;
     g.sign_pub_der.len = der_len;
+    g.cmd_pub_der.data = cmd_der;
+    g.cmd_pub_der.len = cmd_der_len;
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
     req.op = SUIDO__REGISTRY_OP__REG_ADD_GATEWAY;
     req.gateway = &g;
@@ -182,6 +190,8 @@ revoke:
 out:
     free(crt_pem);
     free(der);
+    free(cmd_der);
     cm_pubkey_destroy(&pk);
+    cm_rsa_destroy(&ck);
     return rc;
 }

@@ -20,6 +20,13 @@ suido.start('trends', async () => {
   async function draw() {
     if (!gwSel.value || !chSel.value) return;
     const t = await api(`/api/trend?gateway=${encodeURIComponent(gwSel.value)}&channel=${encodeURIComponent(chSel.value)}&span=${spanSel.value}`);
+    if (t.confidential) {
+      /* kept only encrypted: the archive stores no trend of it */
+      clearInterval(timer);
+      clear($('stats')).append(el('div', { class: 'stat', id: 'confidential' }, el('div', { class: 'v', text: 'confidential' }), el('div', { class: 'k', text: t.detail })));
+      clear($('chart'));
+      return;
+    }
     const stat = (id, v, k) => el('div', { class: 'stat', id }, el('div', { class: 'v', text: v }), el('div', { class: 'k', text: k }));
     const lim = t.channel.limits;
     let state = 'no limits';
