@@ -2,6 +2,7 @@
  * live databases read-only through SQLite, the deployment CA certificate and the backup keys
  * named in suidoctl.conf, and talks to no service. */
 #include "backup.h"
+#include "backup_manifest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,35 +38,9 @@ enum { B_OK = 0, B_FAILED = 1, B_USAGE = 2, B_UNAVAILABLE = 3 };
 #define HEX_SHA256 65
 #define PATH_LEN_MAX 4000 /* longest DIR or STATEDIR accepted (file names are added to it) */
 
-enum { F_ARCHIVE, F_REGISTRY, F__COUNT };
-static const char *const FILE_NAME[F__COUNT] = {"archive.db", "registry.db"};
-static const char *const SUBDIR[F__COUNT] = {"archive", "registry"};
+static const char *const SUBDIR[BACKUP_F_COUNT] = {"archive", "registry"};
 
-static const cm_conf_spec MANIFEST_SPEC[] = {
-    {"backup", "format", 1, "manifest format version"},
-    {"backup", "deployment", 1, "SHA-256 of the deployment CA certificate (DER)"},
-    {"backup", "created_ms", 1, "when the snapshot was taken"},
-    {"backup", "created", 0, "the same, ISO 8601, for people"},
-    {"file", "size", 1, "bytes"},
-    {"file", "sha256", 1, "SHA-256 of the file"},
-    {"file", "batches", 0, "archive: stored batches"},
-    {"file", "readings", 0, "archive: readings in those batches"},
-    {"file", "audit_head_seq", 0, "archive: number of the audit log's last entry"},
-    {"file", "audit_head_hash", 0, "archive: its chain hash"},
-    {"file", "gateways", 0, "registry: gateways"},
-    {NULL, NULL, 0, NULL},
-};
-
-/* What the signed manifest claims. */
-typedef struct manifest {
-    long format;
-    char deployment[HEX_SHA256];
-    uint64_t created_ms;
-    uint64_t size[F__COUNT];
-    char sha256[F__COUNT][HEX_SHA256];
-    uint64_t batches, readings, audit_seq, gateways;
-    char audit_hash[HEX_SHA256];
-} manifest;
+typedef backup_manifest manifest;
 
 /* What a check of the two databases found. */
 typedef struct content {
@@ -85,8 +60,8 @@ typedef struct report {
     char key_id[CM_KEY_ID_LEN + 1];
     manifest m;
     char deployment[HEX_SHA256]; /* this deployment's id */
-    int file_checked[F__COUNT], file_ok[F__COUNT], integrity_ok[F__COUNT];
-    uint64_t file_size[F__COUNT];
+    int file_checked[BACKUP_F_COUNT], file_ok[BACKUP_F_COUNT], integrity_ok[BACKUP_F_COUNT];
+    uint64_t file_size[BACKUP_F_COUNT];
     content c;
     char *problems[MAX_PROBLEMS];
     size_t n_problems, more_problems;
@@ -152,10 +127,10 @@ static void print_json(const report *r)
         printf(",\"created_ms\":%" PRIu64, r->m.created_ms);
     }
     printf(",\"files\":[");
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         printf("%s{\"name\":\"%s\",\"checked\":%s,\"size\":%" PRIu64 ",\"hash_ok\":%s,"
                "\"integrity_ok\":%s}",
-               f ? "," : "", FILE_NAME[f], r->file_checked[f] ? "true" : "false",
+               f ? "," : "", BACKUP_FILE_NAME[f], r->file_checked[f] ? "true" : "false",
                r->file_size[f], r->file_ok[f] ? "true" : "false",
                r->integrity_ok[f] ? "true" : "false");
     }
@@ -220,8 +195,8 @@ static void print_report(const report *r, const char *what)
     printf("  manifest     format %ld, created %s, signature ok (backup key %s, %s)\n",
            r->m.format, created, r->key_id, BACKUP_DOMAIN);
     printf("  deployment   %s (this deployment's CA)\n", r->m.deployment);
-    for (int f = 0; f < F__COUNT; f++)
-        printf("  %-12s %" PRIu64 " bytes, sha256 ok, integrity ok\n", FILE_NAME[f],
+    for (int f = 0; f < BACKUP_F_COUNT; f++)
+        printf("  %-12s %" PRIu64 " bytes, sha256 ok, integrity ok\n", BACKUP_FILE_NAME[f],
                r->file_size[f]);
     printf("  audit chain  %" PRIu64 " entries intact, head %s (as in the manifest)\n",
            r->c.audit.entries, r->c.audit.head_hex);
@@ -235,30 +210,6 @@ static void hex(const uint8_t *b, size_t n, char *out)
 {
     for (size_t i = 0; i < n; i++)
         snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
-
-static int is_hex64(const char *s)
-{
-    if (!s || strlen(s) != 64)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
-            return 0;
-    return 1;
-}
-
-/* Decimal without sign, spaces or overflow. */
-static int parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || *s < '0' || *s > '9')
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return 0;
-    *out = v;
-    return 1;
 }
 
 static void join(char *out, size_t len, const char *dir, const char *name)
@@ -782,7 +733,6 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
     size_t tlen = 0, slen = 0;
     const char *why = "";
     cm_pubkey *key = NULL;
-    cm_conf *mc = NULL;
     int ok = 0;
     if (!conf_need(conf, "backup", "verify_key", "the backup verification public key", &keyf))
         return -1;
@@ -810,60 +760,12 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
         goto out;
     }
     r->signature_ok = 1;
-    char err[CM_CONF_ERRLEN];
-    if (cm_conf_parse(MANIFEST, (const char *)text, tlen, &mc, err) != CM_OK) {
-        problem(r, "%s: not a backup manifest: %s", MANIFEST, err);
-        goto out;
-    }
+    char why_m[CM_CONF_ERRLEN];
     manifest *m = &r->m;
-    const char *fmt = cm_conf_get(mc, "backup", "format");
-    uint64_t v = 0;
-    if (!parse_u64(fmt, &v) || v != BACKUP_FORMAT) {
-        problem(r,
-                "%s: wrong-version backup: manifest format %s, this suidoctl reads format %d only",
-                MANIFEST, fmt ? fmt : "(none)", BACKUP_FORMAT);
+    if (backup_manifest_parse((const char *)text, tlen, m, why_m) != CM_OK) {
+        problem(r, "%s", why_m);
         goto out;
     }
-    m->format = (long)v;
-    if (cm_conf_check(mc, MANIFEST_SPEC, err) != CM_OK) {
-        problem(r, "%s: %s", MANIFEST, err);
-        goto out;
-    }
-    for (size_t i = 0; i < cm_conf_section_count(mc); i++) {
-        const char *s = cm_conf_section(mc, i);
-        const char *name = cm_conf_section_name(s, "file");
-        if (name && strcmp(name, FILE_NAME[F_ARCHIVE]) != 0 &&
-            strcmp(name, FILE_NAME[F_REGISTRY]) != 0) {
-            problem(r, "%s: lists an unknown file '%s'", MANIFEST, name);
-            goto out;
-        }
-    }
-    const char *dep = cm_conf_get(mc, "backup", "deployment");
-    int fields = is_hex64(dep) && parse_u64(cm_conf_get(mc, "backup", "created_ms"),
-                                            &m->created_ms);
-    if (fields)
-        snprintf(m->deployment, sizeof m->deployment, "%s", dep);
-    for (int f = 0; f < F__COUNT && fields; f++) {
-        char sec[64];
-        snprintf(sec, sizeof sec, "file %s", FILE_NAME[f]);
-        const char *h = cm_conf_get(mc, sec, "sha256");
-        fields = parse_u64(cm_conf_get(mc, sec, "size"), &m->size[f]) && is_hex64(h);
-        if (fields)
-            snprintf(m->sha256[f], sizeof m->sha256[f], "%s", h);
-    }
-    const char *as = "file archive.db", *rs = "file registry.db";
-    const char *ah = cm_conf_get(mc, as, "audit_head_hash");
-    fields = fields && parse_u64(cm_conf_get(mc, as, "batches"), &m->batches) &&
-             parse_u64(cm_conf_get(mc, as, "readings"), &m->readings) &&
-             parse_u64(cm_conf_get(mc, as, "audit_head_seq"), &m->audit_seq) && is_hex64(ah) &&
-             parse_u64(cm_conf_get(mc, rs, "gateways"), &m->gateways);
-    if (!fields) {
-        problem(r, "%s: a required field is missing or malformed (both files need size and "
-                   "sha256; the archive its counts and audit head)",
-                MANIFEST);
-        goto out;
-    }
-    snprintf(m->audit_hash, sizeof m->audit_hash, "%s", ah);
     r->manifest_ok = 1;
     if (deployment_id(conf, r->deployment) != B_OK) {
         problem(r, "%s: cannot tell this deployment's id ([backup] ca)", cm_conf_name(conf));
@@ -877,7 +779,6 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
     }
     ok = 1;
 out:
-    cm_conf_destroy(&mc);
     cm_pubkey_destroy(&key);
     free(text);
     free(sig);
@@ -900,43 +801,43 @@ static int verify_dir(const cm_conf *conf, const char *dir, report *r)
         return -1;
     if (!rm)
         return 0;
-    char path[F__COUNT][4200];
-    for (int f = 0; f < F__COUNT; f++) {
+    char path[BACKUP_F_COUNT][4200];
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         const char *why = "";
         char h[HEX_SHA256];
-        join(path[f], sizeof path[f], dir, FILE_NAME[f]);
+        join(path[f], sizeof path[f], dir, BACKUP_FILE_NAME[f]);
         r->file_checked[f] = 1;
         if (!hash_file(path[f], -1, &r->file_size[f], h, &why)) {
-            problem(r, "%s: %s", FILE_NAME[f], why);
+            problem(r, "%s: %s", BACKUP_FILE_NAME[f], why);
             continue;
         }
         if (r->file_size[f] != r->m.size[f])
-            problem(r, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s)", FILE_NAME[f],
+            problem(r, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s)", BACKUP_FILE_NAME[f],
                     r->file_size[f], r->m.size[f],
                     r->file_size[f] < r->m.size[f] ? "truncated" : "grown");
         else if (strcmp(h, r->m.sha256[f]) != 0)
             problem(r, "%s: SHA-256 %s does not match the manifest's %s (the file was altered)",
-                    FILE_NAME[f], h, r->m.sha256[f]);
+                    BACKUP_FILE_NAME[f], h, r->m.sha256[f]);
         else
             r->file_ok[f] = 1;
     }
     /* nothing in a file that does not match the signed manifest is worth reading further */
-    if (!r->file_ok[F_ARCHIVE] || !r->file_ok[F_REGISTRY])
+    if (!r->file_ok[BACKUP_F_ARCHIVE] || !r->file_ok[BACKUP_F_REGISTRY])
         return 0;
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         cm_sql *db = NULL;
         char msg[512];
         if (!db_open_ro(path[f], 1, &db, msg, sizeof msg))
-            problem(r, "%s: cannot open as SQLite: %s", FILE_NAME[f], msg);
+            problem(r, "%s: cannot open as SQLite: %s", BACKUP_FILE_NAME[f], msg);
         else if (!integrity_ok(db, msg, sizeof msg))
-            problem(r, "%s: PRAGMA integrity_check: %s", FILE_NAME[f], msg);
+            problem(r, "%s: PRAGMA integrity_check: %s", BACKUP_FILE_NAME[f], msg);
         else
             r->integrity_ok[f] = 1;
         cm_sql_close(&db);
     }
-    if (!r->integrity_ok[F_ARCHIVE] || !r->integrity_ok[F_REGISTRY])
+    if (!r->integrity_ok[BACKUP_F_ARCHIVE] || !r->integrity_ok[BACKUP_F_REGISTRY])
         return 0;
-    check_content(path[F_ARCHIVE], FILE_NAME[F_ARCHIVE], path[F_REGISTRY], FILE_NAME[F_REGISTRY],
+    check_content(path[BACKUP_F_ARCHIVE], BACKUP_FILE_NAME[BACKUP_F_ARCHIVE], path[BACKUP_F_REGISTRY], BACKUP_FILE_NAME[BACKUP_F_REGISTRY],
                   &r->m, 1, &r->c, r);
     return !failed(r);
 }
@@ -1069,7 +970,7 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
     close(fd);
     rc = B_OK;
     if (!backup_pg_snapshot(db, dst, &rows, why, sizeof why)) {
-        ctl_say("%s: snapshot of the PostgreSQL archive (%s) failed: %s", FILE_NAME[F_ARCHIVE],
+        ctl_say("%s: snapshot of the PostgreSQL archive (%s) failed: %s", BACKUP_FILE_NAME[BACKUP_F_ARCHIVE],
                 label, why);
         rc = cm_sql_connected(db) ? B_FAILED : B_UNAVAILABLE;
     }
@@ -1079,16 +980,16 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
 
 int backup_create(const cm_conf *conf, const char *dir, int json)
 {
-    const char *src[F__COUNT], *keyf;
+    const char *src[BACKUP_F_COUNT], *keyf;
     char depl[HEX_SHA256];
     const char *pgfile = cm_conf_get(conf, "archive", "postgresql");
     int archive_pg = pgfile && *pgfile;
     if (archive_pg)
-        src[F_ARCHIVE] = pgfile;
+        src[BACKUP_F_ARCHIVE] = pgfile;
     if ((!archive_pg && !conf_need(conf, "archive", "database", "the archive database to back up",
-                                   &src[F_ARCHIVE])) ||
+                                   &src[BACKUP_F_ARCHIVE])) ||
         !conf_need(conf, "backup", "registry_database", "the registry database to back up",
-                   &src[F_REGISTRY]) ||
+                   &src[BACKUP_F_REGISTRY]) ||
         !conf_need(conf, "backup", "signing_key", "the backup signing key (0600)", &keyf))
         return B_USAGE;
     if (strlen(dir) > PATH_LEN_MAX)
@@ -1109,20 +1010,20 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         return ctl_say("%s: cannot create the backup directory: %s", dir, strerror(errno));
     }
     report r = {.dir = dir, .json = json};
-    char path[F__COUNT][4200], mpath[4200], spath[4200], parent[4200];
+    char path[BACKUP_F_COUNT][4200], mpath[4200], spath[4200], parent[4200];
     uint64_t created = cm_now_ms();
     char *text = NULL;
     rc = B_FAILED;
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         const char *why = "";
         int unavailable = 0;
-        join(path[f], sizeof path[f], dir, FILE_NAME[f]);
-        if (f == F_ARCHIVE && archive_pg) {
+        join(path[f], sizeof path[f], dir, BACKUP_FILE_NAME[f]);
+        if (f == BACKUP_F_ARCHIVE && archive_pg) {
             if ((rc = snapshot_pg(conf, path[f])) != B_OK)
                 goto out;
             rc = B_FAILED;
         } else if (!snapshot(src[f], path[f], &why, &unavailable)) {
-            ctl_say("%s: snapshot of %s failed: %s", FILE_NAME[f], src[f], why);
+            ctl_say("%s: snapshot of %s failed: %s", BACKUP_FILE_NAME[f], src[f], why);
             if (unavailable)
                 rc = B_UNAVAILABLE;
             goto out;
@@ -1133,14 +1034,14 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         }
     }
     /* the manifest describes the finished copies, so every fact is read back from them */
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         cm_sql *db = NULL;
         char msg[512];
         const char *why = "";
         if (!db_open_ro(path[f], 1, &db, msg, sizeof msg) || !integrity_ok(db, msg, sizeof msg)) {
             ctl_say("%s: the snapshot of %s fails PRAGMA integrity_check: %s (the live database may "
                 "be damaged; no backup made)",
-                FILE_NAME[f], src[f], msg);
+                BACKUP_FILE_NAME[f], src[f], msg);
             cm_sql_close(&db);
             goto out;
         }
@@ -1152,11 +1053,11 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         }
         r.file_ok[f] = 1;
     }
-    if (!check_content(path[F_ARCHIVE], FILE_NAME[F_ARCHIVE], path[F_REGISTRY],
-                       FILE_NAME[F_REGISTRY], NULL, 0, &r.c, &r)) {
+    if (!check_content(path[BACKUP_F_ARCHIVE], BACKUP_FILE_NAME[BACKUP_F_ARCHIVE], path[BACKUP_F_REGISTRY],
+                       BACKUP_FILE_NAME[BACKUP_F_REGISTRY], NULL, 0, &r.c, &r)) {
         for (size_t i = 0; i < r.n_problems; i++)
             ctl_say("%s (the live %s; no backup made: run suidoctl audit verify)", r.problems[i],
-                src[F_ARCHIVE]);
+                src[BACKUP_F_ARCHIVE]);
         goto out;
     }
     char iso[32];
@@ -1183,9 +1084,9 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
                  "sha256 = %s\n"
                  "gateways = %" PRIu64 "\n",
                  MANIFEST_SIG, BACKUP_DOMAIN, BACKUP_FORMAT, depl, created, iso,
-                 r.file_size[F_ARCHIVE], r.m.sha256[F_ARCHIVE], r.c.batches, r.c.readings,
-                 r.c.audit.entries, r.c.audit.head_hex, r.file_size[F_REGISTRY],
-                 r.m.sha256[F_REGISTRY], r.c.gateways) < 0) {
+                 r.file_size[BACKUP_F_ARCHIVE], r.m.sha256[BACKUP_F_ARCHIVE], r.c.batches, r.c.readings,
+                 r.c.audit.entries, r.c.audit.head_hex, r.file_size[BACKUP_F_REGISTRY],
+                 r.m.sha256[BACKUP_F_REGISTRY], r.c.gateways) < 0) {
         text = NULL;
         ctl_say("%s", "out of memory");
         goto out;
@@ -1221,8 +1122,8 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
     } else {
         printf("backup %s: created %s (signed by backup key %s)\n", dir, iso, r.key_id);
         printf("  deployment   %s\n", depl);
-        for (int f = 0; f < F__COUNT; f++)
-            printf("  %-12s %" PRIu64 " bytes, sha256 %s\n", FILE_NAME[f], r.file_size[f],
+        for (int f = 0; f < BACKUP_F_COUNT; f++)
+            printf("  %-12s %" PRIu64 " bytes, sha256 %s\n", BACKUP_FILE_NAME[f], r.file_size[f],
                    r.m.sha256[f]);
         printf("  archive      %" PRIu64 " batches (%" PRIu64 " readings), audit chain %" PRIu64
                " entries, head %s\n",
@@ -1316,11 +1217,11 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         report_free(&r);
         return B_FAILED;
     }
-    char subdir[F__COUNT][4200], target[F__COUNT][4300], tmp[F__COUNT][4300];
-    int made_top = 0, made_sub[F__COUNT] = {0}, have_tmp[F__COUNT] = {0};
-    for (int f = 0; f < F__COUNT; f++) {
+    char subdir[BACKUP_F_COUNT][4200], target[BACKUP_F_COUNT][4300], tmp[BACKUP_F_COUNT][4300];
+    int made_top = 0, made_sub[BACKUP_F_COUNT] = {0}, have_tmp[BACKUP_F_COUNT] = {0};
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         join(subdir[f], sizeof subdir[f], statedir, SUBDIR[f]);
-        snprintf(target[f], sizeof target[f], "%s/%s", subdir[f], FILE_NAME[f]);
+        snprintf(target[f], sizeof target[f], "%s/%s", subdir[f], BACKUP_FILE_NAME[f]);
         if (target_refused(target[f], force)) {
             ctl_say("restore refused; nothing was written to %s", statedir);
             report_free(&r);
@@ -1334,7 +1235,7 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
     }
     /* each file goes to a temporary file beside its target, is checked against the manifest
      * again as it is copied (the backup may change between verify and copy) and fsynced */
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         char src[4200], h[HEX_SHA256];
         uint64_t size = 0;
         const char *why = "";
@@ -1342,14 +1243,14 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
             ctl_say("%s: cannot create: %s", subdir[f], strerror(errno));
             goto out;
         }
-        snprintf(tmp[f], sizeof tmp[f], "%s/.%s.restore-XXXXXX", subdir[f], FILE_NAME[f]);
+        snprintf(tmp[f], sizeof tmp[f], "%s/.%s.restore-XXXXXX", subdir[f], BACKUP_FILE_NAME[f]);
         int fd = mkstemp(tmp[f]);
         if (fd < 0) {
             ctl_say("%s: cannot create a temporary file: %s", subdir[f], strerror(errno));
             goto out;
         }
         have_tmp[f] = 1;
-        join(src, sizeof src, dir, FILE_NAME[f]);
+        join(src, sizeof src, dir, BACKUP_FILE_NAME[f]);
         int ok = hash_file(src, fd, &size, h, &why);
         if (ok && (size != r.m.size[f] || strcmp(h, r.m.sha256[f]) != 0)) {
             why = "the backup's file changed after it was verified";
@@ -1364,14 +1265,14 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
             ok = 0;
         }
         if (!ok) {
-            ctl_say("%s: copy to %s failed: %s", FILE_NAME[f], tmp[f], why);
+            ctl_say("%s: copy to %s failed: %s", BACKUP_FILE_NAME[f], tmp[f], why);
             goto out;
         }
     }
     /* the restored copies, re-opened where they will live, must carry every signature again */
     content again = {0};
     report rr = {.dir = dir};
-    if (!check_content(tmp[F_ARCHIVE], target[F_ARCHIVE], tmp[F_REGISTRY], target[F_REGISTRY],
+    if (!check_content(tmp[BACKUP_F_ARCHIVE], target[BACKUP_F_ARCHIVE], tmp[BACKUP_F_REGISTRY], target[BACKUP_F_REGISTRY],
                        &r.m, 1, &again, &rr)) {
         for (size_t i = 0; i < rr.n_problems; i++)
             ctl_say("restored %s", rr.problems[i]);
@@ -1383,7 +1284,7 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
     report_free(&rr);
     /* in place: stale WAL or journal files of a replaced database would be replayed into the
      * restored one, so they go first; then each rename is atomic */
-    for (int f = 0; f < F__COUNT; f++) {
+    for (int f = 0; f < BACKUP_F_COUNT; f++) {
         for (size_t i = 1; i < sizeof SIDE / sizeof SIDE[0]; i++) {
             char p[4400];
             snprintf(p, sizeof p, "%s%s", target[f], SIDE[i]);
@@ -1418,18 +1319,18 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         print_json(&r);
     } else {
         print_report(&r, "OK");
-        printf("restored into %s: %s, %s\n", statedir, target[F_ARCHIVE], target[F_REGISTRY]);
+        printf("restored into %s: %s, %s\n", statedir, target[BACKUP_F_ARCHIVE], target[BACKUP_F_REGISTRY]);
         printf("  restored archive re-opened: %" PRIu64 " signatures verified again, %" PRIu64
                " unverifiable (gateway disposed), 0 failed\n",
                again.sig_ok, again.sig_disposed);
         printf("start the services on %s now\n", statedir);
     }
 out:
-    for (int f = 0; f < F__COUNT; f++)
+    for (int f = 0; f < BACKUP_F_COUNT; f++)
         if (have_tmp[f])
             unlink(tmp[f]);
     if (rc != B_OK) {
-        for (int f = F__COUNT - 1; f >= 0; f--)
+        for (int f = BACKUP_F_COUNT - 1; f >= 0; f--)
             if (made_sub[f])
                 rmdir(subdir[f]);
         if (made_top)
@@ -1517,8 +1418,8 @@ int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, 
         ctl_say("PostgreSQL database (%s) unreachable or refused: %s", pgfile, why);
         goto out;
     }
-    join(apath, sizeof apath, dir, FILE_NAME[F_ARCHIVE]);
-    join(rpath, sizeof rpath, dir, FILE_NAME[F_REGISTRY]);
+    join(apath, sizeof apath, dir, BACKUP_FILE_NAME[BACKUP_F_ARCHIVE]);
+    join(rpath, sizeof rpath, dir, BACKUP_FILE_NAME[BACKUP_F_REGISTRY]);
     if (!db_open_ro(apath, 1, &src, why, sizeof why) ||
         !db_open_ro(rpath, 1, &reg, why, sizeof why)) {
         ctl_say("%s: %s", dir, why);
@@ -1541,7 +1442,7 @@ int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, 
     }
     /* what was loaded, read back from PostgreSQL, must match the signed manifest and carry every
      * batch signature again */
-    if (!check_open(dst, pgfile, reg, FILE_NAME[F_REGISTRY], &r.m, 1, &again, &rr)) {
+    if (!check_open(dst, pgfile, reg, BACKUP_FILE_NAME[BACKUP_F_REGISTRY], &r.m, 1, &again, &rr)) {
         for (size_t i = 0; i < rr.n_problems; i++)
             ctl_say("restored %s", rr.problems[i]);
         ctl_say("restore refused: the loaded archive did not re-verify; nothing was written to %s",
