@@ -295,7 +295,12 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             REJECT(CM_ERR_DECODE, "reading_count");
         for (size_t i = 0; i < res->batch->n_readings; i++) {
             const Suido__Reading *r = res->batch->readings[i];
-            if (!r->channel || !*r->channel || strlen(r->channel) > 64 || !isfinite(r->value) ||
+            /* unknown fields are refused inside readings too: protobuf-c keeps one with field
+             * number 0 written as an overlong tag, but cannot read back the form it packs it in,
+             * so the StageMessage forwarding this batch would be undecodable at the next hop
+             * (a batch lost after it was accepted, resent by its gateway for ever) */
+            if (r->base.n_unknown_fields || !r->channel || !*r->channel ||
+                strlen(r->channel) > 64 || !isfinite(r->value) ||
                 r->offset_ms > VERIFY_MAX_OFFSET_MS)
                 REJECT(CM_ERR_DECODE, "invalid_reading");
         }
@@ -304,6 +309,10 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         res->birth = suido__birth__unpack(NULL, bodylen, body);
         if (!res->birth || res->birth->base.n_unknown_fields)
             REJECT(CM_ERR_DECODE, "malformed_body");
+        /* the same for its channel declarations (see the readings above) */
+        for (size_t i = 0; i < res->birth->n_channels; i++)
+            if (res->birth->channels[i]->base.n_unknown_fields)
+                REJECT(CM_ERR_DECODE, "malformed_body");
         if (res->birth->cipher != SUIDO__CIPHER__CIPHER_NONE) {
             cm_aead *a;
             if (session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq,
