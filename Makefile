@@ -174,7 +174,7 @@ FUZZ_TARGETS := verify proto conf profile history monitor persist broker_log bac
 # the project sources each target needs besides common/ (its -I follows from them)
 FUZZ_SRC_verify := services/verify/verify_check.c
 FUZZ_SRC_proto := services/archive/archive_store.c services/archive/archive_query.c \
-                  services/archive/archive_cases.c
+                  services/archive/archive_cases.c services/gate/gate_check.c
 FUZZ_SRC_history := services/anomaly/history.c
 FUZZ_SRC_monitor := services/monitor/mon_body.c services/monitor/mon_text.c
 FUZZ_SRC_persist := broker/start/persist_check.c

@@ -11,30 +11,68 @@
  *                       admin when the selector's top bit is set, else as a viewer
  *   2  AuditEvent     -> archive_store_audit
  *   3  Alert          -> inside a StageMessage on the alerts topic, as selector 0
- *   4.. the other messages that cross a socket (registry, gate, replication, MQTT ack and
+ *   4  GateRequest    -> the guard of the gate's command handler (services/gate/main.c
+ *                       on_command_request), then gate_decide against a small fixed profile and
+ *                       plant; the requester's role (the registry session's in the gate), the
+ *                       site kind and the plant come from the selector's top bits
+ *   5.. the other messages that cross a socket (registry, gate reply, replication, MQTT ack and
  *       command): decoded, re-encoded and decoded again (the bytes protobuf-c writes must read
  *       back, to the same size). Their receivers' checks live inside the services' main.c
  *       handlers, not in a public function (fuzz/README.md, "gaps").
  * Messages with unknown fields are still processed: the receivers above do not refuse them. */
+#include <math.h>
 #include <stdio.h>
 
 #include "archive_cases.h"
 #include "archive_query.h"
 #include "archive_store.h"
+#include "cm_profile.h"
 #include "cm_stage.h"
+#include "cm_svc.h"
 #include "fuzz_util.h"
+#include "gate_check.h"
 #include "suido.pb-c.h"
 
 #define FUZZ_NOW_MS 1800000000000ull
 
 static archive_store *store;
+static cm_profile *profile;
+static gate_plant plant;
+
+/* The part of examples/sim-utility/profile.conf the gate needs for its interlocks. */
+static const char PROFILE[] =
+    "[profile]\nname = fuzz\nversion = 1\n"
+    "[channel treatment.raw_flow]\nquantity = flow\nunit = L/s\nrange = 0, 600\n"
+    "limits = 5, 20, 450, 550\ndeadband = 5\nperiod_s = 1\n"
+    "[channel pumping.pump1_status]\nquantity = run_status\nunit = 1\nrange = 0, 1\nperiod_s = 1\n"
+    "[channel pumping.pump2_status]\nquantity = run_status\nunit = 1\nrange = 0, 1\nperiod_s = 1\n"
+    "[channel pumping.tank_level]\nquantity = level\nunit = m\nrange = 0, 6\n"
+    "limits = 0.5, 1.0, 5.0, 5.5\ndeadband = 0.05\nperiod_s = 1\n"
+    "[actuator pumping.pump1]\nquantity = run_command\nunit = 1\nrange = 0, 1\n"
+    "min_interval_s = 5\nfeedback = pumping.pump1_status\ntolerance = 0.5\nsettle_s = 10\n"
+    "[actuator pumping.pump2]\nquantity = run_command\nunit = 1\nrange = 0, 1\n"
+    "min_interval_s = 5\nfeedback = pumping.pump2_status\ntolerance = 0.5\nsettle_s = 10\n"
+    "[actuator treatment.dosing]\nquantity = chlorine_dose\nunit = mg/L\nrange = 0, 4\n"
+    "max_step = 1\n"
+    "[interlock pumping.last_pump_1]\nactuator = pumping.pump1\n"
+    "refuse_if = value == 0, pumping.pump2_status < 0.5, pumping.tank_level < LL\nreason = x\n"
+    "[interlock treatment.no_dose_without_flow]\nactuator = treatment.dosing\n"
+    "refuse_if = value > 0, treatment.raw_flow < 5\nreason = y\n";
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     fuzz_quiet();
-    if (archive_store_open(":memory:", &store) != CM_OK)
+    char err[CM_CONF_ERRLEN];
+    if (archive_store_open(":memory:", &store) != CM_OK ||
+        cm_profile_load_text("fuzz.profile", PROFILE, sizeof PROFILE - 1, &profile, err) != CM_OK)
+        abort();
+    gate_plant_init(&plant);
+    if (gate_plant_reading(&plant, "pumping.pump2_status", 0, FUZZ_NOW_MS - 1000) != CM_OK ||
+        gate_plant_reading(&plant, "pumping.tank_level", 0.3, FUZZ_NOW_MS - 1000) != CM_OK ||
+        gate_plant_reading(&plant, "treatment.raw_flow", 3, FUZZ_NOW_MS - 1000) != CM_OK ||
+        gate_plant_commanded(&plant, "pumping.pump2", 1, FUZZ_NOW_MS - 2000) != CM_OK)
         abort();
     return 0;
 }
@@ -104,6 +142,32 @@ static int has_unknown(const ProtobufCMessage *m)
     return 0;
 }
 
+/* The gate's command handler up to its decision, behind the handler's own guard. */
+static void gate(const Suido__GateRequest *q, unsigned top)
+{
+    if (q->op != SUIDO__GATE_OP__GATE_COMMAND)
+        return;
+    char topic[160], gwid[65], kind_[16];
+    snprintf(topic, sizeof topic, "suido/v1/%s/cmd", q->gateway_id ? q->gateway_id : "");
+    if (cm_topic_parse(topic, gwid, kind_) != CM_OK || strcmp(gwid, q->gateway_id) != 0 ||
+        !q->actuator || !*q->actuator || strlen(q->actuator) > 63 || !q->unit ||
+        strlen(q->unit) > 15)
+        return;
+    /* selector bits 4-5: role, 6: site kind, 7: plant with readings (they leave sel % 16 alone) */
+    static const char *const roles[] = {"viewer", "operator", "admin", "operator"};
+    gate_request req = {.actuator = q->actuator, .value = q->value, .unit = q->unit,
+                        .role = roles[(top >> 4) & 3]};
+    gate_decision dec;
+    static gate_plant empty; /* a gateway the gate has no data of (yet) */
+    const char *kind = top & 0x40 ? "treatment" : "pumping";
+    gate_verdict v = gate_decide(profile, kind, top & 0x80 ? &plant : &empty, &req, FUZZ_NOW_MS,
+                                 &dec);
+    if (getenv("FUZZ_PROTO_TRACE"))
+        fprintf(stderr, "proto: gate verdict=%d reason=%s\n", (int)v, dec.reason);
+    if (v == GATE_ALLOW && (!dec.actuator || !isfinite(dec.value)))
+        abort(); /* an allowed command names its actuator and a finite value */
+}
+
 /* Decodes, re-encodes and decodes again one message of a type whose checks are not public: what
  * a service re-encodes (the archive's replication log, verify's StageMessage) must read back the
  * same. Only for messages without unknown fields: protobuf-c keeps an unknown field number 0
@@ -133,11 +197,11 @@ static void roundtrip(const ProtobufCMessageDescriptor *d, const uint8_t *msg, s
 
 static const ProtobufCMessageDescriptor *const OTHERS[] = {
     &suido__registry_request__descriptor, &suido__registry_reply__descriptor,
-    &suido__registry_event__descriptor,   &suido__gate_request__descriptor,
-    &suido__gate_reply__descriptor,       &suido__archive_reply__descriptor,
-    &suido__repl_request__descriptor,     &suido__repl_reply__descriptor,
-    &suido__ack__descriptor,              &suido__signed_command__descriptor,
-    &suido__command__descriptor,          &suido__stage_message__descriptor,
+    &suido__registry_event__descriptor,   &suido__gate_reply__descriptor,
+    &suido__archive_reply__descriptor,    &suido__repl_request__descriptor,
+    &suido__repl_reply__descriptor,       &suido__ack__descriptor,
+    &suido__signed_command__descriptor,   &suido__command__descriptor,
+    &suido__stage_message__descriptor,
 };
 #define N_OTHERS (sizeof OTHERS / sizeof OTHERS[0])
 
@@ -145,11 +209,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    unsigned sel = data[0] % (4 + N_OTHERS);
+    unsigned sel = data[0] % (5 + N_OTHERS);
     const uint8_t *msg = data + 1;
     size_t len = size - 1;
-    if (sel >= 4) {
-        roundtrip(OTHERS[sel - 4], msg, len);
+    if (sel >= 5) {
+        roundtrip(OTHERS[sel - 5], msg, len);
+        return 0;
+    }
+    if (sel == 4) {
+        Suido__GateRequest *q = suido__gate_request__unpack(NULL, len, msg);
+        if (q) {
+            gate(q, data[0]);
+            suido__gate_request__free_unpacked(q, NULL);
+        }
+        roundtrip(&suido__gate_request__descriptor, msg, len);
         return 0;
     }
     if (archive_store_begin(store) != CM_OK)

@@ -13,13 +13,17 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 
-# fuzz/proto.c: 0..3 checked by the archive's code, then OTHERS in its order
+# fuzz/proto.c: 0..3 checked by the archive's code, 4 by the gate's, then OTHERS in its order
 SELECTOR = {
-    "StageMessage": 0, "ArchiveRequest": 1, "AuditEvent": 2, "Alert": 3,
-    "RegistryRequest": 4, "RegistryReply": 5, "RegistryEvent": 6, "GateRequest": 7,
-    "GateReply": 8, "ArchiveReply": 9, "ReplRequest": 10, "ReplReply": 11, "Ack": 12,
-    "SignedCommand": 13, "Command": 14,
+    "StageMessage": 0, "ArchiveRequest": 1, "AuditEvent": 2, "Alert": 3, "GateRequest": 4,
+    "RegistryRequest": 5, "RegistryReply": 6, "RegistryEvent": 7, "GateReply": 8,
+    "ArchiveReply": 9, "ReplRequest": 10, "ReplReply": 11, "Ack": 12, "SignedCommand": 13,
+    "Command": 14,
 }
+# selector bits above the type (fuzz/proto.c): ArchiveRequest 0x80 = admin; GateRequest
+# 0x10/0x20 = role, 0x40 = treatment site, 0x80 = a plant with readings
+FLAGS = {"archive-audit-list": 0x80, "archive-audit-verify": 0x80, "gate-request": 0x90,
+         "gate-request-stop-last-pump": 0xa0, "gate-request-too-soon": 0x90, "gate-request-dose": 0xe0}
 NOW = 1800000000000
 
 
@@ -105,6 +109,15 @@ def main(out):
         seeds["gate-request"] = ("GateRequest", pb.GateRequest(
             op=pb.GATE_COMMAND, token="t" * 64, gateway_id="gw-0001", actuator="pump1", value=1,
             unit="1", reason="maintenance"))
+        stop = pb.GateRequest(); stop.CopyFrom(seeds["gate-request"][1]); stop.value = 0
+        seeds["gate-request-stop-last-pump"] = ("GateRequest", stop)
+        again = pb.GateRequest(); again.CopyFrom(seeds["gate-request"][1]); again.actuator = "pump2"
+        seeds["gate-request-too-soon"] = ("GateRequest", again)
+        seeds["gate-request-dose"] = ("GateRequest", pb.GateRequest(
+            op=pb.GATE_COMMAND, token="t" * 64, gateway_id="gw-0003", actuator="dosing",
+            value=2.5, unit="mg/L", reason="raise the dose"))
+        seeds["gate-status"] = ("GateRequest", pb.GateRequest(
+            op=pb.GATE_STATUS, token="t" * 64, command_id="gw-0001-1799999999000-ab12"))
         seeds["gate-reply"] = ("GateReply", pb.GateReply(
             decision="refused", reason="interlock:pumping.last_pump_1", detail="x", value=0))
         seeds["archive-reply"] = ("ArchiveReply", pb.ArchiveReply(
@@ -120,7 +133,7 @@ def main(out):
         os.makedirs(out, exist_ok=True)
         for name, (kind, msg) in seeds.items():
             with open(os.path.join(out, name), "wb") as f:
-                sel = SELECTOR[kind] | (0x80 if name.startswith("archive-audit") else 0)  # admin
+                sel = SELECTOR[kind] | FLAGS.get(name, 0)
                 f.write(bytes([sel]) + msg.SerializeToString())
 
 
