@@ -38,7 +38,10 @@ enum { B_OK = 0, B_FAILED = 1, B_USAGE = 2, B_UNAVAILABLE = 3 };
 #define HEX_SHA256 65
 #define PATH_LEN_MAX 4000 /* longest DIR or STATEDIR accepted (file names are added to it) */
 
-static const char *const SUBDIR[BACKUP_F_COUNT] = {"archive", "registry"};
+/* the backup's files, in the manifest's order (backup_manifest.h) */
+enum { F_ARCHIVE = BACKUP_F_ARCHIVE, F_REGISTRY = BACKUP_F_REGISTRY, F__COUNT = BACKUP_F_COUNT };
+#define FILE_NAME BACKUP_FILE_NAME
+static const char *const SUBDIR[F__COUNT] = {"archive", "registry"};
 
 typedef backup_manifest manifest;
 
@@ -60,8 +63,8 @@ typedef struct report {
     char key_id[CM_KEY_ID_LEN + 1];
     manifest m;
     char deployment[HEX_SHA256]; /* this deployment's id */
-    int file_checked[BACKUP_F_COUNT], file_ok[BACKUP_F_COUNT], integrity_ok[BACKUP_F_COUNT];
-    uint64_t file_size[BACKUP_F_COUNT];
+    int file_checked[F__COUNT], file_ok[F__COUNT], integrity_ok[F__COUNT];
+    uint64_t file_size[F__COUNT];
     content c;
     char *problems[MAX_PROBLEMS];
     size_t n_problems, more_problems;
@@ -127,10 +130,10 @@ static void print_json(const report *r)
         printf(",\"created_ms\":%" PRIu64, r->m.created_ms);
     }
     printf(",\"files\":[");
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         printf("%s{\"name\":\"%s\",\"checked\":%s,\"size\":%" PRIu64 ",\"hash_ok\":%s,"
                "\"integrity_ok\":%s}",
-               f ? "," : "", BACKUP_FILE_NAME[f], r->file_checked[f] ? "true" : "false",
+               f ? "," : "", FILE_NAME[f], r->file_checked[f] ? "true" : "false",
                r->file_size[f], r->file_ok[f] ? "true" : "false",
                r->integrity_ok[f] ? "true" : "false");
     }
@@ -195,8 +198,8 @@ static void print_report(const report *r, const char *what)
     printf("  manifest     format %ld, created %s, signature ok (backup key %s, %s)\n",
            r->m.format, created, r->key_id, BACKUP_DOMAIN);
     printf("  deployment   %s (this deployment's CA)\n", r->m.deployment);
-    for (int f = 0; f < BACKUP_F_COUNT; f++)
-        printf("  %-12s %" PRIu64 " bytes, sha256 ok, integrity ok\n", BACKUP_FILE_NAME[f],
+    for (int f = 0; f < F__COUNT; f++)
+        printf("  %-12s %" PRIu64 " bytes, sha256 ok, integrity ok\n", FILE_NAME[f],
                r->file_size[f]);
     printf("  audit chain  %" PRIu64 " entries intact, head %s (as in the manifest)\n",
            r->c.audit.entries, r->c.audit.head_hex);
@@ -801,43 +804,43 @@ static int verify_dir(const cm_conf *conf, const char *dir, report *r)
         return -1;
     if (!rm)
         return 0;
-    char path[BACKUP_F_COUNT][4200];
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    char path[F__COUNT][4200];
+    for (int f = 0; f < F__COUNT; f++) {
         const char *why = "";
         char h[HEX_SHA256];
-        join(path[f], sizeof path[f], dir, BACKUP_FILE_NAME[f]);
+        join(path[f], sizeof path[f], dir, FILE_NAME[f]);
         r->file_checked[f] = 1;
         if (!hash_file(path[f], -1, &r->file_size[f], h, &why)) {
-            problem(r, "%s: %s", BACKUP_FILE_NAME[f], why);
+            problem(r, "%s: %s", FILE_NAME[f], why);
             continue;
         }
         if (r->file_size[f] != r->m.size[f])
-            problem(r, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s)", BACKUP_FILE_NAME[f],
+            problem(r, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s)", FILE_NAME[f],
                     r->file_size[f], r->m.size[f],
                     r->file_size[f] < r->m.size[f] ? "truncated" : "grown");
         else if (strcmp(h, r->m.sha256[f]) != 0)
             problem(r, "%s: SHA-256 %s does not match the manifest's %s (the file was altered)",
-                    BACKUP_FILE_NAME[f], h, r->m.sha256[f]);
+                    FILE_NAME[f], h, r->m.sha256[f]);
         else
             r->file_ok[f] = 1;
     }
     /* nothing in a file that does not match the signed manifest is worth reading further */
-    if (!r->file_ok[BACKUP_F_ARCHIVE] || !r->file_ok[BACKUP_F_REGISTRY])
+    if (!r->file_ok[F_ARCHIVE] || !r->file_ok[F_REGISTRY])
         return 0;
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         cm_sql *db = NULL;
         char msg[512];
         if (!db_open_ro(path[f], 1, &db, msg, sizeof msg))
-            problem(r, "%s: cannot open as SQLite: %s", BACKUP_FILE_NAME[f], msg);
+            problem(r, "%s: cannot open as SQLite: %s", FILE_NAME[f], msg);
         else if (!integrity_ok(db, msg, sizeof msg))
-            problem(r, "%s: PRAGMA integrity_check: %s", BACKUP_FILE_NAME[f], msg);
+            problem(r, "%s: PRAGMA integrity_check: %s", FILE_NAME[f], msg);
         else
             r->integrity_ok[f] = 1;
         cm_sql_close(&db);
     }
-    if (!r->integrity_ok[BACKUP_F_ARCHIVE] || !r->integrity_ok[BACKUP_F_REGISTRY])
+    if (!r->integrity_ok[F_ARCHIVE] || !r->integrity_ok[F_REGISTRY])
         return 0;
-    check_content(path[BACKUP_F_ARCHIVE], BACKUP_FILE_NAME[BACKUP_F_ARCHIVE], path[BACKUP_F_REGISTRY], BACKUP_FILE_NAME[BACKUP_F_REGISTRY],
+    check_content(path[F_ARCHIVE], FILE_NAME[F_ARCHIVE], path[F_REGISTRY], FILE_NAME[F_REGISTRY],
                   &r->m, 1, &r->c, r);
     return !failed(r);
 }
@@ -970,7 +973,7 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
     close(fd);
     rc = B_OK;
     if (!backup_pg_snapshot(db, dst, &rows, why, sizeof why)) {
-        ctl_say("%s: snapshot of the PostgreSQL archive (%s) failed: %s", BACKUP_FILE_NAME[BACKUP_F_ARCHIVE],
+        ctl_say("%s: snapshot of the PostgreSQL archive (%s) failed: %s", FILE_NAME[F_ARCHIVE],
                 label, why);
         rc = cm_sql_connected(db) ? B_FAILED : B_UNAVAILABLE;
     }
@@ -980,16 +983,16 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
 
 int backup_create(const cm_conf *conf, const char *dir, int json)
 {
-    const char *src[BACKUP_F_COUNT], *keyf;
+    const char *src[F__COUNT], *keyf;
     char depl[HEX_SHA256];
     const char *pgfile = cm_conf_get(conf, "archive", "postgresql");
     int archive_pg = pgfile && *pgfile;
     if (archive_pg)
-        src[BACKUP_F_ARCHIVE] = pgfile;
+        src[F_ARCHIVE] = pgfile;
     if ((!archive_pg && !conf_need(conf, "archive", "database", "the archive database to back up",
-                                   &src[BACKUP_F_ARCHIVE])) ||
+                                   &src[F_ARCHIVE])) ||
         !conf_need(conf, "backup", "registry_database", "the registry database to back up",
-                   &src[BACKUP_F_REGISTRY]) ||
+                   &src[F_REGISTRY]) ||
         !conf_need(conf, "backup", "signing_key", "the backup signing key (0600)", &keyf))
         return B_USAGE;
     if (strlen(dir) > PATH_LEN_MAX)
@@ -1010,20 +1013,20 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         return ctl_say("%s: cannot create the backup directory: %s", dir, strerror(errno));
     }
     report r = {.dir = dir, .json = json};
-    char path[BACKUP_F_COUNT][4200], mpath[4200], spath[4200], parent[4200];
+    char path[F__COUNT][4200], mpath[4200], spath[4200], parent[4200];
     uint64_t created = cm_now_ms();
     char *text = NULL;
     rc = B_FAILED;
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         const char *why = "";
         int unavailable = 0;
-        join(path[f], sizeof path[f], dir, BACKUP_FILE_NAME[f]);
-        if (f == BACKUP_F_ARCHIVE && archive_pg) {
+        join(path[f], sizeof path[f], dir, FILE_NAME[f]);
+        if (f == F_ARCHIVE && archive_pg) {
             if ((rc = snapshot_pg(conf, path[f])) != B_OK)
                 goto out;
             rc = B_FAILED;
         } else if (!snapshot(src[f], path[f], &why, &unavailable)) {
-            ctl_say("%s: snapshot of %s failed: %s", BACKUP_FILE_NAME[f], src[f], why);
+            ctl_say("%s: snapshot of %s failed: %s", FILE_NAME[f], src[f], why);
             if (unavailable)
                 rc = B_UNAVAILABLE;
             goto out;
@@ -1034,14 +1037,14 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         }
     }
     /* the manifest describes the finished copies, so every fact is read back from them */
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         cm_sql *db = NULL;
         char msg[512];
         const char *why = "";
         if (!db_open_ro(path[f], 1, &db, msg, sizeof msg) || !integrity_ok(db, msg, sizeof msg)) {
             ctl_say("%s: the snapshot of %s fails PRAGMA integrity_check: %s (the live database may "
                 "be damaged; no backup made)",
-                BACKUP_FILE_NAME[f], src[f], msg);
+                FILE_NAME[f], src[f], msg);
             cm_sql_close(&db);
             goto out;
         }
@@ -1053,11 +1056,11 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
         }
         r.file_ok[f] = 1;
     }
-    if (!check_content(path[BACKUP_F_ARCHIVE], BACKUP_FILE_NAME[BACKUP_F_ARCHIVE], path[BACKUP_F_REGISTRY],
-                       BACKUP_FILE_NAME[BACKUP_F_REGISTRY], NULL, 0, &r.c, &r)) {
+    if (!check_content(path[F_ARCHIVE], FILE_NAME[F_ARCHIVE], path[F_REGISTRY],
+                       FILE_NAME[F_REGISTRY], NULL, 0, &r.c, &r)) {
         for (size_t i = 0; i < r.n_problems; i++)
             ctl_say("%s (the live %s; no backup made: run suidoctl audit verify)", r.problems[i],
-                src[BACKUP_F_ARCHIVE]);
+                src[F_ARCHIVE]);
         goto out;
     }
     char iso[32];
@@ -1084,9 +1087,9 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
                  "sha256 = %s\n"
                  "gateways = %" PRIu64 "\n",
                  MANIFEST_SIG, BACKUP_DOMAIN, BACKUP_FORMAT, depl, created, iso,
-                 r.file_size[BACKUP_F_ARCHIVE], r.m.sha256[BACKUP_F_ARCHIVE], r.c.batches, r.c.readings,
-                 r.c.audit.entries, r.c.audit.head_hex, r.file_size[BACKUP_F_REGISTRY],
-                 r.m.sha256[BACKUP_F_REGISTRY], r.c.gateways) < 0) {
+                 r.file_size[F_ARCHIVE], r.m.sha256[F_ARCHIVE], r.c.batches, r.c.readings,
+                 r.c.audit.entries, r.c.audit.head_hex, r.file_size[F_REGISTRY],
+                 r.m.sha256[F_REGISTRY], r.c.gateways) < 0) {
         text = NULL;
         ctl_say("%s", "out of memory");
         goto out;
@@ -1122,8 +1125,8 @@ int backup_create(const cm_conf *conf, const char *dir, int json)
     } else {
         printf("backup %s: created %s (signed by backup key %s)\n", dir, iso, r.key_id);
         printf("  deployment   %s\n", depl);
-        for (int f = 0; f < BACKUP_F_COUNT; f++)
-            printf("  %-12s %" PRIu64 " bytes, sha256 %s\n", BACKUP_FILE_NAME[f], r.file_size[f],
+        for (int f = 0; f < F__COUNT; f++)
+            printf("  %-12s %" PRIu64 " bytes, sha256 %s\n", FILE_NAME[f], r.file_size[f],
                    r.m.sha256[f]);
         printf("  archive      %" PRIu64 " batches (%" PRIu64 " readings), audit chain %" PRIu64
                " entries, head %s\n",
@@ -1217,11 +1220,11 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         report_free(&r);
         return B_FAILED;
     }
-    char subdir[BACKUP_F_COUNT][4200], target[BACKUP_F_COUNT][4300], tmp[BACKUP_F_COUNT][4300];
-    int made_top = 0, made_sub[BACKUP_F_COUNT] = {0}, have_tmp[BACKUP_F_COUNT] = {0};
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    char subdir[F__COUNT][4200], target[F__COUNT][4300], tmp[F__COUNT][4300];
+    int made_top = 0, made_sub[F__COUNT] = {0}, have_tmp[F__COUNT] = {0};
+    for (int f = 0; f < F__COUNT; f++) {
         join(subdir[f], sizeof subdir[f], statedir, SUBDIR[f]);
-        snprintf(target[f], sizeof target[f], "%s/%s", subdir[f], BACKUP_FILE_NAME[f]);
+        snprintf(target[f], sizeof target[f], "%s/%s", subdir[f], FILE_NAME[f]);
         if (target_refused(target[f], force)) {
             ctl_say("restore refused; nothing was written to %s", statedir);
             report_free(&r);
@@ -1235,7 +1238,7 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
     }
     /* each file goes to a temporary file beside its target, is checked against the manifest
      * again as it is copied (the backup may change between verify and copy) and fsynced */
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         char src[4200], h[HEX_SHA256];
         uint64_t size = 0;
         const char *why = "";
@@ -1243,14 +1246,14 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
             ctl_say("%s: cannot create: %s", subdir[f], strerror(errno));
             goto out;
         }
-        snprintf(tmp[f], sizeof tmp[f], "%s/.%s.restore-XXXXXX", subdir[f], BACKUP_FILE_NAME[f]);
+        snprintf(tmp[f], sizeof tmp[f], "%s/.%s.restore-XXXXXX", subdir[f], FILE_NAME[f]);
         int fd = mkstemp(tmp[f]);
         if (fd < 0) {
             ctl_say("%s: cannot create a temporary file: %s", subdir[f], strerror(errno));
             goto out;
         }
         have_tmp[f] = 1;
-        join(src, sizeof src, dir, BACKUP_FILE_NAME[f]);
+        join(src, sizeof src, dir, FILE_NAME[f]);
         int ok = hash_file(src, fd, &size, h, &why);
         if (ok && (size != r.m.size[f] || strcmp(h, r.m.sha256[f]) != 0)) {
             why = "the backup's file changed after it was verified";
@@ -1265,14 +1268,14 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
             ok = 0;
         }
         if (!ok) {
-            ctl_say("%s: copy to %s failed: %s", BACKUP_FILE_NAME[f], tmp[f], why);
+            ctl_say("%s: copy to %s failed: %s", FILE_NAME[f], tmp[f], why);
             goto out;
         }
     }
     /* the restored copies, re-opened where they will live, must carry every signature again */
     content again = {0};
     report rr = {.dir = dir};
-    if (!check_content(tmp[BACKUP_F_ARCHIVE], target[BACKUP_F_ARCHIVE], tmp[BACKUP_F_REGISTRY], target[BACKUP_F_REGISTRY],
+    if (!check_content(tmp[F_ARCHIVE], target[F_ARCHIVE], tmp[F_REGISTRY], target[F_REGISTRY],
                        &r.m, 1, &again, &rr)) {
         for (size_t i = 0; i < rr.n_problems; i++)
             ctl_say("restored %s", rr.problems[i]);
@@ -1284,7 +1287,7 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
     report_free(&rr);
     /* in place: stale WAL or journal files of a replaced database would be replayed into the
      * restored one, so they go first; then each rename is atomic */
-    for (int f = 0; f < BACKUP_F_COUNT; f++) {
+    for (int f = 0; f < F__COUNT; f++) {
         for (size_t i = 1; i < sizeof SIDE / sizeof SIDE[0]; i++) {
             char p[4400];
             snprintf(p, sizeof p, "%s%s", target[f], SIDE[i]);
@@ -1319,18 +1322,18 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         print_json(&r);
     } else {
         print_report(&r, "OK");
-        printf("restored into %s: %s, %s\n", statedir, target[BACKUP_F_ARCHIVE], target[BACKUP_F_REGISTRY]);
+        printf("restored into %s: %s, %s\n", statedir, target[F_ARCHIVE], target[F_REGISTRY]);
         printf("  restored archive re-opened: %" PRIu64 " signatures verified again, %" PRIu64
                " unverifiable (gateway disposed), 0 failed\n",
                again.sig_ok, again.sig_disposed);
         printf("start the services on %s now\n", statedir);
     }
 out:
-    for (int f = 0; f < BACKUP_F_COUNT; f++)
+    for (int f = 0; f < F__COUNT; f++)
         if (have_tmp[f])
             unlink(tmp[f]);
     if (rc != B_OK) {
-        for (int f = BACKUP_F_COUNT - 1; f >= 0; f--)
+        for (int f = F__COUNT - 1; f >= 0; f--)
             if (made_sub[f])
                 rmdir(subdir[f]);
         if (made_top)
@@ -1418,8 +1421,8 @@ int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, 
         ctl_say("PostgreSQL database (%s) unreachable or refused: %s", pgfile, why);
         goto out;
     }
-    join(apath, sizeof apath, dir, BACKUP_FILE_NAME[BACKUP_F_ARCHIVE]);
-    join(rpath, sizeof rpath, dir, BACKUP_FILE_NAME[BACKUP_F_REGISTRY]);
+    join(apath, sizeof apath, dir, FILE_NAME[F_ARCHIVE]);
+    join(rpath, sizeof rpath, dir, FILE_NAME[F_REGISTRY]);
     if (!db_open_ro(apath, 1, &src, why, sizeof why) ||
         !db_open_ro(rpath, 1, &reg, why, sizeof why)) {
         ctl_say("%s: %s", dir, why);
@@ -1442,7 +1445,7 @@ int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, 
     }
     /* what was loaded, read back from PostgreSQL, must match the signed manifest and carry every
      * batch signature again */
-    if (!check_open(dst, pgfile, reg, BACKUP_FILE_NAME[BACKUP_F_REGISTRY], &r.m, 1, &again, &rr)) {
+    if (!check_open(dst, pgfile, reg, FILE_NAME[F_REGISTRY], &r.m, 1, &again, &rr)) {
         for (size_t i = 0; i < rr.n_problems; i++)
             ctl_say("restored %s", rr.problems[i]);
         ctl_say("restore refused: the loaded archive did not re-verify; nothing was written to %s",
