@@ -157,6 +157,66 @@ test-compose: images
 	@SUIDO_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE \
 	  compose/tests/test_compose.py
 
+# ------------------------------------------------------------------ fuzzing (fuzz/README.md)
+# libFuzzer targets built with clang into $(BUILD_ROOT)/fuzz, from their own objects (the objects
+# above are gcc's): every source a target needs is compiled again with fuzzer coverage, ASan and
+# UBSan. `make fuzz` runs each target FUZZ_SECONDS on a scratch copy of its seed corpus;
+# `make fuzz-smoke` runs each a few seconds and replays every fuzz/regressions/<target>/ file.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ := $(BUILD_ROOT)/fuzz
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Wno-missing-field-initializers \
+               $(FUZZ_SAN) -Icommon -I$(FUZZ)/gen $(PQ_CFLAGS) -MMD -MP
+FUZZ_COMMON_OBJ := $(patsubst %.c,$(FUZZ)/obj/%.o,$(COMMON_SRC)) $(FUZZ)/obj/gen/suido.pb-c.o
+FUZZ_TARGETS := verify proto conf profile history monitor persist broker_log backup_manifest
+# the project sources each target needs besides common/ (its -I follows from them)
+FUZZ_SRC_verify := services/verify/verify_check.c
+FUZZ_SRC_proto := services/archive/archive_store.c services/archive/archive_query.c \
+                  services/archive/archive_cases.c services/gate/gate_check.c
+FUZZ_SRC_history := services/anomaly/history.c
+FUZZ_SRC_monitor := services/monitor/mon_body.c services/monitor/mon_text.c
+FUZZ_SRC_persist := broker/start/persist_check.c
+FUZZ_SRC_broker_log := services/ingest/broker_log.c
+FUZZ_SRC_backup_manifest := tools/suidoctl/backup_manifest.c
+FUZZ_LIBS_monitor := -ljansson
+FUZZ_BINS := $(addprefix $(FUZZ)/bin/fuzz_,$(FUZZ_TARGETS))
+
+.PHONY: fuzz-build fuzz fuzz-smoke
+fuzz-build: $(FUZZ_BINS) $(FUZZ)/bin/seed_verify
+
+$(FUZZ)/gen/suido.pb-c.c $(FUZZ)/gen/suido.pb-c.h &: proto/suido.proto
+	@mkdir -p $(FUZZ)/gen
+	protoc-c --proto_path=proto --c_out=$(FUZZ)/gen proto/suido.proto
+
+$(FUZZ)/obj/gen/suido.pb-c.o: $(FUZZ)/gen/suido.pb-c.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ)/obj/%.o: %.c $(FUZZ)/gen/suido.pb-c.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(foreach f,$(FUZZ_SRC_$(notdir $*)),-I$(dir $(f))) -c $< -o $@
+
+define fuzz_target
+$(FUZZ)/bin/fuzz_$(1): $(FUZZ)/obj/fuzz/$(1).o $(patsubst %.c,$(FUZZ)/obj/%.o,$(FUZZ_SRC_$(1))) $(FUZZ_COMMON_OBJ)
+	@mkdir -p $(FUZZ)/bin
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $(LIBS) $(FUZZ_LIBS_$(1))
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call fuzz_target,$(t))))
+
+# The seed maker of the verify target (fuzz/seed_verify.c): a plain program, run once by hand.
+FUZZ_SRC_seed_verify := $(FUZZ_SRC_verify)
+$(FUZZ)/bin/seed_verify: $(FUZZ)/obj/fuzz/seed_verify.o $(FUZZ_COMMON_OBJ)
+	@mkdir -p $(FUZZ)/bin
+	$(FUZZ_CC) $(FUZZ_SAN) -o $@ $^ $(LIBS)
+
+fuzz: fuzz-build
+	@scripts/fuzz.sh $(FUZZ) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	@FUZZ_REPLAY=1 scripts/fuzz.sh $(FUZZ) $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
 clean:
 	rm -rf build
 

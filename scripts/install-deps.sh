@@ -20,6 +20,7 @@ PKGS=(
   procps psmisc iproute2
   chromium chromium-driver python3-selenium
   debootstrap
+  clang libclang-rt-14-dev
 )
 
 missing=()

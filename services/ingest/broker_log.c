@@ -44,7 +44,10 @@ static void subject_of(const char *line, size_t len, char out[65])
     if (!p)
         return;
     p += skip;
-    if (skip == 7 && strncmp(p, "connection from ", 16) == 0)
+    /* the line is not NUL-terminated: compare only what is left of it (strncmp read past the
+     * end of a line that ends in "Client "; found by fuzz/broker_log.c) */
+    size_t left = (size_t)(line + len - p);
+    if (skip == 7 && left >= 16 && memcmp(p, "connection from ", 16) == 0)
         return; /* "Client connection from <address> failed": no identity yet */
     size_t n = 0;
     while (p + n < line + len && n < 64 &&

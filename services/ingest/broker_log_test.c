@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -80,6 +82,27 @@ static void test_detail_is_safe_and_bounded(void **state)
     assert_string_equal(ev.detail, "OpenSSL Error");
 }
 
+/* A line that ends in "Client " right at the end of readable memory (a guard page follows): the
+ * subject is looked for within the line only. strncmp read up to 16 bytes past it (found by
+ * fuzz/broker_log.c; fuzz/regressions/broker_log/). */
+static void test_line_ending_in_client_is_not_read_past(void **state)
+{
+    (void)state;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *mem = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(mem != MAP_FAILED);
+    assert_int_equal(mprotect(mem + page, page, PROT_NONE), 0);
+    static const char text[] = "gw-0003 has exceeded timeout, Client ";
+    size_t len = sizeof text - 1;
+    char *line = mem + page - len;
+    memcpy(line, text, len);
+    broker_event ev;
+    assert_int_equal(broker_log_classify(line, len, &ev), 1);
+    assert_string_equal(ev.event, "broker_client_timeout");
+    assert_string_equal(ev.subject, "");
+    munmap(mem, 2 * page);
+}
+
 static void test_rate_limit_passes_a_budget_and_reports_the_rest_once(void **state)
 {
     (void)state;
@@ -106,6 +129,7 @@ int main(void)
         cmocka_unit_test(test_refusals_become_events),
         cmocka_unit_test(test_ordinary_lines_are_not_events),
         cmocka_unit_test(test_detail_is_safe_and_bounded),
+        cmocka_unit_test(test_line_ending_in_client_is_not_read_past),
         cmocka_unit_test(test_rate_limit_passes_a_budget_and_reports_the_rest_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

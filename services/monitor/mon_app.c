@@ -13,6 +13,7 @@
 
 #include "cm_log.h"
 #include "cm_time.h"
+#include "mon_body.h"
 #include "mon_report.h"
 #include "mon_session.h"
 #include "mon_text.h"
@@ -251,58 +252,22 @@ static const www_file *find_file(const mon_app *a, const char *name)
  * 400 or 415. */
 static json_t *body_object(call *c, const char *keys)
 {
-    const char *ct = mon_request_header(c->rq, "Content-Type");
-    if (!ct || strncmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';')) {
+    json_t *j = NULL;
+    switch (mon_body_object(mon_request_header(c->rq, "Content-Type"), c->rq->body,
+                            c->rq->body_len, keys, &j)) {
+    case MON_BODY_OK:
+        return j;
+    case MON_BODY_CONTENT_TYPE:
         refuse(c, 415, "monitor_bad_request", "content_type", "send JSON (application/json)", 1);
         return NULL;
-    }
-    json_error_t e;
-    json_t *j = json_loadb(c->rq->body, c->rq->body_len, JSON_REJECT_DUPLICATES, &e);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
+    case MON_BODY_MALFORMED:
         bad_request(c, "malformed_json", "the body is not a JSON object");
         return NULL;
-    }
-    const char *k;
-    json_t *v;
-    json_object_foreach(j, k, v)
-    {
-        size_t kl = strlen(k);
-        const char *p = keys;
-        int found = 0;
-        while (p && *p && !found) {
-            const char *comma = strchr(p, ',');
-            size_t n = comma ? (size_t)(comma - p) : strlen(p);
-            found = n == kl && strncmp(p, k, n) == 0;
-            p = comma ? comma + 1 : NULL;
-        }
-        if (!found) {
-            json_decref(j);
-            bad_request(c, "unknown_field", "the body has a field this request does not take");
-            return NULL;
-        }
-    }
-    return j;
-}
-
-/* A string member of at most max bytes that passes check (NULL: mon_valid_text), or NULL. */
-static const char *member_text(json_t *o, const char *key, size_t max)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_string(v))
+    case MON_BODY_UNKNOWN_FIELD:
+    default:
+        bad_request(c, "unknown_field", "the body has a field this request does not take");
         return NULL;
-    const char *s = json_string_value(v);
-    return mon_valid_text(s, json_string_length(v), max) ? s : NULL;
-}
-
-static int member_id(json_t *o, const char *key, uint64_t *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (json_is_integer(v) && json_integer_value(v) > 0) {
-        *out = (uint64_t)json_integer_value(v);
-        return 1;
     }
-    return json_is_string(v) && mon_parse_u64(json_string_value(v), 1, INT64_MAX, out);
 }
 
 /* ------------------------------------------------------------------ login and session */
@@ -716,9 +681,9 @@ static void alert_change(call *c, int ack)
     if (!j)
         return;
     uint64_t id = 0;
-    const char *cause = ack ? "" : member_text(j, "cause", MAX_TEXT);
-    const char *action = ack ? "" : member_text(j, "action", MAX_TEXT);
-    if (!member_id(j, "case_id", &id) || !cause || !action) {
+    const char *cause = ack ? "" : mon_body_text(j, "cause", MAX_TEXT);
+    const char *action = ack ? "" : mon_body_text(j, "action", MAX_TEXT);
+    if (!mon_body_id(j, "case_id", &id) || !cause || !action) {
         json_decref(j);
         bad_request(c, "bad_alert_change",
                     ack ? "case_id: a case number"
@@ -1032,44 +997,6 @@ static const route ROUTES[] = {
 
 /* ------------------------------------------------------------------ the rules */
 
-static int listed(const char *list, const char *key)
-{
-    size_t kl = strlen(key);
-    for (const char *p = list; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        if (n == kl && strncmp(p, key, n) == 0)
-            return 1;
-        p = comma ? comma + 1 : NULL;
-    }
-    return 0;
-}
-
-static int path_ok(const char *p)
-{
-    size_t n = strlen(p);
-    if (n == 0 || n > 128 || p[0] != '/')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
-              (p[i] >= '0' && p[i] <= '9') || strchr("/._-", p[i])))
-            return 0;
-    return strstr(p, "..") == NULL && strstr(p, "//") == NULL;
-}
-
-/* A state-changing request must come from a page of this origin with the session's token. */
-static int same_origin(const mon_request *rq)
-{
-    const char *host = mon_request_header(rq, "Host");
-    const char *origin = mon_request_header(rq, "Origin");
-    const char *site = mon_request_header(rq, "Sec-Fetch-Site");
-    if (site && strcmp(site, "same-origin") != 0)
-        return 0;
-    if (!origin)
-        return 1; /* not every client sends it; the token decides */
-    return host && strncmp(origin, "https://", 8) == 0 && strcmp(origin + 8, host) == 0;
-}
-
 /* The live session of the request, confirmed by the registry; 0 after answering. */
 static int need_session(call *c, const route *r)
 {
@@ -1161,7 +1088,7 @@ void mon_app_handle(void *ctx, const mon_request *rq, mon_response *rs)
         refuse(&c, 400, "monitor_bad_request", "bad_query", "malformed query string", 1);
         return;
     }
-    if (!path_ok(rq->path)) {
+    if (!mon_path_ok(rq->path)) {
         refuse(&c, 404, "monitor_not_found", "bad_path", "no such page", 1);
         return;
     }
@@ -1190,7 +1117,7 @@ void mon_app_handle(void *ctx, const mon_request *rq, mon_response *rs)
         return;
     }
     for (size_t i = 0; i < rq->n_args; i++)
-        if (!listed(r->args, rq->args[i].key)) {
+        if (!mon_listed(r->args, rq->args[i].key)) {
             refuse(&c, 400, "monitor_bad_request", "unknown_argument",
                    "this request does not take that argument", 1);
             return;
@@ -1213,7 +1140,8 @@ void mon_app_handle(void *ctx, const mon_request *rq, mon_response *rs)
         }
     }
     if (r->changes) {
-        if (!same_origin(rq) ||
+        if (!mon_same_origin(mon_request_header(rq, "Host"), mon_request_header(rq, "Origin"),
+                             mon_request_header(rq, "Sec-Fetch-Site")) ||
             (c.s && !mon_session_csrf_ok(c.s, mon_request_header(rq, "X-CSRF-Token")))) {
             refuse(&c, 403, "monitor_csrf_rejected", "csrf",
                    "this request lacks the page's token; reload the page", 1);

@@ -18,6 +18,7 @@
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_net.h"
+#include "mon_body.h"
 
 /* TLS 1.2 and 1.3 with AEAD ciphers only, forward secrecy, the server's preference first. */
 #define TLS_PRIORITIES                                                                             \
@@ -119,16 +120,7 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 {
     (void)kind;
     mon_request *rq = ((arg_walk *)cls)->rq;
-    if (!key || klen == 0 || klen > 32 || strlen(key) != klen || vlen > MON_HTTP_MAX_ARG_LEN ||
-        (value && strlen(value) != vlen) || rq->n_args == MON_HTTP_MAX_ARGS ||
-        mon_request_arg(rq, key)) {
-        rq->args_bad = 1;
-        return MHD_NO;
-    }
-    rq->args[rq->n_args].key = key;
-    rq->args[rq->n_args].value = value ? value : "";
-    rq->n_args++;
-    return MHD_YES;
+    return mon_query_add(rq, key, klen, value, vlen) ? MHD_YES : MHD_NO;
 }
 
 static enum MHD_Result send_response(struct MHD_Connection *c, mon_response *rs)

@@ -394,7 +394,12 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             REJECT(CM_ERR_DECODE, "reading_count");
         for (size_t i = 0; i < res->batch->n_readings; i++) {
             const Suido__Reading *r = res->batch->readings[i];
-            if (!r->channel || !*r->channel || strlen(r->channel) > 64 || !isfinite(r->value) ||
+            /* unknown fields are refused inside readings too: protobuf-c keeps one with field
+             * number 0 written as an overlong tag, but cannot read back the form it packs it in,
+             * so the StageMessage forwarding this batch would be undecodable at the next hop
+             * (a batch lost after it was accepted, resent by its gateway for ever) */
+            if (r->base.n_unknown_fields || !r->channel || !*r->channel ||
+                strlen(r->channel) > 64 || !isfinite(r->value) ||
                 r->offset_ms > VERIFY_MAX_OFFSET_MS)
                 REJECT(CM_ERR_DECODE, "invalid_reading");
             /* each reading's own time too: a batch may span minutes, not run into the future */
@@ -417,6 +422,10 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
             (*res->birth->firmware && !cm_valid_label(res->birth->firmware)) ||
             (*res->birth->site && !cm_valid_label(res->birth->site)))
             REJECT(CM_ERR_DECODE, "invalid_birth_name");
+        /* the same for its channel declarations (see the readings above) */
+        for (size_t i = 0; i < res->birth->n_channels; i++)
+            if (res->birth->channels[i]->base.n_unknown_fields)
+                REJECT(CM_ERR_DECODE, "malformed_body");
         if (res->birth->cipher != SUIDO__CIPHER__CIPHER_NONE) {
             cm_aead *a;
             if (session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq,

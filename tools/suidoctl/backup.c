@@ -2,6 +2,7 @@
  * live databases read-only through SQLite, the deployment CA certificate and the backup keys
  * named in suidoctl.conf, and talks to no service. */
 #include "backup.h"
+#include "backup_manifest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,45 +39,12 @@ enum { B_OK = 0, B_FAILED = 1, B_USAGE = 2, B_UNAVAILABLE = 3 };
 #define HEX_SHA256 65
 #define PATH_LEN_MAX 4000 /* longest DIR or STATEDIR accepted (file names are added to it) */
 
-enum { F_ARCHIVE, F_REGISTRY, F__COUNT };
-static const char *const FILE_NAME[F__COUNT] = {"archive.db", "registry.db"};
+/* the backup's files, in the manifest's order (backup_manifest.h) */
+enum { F_ARCHIVE = BACKUP_F_ARCHIVE, F_REGISTRY = BACKUP_F_REGISTRY, F__COUNT = BACKUP_F_COUNT };
+#define FILE_NAME BACKUP_FILE_NAME
 static const char *const SUBDIR[F__COUNT] = {"archive", "registry"};
 
-static const cm_conf_spec MANIFEST_SPEC[] = {
-    {"backup", "format", 1, "manifest format version"},
-    {"backup", "deployment", 1, "SHA-256 of the deployment CA certificate (DER)"},
-    {"backup", "created_ms", 1, "when the snapshot was taken"},
-    {"backup", "created", 0, "the same, ISO 8601, for people"},
-    {"file", "size", 1, "bytes"},
-    {"file", "sha256", 1, "SHA-256 of the file"},
-    {"file", "batches", 0, "archive: stored batches"},
-    {"file", "readings", 0, "archive: readings in those batches"},
-    {"file", "audit_head_seq", 0, "archive: number of the audit log's last entry"},
-    {"file", "audit_head_hash", 0, "archive: its chain hash"},
-    {"file", "gateways", 0, "registry: gateways"},
-    /* the registry's latest signed audit checkpoint when the backup was made (all four or none) */
-    {"file", "checkpoint_seq", 0, "archive: entry number of the registry's signed audit head"},
-    {"file", "checkpoint_hash", 0, "archive: its chain hash"},
-    {"file", "checkpoint_ms", 0, "archive: when the registry signed it"},
-    {"file", "checkpoint_sig", 0, "archive: the registry's signature (DER, hex)"},
-    {NULL, NULL, 0, NULL},
-};
-
-/* What the signed manifest claims. */
-typedef struct manifest {
-    long format;
-    char deployment[HEX_SHA256];
-    uint64_t created_ms;
-    uint64_t size[F__COUNT];
-    char sha256[F__COUNT][HEX_SHA256];
-    uint64_t batches, readings, audit_seq, gateways;
-    char audit_hash[HEX_SHA256];
-    /* the registry's audit checkpoint at backup time (cm_audit_checkpoint.h), if it had one */
-    int has_cp;
-    uint64_t cp_seq, cp_ms;
-    uint8_t cp_head[CM_AUDIT_HASH_LEN], cp_sig[CM_SIG_MAX];
-    size_t cp_siglen;
-} manifest;
+typedef backup_manifest manifest;
 
 /* What a check of the two databases found. */
 typedef struct content {
@@ -254,37 +222,6 @@ static void hex(const uint8_t *b, size_t n, char *out)
         snprintf(out + 2 * i, 3, "%02x", b[i]);
 }
 
-static int is_hex64(const char *s)
-{
-    if (!s || strlen(s) != 64)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
-            return 0;
-    return 1;
-}
-
-/* Lowercase hex of at most max bytes into out; 0 for anything else (odd length, other
- * characters, too long, empty). */
-static int parse_hex(const char *s, uint8_t *out, size_t max, size_t *len)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n % 2 || n / 2 > max)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-        if (v < 0)
-            return 0;
-        if (i % 2 == 0)
-            out[i / 2] = (uint8_t)(v << 4);
-        else
-            out[i / 2] |= (uint8_t)v;
-    }
-    *len = n / 2;
-    return 1;
-}
-
 /* The manifest's checkpoint as a message (borrowing m's bytes). */
 static Suido__AuditCheckpoint manifest_checkpoint(const manifest *m)
 {
@@ -296,20 +233,6 @@ static Suido__AuditCheckpoint manifest_checkpoint(const manifest *m)
     cp.signature.data = (uint8_t *)m->cp_sig;
     cp.signature.len = m->cp_siglen;
     return cp;
-}
-
-/* Decimal without sign, spaces or overflow. */
-static int parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || *s < '0' || *s > '9')
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return 0;
-    *out = v;
-    return 1;
 }
 
 static void join(char *out, size_t len, const char *dir, const char *name)
@@ -844,7 +767,6 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
     size_t tlen = 0, slen = 0;
     const char *why = "";
     cm_pubkey *key = NULL;
-    cm_conf *mc = NULL;
     int ok = 0;
     if (!conf_need(conf, "backup", "verify_key", "the backup verification public key", &keyf))
         return -1;
@@ -872,75 +794,13 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
         goto out;
     }
     r->signature_ok = 1;
-    char err[CM_CONF_ERRLEN];
-    if (cm_conf_parse(MANIFEST, (const char *)text, tlen, &mc, err) != CM_OK) {
-        problem(r, "%s: not a backup manifest: %s", MANIFEST, err);
-        goto out;
-    }
+    char why_m[CM_CONF_ERRLEN];
     manifest *m = &r->m;
-    const char *fmt = cm_conf_get(mc, "backup", "format");
-    uint64_t v = 0;
-    if (!parse_u64(fmt, &v) || v != BACKUP_FORMAT) {
-        problem(r,
-                "%s: wrong-version backup: manifest format %s, this suidoctl reads format %d only",
-                MANIFEST, fmt ? fmt : "(none)", BACKUP_FORMAT);
+    if (backup_manifest_parse((const char *)text, tlen, m, why_m) != CM_OK) {
+        problem(r, "%s", why_m);
         goto out;
     }
-    m->format = (long)v;
-    if (cm_conf_check(mc, MANIFEST_SPEC, err) != CM_OK) {
-        problem(r, "%s: %s", MANIFEST, err);
-        goto out;
-    }
-    for (size_t i = 0; i < cm_conf_section_count(mc); i++) {
-        const char *s = cm_conf_section(mc, i);
-        const char *name = cm_conf_section_name(s, "file");
-        if (name && strcmp(name, FILE_NAME[F_ARCHIVE]) != 0 &&
-            strcmp(name, FILE_NAME[F_REGISTRY]) != 0) {
-            problem(r, "%s: lists an unknown file '%s'", MANIFEST, name);
-            goto out;
-        }
-    }
-    const char *dep = cm_conf_get(mc, "backup", "deployment");
-    int fields = is_hex64(dep) && parse_u64(cm_conf_get(mc, "backup", "created_ms"),
-                                            &m->created_ms);
-    if (fields)
-        snprintf(m->deployment, sizeof m->deployment, "%s", dep);
-    for (int f = 0; f < F__COUNT && fields; f++) {
-        char sec[64];
-        snprintf(sec, sizeof sec, "file %s", FILE_NAME[f]);
-        const char *h = cm_conf_get(mc, sec, "sha256");
-        fields = parse_u64(cm_conf_get(mc, sec, "size"), &m->size[f]) && is_hex64(h);
-        if (fields)
-            snprintf(m->sha256[f], sizeof m->sha256[f], "%s", h);
-    }
-    const char *as = "file archive.db", *rs = "file registry.db";
-    const char *ah = cm_conf_get(mc, as, "audit_head_hash");
-    fields = fields && parse_u64(cm_conf_get(mc, as, "batches"), &m->batches) &&
-             parse_u64(cm_conf_get(mc, as, "readings"), &m->readings) &&
-             parse_u64(cm_conf_get(mc, as, "audit_head_seq"), &m->audit_seq) && is_hex64(ah) &&
-             parse_u64(cm_conf_get(mc, rs, "gateways"), &m->gateways);
-    if (!fields) {
-        problem(r, "%s: a required field is missing or malformed (both files need size and "
-                   "sha256; the archive its counts and audit head)",
-                MANIFEST);
-        goto out;
-    }
-    snprintf(m->audit_hash, sizeof m->audit_hash, "%s", ah);
-    const char *cps = cm_conf_get(mc, as, "checkpoint_seq"), *cph = cm_conf_get(mc, as,
-                                                                             "checkpoint_hash");
-    const char *cpm = cm_conf_get(mc, as, "checkpoint_ms"), *cpg = cm_conf_get(mc, as,
-                                                                             "checkpoint_sig");
-    if (cps || cph || cpm || cpg) {
-        size_t hl = 0;
-        if (!parse_u64(cps, &m->cp_seq) || m->cp_seq == 0 || !parse_u64(cpm, &m->cp_ms) ||
-            !parse_hex(cph, m->cp_head, sizeof m->cp_head, &hl) || hl != sizeof m->cp_head ||
-            !parse_hex(cpg, m->cp_sig, sizeof m->cp_sig, &m->cp_siglen)) {
-            problem(r, "%s: the audit checkpoint (checkpoint_seq, _hash, _ms, _sig) is incomplete "
-                       "or malformed",
-                    MANIFEST);
-            goto out;
-        }
-        m->has_cp = 1;
+    if (m->has_cp) {
         /* signed by the backup key with the manifest; the registry's own signature is checked
          * too when this suidoctl knows its key */
         const char *ckey = cm_conf_get(conf, "registry", "checkpoint_key");
@@ -974,7 +834,6 @@ static int read_manifest(const cm_conf *conf, const char *dir, report *r)
     }
     ok = 1;
 out:
-    cm_conf_destroy(&mc);
     cm_pubkey_destroy(&key);
     free(text);
     free(sig);

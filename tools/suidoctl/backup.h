@@ -39,10 +39,10 @@
  * configuration, 3 a live database could not be opened. */
 #ifndef SUIDOCTL_BACKUP_H
 #define SUIDOCTL_BACKUP_H
+#include "backup_manifest.h" /* BACKUP_FORMAT */
 #include "cm_conf.h"
 
 #define BACKUP_DOMAIN "suido-backup-v1"
-#define BACKUP_FORMAT 1
 
 /* Snapshots the archive and registry into dir, which must not exist, writes and signs the
  * manifest and fsyncs every file and the directory. Refuses (and leaves nothing behind) when a
