@@ -3,6 +3,7 @@ included) on free loopback ports, a real Mosquitto and the real service binaries
 it over the wire and read what it stored."""
 import json
 import os
+import pwd
 import pathlib
 import random
 import signal
@@ -60,6 +61,16 @@ def reachable_by_broker(path):
         st = d.stat()
         if st.st_uid == 0 and not st.st_mode & 0o001:
             d.chmod(st.st_mode | 0o001)
+
+
+def broker_owned(path):
+    """Gives path (a folder the broker writes in, or a key it reads) to the broker's own user, as
+    broker/mkconf.sh does for a deployment, and makes the folders above it enterable."""
+    pw = pwd.getpwnam("mosquitto")
+    path = pathlib.Path(path)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    reachable_by_broker(path.parent)
+    return path
 
 
 def load_proto(outdir):

@@ -13,6 +13,7 @@ a backup of the PostgreSQL archive that verifies and restores like a SQLite one,
 into an empty PostgreSQL database."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -151,9 +152,14 @@ def without_section(conf_text, section):
 
 def run_archive(suite, conf_text, name):
     """Starts a second archive on a copy of the configuration (without the running one's
-    metrics endpoint, whose port is taken); returns (exit code, output)."""
+    metrics endpoint, whose port is taken, and with a state folder of its own: the running
+    archive holds its own, see test_startup.py); returns (exit code, output)."""
     conf = suite.root / f"archive-{name}.conf"
-    conf.write_text(without_section(conf_text, "metrics"))
+    text = without_section(conf_text, "metrics")
+    text, n = re.subn(r"(?m)^state_dir = .*$", f"state_dir = {suite.root / ('state-' + name)}",
+                      text)
+    assert n == 1
+    conf.write_text(text)
     r = subprocess.run([str(BIN / "suido-archive"), "-c", str(conf)], capture_output=True,
                        text=True, timeout=60)
     return r.returncode, r.stdout + r.stderr

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import shutil
 import ssl
 import subprocess
 import time
@@ -38,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import rawmqtt as R
-from suite import BIN, free_base_port, port_free, wait_until
+from suite import BIN, broker_owned, free_base_port, port_free, wait_until
 from test_access import alert_frame, curve_push, service_keys
 from wire import DOMAIN, Client, envelope, key_id, signing_key
 
@@ -396,6 +397,13 @@ class ExtraBroker:
         self.root, self.port, self.proc = root, free_base_port(span=1), None
         src = suite.dir / "mosquitto"
         (root / "data").mkdir(exist_ok=True)
+        # the broker runs as its own user: it writes its metrics and persistence here
+        broker_owned(root)
+        broker_owned(root / "data")
+        if cert:  # of the test PKI, in root's folders: the broker's user gets its own copies
+            cert = shutil.copyfile(cert, root / "server.crt")
+            shutil.copyfile(key, root / "server.key")
+            key = broker_owned(root / "server.key")
         state = root / "identities.state"
         state.write_text((src / "identities.state").read_text())
         subs = [(r"(?m)^listener \d+ ", f"listener {self.port} "),

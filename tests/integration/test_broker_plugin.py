@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from suite import free_base_port, port_free, wait_until
+from suite import broker_owned, free_base_port, port_free, wait_until
 from wire import Client, envelope
 
 CUT_WITHIN = 2.0  # seconds: a state change must reach a live session within this
@@ -337,6 +337,9 @@ class Lab:
         acl += "\nuser monitor\ntopic read suido/v1/#\n"
         (root / "acl").write_text(acl)
         (root / "data").mkdir(exist_ok=True)
+        # the broker runs as its own user: it writes its metrics and persistence here
+        broker_owned(root)
+        broker_owned(root / "data")
         conf = (src / "mosquitto.conf").read_text()
         subs = [(r"(?m)^listener \d+ ", f"listener {self.port} "),
                 (r"(?m)^acl_file .*$", f"acl_file {root / 'acl'}"),
