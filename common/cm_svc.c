@@ -16,6 +16,7 @@
 #include "cm_crypto.h"
 #include "cm_daemon.h"
 #include "cm_log.h"
+#include "suido.pb-c.h"
 
 /* Label value text: backslash, quote and newline escaped as the text format wants. */
 static void label_escape(const char *in, char *out, size_t len)
@@ -353,4 +354,18 @@ cm_err cm_topic_parse(const char *topic, char gw[65], char kind[16])
     gw[gl] = '\0';
     memcpy(kind, k, kl + 1);
     return CM_OK;
+}
+
+size_t cm_cipher_key_len(int cipher)
+{
+    switch (cipher) {
+    case SUIDO__CIPHER__CIPHER_AES_128_GCM:
+        return 16;
+    case SUIDO__CIPHER__CIPHER_AES_192_GCM:
+        return 24;
+    case SUIDO__CIPHER__CIPHER_AES_256_GCM:
+        return 32;
+    default:
+        return 0;
+    }
 }

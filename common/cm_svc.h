@@ -96,5 +96,8 @@ int cm_dispatch_peer_ok(const cm_dispatch *row, const char *peer);
 /* Splits "suido/v1/<gw>/<kind>" into gw (1..64 chars of [a-z0-9-]) and kind. Returns CM_OK or
  * CM_ERR_INVAL for anything else (wildcards, extra levels, bad characters). */
 cm_err cm_topic_parse(const char *topic, char gw[65], char kind[16]);
+/* The AES key length (16, 24, 32) a header's Suido__Cipher names; 0 for CIPHER_NONE and for
+ * anything this suite does not accept. One mapping for every sealer and opener. */
+size_t cm_cipher_key_len(int cipher);
 
 #endif

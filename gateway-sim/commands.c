@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "cm_svc.h"
 #include "suido.pb-c.h"
 
 static const char *const reason_names[CMD__REASONS] = {
@@ -51,21 +52,6 @@ void cmd_keys_clear(cmd_keys *k)
     k->key_len = 0;
 }
 
-/* Key length a header's cipher names; 0 for NONE and anything unknown. */
-static size_t cipher_key_len(int cipher)
-{
-    switch (cipher) {
-    case SUIDO__CIPHER__CIPHER_AES_128_GCM:
-        return 16;
-    case SUIDO__CIPHER__CIPHER_AES_192_GCM:
-        return 24;
-    case SUIDO__CIPHER__CIPHER_AES_256_GCM:
-        return 32;
-    default:
-        return 0;
-    }
-}
-
 /* The session key named by h, from the cache or unwrapped now (and then cached). Only called on a
  * header the gate signed, so the RSA work is never an unauthenticated sender's to ask for. Every
  * failure is the same -1. */
@@ -73,7 +59,7 @@ static int session_of(cmd_keys *k, const Suido__CommandHeader *h, cm_aead **out)
 {
     uint8_t hash[32], key[32];
     unsigned int hl = 0;
-    size_t keylen = 0, want = cipher_key_len(h->cipher);
+    size_t keylen = 0, want = cm_cipher_key_len(h->cipher);
     if (!k || EVP_Digest(h->wrapped_key.data, h->wrapped_key.len, hash, &hl, EVP_sha256(),
                          NULL) != 1)
         return -1;
@@ -172,7 +158,7 @@ cmd_reason cmd_check(cmd_state *st, const cm_pubkey *key, cmd_keys *keys, const 
         r = CMD_PLAINTEXT;
         goto out;
     }
-    if (!out->command_id[0] || cipher_key_len(h->cipher) == 0 || h->iv.len != CM_GCM_IV_LEN ||
+    if (!out->command_id[0] || cm_cipher_key_len(h->cipher) == 0 || h->iv.len != CM_GCM_IV_LEN ||
         h->wrapped_key.len != CM_WRAPPED_LEN || !field_ok(h->key_id, CMD_KEY_ID_MAX) ||
         sc->command.len < CM_GCM_TAG_LEN)
         goto out;

@@ -154,21 +154,6 @@ static uint32_t hash_str(const char *s, uint64_t a, uint64_t b)
     return h;
 }
 
-/* Key length the header's cipher announces, or 0 for a cipher we do not accept. */
-static size_t cipher_key_len(int cipher)
-{
-    switch (cipher) {
-    case SUIDO__CIPHER__CIPHER_AES_128_GCM:
-        return 16;
-    case SUIDO__CIPHER__CIPHER_AES_192_GCM:
-        return 24;
-    case SUIDO__CIPHER__CIPHER_AES_256_GCM:
-        return 32;
-    default:
-        return 0;
-    }
-}
-
 /* The cached session key for (gw, boot epoch, key_seq), unwrapping `wrapped` if it is new.
  * Direct-mapped cache: a collision evicts the older session, which then costs one more RSA
  * unwrap. A cost, not a weakness: a hit needs the same gateway, epoch, key_seq and wrapped-key
@@ -370,7 +355,7 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         cm_aead *a = NULL;
         if (h->iv.len != CM_GCM_IV_LEN || bodylen < CM_GCM_TAG_LEN ||
             session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq, &h->wrapped_key,
-                         cipher_key_len(h->cipher), &a) != CM_OK)
+                         cm_cipher_key_len(h->cipher), &a) != CM_OK)
             REJECT(CM_ERR_DECRYPT, "decrypt");
         size_t ptlen = bodylen - CM_GCM_TAG_LEN;
         plain = malloc(ptlen ? ptlen : 1);
@@ -429,7 +414,7 @@ cm_err verify_message(verify_ctx *v, const char *topic, uint64_t received_ms,
         if (res->birth->cipher != SUIDO__CIPHER__CIPHER_NONE) {
             cm_aead *a;
             if (session_aead(v, res->gateway_id, h->boot_epoch, h->key_seq,
-                             &res->birth->wrapped_key, cipher_key_len(res->birth->cipher),
+                             &res->birth->wrapped_key, cm_cipher_key_len(res->birth->cipher),
                              &a) != CM_OK)
                 REJECT(CM_ERR_DECRYPT, "decrypt");
         }
