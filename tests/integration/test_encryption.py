@@ -112,8 +112,9 @@ def test_no_aggregate_of_a_confidential_channel_is_kept_in_clear(csuite):
                         "encrypted=1", GW)[0][0] >= 5
 
 
-def monitor_login(suite):
-    """An HTTPS session of a new viewer with the monitor (tests/browser/conftest.py's flow)."""
+def monitor_login(suite, secret):
+    """An HTTPS session of the viewer vicky (TOTP secret: secret) with the monitor
+    (tests/browser/conftest.py's flow)."""
     import http.client
     import json
     import ssl
@@ -143,7 +144,6 @@ def monitor_login(suite):
         finally:
             c.close()
 
-    secret = suite.add_operator("vicky", "viewer", "vicky has a long passphrase")
     status, form = call("GET", "/api/login")
     assert status == 200, form
     csrf[0] = form["csrf"]
@@ -157,10 +157,12 @@ def monitor_login(suite):
 
 def test_the_monitor_says_a_confidential_channel_has_no_stored_trend(csuite):
     csuite.start_service("monitor")
+    # added once: the login below is tried again while the monitor is still starting
+    secret = csuite.add_operator("vicky", "viewer", "vicky has a long passphrase")
 
     def up():
         try:
-            return monitor_login(csuite)
+            return monitor_login(csuite, secret)
         except OSError:
             return None
     call = wait_until(up, 30, 0.5)

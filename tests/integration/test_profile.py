@@ -67,8 +67,10 @@ def test_services_take_the_registrys_signed_profile_and_follow_its_changes(suite
     write_profile(suite, bump(original, v + 3))
     assert wait_until(lambda: in_force(suite) == {"profile": v + 3, "registry": v + 3}, 10)
     # every service took each version it was given, and checked its signature first
+    # (each fetches it from the registry after the announcement: a moment later than the
+    # profile stage that in_force reads)
     for s in ("profile", "gate", "anomaly-0"):
-        assert f"version={v + 3} " in suite.log(s), s
+        assert wait_until(lambda: f"version={v + 3} " in suite.log(s), 10), s
 
 
 def birth_envelope(pb, suite, gw, epoch, channels):

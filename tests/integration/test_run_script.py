@@ -123,12 +123,15 @@ def test_a_process_that_exits_fails_the_run(runenv):
     assert "gateway-sim exited" in r.stderr and "the suite is stopped" in r.stderr, r.stderr
     assert no_pid_files(runenv)
 
-    # in the foreground: a service killed later stops the whole run, non-zero
+    # in the foreground: a service killed later stops the whole run, non-zero (the first
+    # operator exists already: wait for this run's own processes)
+    pids = pathlib.Path(runenv["SUIDO_RUN"]) / "pids"
     p = subprocess.Popen([str(SCRIPT), "run"], env=runenv, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: _started(runenv), 120)
-        time.sleep(2)
+        assert wait_until(lambda: (pids / "gateway-sim.pid").exists()
+                          and (pids / "verify.pid").exists(), 120)
+        time.sleep(3)
         os.kill(pid_of(runenv, "verify"), signal.SIGKILL)
         out, err = p.communicate(timeout=120)
     finally:
