@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the libFuzzer targets (fuzz/README.md): scripts/fuzz.sh FUZZDIR SECONDS TARGET...
 #
-# Each target runs SECONDS on a scratch corpus under FUZZDIR/work/<target>/ seeded from
+# Each target runs SECONDS on a scratch corpus under FUZZDIR/scratch/<target>/ seeded from
 # fuzz/corpus/<target>/ (the repository's corpus is never written), one target at a time. A crash
 # (or leak, timeout, out-of-memory) stops that target; its input is kept in
 # FUZZDIR/crashes/<target>/. With FUZZ_REPLAY=1 every file of fuzz/regressions/<target>/ is run
@@ -14,7 +14,7 @@ shift 2
 targets=0 execs=0 crashes=0
 for t in "$@"; do
   bin=$dir/bin/fuzz_$t
-  work=$dir/work/$t
+  work=$dir/scratch/$t
   art=$dir/crashes/$t
   mkdir -p "$work/corpus" "$art"
   log=$work/last.log
