@@ -287,6 +287,27 @@ void registry_operators_record(registry_operators *o, uint64_t now_ms, const cha
     sqlite3_finalize(st);
 }
 
+/* One more failure on a stored counter (failures and lockouts as read, -1 when none yet): after
+ * max_failures in a row a lock starts, base_ms doubled for each earlier lock, at most
+ * MAX_LOCK_MS, and the count starts again. Returns when that lock ends, 0 when none starts; the
+ * caller stores the updated counters. */
+static uint64_t one_more_failure(int64_t *failures, int64_t *lockouts, int64_t max_failures,
+                                 uint64_t base_ms, uint64_t now_ms)
+{
+    if (*failures < 0) {
+        *failures = 0;
+        *lockouts = 0;
+    }
+    if (++*failures < max_failures)
+        return 0;
+    uint64_t lock = base_ms << (*lockouts < 20 ? *lockouts : 20);
+    if (lock > MAX_LOCK_MS)
+        lock = MAX_LOCK_MS;
+    ++*lockouts;
+    *failures = 0;
+    return now_ms + lock;
+}
+
 /* Counts a failure for (op, source); starts a lock after OP_MAX_FAILURES. */
 static void count_failure(registry_operators *o, const char *id, const char *source,
                           uint64_t now_ms, op_login *res)
@@ -295,19 +316,8 @@ static void count_failure(registry_operators *o, const char *id, const char *sou
                                id, source, -1);
     int64_t failures = one_int(o, "SELECT failures FROM lockouts WHERE operator=? AND source=?",
                                id, source, -1);
-    if (failures < 0) {
-        failures = 0;
-        lockouts = 0;
-    }
-    failures++;
-    uint64_t until = 0;
-    if (failures >= OP_MAX_FAILURES) {
-        uint64_t lock = 60000ull << (lockouts < 20 ? lockouts : 20);
-        if (lock > MAX_LOCK_MS)
-            lock = MAX_LOCK_MS;
-        until = now_ms + lock;
-        lockouts++;
-        failures = 0;
+    uint64_t until = one_more_failure(&failures, &lockouts, OP_MAX_FAILURES, 60000, now_ms);
+    if (until) {
         res->locked_now = 1;
         res->retry_after_ms = until;
     }
@@ -336,19 +346,9 @@ static void count_account_failure(registry_operators *o, const char *id, uint64_
                                NULL, -1);
     int64_t lockouts = one_int(o, "SELECT lockouts FROM account_locks WHERE operator=?", id,
                                NULL, -1);
-    if (failures < 0) {
-        failures = 0;
-        lockouts = 0;
-    }
-    failures++;
-    uint64_t until = 0;
-    if (failures >= OP_ACCOUNT_MAX_FAILURES) {
-        uint64_t lock = ACCOUNT_LOCK_MS << (lockouts < 10 ? lockouts : 10);
-        if (lock > MAX_LOCK_MS)
-            lock = MAX_LOCK_MS;
-        until = now_ms + lock;
-        lockouts++;
-        failures = 0;
+    uint64_t until = one_more_failure(&failures, &lockouts, OP_ACCOUNT_MAX_FAILURES,
+                                      ACCOUNT_LOCK_MS, now_ms);
+    if (until) {
         res->account_locked_now = 1;
         if (until > res->retry_after_ms)
             res->retry_after_ms = until;
