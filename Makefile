@@ -24,7 +24,7 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 PQ_LIBS := $(shell pkg-config --libs libpq 2>/dev/null || echo -lpq)
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fstack-protector-strong -fPIC \
-          $(SANFLAGS) -Icommon -I$(GEN) $(PQ_CFLAGS) -MMD -MP
+          $(SANFLAGS) -Icommon -Igateway -I$(GEN) $(PQ_CFLAGS) -MMD -MP
 LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
 # libmicrohttpd and GnuTLS: every daemon's HTTPS metrics endpoint (common/cm_metrics_http.c)
 LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 $(PQ_LIBS) -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath \
@@ -39,11 +39,18 @@ PROTO_H := $(GEN)/suido.pb-c.h
 COMMON_SRC := $(filter-out %_test.c,$(wildcard common/*.c))
 COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(COMMON_SRC)) $(OBJ)/gen/suido.pb-c.o
 LIBCOMMON := $(BUILD)/libsuido-common.a
+# The gateway library (gateway/gateway.h): the field agent and the simulator both drive it.
+GATEWAY_SRC := $(filter-out %_test.c,$(wildcard gateway/*.c))
+LIBGATEWAY := $(BUILD)/libsuido-gateway.a
+# The field agent's own libraries: Modbus, and the sandbox (seccomp filter, capabilities)
+LIBS_gateway := -lmodbus -lseccomp -lcap-ng
 
-UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway-sim/*_test.c broker/start/*_test.c)
+UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway/*_test.c gateway/agent/*_test.c \
+              gateway-sim/*_test.c broker/start/*_test.c)
 UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
 
-PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
+PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway \
+            $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
             $(BIN)/suido-bench-sub $(BIN)/suido-score $(BIN)/suido-broker-start
 
 # The Mosquitto plugin (broker/plugin/README.md): a shared object loaded by the broker, which
@@ -95,13 +102,24 @@ $(LIBCOMMON): $(COMMON_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(LIBGATEWAY): $(patsubst %.c,$(OBJ)/%.o,$(GATEWAY_SRC))
+	@rm -f $@
+	ar rcs $@ $^
+
 define program
 $(BIN)/suido-$(1): $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard $(2)/*.c))) $(LIBCOMMON)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS) $(LIBS_$(1))
 endef
 $(foreach s,$(SERVICES),$(eval $(call program,$(s),services/$(s))))
-$(eval $(call program,gateway-sim,gateway-sim))
+
+# the drivers of the gateway library
+$(BIN)/suido-gateway-sim: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard gateway-sim/*.c))) $(LIBGATEWAY) $(LIBCOMMON)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+$(BIN)/suido-gateway: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard gateway/agent/*.c))) $(LIBGATEWAY) $(LIBCOMMON)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(LIBS_gateway)
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
 $(eval $(call program,score,tools/score))
@@ -114,9 +132,9 @@ $(BIN)/suidoctl: $(patsubst %.c,$(OBJ)/%.o,$(wildcard tools/suidoctl/*.c)) $(LIB
 # A unit test links the objects of its module's directory (except main.c) and the common library.
 .SECONDEXPANSION:
 module_objs = $(if $(filter common/%,$(1)),,$(patsubst %.c,$(OBJ)/%.o,$(filter-out $(dir $(1))main.c %_test.c,$(wildcard $(dir $(1))*.c))))
-$(BUILD)/test/%_test: $(OBJ)/%_test.o $$(call module_objs,$$*) $(LIBCOMMON)
+$(BUILD)/test/%_test: $(OBJ)/%_test.o $$(call module_objs,$$*) $(LIBGATEWAY) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka -ljansson
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(LIBS_gateway) -lcmocka -ljansson
 
 test: deps
 	@$(MAKE) --no-print-directory build

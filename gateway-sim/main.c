@@ -28,6 +28,7 @@
 #include "gateway.h"
 #include "retired.h"
 #include "signals.h"
+#include "site.h"
 
 #define PROG "suido-gateway-sim"
 #define MAX_GATEWAYS 10000
@@ -485,6 +486,7 @@ typedef struct sim {
     size_t *sel;
     size_t n;
     gateway **gw;
+    site *sites;               /* the signal model each gateway's readings come from */
     cm_rsa *wrap;
     cm_pubkey *cmd_key;        /* NULL: commands disabled */
     char cmd_key_path[4096];
@@ -675,7 +677,6 @@ static int setup(sim *s)
 
     s->set = (gw_settings){
         .broker = o->broker,
-        .deploy_dir = o->deploy,
         .state_dir = o->state_dir,
         .outbox_max_bytes = o->state_dir ? (uint64_t)o->outbox_max_mb << 20 : 0,
         .backfill_inflight = (int)(o->backfill_inflight < o->max_inflight ? o->backfill_inflight
@@ -692,12 +693,29 @@ static int setup(sim *s)
         .max_inflight = (int)o->max_inflight,
         .cmd_key = s->cmd_key,
     };
-    if (!(s->gw = calloc(s->n, sizeof *s->gw)))
+    if (!(s->gw = calloc(s->n, sizeof *s->gw)) || !(s->sites = calloc(s->n, sizeof *s->sites)))
         return -1;
     for (size_t i = 0; i < s->n; i++) {
         const inv_entry *en = &s->inv[s->sel[i]];
         char other[4400];
-        gw_identity id = {en->id, en->site, en->model, en->firmware, en->kind, NULL};
+        char dir[4200], crt[4300], key[4300], sign[4300], unwrap[4300], ca[4300];
+        snprintf(dir, sizeof dir, "%s/gateways/%s", o->deploy, en->id);
+        snprintf(crt, sizeof crt, "%s/client.crt", dir);
+        snprintf(key, sizeof key, "%s/client.key", dir);
+        snprintf(sign, sizeof sign, "%s/sign.key", dir);
+        snprintf(unwrap, sizeof unwrap, "%s/cmdwrap.key", dir);
+        snprintf(ca, sizeof ca, "%s/ca/ca.crt", o->deploy);
+        site_init(&s->sites[i], en->kind, o->seed, en->id, o->rate);
+        gw_identity id = {
+            .id = en->id,
+            .site = en->site,
+            .kind = sig_kind_name(en->kind),
+            .model = en->model,
+            .firmware = en->firmware,
+            .files = {.cert = crt, .key = key, .sign_key = sign, .cmd_unwrap_key = unwrap,
+                      .ca = ca},
+        };
+        site_identity(&s->sites[i], &id);
         if (o->attack == GW_ATTACK_WRONG_KEY) {
             /* the next gateway after this one in DEPLOYDIR/gateways (wrapping), never itself */
             size_t k = 0;
@@ -728,6 +746,7 @@ static void teardown(sim *s)
         for (size_t i = 0; i < s->n; i++)
             gateway_destroy(&s->gw[i]);
     free(s->gw);
+    free(s->sites);
     for (size_t i = 0; i < s->n_signers; i++)
         free(s->signers[i]);
     free(s->signers);
@@ -763,10 +782,12 @@ static int run(sim *s)
         int progress = 0, all_done = o->max_batches > 0;
         uint64_t wake = now + 100;
         for (size_t k = 0; k < s->n && !g_signals; k++) {
-            gateway *g = s->gw[(first + k) % s->n];
+            size_t gi = (first + k) % s->n;
+            gateway *g = s->gw[gi];
             now = cm_mono_ms();
             if (now >= end)
                 break;
+            site_feed(&s->sites[gi], g);
             progress += gateway_poll(g, now);
             if (!gateway_done(g))
                 all_done = 0;

@@ -15,6 +15,7 @@ PKGS=(
   libmicrohttpd-dev libgnutls28-dev
   prometheus
   libcmocka-dev libjansson-dev libcsv-dev libgsl-dev liboath-dev libargon2-dev
+  libmodbus-dev libseccomp-dev libcap-ng-dev python3-pymodbus mbpoll
   python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
   python3-yaml
   procps psmisc iproute2

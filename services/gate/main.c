@@ -477,7 +477,9 @@ static void on_result(void *ctx, void *arg, const char *peer)
         return; /* a duplicate delivery of a result already taken */
     char line[256];
     snprintf(line, sizeof line, "command=%s outcome=%s reason=%s value_in_force=%.6g", f->id,
-             r->outcome == SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED ? "applied" : "refused",
+             r->outcome == SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED  ? "applied"
+             : r->outcome == SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED ? "failed"
+                                                                    : "refused",
              r->reason ? r->reason : "", r->value);
     audit(g, "command_result", f->gw, f->gw, line);
     if (r->outcome == SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED) {
@@ -485,6 +487,13 @@ static void on_result(void *ctx, void *arg, const char *peer)
         snprintf(f->outcome, sizeof f->outcome, "applied");
         f->applied_ms = cm_now_ms();
         f->done = f->act->feedback[0] == '\0'; /* nothing more to follow */
+    } else if (r->outcome == SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED) {
+        /* verified and attempted, but the field device did not take it: the plant may not be
+         * in the state the operator asked for, which is more than a refusal */
+        cm_metric_inc(g->gw_refused);
+        snprintf(f->outcome, sizeof f->outcome, "failed_at_gateway");
+        f->done = 1;
+        alert(g, f, "command_failed_at_gateway", SUIDO__SEVERITY__SEVERITY_ALARM, 0, line);
     } else {
         cm_metric_inc(g->gw_refused);
         snprintf(f->outcome, sizeof f->outcome, "refused_by_gateway:%s",

@@ -1,14 +1,16 @@
-/* gateway: state and publishing of one simulated field gateway (see gateway.h): births, signed
- * (and optionally encrypted) telemetry batches, attack variants, last will, ack tracking,
- * commands (queued from Paho's thread, decided by commands.c, applied to the signal model,
- * answered with a signed command result), and with a state directory the outbox (outbox.c) that
- * keeps every batch on disk until the platform's end-to-end ack covers it. */
+/* gateway: state and publishing of one field gateway (see gateway.h): births, the readings its
+ * driver submits cut into signed (and optionally encrypted) telemetry batches, the simulator's
+ * attack variants, last will, ack tracking, commands (queued from Paho's thread, decided by
+ * commands.c, carried out by the driver, answered with a signed command result), and with a state
+ * directory the outbox (outbox.c) that keeps every batch on disk until the platform's end-to-end
+ * ack covers it. */
 #include "gateway.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -37,6 +39,15 @@
 #define STALL_BASE_MS 30000    /* no ack progress this long: republish what is unacked ... */
 #define STALL_MAX_MS 300000    /* ... doubling the wait each time, up to this */
 #define OLD_ACKS 16            /* acks of earlier boot epochs waiting for the main thread */
+
+/* A number of the run's seed and a gateway id (FNV-1a), to stagger gateways and seed sampling. */
+static uint64_t gw_site_hash(uint64_t seed, const char *id)
+{
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (const unsigned char *c = (const unsigned char *)id; *c; c++)
+        h = (h ^ *c) * 1099511628211ull;
+    return h;
+}
 
 static const char *const attack_names[GW_ATTACK__COUNT] = {
     "none", "tampered", "replay", "wrong-key", "skew", "malformed", "flood", "oversize",
@@ -67,9 +78,10 @@ typedef struct pending {
     uint32_t n;
     int built;               /* env holds this batch's envelope */
     uint32_t built_key_seq;
-    uint16_t ch[GW_MAX_BATCH];
+    uint32_t ch[GW_MAX_BATCH];
     uint32_t off[GW_MAX_BATCH];
     double val[GW_MAX_BATCH];
+    uint8_t quality[GW_MAX_BATCH];
 } pending;
 
 typedef struct buf {
@@ -109,11 +121,10 @@ typedef struct old_ack {
 
 struct gateway {
     const gw_settings *set;
-    char *id, *site, *model, *firmware;
-    sig_kind kind;
-    const sig_channel *ch;
+    char *id, *site, *model, *firmware, *kind;
+    gw_channel *ch;          /* owned copies of the declared channels */
     size_t nch;
-    sig_state sig;
+    gw_field field;
     uint64_t boot_epoch;
     char t_data[128], t_birth[128], t_death[128], t_ack[128], t_cmd[128], t_cmdres[128];
     char t_backfill[128];
@@ -133,11 +144,16 @@ struct gateway {
     int birth_pending;
     buf birth;
 
-    /* schedule (monotonic) and reading clock (wall) */
+    /* schedule (monotonic) */
     uint64_t next_due_us;
     uint64_t interval_us;    /* 0 with rate 0 */
-    uint64_t window_end_ms;
-    uint64_t rr;             /* round-robin channel counter across batches */
+
+    /* readings submitted and not yet in a batch: a ring of q_cap from q_head (main thread) */
+    gw_reading *q;
+    size_t q_cap, q_head, q_len;
+    uint64_t q_oldest_ms;    /* monotonic ms the oldest queued reading was submitted */
+    uint64_t readings_refused, readings_dropped;
+    size_t flush_upto;       /* gateway_flush: this many queued readings go out, full or not */
 
     /* sequence numbers and counters (main thread) */
     uint64_t next_seq, first_seq, last_seq, last_legit_seq;
@@ -148,8 +164,8 @@ struct gateway {
     buf env, body, ct, replay;
     Suido__Reading rd[GW_MAX_BATCH];
     Suido__Reading *rdp[GW_MAX_BATCH];
-    Suido__ChannelDecl decl[SIG_MAX_CHANNELS];
-    Suido__ChannelDecl *declp[SIG_MAX_CHANNELS];
+    Suido__ChannelDecl *decl;
+    Suido__ChannelDecl **declp;
 
     int stopped;             /* gateway_stop_taking was called */
     int key_announced;       /* a birth announced the current session key */
@@ -176,7 +192,7 @@ struct gateway {
     uint64_t ack_gap_seq;    /* this epoch's ack is stuck below this seq (0: no such gap) */
 
     /* commands (main thread) */
-    const sig_actuator *act;
+    cmd_actuator *act;       /* owned copies of the declared actuators */
     size_t nact;
     cmd_state cst;
     cmd_keys ckeys;          /* its RSA command key (cmdwrap.key) and the cached session key */
@@ -520,6 +536,7 @@ static cm_err build_data_kind(gateway *g, Suido__Kind kind)
             g->rd[i].channel = (char *)g->ch[p->ch[i]].name;
             g->rd[i].value = p->val[i];
             g->rd[i].offset_ms = p->off[i];
+            g->rd[i].quality = (Suido__Quality)p->quality[i];
         }
         Suido__TelemetryBatch tb = SUIDO__TELEMETRY_BATCH__INIT;
         tb.n_readings = p->n;
@@ -550,8 +567,9 @@ static cm_err build_cmdres(gateway *g)
     g->pend.built = 0; /* g->env is about to hold something else */
     Suido__CommandResult cr = SUIDO__COMMAND_RESULT__INIT;
     cr.command_id = r->command_id;
-    cr.outcome = r->reason == CMD_OK ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
-                                     : SUIDO__COMMAND_OUTCOME__OUTCOME_REFUSED;
+    cr.outcome = r->reason == CMD_OK       ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
+                 : r->reason == CMD_FAILED ? SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED
+                                           : SUIDO__COMMAND_OUTCOME__OUTCOME_REFUSED;
     cr.reason = (char *)cmd_reason_name(r->reason);
     cr.channel = r->channel;
     cr.value = r->value;
@@ -729,7 +747,9 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
 {
     *out = NULL;
     if (!set || !idn || !idn->id || set->batch < 1 || set->batch > GW_MAX_BATCH ||
-        set->attack_every < 1)
+        set->attack_every < 1 || !idn->nch || idn->nch > GW_MAX_CHANNELS ||
+        idn->nact > GW_MAX_CHANNELS || (idn->nact && !idn->field.apply) || !idn->files.cert ||
+        !idn->files.key || !idn->files.sign_key || !idn->files.ca)
         return CM_ERR_INVAL;
     gateway *g = calloc(1, sizeof *g);
     if (!g)
@@ -740,6 +760,7 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     g->site = xstrdup(idn->site, &fail);
     g->model = xstrdup(idn->model, &fail);
     g->firmware = xstrdup(idn->firmware, &fail);
+    g->kind = xstrdup(idn->kind, &fail);
     g->ring_seq = calloc(ACK_RING, sizeof *g->ring_seq);
     g->ring_us = calloc(ACK_RING, sizeof *g->ring_us);
     g->lat = malloc(LAT_KEEP * sizeof *g->lat);
@@ -749,6 +770,7 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
         free(g->site);
         free(g->model);
         free(g->firmware);
+        free(g->kind);
         free(g->ring_seq);
         free(g->ring_us);
         free(g->lat);
@@ -758,16 +780,37 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     atomic_init(&g->conn_gen, 0);
     atomic_init(&g->acked_seq, 0);
     atomic_init(&g->cq_count, 0);
-    g->kind = idn->kind;
-    g->nch = sig_channels(idn->kind, &g->ch);
-    g->nact = sig_actuators(idn->kind, &g->act);
-    sig_init(&g->sig, idn->kind, sig_site_seed(set->seed, idn->id));
-    g->lat_rng = sig_site_seed(set->seed ^ 0x5157u, idn->id);
+    g->field = idn->field;
+    g->lat_rng = gw_site_hash(set->seed ^ 0x5157u, idn->id);
+    /* from here on gateway_destroy frees whatever was made */
+    g->nch = idn->nch;
+    g->ch = calloc(g->nch, sizeof *g->ch);
+    g->decl = calloc(g->nch, sizeof *g->decl);
+    g->declp = calloc(g->nch, sizeof *g->declp);
+    g->nact = idn->nact;
+    g->act = idn->nact ? calloc(idn->nact, sizeof *g->act) : NULL;
+    g->q_cap = set->queue_max ? set->queue_max : (size_t)set->batch * POLL_BUDGET * 2;
+    g->q = calloc(g->q_cap, sizeof *g->q);
+    if (!g->ch || !g->decl || !g->declp || (g->nact && !g->act) || !g->q) {
+        gateway_destroy(&g);
+        return CM_ERR_NOMEM;
+    }
     for (size_t i = 0; i < g->nch; i++) {
+        g->ch[i].name = xstrdup(idn->ch[i].name, &fail);
+        g->ch[i].unit = xstrdup(idn->ch[i].unit, &fail);
         suido__channel_decl__init(&g->decl[i]);
         g->decl[i].name = (char *)g->ch[i].name;
         g->decl[i].unit = (char *)g->ch[i].unit;
         g->declp[i] = &g->decl[i];
+    }
+    for (size_t i = 0; i < g->nact; i++) {
+        g->act[i] = idn->act[i];
+        g->act[i].name = xstrdup(idn->act[i].name, &fail);
+        g->act[i].unit = xstrdup(idn->act[i].unit, &fail);
+    }
+    if (fail) {
+        gateway_destroy(&g);
+        return CM_ERR_NOMEM;
     }
     for (int i = 0; i < GW_MAX_BATCH; i++) {
         suido__reading__init(&g->rd[i]);
@@ -785,16 +828,10 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     snprintf(g->t_cmdres, sizeof g->t_cmdres, "suido/v1/%s/cmdres", g->id);
     snprintf(g->t_backfill, sizeof g->t_backfill, "suido/v1/%s/backfill", g->id);
 
-    char dir[4096], path[4200], ca[4200], crt[4200], key[4200];
-    cm_err e = CM_OK;
-    if (snprintf(dir, sizeof dir, "%s/gateways/%s", set->deploy_dir, g->id) >= (int)sizeof dir)
-        e = CM_ERR_INVAL;
-    snprintf(path, sizeof path, "%s/sign.key", dir);
-    snprintf(ca, sizeof ca, "%s/ca/ca.crt", set->deploy_dir);
-    snprintf(crt, sizeof crt, "%s/client.crt", dir);
-    snprintf(key, sizeof key, "%s/client.key", dir);
-    if (e == CM_OK && (e = cm_signer_load(path, &g->signer)) != CM_OK)
-        cm_error("gw=%s path=%s error=\"cannot load signing key: %s\"", g->id, path,
+    const gw_files *fs = &idn->files;
+    cm_err e = cm_signer_load(fs->sign_key, &g->signer);
+    if (e != CM_OK)
+        cm_error("gw=%s path=%s error=\"cannot load signing key: %s\"", g->id, fs->sign_key,
                  cm_strerror(e));
     if (e == CM_OK && set->attack == GW_ATTACK_WRONG_KEY) {
         if (!idn->wrong_key) {
@@ -807,13 +844,13 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
     /* every command arrives encrypted to this gateway's own RSA key: without one (a gateway
      * made before command encryption) every command is refused as "decrypt", and the gate, which
      * finds no key in the registry for it, sends none */
-    snprintf(path, sizeof path, "%s/cmdwrap.key", dir);
+    const char *unwrap = fs->cmd_unwrap_key;
     if (e == CM_OK && set->cmd_key) {
-        if (access(path, F_OK) != 0)
+        if (!unwrap || access(unwrap, F_OK) != 0)
             cm_warn("gw=%s path=%s event=no_command_key detail=\"commands cannot be opened\"",
-                    g->id, path);
-        else if ((e = cm_rsa_load_private(path, &g->cmd_unwrap)) != CM_OK)
-            cm_error("gw=%s path=%s error=\"cannot load the command key: %s\"", g->id, path,
+                    g->id, unwrap ? unwrap : "-");
+        else if ((e = cm_rsa_load_private(unwrap, &g->cmd_unwrap)) != CM_OK)
+            cm_error("gw=%s path=%s error=\"cannot load the command key: %s\"", g->id, unwrap,
                      cm_strerror(e));
         g->ckeys.unwrap = g->cmd_unwrap;
     }
@@ -837,9 +874,9 @@ cm_err gateway_new(const gw_settings *set, const gw_identity *idn, gateway **out
         cm_mqtt_opts o = {
             .uri = set->broker,
             .client_id = g->id,
-            .ca_file = ca,
-            .cert_file = crt,
-            .key_file = key,
+            .ca_file = fs->ca,
+            .cert_file = fs->cert,
+            .key_file = fs->key,
             .clean_session = 0,
             .keepalive_s = 30,
             .max_inflight = set->max_inflight,
@@ -873,7 +910,7 @@ cm_err gateway_start(gateway *g)
 {
     /* stagger the first batches of all gateways over one interval */
     uint64_t now = cm_mono_us();
-    uint64_t h = sig_site_seed(g->set->seed, g->id);
+    uint64_t h = gw_site_hash(g->set->seed, g->id);
     g->next_due_us = now + (g->interval_us ? h % g->interval_us : 0);
     return cm_mqtt_connect(g->mqtt, 0);
 }
@@ -920,11 +957,34 @@ static void consume_slot(gateway *g, uint64_t now_us, gw_attack a)
         g->next_due_us = now_us + g->interval_us;
 }
 
-/* Fixes the next batch into g->pend: attack a, sequence number, readings over the window since
- * the previous batch. */
-static void fill_batch(gateway *g, gw_attack a)
+/* How many queued readings the next batch takes (0: none is ready): a full batch, or with
+ * linger_ms set what has waited that long (the batch is then cut short); the readings of one batch
+ * never span more than MAX_WINDOW_MS. */
+static size_t batch_ready(const gateway *g)
 {
-    const gw_settings *set = g->set;
+    size_t full = (size_t)g->set->batch;
+    size_t n = g->q_len < full ? g->q_len : full;
+    if (n == 0)
+        return 0;
+    if (n < full && !g->flush_upto &&
+        !(g->set->linger_ms && cm_mono_ms() - g->q_oldest_ms >= g->set->linger_ms))
+        return 0;
+    uint64_t lo = g->q[g->q_head].ts_ms, hi = lo;
+    for (size_t i = 1; i < n; i++) {
+        uint64_t t = g->q[(g->q_head + i) % g->q_cap].ts_ms;
+        uint64_t nlo = t < lo ? t : lo, nhi = t > hi ? t : hi;
+        if (nhi - nlo > MAX_WINDOW_MS)
+            return i;
+        lo = nlo;
+        hi = nhi;
+    }
+    return n;
+}
+
+/* Fixes the next batch into g->pend: attack a, sequence number, and the first n queued readings
+ * (the header carries the earliest time, each reading its offset from it). */
+static void fill_batch(gateway *g, gw_attack a, size_t n)
+{
     g->batches_made++;
     pending *p = &g->pend;
     p->active = 1;
@@ -933,32 +993,35 @@ static void fill_batch(gateway *g, gw_attack a)
     p->seq = a == GW_ATTACK_REPLAY ? 0 : g->next_seq++;
     if (a != GW_ATTACK_NONE)
         g->attacks_made++;
-
-    /* the batch covers the time since the previous one (at most MAX_WINDOW_MS) */
-    uint64_t wall = cm_now_ms();
-    uint64_t nominal = g->interval_us / 1000;
-    uint64_t start = g->window_end_ms ? g->window_end_ms : wall - nominal;
-    if (start > wall)
-        start = wall;
-    if (wall - start > MAX_WINDOW_MS)
-        start = wall - MAX_WINDOW_MS;
-    uint64_t span = wall - start;
-    g->window_end_ms = wall;
+    uint64_t start = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = g->q[(g->q_head + i) % g->q_cap].ts_ms;
+        if (t < start)
+            start = t;
+    }
     p->ts_ms = start;
-    p->n = (uint32_t)set->batch;
-    for (uint32_t i = 0; i < p->n; i++) {
-        uint32_t off = (uint32_t)(span * i / p->n);
-        size_t c = (size_t)(g->rr++ % g->nch);
-        if (c == 0 || g->sig.t_ms == 0)
-            sig_step(&g->sig, start + off); /* a new scan of all channels */
-        p->ch[i] = (uint16_t)c;
-        p->off[i] = off;
-        p->val[i] = g->sig.v[c];
+    p->n = (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        const gw_reading *r = &g->q[(g->q_head + i) % g->q_cap];
+        p->ch[i] = r->channel;
+        p->off[i] = (uint32_t)(r->ts_ms - start);
+        p->val[i] = r->value;
+        p->quality[i] = (uint8_t)r->quality;
     }
 }
 
+/* The first n queued readings are in a batch that was kept: they leave the queue. */
+static void consume_queued(gateway *g, size_t n)
+{
+    g->q_head = (g->q_head + n) % g->q_cap;
+    g->q_len -= n;
+    g->flush_upto = g->flush_upto > n ? g->flush_upto - n : 0;
+    if (g->q_len)
+        g->q_oldest_ms = cm_mono_ms(); /* the rest starts its own wait */
+}
+
 /* Fixes the next batch when one is due (attack choice, sequence number, readings); 0 when
- * nothing is due. */
+ * nothing is due or no batch of readings is ready. */
 static int take_batch(gateway *g, uint64_t now_us)
 {
     if (!may_take(g))
@@ -966,9 +1029,62 @@ static int take_batch(gateway *g, uint64_t now_us)
     gw_attack a = next_attack(g);
     if (!batch_due(g, now_us, a))
         return 0;
+    size_t n = batch_ready(g);
+    if (!n)
+        return 0;
     consume_slot(g, now_us, a);
-    fill_batch(g, a);
+    fill_batch(g, a, n);
+    consume_queued(g, n);
     return 1;
+}
+
+size_t gateway_submit(gateway *g, const gw_reading *r, size_t n)
+{
+    size_t taken = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].channel >= g->nch || !isfinite(r[i].value) ||
+            (unsigned)r[i].quality > GW_QUALITY_BAD) {
+            if (g->readings_refused++ == 0)
+                cm_warn("gw=%s channel=%u event=reading_refused detail=\"unknown channel, "
+                        "non-finite value or bad quality code\"",
+                        g->id, r[i].channel);
+            continue;
+        }
+        if (g->q_len == g->q_cap) {
+            g->readings_dropped += n - i;
+            break;
+        }
+        if (g->q_len == 0)
+            g->q_oldest_ms = cm_mono_ms();
+        g->q[(g->q_head + g->q_len) % g->q_cap] = r[i];
+        g->q_len++;
+        taken++;
+    }
+    return taken;
+}
+
+void gateway_flush(gateway *g) { g->flush_upto = g->q_len; }
+
+size_t gateway_wanted(const gateway *g)
+{
+    if (g->stopped || !may_take(g) || (!g->ob && g->pend.active))
+        return 0;
+    if (!batch_due(g, cm_mono_us(), next_attack(g)))
+        return 0;
+    uint64_t batches = g->interval_us ? 1 : POLL_BUDGET;
+    if (g->ob && !g->interval_us) {
+        /* unpaced, with an outbox: only as fast as what is stored drains into the window */
+        uint64_t window = (uint64_t)g->set->max_inflight;
+        uint64_t room = g->ob_unpub < window ? window - g->ob_unpub : 0;
+        if (room < batches)
+            batches = room;
+    }
+    if (g->set->max_batches && g->set->max_batches - g->batches_made < batches)
+        batches = g->set->max_batches - g->batches_made;
+    size_t want = (size_t)batches * (size_t)g->set->batch;
+    if (want > g->q_cap)
+        want = g->q_cap;
+    return want > g->q_len ? want - g->q_len : 0;
 }
 
 /* Appends seq to a report list (what a list is for says its caller). */
@@ -1116,15 +1232,18 @@ static void decide_command(gateway *g, const cmd_msg *m)
     /* an oversize payload was queued without its bytes: cmd_check refuses it as malformed */
     cmd_check(&g->cst, g->set->cmd_key, &g->ckeys, g->id, now, g->act, g->nact, m->p, m->len,
               &d);
-    double in_force = 0.0;
+    double in_force = NAN;
     if (d.reason == CMD_OK) {
-        in_force = sig_actuate(&g->sig, (size_t)d.actuator, d.value);
+        /* verified: the driver carries it out within its own limits and reads it back */
+        d.reason = g->field.apply(g->field.ctx, (size_t)d.actuator, d.value, &in_force);
+        if ((unsigned)d.reason >= CMD__REASONS)
+            d.reason = CMD_FAILED;
+    } else if (d.actuator >= 0 && g->field.current)
+        in_force = g->field.current(g->field.ctx, (size_t)d.actuator);
+    if (d.reason == CMD_OK)
         g->cmd_applied++;
-    } else {
-        if (d.actuator >= 0)
-            in_force = sig_actuator_value(&g->sig, (size_t)d.actuator);
+    else
         g->cmd_refused[d.reason]++;
-    }
     cmd_result *r = &g->cres;
     memset(r, 0, sizeof *r);
     r->active = 1;
@@ -1132,13 +1251,19 @@ static void decide_command(gateway *g, const cmd_msg *m)
     r->reason = d.reason;
     snprintf(r->command_id, sizeof r->command_id, "%s", d.command_id);
     snprintf(r->channel, sizeof r->channel, "%s", d.channel);
-    r->value = in_force;
+    /* the platform takes finite values only: an unknown value in force is reported as 0, and
+     * the reason (a refusal before any actuator was named, or "failed") says it is not known */
+    r->value = isfinite(in_force) ? in_force : 0.0;
     r->ts_ms = now;
     /* the strings of a decision are restricted to printable ASCII without quotes: safe to log */
     if (d.reason == CMD_OK)
         cm_info("gw=%s command=%s channel=%s value=%g in_force=%g seq=%" PRIu64
                 " event=command_applied",
                 g->id, d.command_id, d.channel, d.value, in_force, r->seq);
+    else if (d.reason == CMD_FAILED)
+        cm_error("gw=%s command=%s channel=%s value=%g in_force=%g seq=%" PRIu64
+                 " event=command_failed alarm=1",
+                 g->id, d.command_id, d.channel, d.value, in_force, r->seq);
     else
         cm_warn("gw=%s command=%s channel=%s len=%zu reason=%s seq=%" PRIu64
                 " event=command_refused",
@@ -1326,16 +1451,17 @@ static void take_into_outbox(gateway *g, uint64_t now_us, int live_ok)
         gw_attack a = next_attack(g);
         if (!batch_due(g, now_us, a))
             break;
+        size_t n = batch_ready(g);
+        if (!n)
+            break;
         if (a != GW_ATTACK_NONE) {
             if (taken || g->ob_unpub || g->cres.active || !live_ok)
                 break;
             consume_slot(g, now_us, a);
-            fill_batch(g, a);
+            fill_batch(g, a, n);
+            consume_queued(g, n);
             break;
         }
-        /* --rate 0: as fast as what is stored drains into the in-flight window */
-        if (!g->interval_us && g->ob_unpub + (uint64_t)taken >= (uint64_t)g->set->max_inflight)
-            break;
         ob_room r = outbox_room(g->ob, g->rec_bound);
         if (r == OB_LATER)
             break;
@@ -1358,10 +1484,10 @@ static void take_into_outbox(gateway *g, uint64_t now_us, int live_ok)
                     outbox_count(g->ob), g->not_taken);
         }
         consume_slot(g, now_us, a);
-        fill_batch(g, a);
+        fill_batch(g, a, n);
         g->pend.active = 0;
         cm_err e = store_batch(g);
-        if (e != CM_OK) {
+        if (e != CM_OK) { /* its readings stay queued */
             cm_error("gw=%s seq=%" PRIu64 " error=\"cannot store batch: %s\" alarm=1", g->id,
                      g->pend.seq, cm_strerror(e));
             g->next_seq--;
@@ -1369,6 +1495,7 @@ static void take_into_outbox(gateway *g, uint64_t now_us, int live_ok)
             g->not_taken++;
             break;
         }
+        consume_queued(g, n);
         taken++;
     }
     if (taken && outbox_sync(g->ob) != CM_OK) {
@@ -1742,6 +1869,8 @@ int gateway_poll(gateway *g, uint64_t now_ms)
 
 void gateway_stop_taking(gateway *g) { g->stopped = 1; }
 
+size_t gateway_queued(const gateway *g) { return g->q_len; }
+
 static uint64_t next_wake_outbox(const gateway *g, uint64_t now_ms)
 {
     uint64_t w = now_ms + 50; /* acks to apply, stall and hold timers */
@@ -1968,7 +2097,7 @@ void gateway_write_json(gateway *g, FILE *f)
     fputs("{\"id\":", f);
     json_str(f, g->id);
     fputs(",\"kind\":", f);
-    json_str(f, sig_kind_name(g->kind));
+    json_str(f, g->kind);
     fprintf(f,
             ",\"boot_epoch\":%" PRIu64 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
             ",\"legit_sent\":%" PRIu64 ",\"attacked_sent\":%" PRIu64 ",\"attacked_seqs\":[",
@@ -2062,9 +2191,23 @@ void gateway_destroy(gateway **gp)
     free(g->ring_seq);
     free(g->ring_us);
     free(g->lat);
+    for (size_t i = 0; g->ch && i < g->nch; i++) {
+        free((char *)g->ch[i].name);
+        free((char *)g->ch[i].unit);
+    }
+    for (size_t i = 0; g->act && i < g->nact; i++) {
+        free((char *)g->act[i].name);
+        free((char *)g->act[i].unit);
+    }
+    free(g->ch);
+    free(g->decl);
+    free(g->declp);
+    free(g->act);
+    free(g->q);
     free(g->id);
     free(g->site);
     free(g->model);
     free(g->firmware);
+    free(g->kind);
     free(g);
 }

@@ -1,10 +1,23 @@
-/* gateway: one simulated field gateway — its MQTT session, signing key, optional session
- * encryption, sequence numbers, the next batch to publish, the acknowledgements it received, and
- * the commands of the command gate it acts on (validated by commands.c, applied to signals.c,
- * answered with a signed KIND_CMDRES envelope on suido/v1/<gw>/cmdres).
+/* gateway: the gateway library — one field gateway's MQTT session, signing key, optional
+ * session encryption, sequence numbers, the readings its driver submits and the batches cut from
+ * them, the acknowledgements it received, and the commands of the command gate (validated by
+ * commands.c, carried out by the driver, answered with a signed KIND_CMDRES envelope on
+ * suido/v1/<gw>/cmdres). Its drivers are the field agent (gateway/agent: readings from PLCs over
+ * Modbus, commands written to them) and the simulator (gateway-sim: synthetic signals, attack and
+ * fault modes, many gateways per process), so the code tested end to end is the code in the field.
+ *
+ * Use: gateway_new with the settings, the identity (ids, key files, channels, actuators and the
+ * driver's field callbacks); gateway_start; then, on one thread, gateway_submit readings as they
+ * are measured and call gateway_poll until gateway_next_wake; gateway_goodbye and gateway_destroy
+ * at the end.
+ *
+ * Batches: the readings queue in submission order; a batch is cut when `batch` readings wait, or
+ * (linger_ms > 0) when the oldest has waited linger_ms, never covering more than 60 s; with a
+ * rate the batches are also paced to it (the simulator's schedule). The header carries the
+ * earliest reading's time, each reading its offset and quality.
  *
  * Threads: everything except the acknowledgement and command-arrival paths runs on the
- * simulator's main thread (the signer, the AEAD context, the signal model and the buffers are not
+ * driver's thread (the signer, the AEAD context, the reading queue and the buffers are not
  * shared). Paho's thread only delivers acks, commands and connection events: an ack updates the
  * ack state, a command is copied into a small bounded queue (a full queue drops it with a log
  * line and a counter rather than block Paho), and gateway_poll decides, acts and reports on the
@@ -38,9 +51,9 @@
 #include "cm_crypto.h"
 #include "cm_err.h"
 #include "commands.h"
-#include "signals.h"
 
 #define GW_MAX_BATCH 256
+#define GW_MAX_CHANNELS 4096
 #define GW_OVERSIZE_BYTES (66 * 1024) /* body of an oversize attack: above the broker's 64 KiB */
 
 typedef enum gw_attack {
@@ -60,10 +73,10 @@ int gw_attack_parse(const char *s, gw_attack *out);
 const char *gw_attack_name(gw_attack a);
 
 /* Run-wide settings, shared read-only by every gateway; owned by the caller and must outlive
- * the gateways. */
+ * the gateways. attack, attack_every, skew_s and max_batches are the simulator's: a field agent
+ * leaves them 0 (attack_every 1). */
 typedef struct gw_settings {
     const char *broker;        /* "ssl://127.0.0.1:8883" */
-    const char *deploy_dir;    /* DEPLOYDIR with ca/, gateways/<id>/, platform/ */
     const char *state_dir;     /* NULL: boot epoch = Unix seconds now, and no outbox */
     uint64_t outbox_max_bytes; /* with state_dir: each gateway's outbox bound; 0: no outbox */
     int backfill_inflight;     /* stored batches are republished only while fewer publishes than
@@ -71,23 +84,71 @@ typedef struct gw_settings {
     uint64_t backfill_hold_ms; /* live data waits this long at most for an older epoch's acks */
     cm_rsa *wrap;              /* platform key-wrap public key; non-NULL enables encryption */
     int batch;                 /* readings per batch, 1..GW_MAX_BATCH */
+    uint32_t linger_ms;        /* 0: only full batches; else a short one once its oldest reading
+                                * has waited this long */
+    size_t queue_max;          /* readings waiting for a batch; 0: 32 batches' worth */
     double rate;               /* batches per second; 0 = as fast as the window allows */
     uint64_t max_batches;      /* 0 = unlimited */
     gw_attack attack;
     int attack_every;          /* every Nth data batch is attacked, N >= 1 */
     int skew_s;                /* timestamp shift of the skew attack */
-    uint64_t seed;             /* signal seed of the run */
+    uint64_t seed;             /* staggers the gateways' first batches */
     int max_inflight;          /* MQTT in-flight window per gateway */
     const cm_pubkey *cmd_key;  /* the command gate's key; NULL: no command subscription */
 } gw_settings;
 
-/* One inventory entry. */
+/* A channel the gateway declares in its birth: readings are submitted by its index. */
+typedef struct gw_channel {
+    const char *name;          /* as the profile knows it under the site's kind ("flow") */
+    const char *unit;
+} gw_channel;
+
+typedef enum gw_quality {      /* the values of proto Quality */
+    GW_QUALITY_GOOD = 0,
+    GW_QUALITY_UNCERTAIN = 1,
+    GW_QUALITY_BAD = 2,        /* the device did not answer: the value is not a measurement */
+} gw_quality;
+
+typedef struct gw_reading {
+    uint32_t channel;          /* index into the identity's channels */
+    gw_quality quality;
+    uint64_t ts_ms;            /* wall clock of the measurement */
+    double value;              /* finite */
+} gw_reading;
+
+/* The driver's side of commands, called on the driver's thread inside gateway_poll. apply
+ * carries out a verified command (signature, gateway id, expiry, replay, actuator, unit and the
+ * actuator's own range all checked) and returns CMD_OK with *in_force the value read back, a
+ * refusal of its own (CMD_OUT_OF_RANGE) without touching the plant, or CMD_FAILED when the device
+ * did not take it (*in_force: what was read back, NaN when unknown; the result then says 0). current (optional) gives the
+ * value in force for the result of a refused command (NaN: unknown). */
+typedef struct gw_field {
+    cmd_reason (*apply)(void *ctx, size_t actuator, double value, double *in_force);
+    double (*current)(void *ctx, size_t actuator);
+    void *ctx;
+} gw_field;
+
+/* The gateway's key and certificate files (a field bundle's, or DEPLOYDIR/gateways/<id>/). */
+typedef struct gw_files {
+    const char *cert, *key;    /* TLS client certificate and key */
+    const char *sign_key;      /* P-256 signing key */
+    const char *cmd_unwrap_key;/* RSA key commands are encrypted to; NULL: none */
+    const char *ca;            /* the deployment CA */
+} gw_files;
+
+/* One gateway. Strings, channels and actuators are copied. */
 typedef struct gw_identity {
     const char *id;            /* also the MQTT client id and certificate CN */
     const char *site;
+    const char *kind;          /* the site kind: the profile's channels are "<kind>.<channel>" */
     const char *model;
     const char *firmware;
-    sig_kind kind;
+    const gw_channel *ch;      /* 1..GW_MAX_CHANNELS */
+    size_t nch;
+    const cmd_actuator *act;   /* what commands may address, with the gateway's own limits */
+    size_t nact;
+    gw_field field;            /* apply is required when nact > 0 */
+    gw_files files;
     const char *wrong_key;     /* sign.key of another gateway, for the wrong-key attack */
 } gw_identity;
 
@@ -98,6 +159,18 @@ typedef struct gateway gateway;
 cm_err gateway_new(const gw_settings *set, const gw_identity *id, gateway **out);
 /* Starts connecting in the background (never blocks). */
 cm_err gateway_start(gateway *g);
+
+/* Queues readings for the next batches; returns how many were taken. A reading of an unknown
+ * channel, with a non-finite value or quality is refused (counted, logged once); when the queue is
+ * full the rest are dropped and counted (a full outbox, or a driver faster than its rate). */
+size_t gateway_submit(gateway *g, const gw_reading *r, size_t n);
+/* The readings queued now go into batches at the next polls, full or not (before a stop). */
+void gateway_flush(gateway *g);
+/* Readings submitted and not yet in a batch. */
+size_t gateway_queued(const gateway *g);
+/* For a driver that makes readings on demand (the simulator): how many more readings the
+ * batches due now would take (0: none is due). */
+size_t gateway_wanted(const gateway *g);
 
 /* Does what is due at monotonic time now_ms: a birth after each (re)connect; then the batch that
  * already holds a sequence number, if any; then queued commands (decided, applied, answered with

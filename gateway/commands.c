@@ -17,7 +17,7 @@
 static const char *const reason_names[CMD__REASONS] = {
     "ok",      "malformed",        "bad_signature", "wrong_gateway",
     "expired", "replayed",         "unknown_actuator", "wrong_unit",
-    "out_of_range", "plaintext_command", "decrypt",
+    "out_of_range", "plaintext_command", "decrypt", "failed",
 };
 
 const char *cmd_reason_name(cmd_reason r)
@@ -122,7 +122,7 @@ static int seen(const cmd_state *st, const uint8_t h[CMD_ID_HASH])
 }
 
 cmd_reason cmd_check(cmd_state *st, const cm_pubkey *key, cmd_keys *keys, const char *own_id,
-                     uint64_t now_ms, const sig_actuator *act, size_t n_act,
+                     uint64_t now_ms, const cmd_actuator *act, size_t n_act,
                      const uint8_t *payload, size_t len, cmd_decision *out)
 {
     memset(out, 0, sizeof *out);
@@ -203,7 +203,7 @@ cmd_reason cmd_check(cmd_state *st, const cm_pubkey *key, cmd_keys *keys, const 
     r = CMD_UNKNOWN_ACTUATOR;
     if (out->actuator < 0)
         goto out;
-    const sig_actuator *a = &act[out->actuator];
+    const cmd_actuator *a = &act[out->actuator];
     r = CMD_WRONG_UNIT;
     if (strcmp(c->unit, a->unit) != 0)
         goto out;

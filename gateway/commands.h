@@ -42,7 +42,6 @@
 #include <stdint.h>
 
 #include "cm_crypto.h"
-#include "signals.h"
 
 #define CMD_DOMAIN CM_CMD_DOMAIN      /* signed as these 12 bytes and a 0x00 (cm_crypto.h) */
 #define CMD_MAX_PAYLOAD CM_CMD_MAX    /* bytes of SignedCommand; a real one is about 250 */
@@ -66,6 +65,7 @@ typedef enum cmd_reason {
     CMD_OUT_OF_RANGE,
     CMD_PLAINTEXT,
     CMD_DECRYPT,
+    CMD_FAILED,       /* never from cmd_check: accepted, but the field device did not take it */
     CMD__REASONS
 } cmd_reason;
 
@@ -98,6 +98,14 @@ void cmd_keys_clear(cmd_keys *k);
 /* What was decided, and what the result report needs. Strings are empty when the command did
  * not decode that far (or the field broke its limits); they only ever hold characters allowed by
  * the malformed check, so they are safe to log. */
+/* One actuator a command may address: its name (the channel a command names), its unit, and the
+ * range the gateway itself considers safe (inclusive), whatever the gate allowed. */
+typedef struct cmd_actuator {
+    const char *name;
+    const char *unit;
+    double lo, hi;
+} cmd_actuator;
+
 typedef struct cmd_decision {
     cmd_reason reason;
     int actuator;                     /* index into the actuator table, -1 if unknown */
@@ -109,11 +117,11 @@ typedef struct cmd_decision {
 /* Decides on the payload received on the gateway's command topic. key: the gate's public key
  * (NULL refuses everything as bad_signature); keys: this gateway's command key and session cache
  * (updated when a new session key unwraps, whatever the decision); own_id: this gateway's id;
- * now_ms: gateway wall clock; act/n_act: this site's actuators (sig_actuators). On CMD_OK the
+ * now_ms: gateway wall clock; act/n_act: this gateway's actuators. On CMD_OK the
  * command's id and issued_ms are recorded in st; otherwise st is not touched. Fills *out and
  * returns its reason. */
 cmd_reason cmd_check(cmd_state *st, const cm_pubkey *key, cmd_keys *keys, const char *own_id,
-                     uint64_t now_ms, const sig_actuator *act, size_t n_act,
+                     uint64_t now_ms, const cmd_actuator *act, size_t n_act,
                      const uint8_t *payload, size_t len, cmd_decision *out);
 
 #endif

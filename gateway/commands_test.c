@@ -1,4 +1,4 @@
-/* commands_test: unit tests of the gateway's command validation (gateway-sim/commands.c) with a
+/* commands_test: unit tests of the gateway's command validation (gateway/commands.c) with a
  * real P-256 gate key and RSA-2048 gateway command keys generated here: acceptance of a valid
  * (encrypted) command, every refusal reason (a command in clear, one that does not decrypt), the
  * order of the checks, the once-per-key unwrap, replay by id and by issued_ms, the bounded
@@ -23,6 +23,27 @@
 #define BUF 16384
 
 #define KID "0123456789abcdef"
+
+/* The actuators of three kinds of site, as the simulator declares them (gateway-sim/signals.c). */
+typedef enum site_kind { SIG_TREATMENT, SIG_RESERVOIR, SIG_PUMPING } site_kind;
+static const cmd_actuator treatment_act[] = {{"dosing", "mg/L", 0.0, 4.0}};
+static const cmd_actuator reservoir_act[] = {{"inlet_valve", "%", 0.0, 100.0}};
+static const cmd_actuator pumping_act[] = {{"pump1", "1", 0.0, 1.0}, {"pump2", "1", 0.0, 1.0}};
+
+static size_t site_actuators(site_kind k, const cmd_actuator **out)
+{
+    switch (k) {
+    case SIG_TREATMENT:
+        *out = treatment_act;
+        return 1;
+    case SIG_RESERVOIR:
+        *out = reservoir_act;
+        return 1;
+    default:
+        *out = pumping_act;
+        return 2;
+    }
+}
 
 typedef struct keys {
     EVP_PKEY *gate, *other;   /* private keys: the gate's, and someone else's */
@@ -230,11 +251,11 @@ static size_t signed_by(EVP_PKEY *k, const Suido__Command *c, uint8_t *out)
 static size_t gate(const Suido__Command *c, uint8_t *out) { return signed_by(K.gate, c, out); }
 
 /* Decision for a payload at a pumping station. */
-static cmd_reason check_at(cmd_state *st, sig_kind kind, uint64_t now, const uint8_t *p,
+static cmd_reason check_at(cmd_state *st, site_kind kind, uint64_t now, const uint8_t *p,
                            size_t n, cmd_decision *d)
 {
-    const sig_actuator *act;
-    size_t na = sig_actuators(kind, &act);
+    const cmd_actuator *act;
+    size_t na = site_actuators(kind, &act);
     return cmd_check(st, K.pub, &K.ck, GW, now, act, na, p, n, d);
 }
 
@@ -245,7 +266,7 @@ static cmd_reason check(cmd_state *st, const uint8_t *p, size_t n)
 }
 
 /* The decision on command c (signed by the gate) at a site of kind, now = NOW_MS. */
-static cmd_reason decide(cmd_state *st, sig_kind kind, const Suido__Command *c)
+static cmd_reason decide(cmd_state *st, site_kind kind, const Suido__Command *c)
 {
     uint8_t p[BUF];
     cmd_decision d;
@@ -260,7 +281,7 @@ static void test_reason_names(void **state)
     static const char *const want[CMD__REASONS] = {
         "ok",       "malformed",        "bad_signature", "wrong_gateway", "expired",
         "replayed", "unknown_actuator", "wrong_unit",    "out_of_range", "plaintext_command",
-        "decrypt",
+        "decrypt",  "failed",
     };
     for (int i = 0; i < CMD__REASONS; i++)
         assert_string_equal(cmd_reason_name((cmd_reason)i), want[i]);
@@ -438,8 +459,8 @@ static void test_bad_signature(void **state)
     assert_int_equal(check(&st, p, sealed(&(sealing){.sig_extra = 1}, &c, p)),
                      CMD_BAD_SIGNATURE);
     /* no key at all */
-    const sig_actuator *act;
-    size_t na = sig_actuators(SIG_PUMPING, &act);
+    const cmd_actuator *act;
+    size_t na = site_actuators(SIG_PUMPING, &act);
     cmd_decision d;
     size_t good = gate(&c, p);
     assert_int_equal(cmd_check(&st, NULL, &K.ck, GW, NOW_MS, act, na, p, good, &d),
@@ -494,8 +515,8 @@ static void test_plaintext_and_decrypt(void **state)
                      CMD_DECRYPT);
     /* a gateway without a command key opens nothing */
     cmd_keys none = {0};
-    const sig_actuator *act;
-    size_t na = sig_actuators(SIG_PUMPING, &act);
+    const cmd_actuator *act;
+    size_t na = site_actuators(SIG_PUMPING, &act);
     n = gate(&c, p);
     assert_int_equal(cmd_check(&st, K.pub, &none, GW, NOW_MS, act, na, p, n, &d), CMD_DECRYPT);
     assert_int_equal(cmd_check(&st, K.pub, NULL, GW, NOW_MS, act, na, p, n, &d), CMD_DECRYPT);
@@ -512,8 +533,8 @@ static void test_session_key_unwrapped_once(void **state)
     cmd_state st;
     memset(&st, 0, sizeof st);
     cmd_keys ck = {.unwrap = K.unwrap};
-    const sig_actuator *act;
-    size_t na = sig_actuators(SIG_PUMPING, &act);
+    const cmd_actuator *act;
+    size_t na = site_actuators(SIG_PUMPING, &act);
     uint8_t p[BUF];
     cmd_decision d;
     char id[32];
