@@ -161,6 +161,59 @@ static void test_load_from_file(void **state)
     assert_null(m.pt);
 }
 
+/* The example map beside this file (the PLC stand-in's, tests/field/plc.py) stays valid and
+ * says what its register table says. Found next to __FILE__: unit tests run from the top of the
+ * clone, where the build compiles them. */
+static void test_example_map(void **state)
+{
+    (void)state;
+    char path[512];
+    const char *slash = strrchr(__FILE__, '/');
+    int dir_len = slash ? (int)(slash - __FILE__) : 1;
+    snprintf(path, sizeof path, "%.*s/example-pumping.map", dir_len, slash ? __FILE__ : ".");
+    pm_map m;
+    char err[CM_CONF_ERRLEN];
+    if (pm_load(path, &m, err) != CM_OK)
+        fail_msg("%s", err);
+    assert_int_equal(m.ndev, 1);
+    assert_int_equal(m.npt, 10);
+    static const struct {
+        const char *channel;
+        pm_register reg;
+        int address;
+        pm_type type;
+        double scale;
+        const char *unit;
+        int writable;
+        double hi;
+    } want[] = {
+        {"pump1_status", PM_DISCRETE, 0, PM_U16, 1, "1", 0, 0},
+        {"pump2_status", PM_DISCRETE, 1, PM_U16, 1, "1", 0, 0},
+        {"flow", PM_INPUT, 0, PM_F32, 1, "L/s", 0, 0},
+        {"suction_pressure", PM_INPUT, 2, PM_U16, 0.01, "bar", 0, 0},
+        {"discharge_pressure", PM_INPUT, 3, PM_U16, 0.01, "bar", 0, 0},
+        {"power", PM_INPUT, 4, PM_U16, 0.1, "kW", 0, 0},
+        {"tank_level", PM_INPUT, 5, PM_U16, 0.001, "m", 0, 0},
+        {"pump1", PM_COIL, 0, PM_U16, 1, "1", 1, 1},
+        {"pump2", PM_COIL, 1, PM_U16, 1, "1", 1, 1},
+        {"speed_setpoint", PM_HOLDING, 0, PM_U16, 1, "%", 1, 80},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const pm_point *p = &m.pt[i];
+        assert_string_equal(p->channel, want[i].channel);
+        assert_int_equal(p->reg, want[i].reg);
+        assert_int_equal(p->address, want[i].address);
+        assert_int_equal(p->type, want[i].type);
+        assert_int_equal(p->word_little, 0);
+        assert_true(p->scale == want[i].scale);
+        assert_string_equal(p->unit, want[i].unit);
+        assert_int_equal(p->writable, want[i].writable);
+        if (p->writable)
+            assert_true(p->lo == 0 && p->hi == want[i].hi);
+    }
+    pm_free(&m);
+}
+
 /* The device section every refusal case starts with: lines 1 to 3. */
 #define DEV "[device plc1]\naddress = tcp:127.0.0.1:5020\nunit_id = 1\n"
 /* A point at lines 4 to 8 (its keys at 5, 6, 7, 8): cases append their keys from line 9. */
@@ -582,10 +635,15 @@ static void test_round_trip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_map),    cmocka_unit_test(test_load_from_file),
-        cmocka_unit_test(test_refusals),    cmocka_unit_test(test_accepted_overlaps),
-        cmocka_unit_test(test_size_limits), cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_decode),      cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_full_map),
+        cmocka_unit_test(test_load_from_file),
+        cmocka_unit_test(test_example_map),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_accepted_overlaps),
+        cmocka_unit_test(test_size_limits),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_encode),
         cmocka_unit_test(test_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
