@@ -557,7 +557,7 @@ static void serve_write(device_run *d, write_req *req)
     int n = pm_register_count(p);
     req->result = FD_WRITE_FAILED;
     if (!d->connected) {
-        snprintf(req->why, sizeof req->why, "device %s is down", d->cfg->name);
+        snprintf(req->why, sizeof req->why, "device %s has no connection (down)", d->cfg->name);
         return;
     }
     int rc;

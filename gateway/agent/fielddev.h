@@ -92,9 +92,9 @@ typedef enum fd_write_result {
  * without touching the device. Otherwise the device's thread writes (a coil: 1 when the value's
  * raw >= 0.5; a 32-bit holding point: both registers in one request, in its word order), reads
  * the point back and queues that reading like a poll's. Blocks until then: at most about three
- * device timeouts (the request in progress, the write, the read back); a device known to be down
- * fails at once. why (optional, whylen bytes) gets a short reason on every result but
- * FD_WRITE_OK. Safe from any thread. */
+ * device timeouts (the request in progress, the write, the read back); a device whose connection
+ * is closed (down, waiting for its next reconnect) fails at once. why (optional, whylen bytes)
+ * gets a short reason on every result but FD_WRITE_OK. Safe from any thread. */
 fd_write_result fd_write(fielddev *f, size_t point, double value, double *readback, char *why,
                          size_t whylen);
 const char *fd_write_result_name(fd_write_result r);
