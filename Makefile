@@ -119,7 +119,7 @@ $(BIN)/suido-gateway-sim: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wild
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 $(BIN)/suido-gateway: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard gateway/agent/*.c))) $(LIBGATEWAY) $(LIBCOMMON)
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(LIBS_gateway)
+	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LIBS) $(LIBS_gateway)
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
 $(eval $(call program,score,tools/score))

@@ -254,7 +254,7 @@ static void on_birth(void *ctx, void *arg, const char *peer)
     (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
-    const char *why = NULL;
+    const char *why = NULL, *bad = "";
     if (!m->birth)
         why = "birth_without_body";
     for (size_t i = 0; !why && i < m->birth->n_channels; i++) {
@@ -265,6 +265,8 @@ static void on_birth(void *ctx, void *arg, const char *peer)
             why = "unknown_channel";
         else if (cm_unit_convert(d->unit ? d->unit : "", c->unit, 0, &x) != CM_OK)
             why = "unit_mismatch";
+        if (why)
+            bad = d->name ? d->name : "";
     }
     if (!why && p->reg && m->header && m->header->gateway_id) {
         /* every replica converts this gateway's readings from what it declared now; the
@@ -292,8 +294,11 @@ static void on_birth(void *ctx, void *arg, const char *peer)
     if (why) {
         cm_metric_inc(p->births_refused);
         cm_svc_reject(p->svc, why);
-        cm_warn("topic=%s epoch=%llu reason=%s result=birth_refused", m->topic,
-                m->header ? (unsigned long long)m->header->boot_epoch : 0ULL, why);
+        char name[160];
+        cm_log_escape(name, sizeof name, bad); /* the gateway's text */
+        cm_warn("topic=%s epoch=%llu reason=%s kind=%s channel=%s result=birth_refused",
+                m->topic, m->header ? (unsigned long long)m->header->boot_epoch : 0ULL, why,
+                m->site_kind ? m->site_kind : "", name);
         m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
         m->reason = (char *)why;
     }
