@@ -154,9 +154,17 @@ run: deps
 stop:
 	@scripts/suite.sh stop
 
+# The field agent's CPU per polled point first (scripts/bench-gateway.sh), then the suite's
+# throughput and latency (scripts/bench.sh, whose figures end the output).
 bench: deps
 	@$(MAKE) --no-print-directory build
+	@scripts/bench-gateway.sh $(BUILD)
 	@scripts/bench.sh $(BUILD)
+
+.PHONY: bench-gateway
+bench-gateway: deps
+	@$(MAKE) --no-print-directory build
+	@scripts/bench-gateway.sh $(BUILD)
 
 # The fault plan (tests/faults/README.md); SUIDO_FAULTS_FULL=1 for its full durations and load.
 .PHONY: test-faults

@@ -152,10 +152,26 @@ def to_u16(value):
     return min(max(int(round(value)), 0), 65535)
 
 
-async def run_model(station):
+class Bank:
+    """A benchmark's points (--bank N): N input registers from address 0 of their own unit id,
+    each a different counter moving every second, so that every poll reads a new value."""
+
+    def __init__(self, n):
+        self.n = n
+        self.tick = 0
+        self.slave = ModbusSlaveContext(ir=ModbusSequentialDataBlock(0, [0] * n), zero_mode=True)
+        self.update()
+
+    def update(self):
+        self.slave.setValues(FC_INPUT, 0, [(i + self.tick) % 65536 for i in range(self.n)])
+        self.tick += 1
+
+
+async def run_model(*models):
     while True:
         await asyncio.sleep(1.0)
-        station.update()
+        for m in models:
+            m.update()
 
 
 async def watch_values(station, path):
@@ -175,14 +191,23 @@ async def main():
     parser.add_argument("--values", help="JSON file of forced raw values, read every 200 ms")
     parser.add_argument("--freeze", action="store_true", help="process values do not change")
     parser.add_argument("--verbose", action="store_true", help="show pymodbus' debug log")
+    parser.add_argument("--bank", type=int, default=0, metavar="N",
+                        help="also serve N changing input registers as unit id --bank-unit")
+    parser.add_argument("--bank-unit", type=int, default=2, help="unit id of the bank (2)")
     args = parser.parse_args()
     if not 1 <= args.port <= 65535 or not 1 <= args.unit <= 247:
         parser.error("--port must be 1..65535 and --unit 1..247")
+    if not 0 <= args.bank <= 65535 or (args.bank and args.bank_unit in (args.unit, 0)):
+        parser.error("--bank must be 0..65535, on a unit id of its own")
 
     # pymodbus.constants configures the root logger when imported: set its level here
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     station = Station(args.freeze)
-    context = ModbusServerContext(slaves={args.unit: station.slave}, single=False)
+    slaves = {args.unit: station.slave}
+    bank = Bank(args.bank) if args.bank else None
+    if bank:
+        slaves[args.bank_unit] = bank.slave
+    context = ModbusServerContext(slaves=slaves, single=False)
     server = await StartAsyncTcpServer(
         context=context,
         address=("127.0.0.1", args.port),
@@ -200,7 +225,7 @@ async def main():
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(run_model(station))]
+    tasks = [asyncio.create_task(run_model(station, *([bank] if bank else [])))]
     if args.values:
         tasks.append(asyncio.create_task(watch_values(station, args.values)))
     print("ready", flush=True)
