@@ -1,4 +1,4 @@
-/* outbox_test: unit tests of the gateway outbox (gateway-sim/outbox.c): append, sync, load and
+/* outbox_test: unit tests of the gateway outbox (gateway/outbox.c): append, sync, load and
  * ack; a torn last record ignored at every byte offset a crash could leave it at; a checksum
  * mismatch detected (at load and when a record is read back); the size bound, the full state
  * and compaction; abort of unsynced records; the sent ranges across restarts and compactions. */
