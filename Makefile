@@ -196,7 +196,8 @@ FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Wno-missing-field-initializers \
                $(FUZZ_SAN) -Icommon -I$(FUZZ)/gen $(PQ_CFLAGS) -MMD -MP
 FUZZ_COMMON_OBJ := $(patsubst %.c,$(FUZZ)/obj/%.o,$(COMMON_SRC)) $(FUZZ)/obj/gen/suido.pb-c.o
-FUZZ_TARGETS := verify proto conf profile history monitor persist broker_log backup_manifest
+FUZZ_TARGETS := verify proto conf profile history monitor persist broker_log backup_manifest \
+                pointmap
 # the project sources each target needs besides common/ (its -I follows from them)
 FUZZ_SRC_verify := services/verify/verify_check.c
 FUZZ_SRC_proto := services/archive/archive_store.c services/archive/archive_query.c \
@@ -206,6 +207,7 @@ FUZZ_SRC_monitor := services/monitor/mon_body.c services/monitor/mon_text.c
 FUZZ_SRC_persist := broker/start/persist_check.c
 FUZZ_SRC_broker_log := services/ingest/broker_log.c
 FUZZ_SRC_backup_manifest := tools/suidoctl/backup_manifest.c
+FUZZ_SRC_pointmap := gateway/agent/pointmap.c
 FUZZ_LIBS_monitor := -ljansson
 FUZZ_BINS := $(addprefix $(FUZZ)/bin/fuzz_,$(FUZZ_TARGETS))
 
