@@ -7,7 +7,9 @@
  * "Paho, then mu". */
 #include "cm_mqtt.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -20,7 +22,6 @@
 
 #include <MQTTAsync.h>
 
-#include "cm_crypto.h"
 #include "cm_conf.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
@@ -283,6 +284,50 @@ static void on_disconnect_fail(void *ctx, MQTTAsync_failureData *resp)
     leave(m);
 }
 
+/* ------------------------------------------------------------------ Paho's threads */
+
+/* Clients of this process that exist (made by cm_mqtt_new, not yet destroyed). */
+static atomic_int live_clients;
+
+/* 1 while a thread of this process is one of Paho's (it names them MQTTAsync_send and
+ * MQTTAsync_rcv). */
+static int paho_threads_left(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return 0;
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, comm, sizeof comm - 1);
+        close(fd);
+        found = n > 0 && strncmp(comm, "MQTTAsync_", 10) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* Paho stops its two threads when its last client is destroyed, but MQTTAsync_destroy returns
+ * once they say they stopped, while they may still be running their thread-exit clean-up
+ * (OpenSSL's per-thread state among it). A process that returns from main then runs OpenSSL's
+ * atexit clean-up at the same time, and the two free the same memory ("double free" at exit, in
+ * one run of hundreds). So the last destroy waits, up to 3 s, until those threads are gone. */
+static void wait_for_paho_threads(void)
+{
+    uint64_t until = cm_mono_ms() + 3000;
+    while (paho_threads_left() && cm_mono_ms() < until) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* ------------------------------------------------------------------ API */
 
 static void free_fields(cm_mqtt *m)
@@ -403,6 +448,7 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
         free(m);
         return rc == MQTTASYNC_BAD_PROTOCOL ? CM_ERR_INVAL : CM_ERR_IO;
     }
+    atomic_fetch_add(&live_clients, 1);
     *out = m;
     return CM_OK;
 }
@@ -657,6 +703,8 @@ void cm_mqtt_destroy(cm_mqtt **mp)
     pthread_mutex_destroy(&m->mu);
     free_fields(m);
     free(m);
+    if (atomic_fetch_sub(&live_clients, 1) == 1)
+        wait_for_paho_threads();
 }
 
 cm_err cm_mqtt_opts_from_conf(const cm_conf *c, const char *section, const char *client_id,

@@ -684,6 +684,7 @@ static int setup(sim *s)
         .backfill_hold_ms = (uint64_t)(o->backfill_hold_s * 1000.0),
         .wrap = s->wrap,
         .batch = (int)o->batch,
+        .fed_on_demand = 1, /* site_feed makes readings as batches fall due */
         .rate = o->rate,
         .max_batches = (uint64_t)o->max_batches,
         .attack = o->attack,

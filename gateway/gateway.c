@@ -1889,7 +1889,17 @@ static uint64_t next_wake_outbox(const gateway *g, uint64_t now_ms)
     }
     if (!g->stopped && may_take(g)) {
         uint64_t d;
-        if (!g->interval_us) {
+        if (!g->interval_us && !g->set->fed_on_demand) {
+            /* readings come when they are measured: wake for a batch that is ready, or for the
+             * oldest reading's linger to run out; the driver's own wake-up brings the rest */
+            if (batch_ready(g))
+                d = now_ms + (g->ob_full ? 10 : 0);
+            else if (g->q_len && g->set->linger_ms) {
+                uint64_t due = g->q_oldest_ms + g->set->linger_ms, mono = cm_mono_ms();
+                d = due > mono ? now_ms + (due - mono) : now_ms;
+            } else
+                d = UINT64_MAX;
+        } else if (!g->interval_us) {
             d = now_ms + (g->ob_full ? 10 : 1);
         } else {
             uint64_t now_us = cm_mono_us();

@@ -87,6 +87,8 @@ typedef struct gw_settings {
     uint32_t linger_ms;        /* 0: only full batches; else a short one once its oldest reading
                                 * has waited this long */
     size_t queue_max;          /* readings waiting for a batch; 0: 32 batches' worth */
+    int fed_on_demand;         /* 1: the driver makes readings when gateway_wanted asks (the
+                                * simulator); 0: it submits them as they are measured */
     double rate;               /* batches per second; 0 = as fast as the window allows */
     uint64_t max_batches;      /* 0 = unlimited */
     gw_attack attack;
