@@ -52,6 +52,7 @@ typedef struct server {
     modbus_mapping_t *map; /* 100 of each kind: address 100 and above draw an exception */
     pthread_mutex_t lock;  /* map, silent, writes_seen */
     int silent;            /* 1: requests are read and never answered */
+    int garbage;           /* 1: answered with junk bytes; 2: with a reply cut short */
     unsigned writes_seen;  /* write requests received (function codes 5, 6, 15, 16) */
     atomic_int stop;
     int listen_fd;
@@ -103,7 +104,20 @@ static void *server_main(void *arg)
                 uint8_t fc = query[modbus_get_header_length(s->ctx)];
                 if (fc == 5 || fc == 6 || fc == 15 || fc == 16)
                     s->writes_seen++;
-                if (!s->silent)
+                if (s->garbage == 1) {
+                    /* a whole frame, but of another transaction: garbage to this query */
+                    static const uint8_t junk[] = {0xde, 0xad, 0x00, 0x00, 0x00, 0x05,
+                                                   0x01, 0x04, 0x02, 0x77, 0x42};
+                    (void)!write(fd, junk, sizeof junk);
+                } else if (s->garbage == 2) {
+                    /* the first bytes of a real answer to this query, then nothing */
+                    uint8_t cut[7];
+                    memcpy(cut, query, 4); /* transaction and protocol id */
+                    cut[4] = 0;
+                    cut[5] = 5;            /* 5 more bytes announced, 1 sent */
+                    cut[6] = query[6];
+                    (void)!write(fd, cut, sizeof cut);
+                } else if (!s->silent)
                     modbus_reply(s->ctx, query, rc, s->map);
                 pthread_mutex_unlock(&s->lock);
             } else if (rc < 0) {
@@ -425,6 +439,50 @@ static void test_outage_and_recovery(void **state)
     assert_int_equal(ups, 2); /* the first answer after start, then the recovery */
     assert_int_equal(odd_reasons, 0);
     pthread_mutex_unlock(&cb_lock);
+    fd_stop(&f);
+    pm_free(&m);
+    free(lg.r);
+    server_stop(s);
+}
+
+/* Junk, and a reply cut short: BAD readings, counted, the device down; no crash; then recovery. */
+static void test_garbage_and_short_frames(void **state)
+{
+    (void)state;
+    server *s = server_start();
+    set_input(s, 4, 42);
+    char text[512];
+    snprintf(text, sizeof text,
+             "[device plc]\naddress = tcp:127.0.0.1:%d\nunit_id = 1\ntimeout_ms = 200\n"
+             "[point level]\ndevice = plc\nregister = input\naddress = 4\nunit = m\n"
+             "period_ms = 100\n",
+             s->port);
+    pm_map m = parse_map(text);
+    fielddev *f = start(&m, 1000, 60000);
+    log_t lg = {0};
+    assert_true(wait_reading(f, &lg, 0, 0, 42, 0, 5000));
+    for (int mode = 1; mode <= 2; mode++) {
+        fd_stats before;
+        fd_get_stats(f, &before);
+        pthread_mutex_lock(&s->lock);
+        s->garbage = mode;
+        pthread_mutex_unlock(&s->lock);
+        size_t mark = lg.n;
+        assert_true(wait_reading(f, &lg, 0, 1, NAN, mark, 5000));
+        fd_stats st;
+        fd_get_stats(f, &st);
+        if (mode == 1) /* recognised as a wrong answer, not mistaken for silence */
+            assert_true(st.bad_data > before.bad_data);
+        else           /* the rest of a cut frame never comes */
+            assert_true(st.timeouts + st.io_errors > before.timeouts + before.io_errors);
+        assert_int_equal(st.devices_down, 1);
+        pthread_mutex_lock(&s->lock);
+        s->garbage = 0;
+        pthread_mutex_unlock(&s->lock);
+        set_input(s, 4, (uint16_t)(50 + mode));
+        mark = lg.n;
+        assert_true(wait_reading(f, &lg, 0, 0, 50 + mode, mark, 10000));
+    }
     fd_stop(&f);
     pm_free(&m);
     free(lg.r);
@@ -774,6 +832,7 @@ int main(void)
         cmocka_unit_test(test_deadband_and_heartbeat),
         cmocka_unit_test(test_outage_and_recovery),
         cmocka_unit_test(test_exception_fails_its_point_only),
+        cmocka_unit_test(test_garbage_and_short_frames),
         cmocka_unit_test(test_write_within_limits),
         cmocka_unit_test(test_write_refused_without_touching_the_device),
         cmocka_unit_test(test_dead_devices_do_not_stall_a_good_one),
