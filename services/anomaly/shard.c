@@ -17,7 +17,8 @@
 
 /* Alert families, for suido_anomaly_alerts_total{family="..."}. */
 static const char *const FAMILIES[] = {"limit",     "rate",    "stuck",     "missing",
-                                       "deviation", "balance", "pump_flow", "learned"};
+                                       "deviation", "balance", "pump_flow", "learned",
+                                       "bad_quality"};
 #define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])
 
 /* An open-addressing table of (gateway, subject) keys with dense entries 0..used-1: subject is a
@@ -44,6 +45,7 @@ typedef struct chan_state {
     double last_value;  /* the reading with the latest timestamp, for relations */
     uint64_t last_ms;
     int has_value;
+    int bad_raised;     /* a bad_quality episode is open: raised, not yet ended by a GOOD reading */
 } chan_state;
 
 typedef struct rel_state {
@@ -67,7 +69,7 @@ struct shard {
     live_rows *rows;
     const shard_batch *cur; /* the batch being fed, for the learned callback */
     cm_metric *checked, *raised, *cleared, *untracked, *rel_untracked, *learned_untracked,
-        *learned_late, *learned_rows, *future, *family[N_FAMILIES];
+        *learned_late, *learned_rows, *future, *bad_quality, *family[N_FAMILIES];
 };
 
 void shard_limits_default(shard_limits *l)
@@ -201,6 +203,9 @@ cm_err shard_new(const cm_profile *p, const learned_model *model, const shard_li
         s->future = cm_metric_counter(
             mx, "suido_anomaly_future_readings_total",
             "readings ignored because they are stamped ahead of this shard's clock");
+        s->bad_quality = cm_metric_counter(
+            mx, "suido_anomaly_bad_quality_readings_total",
+            "readings of quality BAD (device not answering): judged by no detector");
     }
     *out = s;
     return CM_OK;
@@ -259,6 +264,38 @@ static void on_row(void *ctx, const live_rows_row *row)
          row->start_ms, s->cur->received_ms);
 }
 
+/* A reading of quality BAD: its value is no measurement, so no detector sees it and it does not
+ * become the channel's latest reading; the first of an episode raises bad_quality (see shard.h). */
+static void bad_reading(shard *s, const shard_batch *b, chan_state *cs,
+                        const Suido__MappedReading *r)
+{
+    if (b->site && strcmp(cs->site, b->site) != 0)
+        snprintf(cs->site, sizeof cs->site, "%s", b->site);
+    if (cs->bad_raised)
+        return;
+    cs->bad_raised = 1;
+    anomaly_event e = {.rule = "bad_quality", .family = "bad_quality",
+                       .severity = SUIDO__SEVERITY__SEVERITY_ALARM, .limit = NAN};
+    snprintf(e.evidence, sizeof e.evidence,
+             "no valid measurement: the gateway reports the device as not answering "
+             "(channel %s, gateway %s)", cs->ch->id, b->gateway_id);
+    emit(s, b->gateway_id, b->site, cs->ch->id, &e, cs->has_value ? cs->last_value : 0,
+         r->timestamp_ms, b->received_ms);
+}
+
+/* A GOOD reading after BAD ones: the device answers again, the episode ends. */
+static void good_again(shard *s, const shard_batch *b, chan_state *cs,
+                       const Suido__MappedReading *r)
+{
+    cs->bad_raised = 0;
+    anomaly_event e = {.rule = "bad_quality", .family = "bad_quality", .cleared = 1,
+                       .severity = SUIDO__SEVERITY__SEVERITY_INFO, .limit = NAN};
+    snprintf(e.evidence, sizeof e.evidence,
+             "valid measurement again: the device answers (channel %s, gateway %s)", cs->ch->id,
+             b->gateway_id);
+    emit(s, b->gateway_id, b->site, cs->ch->id, &e, r->value, r->timestamp_ms, b->received_ms);
+}
+
 /* The per-reading detectors of one (gateway, channel), in the order shard.h lists them; keeps
  * the latest reading for the relations. */
 static void check_reading(shard *s, const shard_batch *b, chan_state *cs,
@@ -268,6 +305,8 @@ static void check_reading(shard *s, const shard_batch *b, chan_state *cs,
     double v = r->value;
     uint64_t ts = r->timestamp_ms;
     anomaly_event ev[3];
+    if (cs->bad_raised && r->quality == SUIDO__QUALITY__QUALITY_GOOD)
+        good_again(s, b, cs, r);
     int n = anomaly_eval(&cs->rules, ch, v, ts, ev);
     for (int k = 0; k < n; k++)
         emit(s, b->gateway_id, b->site, ch->id, &ev[k], v, ts, b->received_ms);
@@ -387,11 +426,19 @@ void shard_feed(shard *s, const shard_batch *b, uint64_t now_ms)
         }
         int created;
         long k = table_get(&s->chans, gw, ch, ch->id, 1, &created);
+        if (k >= 0 && created)
+            s->chan[k].ch = ch;
+        if (r->quality == SUIDO__QUALITY__QUALITY_BAD) {
+            cm_metric_inc(s->bad_quality);
+            if (k < 0)
+                cm_metric_inc(s->untracked);
+            else
+                bad_reading(s, b, &s->chan[k], r);
+            continue; /* nor a row of the learned model */
+        }
         if (k < 0) {
             cm_metric_inc(s->untracked);
         } else {
-            if (created)
-                s->chan[k].ch = ch;
             cm_metric_inc(s->checked);
             check_reading(s, b, &s->chan[k], r, now_ms);
         }

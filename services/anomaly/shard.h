@@ -14,6 +14,14 @@
  *   - det_missing_seen with now_ms, the receive time (family "missing"), so that gateway clock
  *     skew is not mistaken for silence; shard_tick(now_ms) raises on silence;
  *   - the learned model, if the shard has one (family "learned", see live_rows.h).
+ * A reading of quality BAD (the gateway reports that the device did not answer: its value is no
+ * measurement) goes to none of these, nor becomes the channel's latest reading, so a channel
+ * with only BAD readings also goes silent for the missing-data check and for its relations; it
+ * is counted (suido_anomaly_bad_quality_readings_total) and the first of an episode raises
+ * rule "bad_quality" (family "bad_quality", severity ALARM, evidence naming channel and gateway;
+ * value: the channel's last valid reading, 0 if none; limit NAN); further BAD readings raise
+ * nothing until a GOOD reading of the channel ends the episode (cleared, INFO, with that
+ * reading's value); UNCERTAIN readings are checked as GOOD ones but end no episode.
  * After the batch, for each relation of the batch's site kind whose channels all have a latest
  * reading (none of them older than that channel's missing-data limit before the newest), and if
  * one of them is newer than what the relation last saw: det_balance_update (family "balance")

@@ -3,7 +3,9 @@
  * rule, severity and subject: limits and rate, stuck, deviation only where the profile says
  * `deviation = yes`, pumps vs flow and tank balance (units converted) from the latest readings of
  * several batches, missing data raised by the tick and cleared when data flows again; the tables
- * are bounded and what does not fit is counted. */
+ * are bounded and what does not fit is counted. Readings of quality BAD reach no detector, no
+ * relation and no learned row, and raise one bad_quality alert per episode, ended by a GOOD
+ * reading. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -107,9 +109,10 @@ static uint64_t at(double t_s)
     return T0 + (uint64_t)llround(t_s * 1000.0);
 }
 
-/* One batch of gateway gw (site kind kind) with n readings at t_s, received at the same time. */
-static void feed(shard *sh, const char *gw, const char *site, const char *kind, double t_s,
-                 size_t n, const char *const *channels, const double *values)
+/* One batch of gateway gw (site kind kind) with n readings of quality q at t_s, received at the
+ * same time. */
+static void feedq(shard *sh, const char *gw, const char *site, const char *kind, double t_s,
+                  size_t n, const char *const *channels, const double *values, Suido__Quality q)
 {
     Suido__MappedReading mr[16], *ptr[16];
     assert_true(n <= 16);
@@ -118,11 +121,24 @@ static void feed(shard *sh, const char *gw, const char *site, const char *kind, 
         mr[i].channel = (char *)channels[i];
         mr[i].value = values[i];
         mr[i].timestamp_ms = at(t_s);
+        mr[i].quality = q;
         ptr[i] = &mr[i];
     }
     shard_batch b = {.gateway_id = gw, .site = site, .site_kind = kind, .readings = ptr,
                      .n_readings = n, .received_ms = at(t_s) + 7};
     shard_feed(sh, &b, at(t_s));
+}
+
+static void feed(shard *sh, const char *gw, const char *site, const char *kind, double t_s,
+                 size_t n, const char *const *channels, const double *values)
+{
+    feedq(sh, gw, site, kind, t_s, n, channels, values, SUIDO__QUALITY__QUALITY_GOOD);
+}
+
+static void feed1q(shard *sh, const char *gw, double t_s, const char *channel, double v,
+                   Suido__Quality q)
+{
+    feedq(sh, gw, "plant-01", "plant", t_s, 1, &channel, &v, q);
 }
 
 static void feed1(shard *sh, const char *gw, double t_s, const char *channel, double v)
@@ -458,6 +474,149 @@ static void test_tables_bounded(void **state)
     assert_non_null(strstr(err, "powers of two"));
 }
 
+#define GOOD SUIDO__QUALITY__QUALITY_GOOD
+#define UNCERTAIN SUIDO__QUALITY__QUALITY_UNCERTAIN
+#define BAD SUIDO__QUALITY__QUALITY_BAD
+
+/* A device that stops answering: its first BAD reading raises bad_quality (ALARM) and nothing
+ * else, whatever the value (9.8 would be HH and a rate alarm); more BAD readings and UNCERTAIN
+ * ones do not end the episode, a GOOD one does; the next BAD reading opens a new one. */
+static void test_bad_quality_episode(void **state)
+{
+    (void)state;
+    cm_metrics *mx = cm_metrics_new("anomaly-test", NULL);
+    shard *sh = new_shard(NULL, mx);
+    feed1q(sh, "gw-20", 0, "plant.level", 5.0, GOOD);
+    feed1q(sh, "gw-20", 1, "plant.level", 9.8, BAD);
+    assert_int_equal(NR, 1);
+    const rec *b = first("gw-20", "bad_quality", 0);
+    assert_string_equal(b->id, "gw-20/plant.level/bad_quality");
+    assert_string_equal(b->rule, "bad_quality");
+    assert_string_equal(b->subject, "plant.level");
+    assert_string_equal(b->site, "plant-01");
+    assert_int_equal(b->severity, SUIDO__SEVERITY__SEVERITY_ALARM);
+    assert_string_equal(b->evidence, "no valid measurement: the gateway reports the device as "
+                                     "not answering (channel plant.level, gateway gw-20)");
+    /* the BAD value is passed on nowhere: the alert carries the last valid reading */
+    assert_true(b->value == 5.0 && b->ts == at(1) && b->received == at(1) + 7);
+    feed1q(sh, "gw-20", 2, "plant.level", 0.1, BAD); /* same episode: nothing (not LL either) */
+    feed1q(sh, "gw-20", 3, "plant.level", 5.01, UNCERTAIN); /* checked, ends nothing */
+    assert_int_equal(NR, 1);
+    feed1q(sh, "gw-20", 4, "plant.level", 5.02, GOOD);
+    assert_int_equal(NR, 2);
+    const rec *c = first("gw-20", "bad_quality", 1);
+    assert_string_equal(c->id, "gw-20/plant.level/bad_quality");
+    assert_int_equal(c->severity, SUIDO__SEVERITY__SEVERITY_INFO);
+    assert_true(c->value == 5.02 && c->ts == at(4));
+    assert_non_null(strstr(c->evidence, "plant.level"));
+    assert_non_null(strstr(c->evidence, "gw-20"));
+    feed1q(sh, "gw-20", 5, "plant.level", 5.03, GOOD); /* nothing to end */
+    assert_int_equal(NR, 2);
+    feed1q(sh, "gw-20", 6, "plant.level", 5.03, BAD); /* a new episode */
+    assert_int_equal(count("gw-20", "bad_quality", 0), 2);
+    /* per (gateway, channel): another channel, another gateway, each its own episode */
+    feed1q(sh, "gw-20", 7, "plant.turbidity", 1.0, BAD);
+    feed1q(sh, "gw-21", 7, "plant.level", 5.0, BAD);
+    feed1q(sh, "gw-20", 8, "plant.level", 5.03, BAD);
+    assert_int_equal(count("gw-20", "bad_quality", 0), 3);
+    assert_int_equal(count("gw-21", "bad_quality", 0), 1);
+    assert_string_equal(first("gw-21", "bad_quality", 0)->id, "gw-21/plant.level/bad_quality");
+    assert_true(first("gw-21", "bad_quality", 0)->value == 0); /* no valid reading ever */
+    assert_int_equal(count(NULL, NULL, -1), 5); /* no limit, rate or other alert at all */
+    assert_int_equal(metric(mx, "suido_anomaly_bad_quality_readings_total"), 6);
+    assert_int_equal(metric(mx, "suido_anomaly_checked_total"), 4);
+    assert_int_equal(metric(mx, "suido_anomaly_alerts_total{family=\"bad_quality\"}"), 4);
+    assert_int_equal(metric(mx, "suido_anomaly_alerts_raised_total"), 4);
+    assert_int_equal(metric(mx, "suido_anomaly_alerts_cleared_total"), 1);
+    shard_destroy(&sh);
+    cm_metrics_destroy(&mx);
+}
+
+/* BAD readings feed no detector: a repeated value does not look stuck, an outlier is no
+ * deviation, a zero flow does not contradict running pumps (the relation keeps the last valid
+ * flow, which goes stale), and a channel with only BAD readings is silent for the missing-data
+ * check. */
+static void test_bad_quality_feeds_no_detector(void **state)
+{
+    (void)state;
+    cm_metrics *mx = cm_metrics_new("anomaly-test", NULL);
+    shard *sh = new_shard(NULL, mx);
+    for (int t = 0; t <= 70; t++)
+        feed1q(sh, "gw-22", t, "plant.level", 5.0, BAD);
+    assert_int_equal(count("gw-22", "stuck", -1), 0);
+    const char *ch[2] = {"plant.chlorine", "plant.turbidity"};
+    for (int t = 0; t < 300; t++) {
+        int outlier = t >= 200 && t < 205;
+        double v = outlier ? 4.0 : 1.0 + 0.02 * sin(1.7 * t) + 0.01 * cos(0.3 * t);
+        double vals[2] = {v, v};
+        feedq(sh, "gw-22", "plant-22", "plant", t, 2, ch, vals, outlier ? BAD : GOOD);
+    }
+    assert_int_equal(count("gw-22", "deviation", -1), 0);
+    const char *st[2] = {"plant.pump1_status", "plant.pump2_status"};
+    const double on_off[2] = {1, 0};
+    feed1q(sh, "gw-23", 0, "plant.flow", 80.0, GOOD);
+    for (int t = 0; t < 100; t++) {
+        feed(sh, "gw-23", "plant-23", "plant", t, 2, st, on_off);
+        feed1q(sh, "gw-23", t + 0.5, "plant.flow", 0.0, BAD);
+    }
+    assert_int_equal(count("gw-23", "pump_flow", -1), 0);
+    assert_int_equal(count("gw-23", "bad_quality", 0), 1);
+    /* BAD only since t = 0.5: after the 6 s limit the flow is missing data */
+    shard_tick(sh, at(100));
+    int flow_missing = 0;
+    for (size_t i = 0; i < NR; i++)
+        flow_missing += strcmp(R[i].id, "gw-23/plant.flow/missing") == 0 && !R[i].cleared;
+    assert_int_equal(flow_missing, 1);
+    shard_destroy(&sh);
+    cm_metrics_destroy(&mx);
+}
+
+/* With a learned model, BAD readings make no row: the model never judges a made-up value. */
+static void test_bad_quality_makes_no_learned_row(void **state)
+{
+    (void)state;
+    static const char TEXT[] = "[profile]\nname = k\nversion = 1\n"
+                               "[channel k.a]\nquantity = q\nunit = m\nrange = 0, 100\n"
+                               "period_s = 60\n"
+                               "[channel k.b]\nquantity = q\nunit = m\nrange = 0, 100\n"
+                               "period_s = 60\n";
+    char err[CM_CONF_ERRLEN];
+    cm_profile *p = NULL;
+    assert_int_equal(cm_profile_load_text("k.conf", TEXT, strlen(TEXT), &p, err), CM_OK);
+    enum { N = 200 };
+    double v[N * 2];
+    unsigned char use[N], brk[N] = {1};
+    memset(use, 1, sizeof use);
+    for (int t = 0; t < N; t++) {
+        v[2 * t] = 50 + 10 * sin(t / 5.0);
+        v[2 * t + 1] = 30 + 5 * cos(t / 7.0);
+    }
+    const char *ids[2] = {"k.a", "k.b"};
+    learned_data d = {.n_rows = N, .n_ch = 2, .v = v, .use = use, .brk = brk};
+    learned_params par;
+    learned_params_default(&par);
+    learned_model *m = NULL;
+    char lerr[LEARNED_ERRLEN];
+    if (learned_train(p, ids, 2, 60, &d, &par, &m, lerr) != CM_OK)
+        fail_msg("%s", lerr);
+    cm_metrics *mx = cm_metrics_new("anomaly-test", NULL);
+    shard *sh = NULL;
+    char serr[SHARD_ERRLEN];
+    assert_int_equal(shard_new(p, m, NULL, mx, on_alert, NULL, &sh, serr), CM_OK);
+    for (int t = 0; t < 10; t++)
+        feedq(sh, "gw-24", "k-24", "k", 60.0 * t, 2, ids, &v[2 * t], BAD);
+    assert_int_equal(metric(mx, "suido_anomaly_learned_rows_total"), 0);
+    assert_int_equal(count("gw-24", "bad_quality", 0), 2);
+    for (int t = 10; t < 20; t++) /* the control: valid readings make rows */
+        feedq(sh, "gw-24", "k-24", "k", 60.0 * t, 2, ids, &v[2 * t], GOOD);
+    assert_true(metric(mx, "suido_anomaly_learned_rows_total") > 0);
+    assert_int_equal(count("gw-24", "bad_quality", 1), 2);
+    shard_destroy(&sh);
+    cm_metrics_destroy(&mx);
+    learned_destroy(&m);
+    cm_profile_destroy(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -470,6 +629,9 @@ int main(void)
         cmocka_unit_test_setup(test_missing_uses_receive_time, reset),
         cmocka_unit_test_setup(test_future_reading_does_not_pin_the_latest, reset),
         cmocka_unit_test_setup(test_tables_bounded, reset),
+        cmocka_unit_test_setup(test_bad_quality_episode, reset),
+        cmocka_unit_test_setup(test_bad_quality_feeds_no_detector, reset),
+        cmocka_unit_test_setup(test_bad_quality_makes_no_learned_row, reset),
     };
     return cmocka_run_group_tests_name("shard", tests, setup, teardown);
 }

@@ -251,6 +251,10 @@ cm_err archive_agg_add(archive_agg *a, cm_sql *db, const Suido__StageMessage *m)
         const Suido__MappedReading *r = m->mapped[i];
         if (!r || !channel_ok(r->channel) || !isfinite(r->value) || r->timestamp_ms > INT64_MAX)
             continue;
+        /* BAD: the device did not answer and the value is no measurement; counted, it would
+         * show in trends and reports (and as the channel's latest value) as if measured */
+        if (r->quality == SUIDO__QUALITY__QUALITY_BAD)
+            continue;
         if (a->n + 2 > AGG_SLOTS - 1) {
             /* a batch with thousands of channel-minutes: written in pieces (its sums may then
              * differ in their last bits from a copy that grouped it otherwise) */

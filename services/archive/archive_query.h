@@ -9,6 +9,9 @@
  *                                                  (years of data stay small)
  *   readings_series (gateway, channel):            first and last reading time, last value
  *
+ * Readings of quality BAD (the gateway reports that the device did not answer) are in none of
+ * them: they stay only in their envelopes.
+ *
  * A batch's readings are added (archive_agg_add) when the batch is stored, and written
  * (archive_agg_flush, one upsert per gateway, channel and minute touched) in the same transaction,
  * just before it commits: the aggregates always describe exactly the stored batches, and a
@@ -32,8 +35,8 @@ cm_err archive_query_init(cm_sql *db);
 typedef struct archive_agg archive_agg;
 archive_agg *archive_agg_new(void);
 void archive_agg_destroy(archive_agg **a);
-/* Adds the mapped readings of a stored batch (non-finite values and malformed channel names are
- * skipped). When the pending set is full it is flushed into db first (the caller's transaction
+/* Adds the mapped readings of a stored batch (non-finite values, malformed channel names and
+ * readings of quality BAD, which are no measurements, are skipped; UNCERTAIN ones count). When the pending set is full it is flushed into db first (the caller's transaction
  * is open). */
 cm_err archive_agg_add(archive_agg *a, cm_sql *db, const Suido__StageMessage *m);
 /* Writes what is pending, inside the caller's open transaction; pending is empty afterwards

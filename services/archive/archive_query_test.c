@@ -1,6 +1,6 @@
 /* archive_query: the aggregates (written with their batch's transaction, back-fill and
- * duplicates, rollback, an early flush of a large transaction) and every read the monitor asks
- * for, on SQLite and, with SUIDO_SQL_TEST_PG naming a connection-string file (mode 0600) of an
+ * duplicates, rollback, an early flush of a large transaction, readings of quality BAD left out)
+ * and every read the monitor asks for, on SQLite and, with SUIDO_SQL_TEST_PG naming a connection-string file (mode 0600) of an
  * empty database, on PostgreSQL with the same SQL. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -44,6 +44,12 @@ static void make_batch(batch *b, const char *gw, size_t n, const char *const *ch
     }
     b->m.n_mapped = n;
     b->m.mapped = b->p;
+}
+
+static void set_quality(batch *b, const Suido__Quality *q)
+{
+    for (size_t i = 0; i < b->m.n_mapped; i++)
+        b->r[i].quality = q[i];
 }
 
 static void store(cm_sql *db, archive_agg *agg, batch *b)
@@ -325,6 +331,85 @@ static void audit(cm_sql *db)
     archive_query_free(r);
 }
 
+/* Rows of table for gateway gw (and channel, if not NULL). */
+static int64_t rows_of(cm_sql *db, const char *table, const char *gw, const char *channel)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE gateway=? AND (?='' OR channel=?)",
+             table);
+    cm_sql_stmt *st = NULL;
+    assert_int_equal(cm_sql_prepare(db, sql, &st), CM_OK);
+    cm_sql_bind_text(st, 1, gw);
+    cm_sql_bind_text(st, 2, channel ? channel : "");
+    cm_sql_bind_text(st, 3, channel ? channel : "");
+    assert_int_equal(cm_sql_step(st), CM_SQL_ROW);
+    int64_t n = cm_sql_column_int64(st, 0);
+    cm_sql_finalize(&st);
+    return n;
+}
+
+/* A reading of quality BAD is no measurement: no count, extreme, sum or last value of any
+ * minute, hour or series has it; UNCERTAIN readings count. */
+static void bad_quality(cm_sql *db)
+{
+    archive_agg *agg = archive_agg_new();
+    assert_non_null(agg);
+    static const char *const ch[] = {"treatment.turbidity", "treatment.turbidity",
+                                     "treatment.turbidity", "treatment.ph"};
+    const double v[] = {1.0, 1.5, 99, 7.0};
+    const int64_t dt[] = {0, 10000, 20000, 0};
+    const Suido__Quality qual[] = {SUIDO__QUALITY__QUALITY_GOOD, SUIDO__QUALITY__QUALITY_UNCERTAIN,
+                                   SUIDO__QUALITY__QUALITY_BAD, SUIDO__QUALITY__QUALITY_BAD};
+    batch b;
+    make_batch(&b, "gw-0002", 4, ch, v, dt);
+    set_quality(&b, qual);
+    store(db, agg, &b);
+    /* a batch of BAD readings only, in the next hour: nothing at all */
+    const int64_t later[] = {3600000, 3601000, 3602000, 3600000};
+    const Suido__Quality all_bad[] = {SUIDO__QUALITY__QUALITY_BAD, SUIDO__QUALITY__QUALITY_BAD,
+                                      SUIDO__QUALITY__QUALITY_BAD, SUIDO__QUALITY__QUALITY_BAD};
+    make_batch(&b, "gw-0002", 4, ch, v, later);
+    set_quality(&b, all_bad);
+    assert_int_equal(cm_sql_begin(db), CM_OK);
+    assert_int_equal(archive_agg_add(agg, db, &b.m), CM_OK);
+    assert_int_equal(archive_agg_pending(agg), 0);
+    assert_int_equal(cm_sql_commit(db), CM_OK);
+
+    assert_int_equal(rows_of(db, "readings_minute", "gw-0002", NULL), 1);
+    assert_int_equal(rows_of(db, "readings_hour", "gw-0002", NULL), 1);
+    assert_int_equal(rows_of(db, "readings_series", "gw-0002", "treatment.turbidity"), 1);
+    assert_int_equal(rows_of(db, "readings_series", "gw-0002", "treatment.ph"), 0);
+    Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
+    q.op = SUIDO__ARCHIVE_OP__TREND;
+    q.gateway_id = "gw-0002";
+    q.channel = "treatment.turbidity";
+    q.from_ms = (uint64_t)T0;
+    q.to_ms = (uint64_t)T0 + 2 * 3600000;
+    Suido__ArchiveReply *r = ask(db, &q, CM_OK);
+    assert_int_equal(r->n_points, 1);
+    assert_int_equal(r->points[0]->count, 2);
+    assert_true(r->points[0]->min == 1.0 && r->points[0]->max == 1.5);
+    assert_true(fabs(r->points[0]->mean - 1.25) < 1e-12);
+    assert_true(r->points[0]->last == 1.5 && r->points[0]->last_ms == (uint64_t)T0 + 10000);
+    archive_query_free(r);
+    q.channel = "treatment.ph";
+    r = ask(db, &q, CM_OK);
+    assert_int_equal(r->n_points, 0);
+    archive_query_free(r);
+    /* the gateway's latest reading is its latest measurement */
+    Suido__ArchiveRequest s = SUIDO__ARCHIVE_REQUEST__INIT;
+    s.op = SUIDO__ARCHIVE_OP__GATEWAY_STATS;
+    r = ask(db, &s, CM_OK);
+    const Suido__GatewayStats *g2 = NULL;
+    for (size_t i = 0; i < r->n_gateway_stats; i++)
+        if (strcmp(r->gateway_stats[i]->gateway_id, "gw-0002") == 0)
+            g2 = r->gateway_stats[i];
+    assert_non_null(g2);
+    assert_int_equal(g2->last_reading_ms, T0 + 10000);
+    archive_query_free(r);
+    archive_agg_destroy(&agg);
+}
+
 static void engine_checks(cm_sql *db)
 {
     assert_int_equal(archive_store_create_schema(db, "test"), CM_OK);
@@ -332,6 +417,7 @@ static void engine_checks(cm_sql *db)
     planning_and_stats(db);
     commands(db);
     audit(db);
+    bad_quality(db);
     Suido__ArchiveRequest q = SUIDO__ARCHIVE_REQUEST__INIT;
     q.op = SUIDO__ARCHIVE_OP__ALERT_LIST;
     archive_query_free(ask(db, &q, CM_ERR_INVAL));

@@ -46,6 +46,18 @@ cm_err gate_plant_reading(gate_plant *pl, const char *channel, double value, uin
     return CM_OK;
 }
 
+cm_err gate_plant_bad_at(gate_plant *pl, const char *channel, uint64_t ts_ms, uint64_t now_ms)
+{
+    if (!*channel || strlen(channel) >= sizeof pl->readings[0].channel)
+        return CM_ERR_INVAL;
+    if (ts_ms > now_ms && ts_ms - now_ms > CM_MAX_AHEAD_MS)
+        return CM_ERR_STALE;
+    gate_reading *r = (gate_reading *)gate_plant_get_reading(pl, channel);
+    if (r && ts_ms > r->bad_ms)
+        r->bad_ms = ts_ms;
+    return CM_OK;
+}
+
 cm_err gate_plant_reading_at(gate_plant *pl, const char *channel, double value, uint64_t ts_ms,
                              uint64_t now_ms)
 {
@@ -85,13 +97,16 @@ static double age_ms(const gate_reading *r, uint64_t now_ms)
     return r->ts_ms >= now_ms ? 0.0 : (double)(now_ms - r->ts_ms);
 }
 
+/* 1 when the device did not answer after r was taken: r is not the channel's current value. */
+static int superseded_by_bad(const gate_reading *r) { return r->bad_ms > r->ts_ms; }
+
 /* The fresh reading of channel id, or NULL; *c gets the channel (NULL if not in the profile). */
 static const gate_reading *fresh_reading(const cm_profile *p, const gate_plant *plant,
                                          const char *id, uint64_t now_ms, const cm_channel **c)
 {
     *c = cm_profile_channel_by_id(p, id);
     const gate_reading *r = gate_plant_get_reading(plant, id);
-    if (!*c || !r || age_ms(r, now_ms) > fresh_window_ms(*c))
+    if (!*c || !r || superseded_by_bad(r) || age_ms(r, now_ms) > fresh_window_ms(*c))
         return NULL;
     return r;
 }
@@ -266,6 +281,13 @@ gate_verdict gate_decide(const cm_profile *p, const char *site_kind, const gate_
         if (!r || !c)
             return refuse(out, "interlock_data_missing",
                           "interlock %s needs %s, which has no reading", unknown->id, missing);
+        if (superseded_by_bad(r))
+            return refuse(out, "interlock_data_missing",
+                          "interlock %s needs %s, whose device is not answering (reading of "
+                          "quality BAD %.1f s ago; last valid reading %.1f s old)",
+                          unknown->id, missing,
+                          r->bad_ms >= now_ms ? 0.0 : (double)(now_ms - r->bad_ms) / 1000.0,
+                          age_ms(r, now_ms) / 1000.0);
         return refuse(out, "interlock_data_missing",
                       "interlock %s needs %s, whose last reading is %.1f s old (fresh for %.1f s)",
                       unknown->id, missing, age_ms(r, now_ms) / 1000.0,

@@ -17,7 +17,8 @@
  *   "interlock:<id>"         the first interlock (file order) whose conditions all hold
  *   "interlock_data_missing" no interlock holds for sure, but one might: a channel it needs has
  *                            no fresh reading and its other conditions hold (fail safe)
- * A reading is fresh while now - ts <= max(3 * the channel's period_s, 10 s). An interlock with
+ * A reading is fresh while now - ts <= max(3 * the channel's period_s, 10 s) and no reading of
+ * quality BAD came after it (gate_plant_bad_at). An interlock with
  * a condition that is false on fresh data cannot hold, so stale data elsewhere in it does not
  * block the command. */
 #ifndef GATE_CHECK_H
@@ -33,8 +34,10 @@
 
 typedef struct gate_reading {
     char channel[96];   /* profile channel id */
-    double value;       /* in the profile's unit */
+    double value;       /* in the profile's unit: always a measurement (never a BAD reading's) */
     uint64_t ts_ms;
+    uint64_t bad_ms;    /* the newest BAD reading (device not answering), 0: none; while it is
+                         * newer than ts_ms the reading is not fresh (gate_plant_bad_at) */
 } gate_reading;
 
 typedef struct gate_sent {
@@ -64,6 +67,14 @@ cm_err gate_plant_reading(gate_plant *pl, const char *channel, double value, uin
  * data never failing safe. The verifier refuses such readings; this holds if one gets through. */
 cm_err gate_plant_reading_at(gate_plant *pl, const char *channel, double value, uint64_t ts_ms,
                              uint64_t now_ms);
+/* Records a reading of channel id of quality BAD at ts_ms: the gateway reports its device did
+ * not answer, so the reading's value is no measurement and is never recorded. The channel's held
+ * reading, if older, stops being fresh: an interlock that needs it fails safe
+ * (interlock_data_missing), max_step falls back to the last command, until a valid reading newer
+ * than ts_ms comes. Without a held reading there is nothing to mark (the channel has no reading
+ * either way). CM_ERR_STALE for ts_ms more than CM_MAX_AHEAD_MS ahead of now_ms (ignored, as
+ * gate_plant_reading_at does); CM_ERR_INVAL for an id that does not fit. */
+cm_err gate_plant_bad_at(gate_plant *pl, const char *channel, uint64_t ts_ms, uint64_t now_ms);
 /* Records a command sent to actuator id (value in the actuator's unit). Same errors. */
 cm_err gate_plant_commanded(gate_plant *pl, const char *actuator, double value, uint64_t ts_ms);
 /* The latest reading of channel id / the last command to actuator id, or NULL. */

@@ -1,6 +1,7 @@
 /* Unit tests of gate_check: one test per refusal reason, the order of the checks, unit
- * conversion, interlocks with limit names, stale data failing safe, and the commanded-vs-actual
- * follow check; plus the example profile's interlocks as the gate applies them. */
+ * conversion, interlocks with limit names, stale data and readings of quality BAD failing safe,
+ * and the commanded-vs-actual follow check; plus the example profile's interlocks as the gate
+ * applies them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -314,6 +315,69 @@ static void test_stale_data_fails_safe(void **state)
                         "ok");
 }
 
+/* A reading of quality BAD (the device did not answer) is no interlock input: the value held
+ * before it stops being fresh, so the interlock fails safe as on missing data until a newer
+ * valid reading comes; max_step steps from the last command instead of the feedback. */
+static void test_bad_reading_fails_safe(void **state)
+{
+    (void)state;
+    gate_plant pl;
+    gate_plant_init(&pl);
+    gate_plant_reading(&pl, "pumping.pump2_status", 0, T0);
+    gate_plant_reading(&pl, "pumping.tank_level", 3.0, T0);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0), "ok");
+    assert_int_equal(gate_plant_bad_at(&pl, "pumping.tank_level", T0 + 1000, T0 + 1000), CM_OK);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 1000),
+                        "interlock_data_missing");
+    assert_string_equal(dec.detail,
+                        "interlock pumping.last_pump_1 needs pumping.tank_level, whose device is "
+                        "not answering (reading of quality BAD 0.0 s ago; last valid reading "
+                        "1.0 s old)");
+    /* the BAD reading's value was never taken */
+    const gate_reading *r = gate_plant_get_reading(&pl, "pumping.tank_level");
+    assert_true(r->value == 3.0 && r->ts_ms == T0 && r->bad_ms == T0 + 1000);
+    /* a condition false on fresh data still settles it: pump 2 runs */
+    gate_plant_reading(&pl, "pumping.pump2_status", 1, T0 + 1000);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 1000), "ok");
+    gate_plant_reading(&pl, "pumping.pump2_status", 0, T0 + 1000);
+    /* a back-filled valid reading older than the BAD one does not make it current */
+    gate_plant_reading(&pl, "pumping.tank_level", 3.0, T0 + 500);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 1000),
+                        "interlock_data_missing");
+    /* a newer valid reading does; a late BAD reading older than it changes nothing */
+    gate_plant_reading(&pl, "pumping.tank_level", 0.3, T0 + 2000);
+    assert_int_equal(gate_plant_bad_at(&pl, "pumping.tank_level", T0 + 1500, T0 + 2000), CM_OK);
+    assert_string_equal(decide("pumping", &pl, "pump1", 0, "1", "operator", T0 + 2000),
+                        "interlock:pumping.last_pump_1");
+    /* only BAD readings, never a valid one: as missing as no reading at all */
+    gate_plant pl2;
+    gate_plant_init(&pl2);
+    gate_plant_reading(&pl2, "pumping.pump2_status", 0, T0);
+    assert_int_equal(gate_plant_bad_at(&pl2, "pumping.tank_level", T0, T0), CM_OK);
+    assert_null(gate_plant_get_reading(&pl2, "pumping.tank_level"));
+    assert_string_equal(decide("pumping", &pl2, "pump1", 0, "1", "operator", T0),
+                        "interlock_data_missing");
+    assert_string_equal(dec.detail,
+                        "interlock pumping.last_pump_1 needs pumping.tank_level, which has no "
+                        "reading");
+    /* stamped far ahead: ignored like any such reading; an id that does not fit */
+    assert_int_equal(gate_plant_bad_at(&pl, "pumping.tank_level", T0 + 3600000, T0 + 2000),
+                     CM_ERR_STALE);
+    assert_true(gate_plant_get_reading(&pl, "pumping.tank_level")->bad_ms == T0 + 1500);
+    assert_int_equal(gate_plant_bad_at(&pl, "", T0, T0), CM_ERR_INVAL);
+
+    /* feedback: the dose reads 1.0, the last command was 3.0; once the dose meter stops
+     * answering the step is measured from the command */
+    normal_plant(&pl, T0);
+    assert_int_equal(gate_plant_commanded(&pl, "treatment.dosing", 3.0, T0 - 600000), CM_OK);
+    assert_int_equal(gate_plant_reading(&pl, "treatment.dose", 1.0, T0), CM_OK);
+    assert_string_equal(decide("treatment", &pl, "dosing", 2.5, "mg/L", "operator", T0),
+                        "max_step");
+    assert_int_equal(gate_plant_bad_at(&pl, "treatment.dose", T0 + 1, T0 + 1), CM_OK);
+    assert_string_equal(decide("treatment", &pl, "dosing", 2.5, "mg/L", "operator", T0 + 1),
+                        "ok");
+}
+
 /* Each check wins over every later one: a request failing checks k and k+1 gets reason k. */
 static void test_order_of_checks(void **state)
 {
@@ -570,6 +634,7 @@ int main(void)
         cmocka_unit_test(test_min_interval),
         cmocka_unit_test(test_interlock_with_limit_names),
         cmocka_unit_test(test_stale_data_fails_safe),
+        cmocka_unit_test(test_bad_reading_fails_safe),
         cmocka_unit_test(test_order_of_checks),
         cmocka_unit_test(test_order_of_interlocks),
         cmocka_unit_test(test_future_reading_does_not_freeze_the_plant),

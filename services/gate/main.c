@@ -444,9 +444,16 @@ static void on_readings(void *ctx, void *arg, const char *peer)
     size_t future = 0;
     for (size_t i = 0; i < m->n_mapped; i++) {
         const Suido__MappedReading *r = m->mapped[i];
-        if (r->channel && isfinite(r->value) &&
-            gate_plant_reading_at(plant, r->channel, r->value, r->timestamp_ms, now) ==
-                CM_ERR_STALE)
+        cm_err rc = CM_OK;
+        if (!r->channel)
+            continue;
+        /* a BAD reading is no measurement: never the channel's reading, and it makes the
+         * reading held before it stale (gate_plant_bad_at) */
+        if (r->quality == SUIDO__QUALITY__QUALITY_BAD)
+            rc = gate_plant_bad_at(plant, r->channel, r->timestamp_ms, now);
+        else if (isfinite(r->value))
+            rc = gate_plant_reading_at(plant, r->channel, r->value, r->timestamp_ms, now);
+        if (rc == CM_ERR_STALE)
             future++;
     }
     if (future) {

@@ -206,6 +206,9 @@ static void on_data(void *ctx, void *arg, const char *peer)
         mr[k].value = v;
         mr[k].unit = (char *)c->unit;
         mr[k].timestamp_ms = m->header->timestamp_ms + r->offset_ms;
+        /* passed on as reported: a BAD reading's value is no measurement, and each consumer
+         * (archive, shards, gate) must be able to tell */
+        mr[k].quality = r->quality;
         ptrs[k] = &mr[k];
         if (!c->confidential)
             kept[n_kept++] = &mr[k];
