@@ -386,8 +386,8 @@ static void run(agent *a)
     }
     /* orderly stop: what was measured goes into the outbox, then a short wait for acks */
     drain(a);
-    fd_stop(&a->dev); /* no more readings; what was measured is in the library's queue */
-    status_line(a, "stopping");
+    status_line(a, "stopping"); /* the device counters, before the threads are gone */
+    fd_stop(&a->dev);           /* no more readings; what was measured is in the library's queue */
     gateway_flush(a->gw);
     uint64_t until = cm_mono_ms() + STOP_ACK_WAIT_MS;
     while (gateway_queued(a->gw) && cm_mono_ms() < until) {
