@@ -30,14 +30,16 @@ LDFLAGS := $(SANFLAGS) -pie -Wl,-z,relro,-z,now
 LIBS := -lpaho-mqtt3as -lzmq -lprotobuf-c -lsqlite3 $(PQ_LIBS) -lssl -lcrypto -lgsl -lgslcblas -largon2 -loath \
         -lmicrohttpd -lgnutls -lpthread -lm
 
-SERVICES := registry ingest verify profile anomaly archive gate monitor
+SERVICES := registry ingest verify profile anomaly archive gate monitor sparkplug
 # libraries of one service only: the monitor reads and writes JSON (jansson)
 LIBS_monitor := -ljansson
 
-PROTO_C := $(GEN)/suido.pb-c.c
-PROTO_H := $(GEN)/suido.pb-c.h
+# suido's own messages, and the Sparkplug B payload (the Sparkplug host service decodes it)
+PROTOS := suido sparkplug_b
+PROTO_C := $(patsubst %,$(GEN)/%.pb-c.c,$(PROTOS))
+PROTO_H := $(patsubst %,$(GEN)/%.pb-c.h,$(PROTOS))
 COMMON_SRC := $(filter-out %_test.c,$(wildcard common/*.c))
-COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(COMMON_SRC)) $(OBJ)/gen/suido.pb-c.o
+COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(COMMON_SRC)) $(patsubst %,$(OBJ)/gen/%.pb-c.o,$(PROTOS))
 LIBCOMMON := $(BUILD)/libsuido-common.a
 # The gateway library (gateway/gateway.h): the field agent and the simulator both drive it.
 GATEWAY_SRC := $(filter-out %_test.c,$(wildcard gateway/*.c))
@@ -86,11 +88,11 @@ $(PLUGIN_ASAN): $(PLUGIN_DEP)
 deps:
 	@scripts/install-deps.sh
 
-$(PROTO_C) $(PROTO_H) &: proto/suido.proto
+$(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
 	@mkdir -p $(GEN)
-	protoc-c --proto_path=proto --c_out=$(GEN) proto/suido.proto
+	protoc-c --proto_path=proto --c_out=$(GEN) $<
 
-$(OBJ)/gen/suido.pb-c.o: $(PROTO_C)
+$(OBJ)/gen/%.pb-c.o: $(GEN)/%.pb-c.c
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -Werror -Wmissing-prototypes,$(CFLAGS)) -c $< -o $@
 

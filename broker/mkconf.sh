@@ -152,6 +152,14 @@ trap 'rm -f "$tmp_acl" "$tmp_conf" "$tmp_state"' EXIT
     echo
     echo "user monitor"
     echo "topic read suido/v1/alerts/#"
+    echo
+    # the Sparkplug host (services/sparkplug): reads the edge nodes' topics of every group, asks
+    # them for rebirths (NCMD) and writes its own STATE, the one retained topic (docs/sparkplug.md)
+    echo "user sparkplug"
+    echo "topic read spBv1.0/#"
+    echo "topic write spBv1.0/+/NCMD/+"
+    echo "topic write spBv1.0/+/DCMD/+/+"
+    echo "topic readwrite spBv1.0/STATE/suido"
 } >"$tmp_acl"
 grep -q '^topic ' "$tmp_acl" || die "the generated ACL is empty"
 
@@ -258,10 +266,11 @@ max_queued_messages 100000
 max_queued_bytes 134217728
 # MQTT 5 clients asking for a longer keepalive are told to use 120 s.
 max_keepalive 120
-# Nothing in suido uses retained messages. Refusing them outright means no stale command can be
-# retained on suido/v1/<gw>/cmd and replayed to a gateway at its next subscribe. A client that
-# publishes with the retain flag is disconnected.
-retain_available false
+# One retained topic only: a Sparkplug primary host's STATE (spBv1.0/STATE/<id>), which the
+# specification requires retained. The plugin denies every other retained publish and delivery,
+# so no stale command can be retained on suido/v1/<gw>/cmd and replayed to a gateway at its next
+# subscribe; the acl_file lets only the Sparkplug host write its STATE.
+retain_available true
 
 # ---------------------------------------------------------------- persistence
 persistence true

@@ -254,6 +254,22 @@ static const entry *find(const cm_conf *c, const char *section, const char *key)
     return NULL;
 }
 
+int cm_conf_entry(const cm_conf *c, const char *section, size_t i, const char **key,
+                  const char **value, int *line)
+{
+    for (size_t k = 0; k < c->n_entries; k++) {
+        if (strcmp(c->entries[k].section, section) != 0)
+            continue;
+        if (i-- == 0) {
+            *key = c->entries[k].key;
+            *value = c->entries[k].value;
+            *line = c->entries[k].line;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 const char *cm_conf_get(const cm_conf *c, const char *section, const char *key)
 {
     const entry *e = find(c, section, key);

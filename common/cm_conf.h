@@ -56,6 +56,11 @@ cm_err cm_conf_long(const cm_conf *c, const char *section, const char *key, long
 cm_err cm_conf_double(const cm_conf *c, const char *section, const char *key, double dflt,
                       double *out, char err[CM_CONF_ERRLEN]);
 
+/* The i-th key of section (0-based, file order): 1 with *key, *value and *line set, 0 past the
+ * last. For sections whose keys are names chosen by the file (a map), not by the daemon. */
+int cm_conf_entry(const cm_conf *c, const char *section, size_t i, const char **key,
+                  const char **value, int *line);
+
 /* Number of sections; cm_conf_section(c, i) is the i-th section's full name in file order. */
 size_t cm_conf_section_count(const cm_conf *c);
 const char *cm_conf_section(const cm_conf *c, size_t i);

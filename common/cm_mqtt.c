@@ -53,6 +53,7 @@ struct cm_mqtt {
     char *uri, *client_id, *ca_file, *cert_file, *key_file, *will_topic;
     void *will_payload;
     size_t will_len;
+    int will_retained;
     int clean_session, keepalive_s, max_inflight, verify_hostname, renew_on_loss;
     int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
     void (*on_connected)(void *ctx, int reconnect);
@@ -403,6 +404,7 @@ cm_err cm_mqtt_new(const cm_mqtt_opts *o, cm_mqtt **out)
         else
             fail = 1;
         m->will_len = o->will_len;
+        m->will_retained = o->will_retained != 0;
     }
     if (fail) {
         free_fields(m);
@@ -498,7 +500,7 @@ cm_err cm_mqtt_connect(cm_mqtt *m, int timeout_ms)
             will.payload.data = m->will_payload ? m->will_payload : "";
             will.payload.len = (int)m->will_len;
             will.qos = 1;
-            will.retained = 0;
+            will.retained = m->will_retained;
             co.will = &will;
         }
         int rc = MQTTAsync_connect(m->cli, &co);

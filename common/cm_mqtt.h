@@ -26,9 +26,10 @@ typedef struct cm_mqtt_opts {
     int verify_hostname;    /* 1: check the broker's certificate name against the URI host */
     int renew_on_loss;      /* 1: a lost connection is not reconnected by Paho: the application
                              * calls cm_mqtt_renew (see there) */
-    const char *will_topic; /* optional last will (QoS 1, not retained) */
+    const char *will_topic; /* optional last will (QoS 1) */
     const void *will_payload;
     size_t will_len;
+    int will_retained;      /* 1: the will is retained (a Sparkplug host's STATE) */
     /* Called for every message on Paho's thread. Return 1 when the message was handed on, 0 to
      * have Paho deliver it again (from its memory). */
     int (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);

@@ -9,7 +9,8 @@
  *   plugin_opt_sweep_ms     1000   how often identities that are not active are kicked again
  *                                  (0 = never; else 100..60000)
  *   plugin_opt_sweep_batch  64     at most this many identities per sweep (1..100000)
- *   plugin_opt_deny_retain  all    all: every retained PUBLISH/delivery is denied; cmd: only on
+ *   plugin_opt_deny_retain  all    all: every retained PUBLISH/delivery is denied (but a Sparkplug
+ *                                  host's spBv1.0/STATE/<id>); cmd: only on
  *                                  suido/v1/+/cmd
  *
  * Rules:
@@ -207,11 +208,52 @@ static bool is_cmd_topic(const char *t)
     return slash && slash != gw && strcmp(slash, "/cmd") == 0;
 }
 
+/* spBv1.0/STATE/<one level>: a Sparkplug primary host's STATE, the only retained topic */
+static bool is_state_topic(const char *t)
+{
+    static const char pre[] = "spBv1.0/STATE/";
+    return strncmp(t, pre, sizeof(pre) - 1) == 0 && t[sizeof(pre) - 1] &&
+           !strchr(t + sizeof(pre) - 1, '/');
+}
+
+/* A Sparkplug B edge node's rights (docs/sparkplug.md): its node id is its gateway id, so
+ * spBv1.0/<group>/{NBIRTH,NDATA,NDEATH}/<gw> and .../{DBIRTH,DDATA,DDEATH}/<gw>/<device> to
+ * publish, spBv1.0/<group>/NCMD/<gw> and .../DCMD/<gw>/<device or +> to subscribe, and the primary
+ * host's STATE to read. Any group, never another node's topics. */
+static bool sparkplug_may(const char *gw, const char *topic, int access)
+{
+    static const char pre[] = "spBv1.0/";
+    if (strncmp(topic, pre, sizeof(pre) - 1) != 0) return false;
+    const char *group = topic + sizeof(pre) - 1;
+    if (is_state_topic(topic)) return access != MOSQ_ACL_WRITE;
+    const char *type = strchr(group, '/');
+    if (!type || type == group || strchr("+#", *group)) return false;
+    type++;
+    const char *node = strchr(type, '/');
+    if (!node) return false;
+    node++;
+    size_t tl = (size_t)(node - 1 - type), gl = strlen(gw);
+    if (strncmp(node, gw, gl) != 0 || (node[gl] != '/' && node[gl] != '\0')) return false;
+    const char *device = node[gl] == '/' ? node + gl + 1 : NULL;
+    if (device && (!*device || strchr(device, '/') || strchr(device, '#'))) return false;
+    bool is_pub = access == MOSQ_ACL_WRITE;
+    if (device && strcmp(device, "+") == 0 && (is_pub || tl != 4)) return false;
+    static const char *const node_pub[] = {"NBIRTH", "NDATA", "NDEATH"};
+    static const char *const dev_pub[] = {"DBIRTH", "DDATA", "DDEATH"};
+    const char *const *list = is_pub ? (device ? dev_pub : node_pub) : NULL;
+    if (!is_pub) return tl == 4 && strncmp(type, device ? "DCMD" : "NCMD", 4) == 0;
+    for (size_t i = 0; i < 3; i++)
+        if (strlen(list[i]) == tl && strncmp(type, list[i], tl) == 0) return true;
+    return false;
+}
+
 /* A gateway's rights follow from its id alone (docs/architecture.md, "Broker ACL"): it publishes
  * its own birth, data, backfill, death and cmdres topics and subscribes to (and is delivered) its
- * own ack and cmd topics; nothing else. Exact topic names only, so wildcard filters are refused. */
+ * own ack and cmd topics; nothing else. Exact topic names only, so wildcard filters are refused
+ * (but for a Sparkplug node's DCMD/<gw>/+). */
 static bool gateway_may(const char *gw, const char *topic, int access)
 {
+    if (sparkplug_may(gw, topic, access)) return true;
     static const char pre[] = "suido/v1/";
     static const char *const pub[] = {"birth", "data", "backfill", "death", "cmdres"};
     static const char *const sub[] = {"ack", "cmd"};
@@ -794,8 +836,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
             logv(b1, sizeof(b1), user), logv(b3, sizeof(b3), ev->topic));
         return MOSQ_ERR_ACL_DENIED;
     }
+    /* retained: only a Sparkplug host's STATE (who may write it is the acl_file's to say) */
     if (ev->retain && (ev->access == MOSQ_ACL_WRITE || ev->access == MOSQ_ACL_READ) &&
-        (!p->retain_cmd_only || is_cmd_topic(ev->topic))) {
+        !is_state_topic(ev->topic) && (!p->retain_cmd_only || is_cmd_topic(ev->topic))) {
         p->c.denied_retain++;
         LOG(MOSQ_LOG_NOTICE, "event=denied reason=retain user=%s access=%s topic=%s",
             logv(b1, sizeof(b1), user), is_will ? "will" : access_name(ev->access),

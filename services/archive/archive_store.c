@@ -65,7 +65,7 @@ static const char SCHEMA[] =
 static const char *const SQL[ST__COUNT] = {
     [ST_BATCH] = "INSERT INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
                  "received_ms,site,readings,unknown_channels,key_id,encrypted,status,reason,"
-                 "envelope) VALUES(?,?,?,?,?,?,?,?,?,?,?,'verified',?,?) ON CONFLICT DO NOTHING",
+                 "envelope) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
     [ST_EVENT] = "INSERT INTO events(gateway,kind,boot_epoch,key_seq,device_ms,received_ms,"
                  "status,reason,envelope) VALUES(?,?,?,?,?,?,?,?,?)",
     [ST_REJECT] = "INSERT INTO rejects(received_ms,topic,gateway,boot_epoch,seq,reason,envelope)"
@@ -268,6 +268,11 @@ static cm_err run(archive_store *s, cm_sql_stmt *st, int64_t *changes)
 
 static cm_err step(archive_store *s, cm_sql_stmt *st) { return run(s, st, NULL); }
 
+const char *archive_status_verified(const Suido__StageMessage *m)
+{
+    return m->provenance == SUIDO__PROVENANCE__PROVENANCE_SPARKPLUG ? "transport" : "verified";
+}
+
 cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m)
 {
     const Suido__Header *h = m->header;
@@ -283,8 +288,9 @@ cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m)
     cm_sql_bind_int64(st, 9, (int64_t)m->unknown_channels);
     cm_sql_bind_text(st, 10, h->key_id ? h->key_id : "");
     cm_sql_bind_int64(st, 11, h->cipher != SUIDO__CIPHER__CIPHER_NONE);
-    cm_sql_bind_text(st, 12, m->reason ? m->reason : "ok");
-    cm_sql_bind_blob(st, 13, m->envelope.data, m->envelope.len);
+    cm_sql_bind_text(st, 12, archive_status_verified(m));
+    cm_sql_bind_text(st, 13, m->reason ? m->reason : "ok");
+    cm_sql_bind_blob(st, 14, m->envelope.data, m->envelope.len);
     int64_t changed = 0;
     cm_err rc = run(s, st, &changed);
     if (rc == CM_OK && changed == 0)
@@ -327,7 +333,8 @@ cm_err archive_store_event(archive_store *s, const Suido__StageMessage *m)
     cm_sql_bind_int64(st, 4, (int64_t)h->key_seq);
     cm_sql_bind_int64(st, 5, (int64_t)h->timestamp_ms);
     cm_sql_bind_int64(st, 6, (int64_t)m->received_ms);
-    cm_sql_bind_text(st, 7, m->status == SUIDO__VERIFY_STATUS__VERIFY_OK ? "verified" : "refused");
+    cm_sql_bind_text(st, 7, m->status == SUIDO__VERIFY_STATUS__VERIFY_OK ? archive_status_verified(m)
+                                                                         : "refused");
     cm_sql_bind_text(st, 8, m->reason ? m->reason : "");
     cm_sql_bind_blob(st, 9, m->envelope.data, m->envelope.len);
     return step(s, st);
@@ -344,6 +351,8 @@ cm_err archive_store_reject(archive_store *s, const Suido__StageMessage *m, cons
             memcpy(gw, t + 9, n);
             gw[n] = '\0';
         }
+    } else if (m->header && m->header->gateway_id) { /* a Sparkplug topic: the host names it */
+        snprintf(gw, sizeof gw, "%s", m->header->gateway_id);
     }
     cm_sql_stmt *st = s->st[ST_REJECT];
     cm_sql_bind_int64(st, 1, (int64_t)m->received_ms);

@@ -40,6 +40,10 @@ cm_err archive_store_begin(archive_store *s);
 cm_err archive_store_commit(archive_store *s);
 void archive_store_rollback(archive_store *s);
 
+/* What the archive can prove of an accepted record, kept in its status column: "verified" for a
+ * suido gateway's signed envelope (re-verifiable for ever), "transport" for a Sparkplug node's
+ * payload (authenticated by its TLS identity at the broker, not signed). */
+const char *archive_status_verified(const Suido__StageMessage *m);
 /* Adds a verified data/backfill batch. CM_ERR_DUPLICATE if (gateway, epoch, seq) is stored. */
 cm_err archive_store_batch(archive_store *s, const Suido__StageMessage *m);
 /* Adds a birth, death or command result. */

@@ -497,7 +497,9 @@ static int hold_input(void *ctx)
 static void audit_refusal(archiver *a, const Suido__StageMessage *m, const char *reason)
 {
     char detail[256], gw[65] = "", kind[16] = "";
-    cm_topic_parse(m->topic ? m->topic : "", gw, kind);
+    if (cm_topic_parse(m->topic ? m->topic : "", gw, kind) != CM_OK && m->header &&
+        m->header->gateway_id) /* a Sparkplug topic: the host names the node */
+        snprintf(gw, sizeof gw, "%s", m->header->gateway_id);
     snprintf(detail, sizeof detail, "reason=%s topic=%s epoch=%llu seq=%llu", reason,
              m->topic ? m->topic : "",
              m->header ? (unsigned long long)m->header->boot_epoch : 0ULL,
@@ -547,7 +549,10 @@ static void on_batch(void *ctx, void *arg, const char *peer)
         cm_metric_inc(a->batches);
         cm_metric_add(a->readings, m->header->reading_count);
     }
-    if (!archive_replica_following(a->repl)) { /* a standby acknowledges nothing */
+    /* a standby acknowledges nothing; nor does anyone a Sparkplug node (it has no outbox and
+     * listens for no ack) */
+    if (!archive_replica_following(a->repl) &&
+        m->provenance != SUIDO__PROVENANCE__PROVENANCE_SPARKPLUG) {
         archive_acks_mark(a->acks, m->header->gateway_id, m->header->boot_epoch, m->header->seq);
         if (rc == CM_ERR_DUPLICATE)
             archive_acks_rereport(a->acks, m->header->gateway_id);
@@ -912,9 +917,9 @@ static const cm_dispatch DISPATCH[] = {
     {"death", "profile", on_event},
     {"cmdres", "profile", on_batch}, /* numbered like data: stored, deduplicated and acked */
     {"command", "gate", on_command},
-    {"reject", "verify,profile", on_reject},
+    {"reject", "verify,profile,sparkplug", on_reject},
     {"alert", "anomaly,registry,gate", on_alert},
-    {"audit", "ingest,verify,profile,anomaly,registry,gate,monitor", on_audit},
+    {"audit", "ingest,verify,profile,anomaly,registry,gate,monitor,sparkplug", on_audit},
     {NULL, NULL, NULL},
 };
 

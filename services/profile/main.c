@@ -3,7 +3,8 @@
  * readings on to the archive and to the anomaly shard that owns their gateway. Stateless, so it
  * scales by replicas.
  *
- * Sockets: [input] PULL, CURVE server, allow-list: verify.
+ * Sockets: [input] PULL, CURVE server, allow-list: verify, and sparkplug (the Sparkplug host:
+ *          births, data and deaths of edge nodes, provenance SPARKPLUG).
  *          [output archive] PUSH to the archive.
  *          [output anomaly] one PUSH per anomaly shard; a gateway always goes to the same shard
  *          (FNV-1a of its id modulo the number of shards), so per-gateway state stays in one
@@ -367,10 +368,10 @@ static void on_new_profile(void *ctx, const char *kind, const char *id)
 }
 
 static const cm_dispatch DISPATCH[] = {
-    {"data", "verify", on_data},
+    {"data", "verify,sparkplug", on_data},
     {"backfill", "verify", on_data},
-    {"birth", "verify", on_birth},
-    {"death", "verify", on_death},
+    {"birth", "verify,sparkplug", on_birth},
+    {"death", "verify,sparkplug", on_death},
     {"cmdres", "verify", on_cmdres},
     {NULL, NULL, NULL},
 };

@@ -739,7 +739,7 @@ static void check_expiry(registry *r)
 
 /* The registry's whole attack surface: which peer may ask what. */
 static const cm_dispatch DISPATCH[] = {
-    {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate", on_get_gateway},
+    {"get_gateway", "verify,profile,anomaly,archive,suidoctl,monitor,gate,sparkplug", on_get_gateway},
     {"list_gateways", "archive,suidoctl,monitor,gate", on_list_gateways},
     {"set_gateway_state", "suidoctl", on_set_gateway_state},
     {"add_gateway", "suidoctl", on_add_gateway},

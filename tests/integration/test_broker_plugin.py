@@ -293,26 +293,25 @@ def test_sighup_keeps_the_plugin_working(suite, state):
 # ---------------------------------------------------------------- retain (suite broker)
 
 def test_retained_publish_on_own_data_topic_is_refused_and_never_stored(suite, pb):
-    """retain_available false: the broker itself closes the connection of an MQTT 3.1.1 client
-    that publishes with retain, before any ACL check. (The plugin's own retain check is shown on
-    the lab broker below, where retain is available.)"""
+    """Retain is available for a Sparkplug host's STATE only (broker/mkconf.sh): the plugin
+    denies a gateway's retained publish on its own data topic (counted, logged, never stored or
+    retained) and the gateway stays connected; its next plain publish is taken. A gateway may
+    not write a STATE topic either, retained or not."""
+    before = metric(suite, "suido_broker_denied_retain_total")
     c = gw_client(suite, "gw-0001")
     assert c.connect()
     try:
         c.c.publish("suido/v1/gw-0001/data",
                     envelope(pb, suite, "gw-0001", 1, [("level", 5.0)], epoch=7611),
                     qos=1, retain=True)
-        assert cut_within(c, CUT_WITHIN), "a retained publish did not end the connection"
-    finally:
-        c.close()
-    g = gw_client(suite, "gw-0001")
-    assert g.connect()
-    try:
-        g.publish("suido/v1/gw-0001/data",
+        c.c.publish("spBv1.0/STATE/suido", b'{"online":false,"timestamp":1}', qos=1, retain=True)
+        c.publish("suido/v1/gw-0001/data",
                   envelope(pb, suite, "gw-0001", 1, [("level", 5.0)], epoch=7612))
         assert wait_until(lambda: suite.seen(7612) == 1, 10)
+        assert not cut_within(c, 0.5)
     finally:
-        g.close()
+        c.close()
+    assert metric_reaches(suite, "suido_broker_denied_retain_total", before + 1)
     assert suite.seen(7611) == 0
 
 

@@ -2,6 +2,7 @@
  * live databases read-only through SQLite, the deployment CA certificate and the backup keys
  * named in suidoctl.conf, and talks to no service. */
 #include "backup.h"
+#include "sparkplug_b.pb-c.h"
 #include "backup_manifest.h"
 
 #include <errno.h>
@@ -51,6 +52,7 @@ typedef struct content {
     uint64_t batches, readings, gateways;
     cm_audit_check_result audit;
     uint64_t sig_ok, sig_disposed, sig_failed;
+    uint64_t sig_transport; /* Sparkplug records: not signed, authenticated by TLS at the broker */
     char disposed[MAX_DISPOSED_NAMES][65]; /* gateways whose batches are unverifiable */
     size_t n_disposed, more_disposed;
     int checked_signatures;
@@ -144,9 +146,10 @@ static void print_json(const report *r)
            r->c.batches, r->c.readings, r->c.gateways, r->c.audit.entries);
     json_string(r->c.audit.head_hex);
     printf(",\"signatures\":{\"checked\":%s,\"verified\":%" PRIu64
-           ",\"unverifiable_disposed\":%" PRIu64 ",\"failed\":%" PRIu64 ",\"disposed_gateways\":[",
+           ",\"unverifiable_disposed\":%" PRIu64 ",\"transport\":%" PRIu64 ",\"failed\":%" PRIu64
+           ",\"disposed_gateways\":[",
            r->c.checked_signatures ? "true" : "false", r->c.sig_ok, r->c.sig_disposed,
-           r->c.sig_failed);
+           r->c.sig_transport, r->c.sig_failed);
     for (size_t i = 0; i < r->c.n_disposed; i++) {
         if (i)
             putchar(',');
@@ -177,6 +180,10 @@ static void print_signature_line(const content *c)
     if (c->more_disposed)
         printf(" and %zu more", c->more_disposed);
     printf("), %" PRIu64 " failed\n", c->sig_failed);
+    if (c->sig_transport)
+        printf("               %" PRIu64 " transport only: Sparkplug B records, authenticated by "
+               "their node's TLS identity at the broker, not signed (nothing to re-verify)\n",
+               c->sig_transport);
 }
 
 /* The summary of a successful verify (stdout) or the reasons of a refusal (stderr). */
@@ -551,6 +558,18 @@ static void check_batch(const gwkey *keys, size_t nkeys, const gwkey **g, cm_sql
         batch_failed(c, r, alabel, gw, epoch, seq, "its gateway is not in the registry");
         return;
     }
+    if (strcmp(cm_sql_column_text(st, 5), "transport") == 0) {
+        /* a Sparkplug node's payload as received: nothing was signed, so nothing re-verifies;
+         * what is checked is that the record is still a Sparkplug payload */
+        Org__Eclipse__Tahu__Protobuf__Payload *p =
+            org__eclipse__tahu__protobuf__payload__unpack(NULL, env_len, env_bytes);
+        if (p)
+            c->sig_transport++;
+        else
+            batch_failed(c, r, alabel, gw, epoch, seq, "its Sparkplug payload does not decode");
+        org__eclipse__tahu__protobuf__payload__free_unpacked(p, NULL);
+        return;
+    }
     if ((*g)->disposed) {
         c->sig_disposed++;
         note_disposed(c, gw);
@@ -585,7 +604,7 @@ static void check_batch(const gwkey *keys, size_t nkeys, const gwkey **g, cm_sql
         c->sig_ok++;
 }
 
-#define BATCH_COLS "SELECT gateway, boot_epoch, seq, readings, envelope FROM batches "
+#define BATCH_COLS "SELECT gateway, boot_epoch, seq, readings, envelope, status FROM batches "
 #define BATCH_PAGE 1000
 
 /* Re-verifies every stored batch envelope: its signature over (header, body) with the signing key
@@ -600,7 +619,7 @@ static int check_signatures(cm_sql *arch, const char *alabel, cm_sql *reg, const
     if (!load_gwkeys(reg, rlabel, &keys, &nkeys, r))
         return 0;
     c->checked_signatures = 1;
-    c->sig_ok = c->sig_disposed = c->sig_failed = 0;
+    c->sig_ok = c->sig_disposed = c->sig_failed = c->sig_transport = 0;
     cm_sql_stmt *first = NULL, *next = NULL;
     if (cm_sql_prepare(arch, BATCH_COLS "ORDER BY gateway, boot_epoch, seq LIMIT 1000", &first) !=
             CM_OK ||
@@ -1487,9 +1506,9 @@ int archive_verify_live(const cm_conf *conf, int json)
     if (json) {
         printf("{\"ok\":%s,\"batches\":%" PRIu64 ",\"readings\":%" PRIu64
                ",\"verified\":%" PRIu64 ",\"unverifiable_disposed\":%" PRIu64
-               ",\"failed\":%" PRIu64 ",\"audit_entries\":%" PRIu64 "}\n",
+               ",\"transport\":%" PRIu64 ",\"failed\":%" PRIu64 ",\"audit_entries\":%" PRIu64 "}\n",
                ok ? "true" : "false", r.c.batches, r.c.readings, r.c.sig_ok, r.c.sig_disposed,
-               r.c.sig_failed, r.c.audit.entries);
+               r.c.sig_transport, r.c.sig_failed, r.c.audit.entries);
     } else {
         printf("archive %s: %s\n", apath, ok ? "OK" : "PROBLEMS");
         printf("  audit chain  %" PRIu64 " entries\n", r.c.audit.entries);

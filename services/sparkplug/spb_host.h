@@ -1,0 +1,76 @@
+/* spb_host: the Sparkplug B (spBv1.0, Sparkplug 3.0) host application's logic, without I/O.
+ *
+ * spb_host_handle takes one message from the broker (topic, payload, receipt time) and says what
+ * to do: forward a record to the pipeline (a suido birth, data batch or death of the node's
+ * gateway), refuse it (with a reason: counted, audited, stored as a refusal), and whether to ask
+ * the node for a rebirth (NCMD "Node Control/Rebirth"). Per edge node it keeps the session:
+ *
+ *  - NBIRTH starts a session: its metrics (name, alias, datatype, engUnit property) and its
+ *    bdSeq; every device's session ends. The session is numbered for the archive like a suido
+ *    gateway's boot: boot_epoch = the NBIRTH's receipt in ms (always above the previous one),
+ *    records seq 1, 2, ... DBIRTH adds a device's metrics; each birth forwarded declares every
+ *    mapped channel of the node's session so far (the registry keeps the latest declaration).
+ *  - NDATA/DDATA by alias (or by name for a metric born without one); each mapped metric becomes
+ *    a reading of its profile channel (is_null: quality BAD). Unmapped metrics are skipped.
+ *  - NDEATH ends the session only when its bdSeq is the NBIRTH's; DDEATH ends a device's, and
+ *    its mapped channels get one reading of quality BAD each (never silence).
+ *  - seq 0..255 over NBIRTH, DBIRTH, NDATA, DDATA and DDEATH of a node; a gap is counted and asks
+ *    for a rebirth (the message itself is kept).
+ *  - a message before its birth, with an unknown alias, a metric without the alias it was born
+ *    with, a value of another datatype, a malformed payload or an oversize one is refused whole
+ *    and, where a rebirth would repair it, asks for one.
+ *  - rebirth requests to one node: at most one per rebirth_interval_ms; NBIRTHs of one node
+ *    above births_per_minute are refused ("rebirth_storm").
+ *
+ * Not thread-safe: one caller (the host's MQTT callback thread). */
+#ifndef SPB_HOST_H
+#define SPB_HOST_H
+#include <stdint.h>
+#include "spb_map.h"
+#include "suido.pb-c.h"
+
+#define SPB_MAX_PAYLOAD 65536 /* the broker's maximum packet */
+#define SPB_MAX_METRICS 1024  /* per message and per session */
+
+typedef struct spb_host spb_host;
+
+typedef struct spb_limits {
+    uint64_t rebirth_interval_ms; /* 0 -> 5000 */
+    unsigned births_per_minute;   /* 0 -> 6 */
+    uint64_t max_ahead_ms;        /* timestamps ahead of the host's clock; 0 -> 10000 */
+} spb_limits;
+
+typedef struct spb_result {
+    /* NULL: accepted. Otherwise why it was refused: "bad_topic", "unknown_node", "oversize",
+     * "malformed", "too_many_metrics", "no_bdseq", "rebirth_storm", "data_before_birth",
+     * "unknown_alias", "missing_alias", "unnamed_metric", "duplicate_alias",
+     * "datatype_mismatch", "timestamp_ahead", "stale_death" */
+    const char *refused;
+    char detail[SPB_NAME_MAX + 1]; /* "" or the metric concerned, for the log and audit */
+    int ignored;         /* 1: a command (NCMD/DCMD) of a host, heard on the group's topics */
+    char node[SPB_ID_MAX + 1];
+    char type[8];        /* NBIRTH, NDATA, ... ("" when the topic did not parse) */
+    int seq_gap;         /* 1: the seq was not the one expected (counted; the message is kept) */
+    int rebirth;         /* 1: send the node a rebirth request now (already rate-limited) */
+    /* A record for the pipeline (kind birth, data or death), or NULL; owned by the result. Its
+     * topic is suido/v1/<gw>/<kind>, envelope the payload as received, provenance SPARKPLUG.
+     * site and site_kind are the caller's to set. */
+    Suido__StageMessage *record;
+    unsigned readings, skipped; /* readings in the record; metrics not mapped to a channel */
+} spb_result;
+
+spb_host *spb_host_new(const spb_map *map, const spb_limits *limits);
+void spb_host_destroy(spb_host **h);
+
+/* Handles one message; res is filled (call spb_result_clear after use). */
+void spb_host_handle(spb_host *h, const char *topic, const uint8_t *payload, size_t len,
+                     uint64_t now_ms, spb_result *res);
+void spb_result_clear(spb_result *res);
+
+/* Online nodes, for the metrics. */
+unsigned spb_host_online(const spb_host *h);
+
+/* The NCMD payload asking for a rebirth ("Node Control/Rebirth" = true), malloc'd into *out. */
+cm_err spb_rebirth_payload(uint64_t now_ms, uint8_t **out, size_t *len);
+
+#endif

@@ -1,0 +1,319 @@
+"""Sparkplug B edge nodes feeding suido through suido-sparkplug, end to end: a real Mosquitto with
+the suite's plugin, the real services, and edge nodes driven by Paho (tests/sparkplug/edge_node.py)
+whose payloads are built by python3-protobuf from a .proto written separately from the service's
+(tests/sparkplug/sparkplug_b.proto), so the host's decoder is checked against another
+implementation. Births, data by alias, deaths with their bdSeq; a seq gap asks for a rebirth;
+unknown aliases, metrics without their alias, datatype mismatches, malformed and oversize
+payloads, data before birth and a rebirth storm are refused, counted and audited; one node cannot
+publish on another's topics; the host's STATE is retained, with a will; records are stored with
+their provenance ("transport") and `suidoctl archive verify` says so."""
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from suite import TOP, Suite, wait_until
+
+sys.path.insert(0, str(TOP / "tests" / "sparkplug"))
+from edge_node import DataType, EdgeNode, decode  # noqa: E402
+
+GROUP = "Plant1"
+NODE = "gw-spb-01"
+OTHER = "gw-spb-02"
+
+MAP = f"""
+[node {NODE}]
+group = {GROUP}
+
+[channels {NODE}]
+flow = Pump1/Flow
+suction_pressure = Pump1/SuctionPressure
+pump1_status = Pump1/Running
+tank_level = Tank::Level
+
+[units {NODE}]
+flow = L/s
+
+[node {OTHER}]
+group = {GROUP}
+
+[channels {OTHER}]
+flow = Flow
+"""
+
+# the node's birth certificate: aliases, datatypes, an engUnit property, and a metric no
+# channel maps (kept out of the pipeline, counted)
+NODE_METRICS = [
+    {"name": "Pump1/Flow", "alias": 1, "datatype": DataType.Float, "value": 10.0},
+    {"name": "Pump1/SuctionPressure", "alias": 2, "datatype": DataType.Double, "value": 1.5,
+     "unit": "bar"},
+    {"name": "Pump1/Running", "alias": 3, "datatype": DataType.Boolean, "value": True},
+    {"name": "Firmware", "alias": 4, "datatype": DataType.String, "value": "4.2.1"},
+]
+TANK_METRICS = [{"name": "Level", "alias": 10, "datatype": DataType.Float, "value": 2.5,
+                 "unit": "m"}]
+
+
+def provision(suite, gw):
+    out = suite.root / f"bundle-{gw}"
+    suite.ctl("gateway", "provision", gw, "--site", f"{gw}-site", "--kind", "pumping",
+              "--model", "EdgeNode", "--firmware", "4.2", "--out", out)
+    suite.ctl("gateway", "activate", gw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def spb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sparkplug")
+    s = Suite(root / "suite", gateways=2)
+    try:
+        s.start()
+        s.login_admin()
+        s.bundles = {gw: provision(s, gw) for gw in (NODE, OTHER)}
+        (s.dir / "sparkplug.map").write_text(MAP)
+        s.start_service("sparkplug")
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_connected") == 1, 20), \
+            s.log("sparkplug")
+        time.sleep(0.5)  # the broker plugin reads the identity file within 200 ms
+        yield s
+    finally:
+        s.stop()
+
+
+def node(s, gw=NODE, **kw):
+    b = s.bundles[gw]
+    n = EdgeNode("localhost", s.port, GROUP, gw, ca=str(b / "ca.crt"), cert=str(b / "client.crt"),
+                 key=str(b / "client.key"), **kw)
+    n.connect()
+    return n
+
+
+def batches(s, gw, epoch=None):
+    sql = ("SELECT boot_epoch, seq, readings, status, key_id, envelope FROM batches "
+           "WHERE gateway = ?" + (" AND boot_epoch = ?" if epoch else "") +
+           " ORDER BY boot_epoch, seq")
+    return s.query(sql, *((gw, epoch) if epoch else (gw,)))
+
+
+def events(s, gw):
+    return s.query("SELECT kind, boot_epoch, status FROM events WHERE gateway = ? ORDER BY id", gw)
+
+
+def rejects(s, gw, reason):
+    return s.query("SELECT count(*) FROM rejects WHERE gateway = ? AND reason = ?", gw, reason)[0][0]
+
+
+def audited(s, gw, event="message_refused", needle=""):
+    return s.query("SELECT count(*) FROM audit WHERE subject = ? AND event = ? AND detail LIKE ?",
+                   gw, event, f"%{needle}%")[0][0]
+
+
+def refused(s, reason):
+    return s.metric("sparkplug", f'suido_sparkplug_refused_total{{reason="{reason}"}}')
+
+
+def born(s, n, epochs_before):
+    """NBIRTH and a DBIRTH; returns the session's boot epoch as the archive recorded it."""
+    n.nbirth(NODE_METRICS)
+    n.dbirth("Tank", TANK_METRICS)
+    assert wait_until(lambda: len({e for k, e, _ in events(s, n.node) if k == "birth"} -
+                                  epochs_before) == 1, 10), s.log("sparkplug")
+    return max(e for k, e, _ in events(s, n.node) if k == "birth")
+
+
+def test_birth_data_death_stored_with_their_provenance(spb):
+    s = spb
+    n = node(s)
+    try:
+        epoch = born(s, n, set())
+        n.ndata({"Pump1/Flow": 12.5, "Pump1/SuctionPressure": 1.75, "Pump1/Running": False,
+                 "Firmware": "4.2.2"})
+        n.ddata("Tank", {"Level": 3.25})
+        assert wait_until(lambda: len(batches(s, NODE, epoch)) == 2, 10), s.log("sparkplug")
+        rows = batches(s, NODE, epoch)
+        assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+            (1, 3, "transport", "sparkplug"), (2, 1, "transport", "sparkplug")]
+        # the record is the Sparkplug payload exactly as the node sent it
+        first = decode(rows[0][5])
+        assert [m.alias for m in first.metrics] == [1, 2, 3, 4]
+        # the meaning: the profile's channels and units, values as sent
+        agg = dict(s.query("SELECT channel, last_value FROM readings_series WHERE gateway = ?", NODE))
+        assert agg["pumping.flow"] == pytest.approx(12.5)
+        assert agg["pumping.suction_pressure"] == pytest.approx(1.75)
+        assert agg["pumping.pump1_status"] == 0
+        assert agg["pumping.tank_level"] == pytest.approx(3.25)
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_unmapped_metrics_total")
+                          >= 1, 5)  # the metrics file is written every second
+        # births declared the mapped channels with their units (the registry keeps them)
+        assert [k for k, _, st in events(s, NODE)] == ["birth", "birth"]
+        assert all(st == "transport" for _, _, st in events(s, NODE))
+        # an orderly NDEATH with the session's bdSeq ends it
+        n.publish_raw(n.topic("NDEATH"), n.death_payload(), qos=1)
+        assert wait_until(lambda: [k for k, _, _ in events(s, NODE)][-1:] == ["death"], 10)
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_nodes_online") == 0, 5)
+    finally:
+        n.disconnect()
+    # archive verify names what it cannot re-verify
+    r = s.ctl("archive", "verify")
+    assert "transport only: Sparkplug B records" in r.stdout, r.stdout
+    j = json.loads(s.ctl("--json", "archive", "verify").stdout)
+    assert j["ok"] is True and j["transport"] >= 2 and j["failed"] == 0
+
+
+def test_the_will_ends_the_session_and_a_stale_death_is_refused(spb):
+    s = spb
+    n = node(s)
+    try:
+        before = {e for k, e, _ in events(s, NODE) if k == "birth"}
+        born(s, n, before)
+        deaths = [k for k, _, _ in events(s, NODE)].count("death")
+        # an NDEATH with another bdSeq (a will of an older connection): refused, still online
+        r0 = rejects(s, NODE, "stale_death")
+        n.publish_raw(n.topic("NDEATH"), n.death_payload(bdseq=n.bdseq + 7), qos=1)
+        assert wait_until(lambda: rejects(s, NODE, "stale_death") == r0 + 1, 10)
+        assert audited(s, NODE, needle="reason=stale_death") >= 1
+        n.ndata({"Pump1/Flow": 30.0})
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_nodes_online") == 1, 5)
+        # the connection dropped: the broker publishes the will (NDEATH, the right bdSeq)
+        n.drop()
+        assert wait_until(lambda: [k for k, _, _ in events(s, NODE)].count("death") == deaths + 1,
+                          20), s.log("sparkplug")
+    finally:
+        n.disconnect()
+
+
+def test_a_seq_gap_asks_for_a_rebirth(spb):
+    s = spb
+    n = node(s, auto_rebirth=True)
+    try:
+        before = {e for k, e, _ in events(s, NODE) if k == "birth"}
+        born(s, n, before)
+        gaps = s.metric("sparkplug", "suido_sparkplug_seq_gaps_total")
+        n.seq = (n.seq + 5) % 256  # five messages lost on the way
+        n.ndata({"Pump1/Flow": 40.0})
+        cmd = n.wait_command(lambda c: "NCMD" in c[0], 10)
+        assert cmd[1] == {"Node Control/Rebirth": True}
+        assert wait_until(lambda: n.rebirths == 1, 10)
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_seq_gaps_total")
+                          >= gaps + 1, 5)
+        # the rebirth is a new session for the archive, and data flows in it
+        assert wait_until(lambda: len({e for k, e, _ in events(s, NODE) if k == "birth"} -
+                                      before) == 2, 10)
+        assert audited(s, NODE, event="sparkplug_seq_gap") >= 1
+    finally:
+        n.disconnect()
+
+
+def test_unknown_alias_missing_alias_and_datatype_mismatch_are_refused(spb):
+    s = spb
+    n = node(s)
+    try:
+        born(s, n, {e for k, e, _ in events(s, NODE) if k == "birth"})
+        cases = [
+            ("unknown_alias", [{"alias": 99, "datatype": DataType.Float, "value": 1.0}]),
+            ("missing_alias", [{"name": "Pump1/Flow", "datatype": DataType.Float, "value": 1.0}]),
+            ("datatype_mismatch", [{"alias": 1, "datatype": DataType.String, "value": "x"}]),
+            ("datatype_mismatch", [{"alias": 1, "datatype": DataType.Float,
+                                    "value": "not a float", "encode_as": DataType.String}]),
+        ]
+        for reason, metrics in cases:
+            r0, a0 = rejects(s, NODE, reason), audited(s, NODE, needle=f"reason={reason}")
+            n.publish_raw(n.topic("NDATA"), n.payload(metrics, seq=n.next_seq()), qos=1)
+            assert wait_until(lambda: rejects(s, NODE, reason) == r0 + 1, 10), (reason,
+                                                                               s.log("sparkplug"))
+            assert audited(s, NODE, needle=f"reason={reason}") == a0 + 1
+            assert wait_until(lambda: refused(s, reason) >= 1, 5)
+    finally:
+        n.disconnect()
+
+
+def test_malformed_oversize_and_data_before_birth(spb):
+    s = spb
+    n = node(s)
+    try:
+        born(s, n, {e for k, e, _ in events(s, NODE) if k == "birth"})
+        r0 = rejects(s, NODE, "malformed")
+        n.publish_raw(n.topic("NDATA"), b"\x0a\xff\xff\xff\xff\x0f garbage", qos=1)
+        assert wait_until(lambda: rejects(s, NODE, "malformed") == r0 + 1, 10)
+        # over the broker's 64 KiB packet: the broker cuts the node, nothing reaches the host
+        n.publish_raw(n.topic("NDATA"), b"\x00" * (70 * 1024), qos=0)
+        assert wait_until(lambda: not n.connected, 10)
+    finally:
+        n.disconnect()
+    # a fresh connection whose first message is data: refused, and the node is asked to rebirth
+    m = node(s, bdseq=9)
+    try:
+        r0 = rejects(s, NODE, "data_before_birth")
+        time.sleep(5.1)  # the host asks one node for a rebirth at most every 5 s
+        payload = m.payload([{"alias": 1, "datatype": DataType.Float, "value": 1.0}], seq=0)
+        m.publish_raw(m.topic("NDATA"), payload, qos=1)
+        assert wait_until(lambda: rejects(s, NODE, "data_before_birth") == r0 + 1, 10)
+        cmd = m.wait_command(lambda c: "NCMD" in c[0], 10)
+        assert cmd[1] == {"Node Control/Rebirth": True}
+    finally:
+        m.disconnect()
+    assert s.alive("sparkplug")
+
+
+def test_a_rebirth_storm_is_rate_limited(spb):
+    s = spb
+    n = node(s, gw=OTHER)
+    try:
+        storm0 = rejects(s, OTHER, "rebirth_storm")
+        requests0 = s.metric("sparkplug", "suido_sparkplug_rebirth_requests_total")
+        for i in range(10):
+            n.nbirth([{"name": "Flow", "alias": 1, "datatype": DataType.Float, "value": float(i),
+                       "unit": "L/s"}])
+            n.ndata({"Flow": float(i)})
+        # at most births_per_minute (6) NBIRTHs a minute become sessions; the rest are refused
+        assert wait_until(lambda: rejects(s, OTHER, "rebirth_storm") >= storm0 + 4, 10)
+        births = [k for k, _, _ in events(s, OTHER)].count("birth")
+        assert births <= 6, births
+        # data after a refused birth is refused too, with at most one rebirth request per 5 s
+        assert s.metric("sparkplug", "suido_sparkplug_rebirth_requests_total") <= requests0 + 2
+    finally:
+        n.disconnect()
+    assert s.alive("sparkplug")
+
+
+def test_a_node_cannot_publish_on_another_nodes_topics(spb, tmp_path):
+    s = spb
+    before = s.metric("mosquitto", "suido_broker_denied_gateway_acl_total")
+    intruder = node(s, gw=OTHER)
+    try:
+        epochs = len(batches(s, NODE))
+        # OTHER's certificate, NODE's topics: a birth and data in NODE's name
+        intruder.node = NODE
+        intruder.nbirth(NODE_METRICS)
+        intruder.ndata({"Pump1/Flow": 999.0})
+        intruder.node = OTHER
+        assert wait_until(lambda: s.metric("mosquitto", "suido_broker_denied_gateway_acl_total")
+                          >= before + 2, 5)
+        time.sleep(1.0)
+        assert len(batches(s, NODE)) == epochs
+    finally:
+        intruder.disconnect()
+
+
+def test_state_is_retained_with_a_will(spb):
+    s = spb
+    n = node(s)
+    seen = []
+    try:
+        n._client.message_callback_add("spBv1.0/STATE/#", lambda c, u, m: seen.append(
+            (m.topic, m.retain, json.loads(m.payload))))
+        n._client.subscribe("spBv1.0/STATE/suido", qos=1)
+        assert wait_until(lambda: seen, 5), "no retained STATE"
+        topic, retained, state = seen[0]
+        assert topic == "spBv1.0/STATE/suido" and retained and state["online"] is True
+        # the host vanishes: its will sets STATE offline, with the same timestamp
+        s.stop("sparkplug", sig=signal.SIGKILL)
+        assert wait_until(lambda: any(not st["online"] for _, _, st in seen), 30)
+        off = [st for _, _, st in seen if not st["online"]][0]
+        assert off["timestamp"] == state["timestamp"]
+    finally:
+        n.disconnect()
+        s.start_service("sparkplug")
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_connected") == 1, 20)
