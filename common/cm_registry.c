@@ -335,6 +335,7 @@ cm_err cm_registry_gateway(cm_registry *r, const char *id, const cm_gateway **ou
     snprintf(s->gw.kind, sizeof s->gw.kind, "%s", g->kind ? g->kind : "");
     snprintf(s->gw.key_id, sizeof s->gw.key_id, "%s", g->key_id ? g->key_id : "");
     s->gw.cert_not_after_ms = g->cert_not_after_ms;
+    s->gw.sparkplug = g->protocol && strcmp(g->protocol, "sparkplug") == 0;
     suido__registry_reply__free_unpacked(rep, NULL);
     *out = &s->gw;
     return CM_OK;

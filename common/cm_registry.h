@@ -27,6 +27,8 @@ typedef struct cm_gateway {
     cm_rsa *cmd_key;         /* RSA-2048 command key (commands are encrypted to it), owned by
                               * the cache; NULL: the gateway has none and gets no command */
     uint64_t cert_not_after_ms;
+    int sparkplug;           /* 1: a Sparkplug B edge node (protocol "sparkplug"), fed through the
+                              * Sparkplug host; its commands go out through it */
 } cm_gateway;
 
 /* Config section keys: connect, server_key (see cm_zsock_client_conf), timeout_ms (1000),

@@ -347,6 +347,8 @@ registry_key = $DIR/platform/profile.pub
 command_key = $DIR/platform/command.key
 expiry_s = 30
 EOT
+[[ -z "$SPB" ]] || printf '\n[output sparkplug]\nconnect = %s\nserver_key = %s\n' "$(ep 23)" \
+    "$(key sparkplug)"
 registry_client; events_client; metrics_section gate 45; } >"$DIR/etc/gate.conf"
 
 # the operators' web console: HTTPS on P+9 with its own certificate from the deployment CA
@@ -371,6 +373,10 @@ registry_client; echo "timeout_ms = 5000"; metrics_section monitor 46; } >"$DIR/
 
 # the Sparkplug B host: started once $DIR/sparkplug.map names the edge nodes it serves
 [[ -z "$SPB" ]] || { service_head sparkplug; mqtt_section sparkplug; cat <<EOT
+
+[input]
+bind = $(ep 23)
+allow = $(allow gate)
 
 [output profile]
 connect = $(ep 3)

@@ -18,7 +18,8 @@
  *    MOSQ_ERR_PLUGIN_DEFER, so the acl_file decides. (In 2.0.11 the first callback that does not
  *    defer decides, and the plugin runs before the acl_file. Measured; see the README.)
  *  - For identities listed with the role "gateway" the plugin is the ACL: their rights follow
- *    from the id (gateway_may), so a gateway provisioned by the registry needs no acl_file edit
+ *    from the id (gateway_may; with the role "sparkplug", a Sparkplug B edge node's own spBv1.0
+ *    topics instead: sparkplug_may), so a gateway provisioned by the registry needs no acl_file edit
  *    and no broker reload. The identity, will and retain checks above still come first.
  *  - Everything runs on the broker's single thread; nothing here locks.
  *  - Kicks happen only on MOSQ_EVT_TICK, never inside another callback (the client being checked
@@ -61,7 +62,8 @@ static const char *const STATE_REASONS[ST_N] = {"state_active", "state_provision
 struct ident {
     char *id; /* NULL: empty slot */
     uint8_t state;
-    bool gateway; /* listed with the role "gateway": the plugin decides its topic rights */
+    bool gateway;   /* listed with a gateway role: the plugin decides its topic rights */
+    bool sparkplug; /* the role "sparkplug": a Sparkplug B edge node (its own spBv1.0 topics) */
 };
 
 struct table {
@@ -123,11 +125,12 @@ static int table_get(const struct table *t, const char *id)
     return e->id ? e->state : -1;
 }
 
-static bool table_is_gateway(const struct table *t, const char *id)
+/* The identity's gateway role, or NULL for a service (or an unknown id). */
+static const struct ident *table_gateway(const struct table *t, const char *id)
 {
-    if (!t || !id) return false;
+    if (!t || !id) return NULL;
     const struct ident *e = table_slot(t, id);
-    return e->id && e->gateway;
+    return e->id && e->gateway ? e : NULL;
 }
 
 /* ------------------------------------------------------------------ text checks */
@@ -249,11 +252,9 @@ static bool sparkplug_may(const char *gw, const char *topic, int access)
 
 /* A gateway's rights follow from its id alone (docs/architecture.md, "Broker ACL"): it publishes
  * its own birth, data, backfill, death and cmdres topics and subscribes to (and is delivered) its
- * own ack and cmd topics; nothing else. Exact topic names only, so wildcard filters are refused
- * (but for a Sparkplug node's DCMD/<gw>/+). */
+ * own ack and cmd topics; nothing else. Exact topic names only, so wildcard filters are refused. */
 static bool gateway_may(const char *gw, const char *topic, int access)
 {
-    if (sparkplug_may(gw, topic, access)) return true;
     static const char pre[] = "suido/v1/";
     static const char *const pub[] = {"birth", "data", "backfill", "death", "cmdres"};
     static const char *const sub[] = {"ack", "cmd"};
@@ -409,8 +410,9 @@ static struct table *parse_state(char *text, size_t len, struct parse_err *e)
             if (*s) *s++ = '\0';
             while (*s == ' ' || *s == '\t') s++;
         }
-        if (nf != 2 && !(nf == 3 && strcmp(f[2], "gateway") == 0)) {
-            perr(e, lineno, "expected '<id> <state> [gateway]', got %s",
+        if (nf != 2 && !(nf == 3 && (strcmp(f[2], "gateway") == 0 ||
+                                     strcmp(f[2], "sparkplug") == 0))) {
+            perr(e, lineno, "expected '<id> <state> [gateway|sparkplug]', got %s",
                  nf == 1 ? "one field" : nf == 3 ? "an unknown role" : "more than three");
             goto fail;
         }
@@ -444,6 +446,7 @@ static struct table *parse_state(char *text, size_t len, struct parse_err *e)
         }
         slot->state = (uint8_t)st;
         slot->gateway = nf == 3;
+        slot->sparkplug = nf == 3 && strcmp(f[2], "sparkplug") == 0;
         t->count++;
         t->by_state[st]++;
     }
@@ -845,8 +848,11 @@ static int on_acl_check(int event, void *event_data, void *userdata)
             logv(b3, sizeof(b3), ev->topic));
         return MOSQ_ERR_ACL_DENIED;
     }
-    if (table_is_gateway(p->tab, user)) {
-        if (gateway_may(user, ev->topic, ev->access)) return MOSQ_ERR_SUCCESS;
+    const struct ident *gw = table_gateway(p->tab, user);
+    if (gw) {
+        if (gw->sparkplug ? sparkplug_may(user, ev->topic, ev->access)
+                          : gateway_may(user, ev->topic, ev->access))
+            return MOSQ_ERR_SUCCESS;
         /* A delivery check is the broker asking on its own behalf: deny it quietly. */
         if (ev->access != MOSQ_ACL_READ) {
             p->c.denied_gateway_acl++;

@@ -4,6 +4,9 @@
  * envelope and interlocks against its own view of the plant (gate_check); then it encrypts the
  * command to that gateway's own RSA command key and signs it, with an expiry (gate_seal), and
  * publishes it to that gateway only (a gateway without a command key gets none: no_command_key).
+ * A Sparkplug B edge node (registry protocol "sparkplug") has no command key: its command goes
+ * to the Sparkplug host, which writes the mapped metric (NCMD/DCMD) and reports the next value
+ * the node publishes for it as the result.
  * It follows the command: the gateway's signed result, then whether the plant's feedback channel
  * followed. Every decision
  * and every outcome is audited and recorded in the archive's command log; a refusal by the
@@ -14,6 +17,7 @@
  *          [output archive] PUSH to the archive (command log, audit, alerts).
  *          [registry] DEALER to the registry (sessions, gateway state); [events] SUB.
  *          [mqtt] MQTT/TLS client "gate": publishes suido/v1/<gw>/cmd only.
+ *          [output sparkplug] optional PUSH to the Sparkplug host: commands to its edge nodes.
  * Keys: [gate] command_key, the P-256 key gateways trust for commands (platform/command.key). */
 #include <math.h>
 #include <stdio.h>
@@ -78,6 +82,7 @@ typedef struct gate {
     cm_registry *reg;
     cm_mqtt *mqtt;
     void *api, *to_archive;
+    void *to_sparkplug; /* NULL: no Sparkplug host, its nodes get no command */
     long expiry_s;
     uint64_t last_issued_ms;
     plant_slot plants[MAX_GATEWAYS];
@@ -255,6 +260,29 @@ static int send_command(gate *g, followed *f, cm_rsa *to)
     return cm_mqtt_publish(g->mqtt, topic, out, len, 1, 0) == CM_OK ? 0 : -1;
 }
 
+/* Hands an allowed command for a Sparkplug node to the Sparkplug host (CURVE, its allow-list
+ * names the gate); 0 when it was queued. The host checks the expiry again and writes it. */
+static int send_sparkplug(gate *g, followed *f)
+{
+    Suido__Command c = SUIDO__COMMAND__INIT;
+    c.command_id = f->id;
+    c.gateway_id = f->gw;
+    c.channel = (char *)f->act->name;
+    c.value = f->value;
+    c.unit = (char *)f->act->unit;
+    c.issued_ms = f->issued_ms;
+    c.expires_ms = f->expires_ms;
+    c.requested_by = f->requested_by;
+    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
+    char topic[96];
+    snprintf(topic, sizeof topic, "suido/v1/%s/cmd", f->gw);
+    m.topic = topic;
+    m.received_ms = cm_now_ms();
+    m.command = &c;
+    m.decision = "sent";
+    return cm_zsend_pb(g->to_sparkplug, &m.base, ZMQ_DONTWAIT) == CM_OK ? 0 : -1;
+}
+
 static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateRequest *q)
 {
     char who[65] = "", role[16] = "";
@@ -298,7 +326,13 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
      * none, rather than a command in clear. The key is borrowed from the registry cache until
      * the next registry call (none is made before the command is sealed). */
     cm_rsa *to = gw->cmd_key;
-    if (!to) {
+    int sparkplug = gw->sparkplug;
+    if (sparkplug && !g->to_sparkplug) {
+        refuse(g, route, q, who, "no_sparkplug_host",
+               "the gateway is a Sparkplug node and this gate has no [output sparkplug]");
+        return;
+    }
+    if (!to && !sparkplug) {
         refuse(g, route, q, who, "no_command_key",
                "the gateway has no command key in the registry: commands are sent encrypted "
                "only (provision it again)");
@@ -329,9 +363,10 @@ static void on_command_request(gate *g, zmq_msg_t *route, const Suido__GateReque
     f->value = dec.value;
     f->issued_ms = issued;
     f->expires_ms = issued + (uint64_t)g->expiry_s * 1000u;
-    if (send_command(g, f, to) != 0) {
+    if ((sparkplug ? send_sparkplug(g, f) : send_command(g, f, to)) != 0) {
         memset(f, 0, sizeof *f);
-        refuse(g, route, q, who, "broker_unavailable", "the command could not be published");
+        refuse(g, route, q, who, sparkplug ? "sparkplug_host_unavailable" : "broker_unavailable",
+               "the command could not be handed on");
         return;
     }
     g->last_issued_ms = issued;
@@ -627,6 +662,10 @@ int main(int argc, char **argv)
                              &g.to_archive, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &g.reg, err))
         cm_svc_die(s, "%s", err);
+    if (cm_conf_get(s->conf, "output sparkplug", "connect") &&
+        cm_zsock_client_conf(s->zctx, s->conf, "output sparkplug", ZMQ_PUSH, &s->keys,
+                             &g.to_sparkplug, err))
+        cm_svc_die(s, "%s", err);
     if (cm_registry_profile_wait(g.reg, s->conf, "profile", 15000, &g.profile, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     cm_info("profile=\"%s\" version=%ld actuators=%zu interlocks=%zu", cm_profile_name(g.profile),
@@ -668,6 +707,8 @@ int main(int argc, char **argv)
     zmq_close(input);
     zmq_close(g.api);
     zmq_close(g.to_archive);
+    if (g.to_sparkplug)
+        zmq_close(g.to_sparkplug);
     cm_mqtt_destroy(&g.mqtt);
     cm_registry_destroy(&g.reg);
     gate_seal_destroy(&g.seal);

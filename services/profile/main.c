@@ -372,7 +372,7 @@ static const cm_dispatch DISPATCH[] = {
     {"backfill", "verify", on_data},
     {"birth", "verify,sparkplug", on_birth},
     {"death", "verify,sparkplug", on_death},
-    {"cmdres", "verify", on_cmdres},
+    {"cmdres", "verify,sparkplug", on_cmdres},
     {NULL, NULL, NULL},
 };
 

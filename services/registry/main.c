@@ -250,6 +250,10 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
         why = "site, kind, model and firmware must be 1-64 of [A-Za-z0-9._-]";
         cm_metric_inc(r->rejected);
         cm_svc_reject(r->svc, "bad_name");
+    } else if (g->protocol && *g->protocol && strcmp(g->protocol, "suido") != 0 &&
+               strcmp(g->protocol, "sparkplug") != 0) {
+        e = CM_ERR_INVAL;
+        why = "protocol must be suido or sparkplug";
     } else if ((e = cm_cert_check(q->req->cert_pem.data, q->req->cert_pem.len, r->ca,
                                   cm_now_ms(), &ci)) != CM_OK) {
         why = "certificate not issued by the deployment CA, or not valid now";
@@ -260,7 +264,7 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
         registry_new_gateway ng = {g->id, g->site, g->kind, g->model, g->firmware,
                                    g->sign_pub_der.data, g->sign_pub_der.len, &ci,
                                    SUIDO__ENTITY_STATE__STATE_PROVISIONED,
-                                   g->cmd_pub_der.data, g->cmd_pub_der.len};
+                                   g->cmd_pub_der.data, g->cmd_pub_der.len, g->protocol};
         e = registry_store_add_gateway(r->store, &ng);
         why = e == CM_ERR_DUPLICATE ? "id already used (ids are never reused)"
               : e == CM_ERR_KEY     ? "signing key not P-256, or command key not RSA-2048"
@@ -268,9 +272,13 @@ static void on_add_gateway(void *ctx, void *arg, const char *peer)
                                     : "refused";
     }
     char detail[512], site[120], kind[120], id_esc[120];
-    snprintf(detail, sizeof detail, "site=\"%s\" kind=\"%s\" result=%s why=\"%s\"",
+    char proto[40];
+    snprintf(detail, sizeof detail, "site=\"%s\" kind=\"%s\" protocol=%s result=%s why=\"%s\"",
              cm_log_escape(site, sizeof site, g ? g->site : NULL),
-             cm_log_escape(kind, sizeof kind, g ? g->kind : NULL), cm_strerror(e), why);
+             cm_log_escape(kind, sizeof kind, g ? g->kind : NULL),
+             cm_log_escape(proto, sizeof proto, g && g->protocol && *g->protocol ? g->protocol
+                                                                                  : "suido"),
+             cm_strerror(e), why);
     const char *id = g && g->id ? g->id : "";
     cm_info("peer=%s gateway=\"%s\" %s", peer, cm_log_escape(id_esc, sizeof id_esc, id), detail);
     audit(r, e == CM_OK ? "gateway_provisioned" : "gateway_provision_refused", id,

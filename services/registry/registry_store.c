@@ -40,7 +40,8 @@ static const char SCHEMA[] =
     " created_ms INTEGER NOT NULL,"
     " last_seen_ms INTEGER NOT NULL DEFAULT 0,"
     " cert_warned INTEGER NOT NULL DEFAULT 0,"
-    " cmd_pub BLOB NOT NULL DEFAULT x'');"
+    " cmd_pub BLOB NOT NULL DEFAULT x'',"
+    " protocol TEXT NOT NULL DEFAULT 'suido');"
     "CREATE TABLE IF NOT EXISTS services("
     " id TEXT PRIMARY KEY,"
     " state INTEGER NOT NULL,"
@@ -85,21 +86,25 @@ static cm_err make_private(const char *path)
     return CM_OK;
 }
 
-/* The gateways' RSA command keys (empty: none) came after schema version 3: a database made
- * before gets the column, whatever its version number says. */
-static int add_cmd_pub(sqlite3 *db, char **errmsg)
+/* Columns of the gateways table that came after schema version 3: the RSA command keys (empty:
+ * none), then the protocol (suido, or sparkplug for an edge node fed through the Sparkplug host).
+ * A database made before gets them, whatever its version number says. */
+static int add_gateway_column(sqlite3 *db, const char *name, const char *decl, char **errmsg)
 {
     sqlite3_stmt *st;
     int have = 0;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('gateways') WHERE "
-                               "name='cmd_pub'", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('gateways') WHERE name=?",
+                           -1, &st, NULL) != SQLITE_OK)
         return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW)
         have = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    return have ? SQLITE_OK
-                : sqlite3_exec(db, "ALTER TABLE gateways ADD COLUMN cmd_pub BLOB NOT NULL "
-                                   "DEFAULT x''", NULL, NULL, errmsg);
+    if (have)
+        return SQLITE_OK;
+    char sql[200];
+    snprintf(sql, sizeof sql, "ALTER TABLE gateways ADD COLUMN %s %s", name, decl);
+    return sqlite3_exec(db, sql, NULL, NULL, errmsg);
 }
 
 cm_err registry_store_open(const char *path, registry_store **out)
@@ -133,7 +138,9 @@ cm_err registry_store_open(const char *path, registry_store **out)
                       "ALTER TABLE gateways ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;"
                       "ALTER TABLE services ADD COLUMN cert_warned INTEGER NOT NULL DEFAULT 0;",
                       NULL, NULL, &errmsg) != SQLITE_OK) ||
-        add_cmd_pub(s->db, &errmsg) != SQLITE_OK ||
+        add_gateway_column(s->db, "cmd_pub", "BLOB NOT NULL DEFAULT x''", &errmsg) != SQLITE_OK ||
+        add_gateway_column(s->db, "protocol", "TEXT NOT NULL DEFAULT 'suido'", &errmsg) !=
+            SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA user_version=3", NULL, NULL, &errmsg) != SQLITE_OK) {
         cm_error("path=%s error=\"%s\"", path, errmsg ? errmsg : "schema");
         sqlite3_free(errmsg);
@@ -142,7 +149,7 @@ cm_err registry_store_open(const char *path, registry_store **out)
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
                            "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms,"
-                           "cmd_pub FROM gateways WHERE id=?",
+                           "cmd_pub,protocol FROM gateways WHERE id=?",
                            -1, &s->get, NULL) != SQLITE_OK)
         goto fail;
     *out = s;
@@ -246,12 +253,12 @@ static cm_err insert_gateway(registry_store *s, const registry_new_gateway *g, i
     if (sqlite3_prepare_v2(s->db,
                            if_absent ? "INSERT OR IGNORE INTO gateways(id,state,site,kind,model,"
                                        "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
-                                       "cert_not_after_ms,created_ms,cmd_pub) "
-                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                                       "cert_not_after_ms,created_ms,cmd_pub,protocol) "
+                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                                      : "INSERT INTO gateways(id,state,site,kind,model,"
                                        "firmware,sign_pub,key_id,cert_serial,cert_sha256,"
-                                       "cert_not_after_ms,created_ms,cmd_pub) "
-                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                       "cert_not_after_ms,created_ms,cmd_pub,protocol) "
+                                       "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &ins, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_text(ins, 1, g->id, -1, SQLITE_TRANSIENT);
@@ -268,6 +275,8 @@ static cm_err insert_gateway(registry_store *s, const registry_new_gateway *g, i
     sqlite3_bind_int64(ins, 12, (sqlite3_int64)cm_now_ms());
     sqlite3_bind_blob(ins, 13, g->cmd_pub_len ? g->cmd_pub_der : (const uint8_t *)"",
                       (int)g->cmd_pub_len, SQLITE_TRANSIENT);
+    sqlite3_bind_text(ins, 14, g->protocol && *g->protocol ? g->protocol : "suido", -1,
+                      SQLITE_TRANSIENT);
     int st = sqlite3_step(ins);
     if (st == SQLITE_CONSTRAINT) {
         rc = CM_ERR_DUPLICATE;
@@ -435,7 +444,8 @@ static cm_err fill_info(sqlite3_stmt *st, Suido__GatewayInfo *info)
     if (info->cmd_pub_der.data && cn > 0)
         memcpy(info->cmd_pub_der.data, sqlite3_column_blob(st, 13), (size_t)cn);
     info->cmd_pub_der.len = (size_t)cn;
-    if (!info->id || !info->site || !info->kind || !info->sign_pub_der.data ||
+    info->protocol = col_text(st, 14);
+    if (!info->protocol || !info->id || !info->site || !info->kind || !info->sign_pub_der.data ||
         !info->cmd_pub_der.data || !info->key_id ||
         !info->cert_serial || !info->model || !info->firmware || !info->cert_sha256) {
         registry_info_clear(info);
@@ -456,6 +466,7 @@ void registry_info_clear(Suido__GatewayInfo *info)
     free(info->model);
     free(info->firmware);
     free(info->cert_sha256);
+    free(info->protocol);
     /* all pointers NULL (not protobuf-c's shared empty string), so clearing twice is harmless */
     memset(info, 0, sizeof *info);
 }
@@ -479,7 +490,7 @@ cm_err registry_store_each(registry_store *s, void (*fn)(void *ctx, Suido__Gatew
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id,state,site,kind,sign_pub,key_id,cert_serial,"
                            "cert_not_after_ms,model,firmware,cert_sha256,created_ms,last_seen_ms,"
-                           "cmd_pub FROM gateways ORDER BY id",
+                           "cmd_pub,protocol FROM gateways ORDER BY id",
                            -1, &st, NULL) != SQLITE_OK)
         return CM_ERR_DB;
     cm_err rc = CM_OK;
@@ -598,7 +609,8 @@ cm_err registry_store_write_identities(registry_store *s, const char *path)
     sqlite3_stmt *st;
     cm_err rc = CM_OK;
     if (sqlite3_prepare_v2(s->db,
-                           "SELECT id, state, ' gateway' FROM gateways"
+                           "SELECT id, state, CASE protocol WHEN 'sparkplug' THEN ' sparkplug'"
+                           " ELSE ' gateway' END FROM gateways"
                            " UNION ALL SELECT id, state, '' FROM services ORDER BY 1",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = CM_ERR_DB;

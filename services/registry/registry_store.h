@@ -35,6 +35,7 @@ typedef struct registry_new_gateway {
     int state;
     const uint8_t *cmd_pub_der; /* RSA-2048 command key (SPKI DER); NULL/0: none */
     size_t cmd_pub_len;
+    const char *protocol; /* "suido" (NULL, ""), or "sparkplug": a Sparkplug B edge node */
 } registry_new_gateway;
 
 /* Adds a gateway (provisioning). CM_ERR_DUPLICATE when the id was ever used, disposed ids

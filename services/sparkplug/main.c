@@ -8,13 +8,21 @@
  * It is the primary host application of its groups: spBv1.0/STATE/<host_id> carries
  * {"online":true,...} retained while it is connected, and its will sets it to false.
  *
- * Sockets: [mqtt] MQTT/TLS client "sparkplug": subscribes spBv1.0/<group>/#, publishes NCMD
- *          (rebirth requests) and its STATE.
- *          [output profile] PUSH to the profile stage (accepted records).
+ * Commands: the gate hands it the commands it allowed for these nodes; each is written to the
+ * actuator's mapped metric (NCMD, or DCMD for a device's) and its result is the next value the
+ * node publishes for that metric (spb_host_command), reported like a gateway's result.
+ *
+ * Sockets: [mqtt] MQTT/TLS client "sparkplug": subscribes spBv1.0/<group>/#, publishes NCMD and
+ *          DCMD (rebirth requests, commands) and its STATE.
+ *          [input] PULL, CURVE server, allow-list: gate (commands).
+ *          [output profile] PUSH to the profile stage (accepted records, command results).
  *          [output archive] PUSH to the archive: refusals (stored with the payload and audited)
- *          and security events; a second connection carries the main thread's own.
+ *          and security events.
  *          [registry] DEALER: each node's gateway record (active? site, kind); fail closed.
- * Every socket but the main thread's audit connection is used on Paho's callback thread only. */
+ * Paho's callback thread handles the nodes' messages, the main thread the commands; each has its
+ * own connections to profile and archive (a ZeroMQ socket belongs to one thread), the registry
+ * is the callback thread's, and the session logic is shared under a lock. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +40,7 @@
 
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
+    CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
     CM_MQTT_SPEC_ROWS("mqtt"),
     CM_REGISTRY_SPEC_ROWS("registry"),
@@ -47,16 +56,19 @@ static const cm_conf_spec SPEC[] = {
 
 typedef struct host {
     cm_svc *svc;
+    pthread_mutex_t mu; /* logic: Paho's thread (messages) and the main thread (commands) */
     spb_host *logic;
-    cm_registry *registry;
+    cm_registry *registry;      /* Paho's callback thread */
+    cm_registry *registry_main; /* the main thread */
     cm_mqtt *mqtt;
-    void *to_profile, *to_archive, *audit_main;
+    void *to_profile, *to_archive;     /* Paho's callback thread */
+    void *profile_main, *audit_main;   /* the main thread */
     char state_topic[96];
     char state_online[96];
     atomic_int publish_state; /* set on connect; the main loop publishes STATE */
     cm_ratelimit gap_audit;
     cm_metric *received, *forwarded, *readings, *skipped, *refused_all, *rebirths, *seq_gaps;
-    cm_metric *online, *connected, *connects;
+    cm_metric *online, *connected, *connects, *commands, *commands_refused;
 } host;
 
 static void count_refusal(host *h, const char *reason)
@@ -112,6 +124,17 @@ static void ask_rebirth(host *h, const char *topic, const char *node, uint64_t n
     free(buf);
 }
 
+/* A record to the profile stage, with the gateway's site and kind from the registry. */
+static void forward(host *h, void *sock, Suido__StageMessage *rec, const cm_gateway *gw)
+{
+    rec->site = (char *)gw->site;
+    rec->site_kind = (char *)gw->kind;
+    cm_stage_send(sock, rec);
+    rec->site = NULL; /* freed as unpacked: not ours */
+    rec->site_kind = NULL;
+    cm_metric_inc(h->forwarded);
+}
+
 /* Runs on Paho's thread: one Sparkplug message. Always returns 1 (a message is never asked for
  * again: what was not forwarded was refused, and Sparkplug has no resend). */
 static int on_message(void *ctx, const char *topic, const void *payload, size_t len)
@@ -120,8 +143,14 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
     uint64_t now = cm_now_ms();
     cm_metric_inc(h->received);
     spb_result res;
+    pthread_mutex_lock(&h->mu);
     spb_host_handle(h->logic, topic, payload, len, now, &res);
     cm_metric_set(h->online, spb_host_online(h->logic));
+    pthread_mutex_unlock(&h->mu);
+    if (res.ignored) {
+        spb_result_clear(&res);
+        return 1;
+    }
     if (res.seq_gap) {
         cm_metric_inc(h->seq_gaps);
         uint64_t closed = 0;
@@ -134,7 +163,7 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
         ask_rebirth(h, topic, res.node, now);
     if (res.refused) {
         refuse(h, topic, res.node, payload, len, now, res.refused, res.detail);
-    } else if (res.record) {
+    } else if (res.record || res.result) {
         const cm_gateway *gw = NULL;
         cm_err rc = cm_registry_gateway(h->registry, res.node, &gw);
         if (rc != CM_OK || gw->state != SUIDO__ENTITY_STATE__STATE_ACTIVE) {
@@ -144,18 +173,79 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
                                             : "gateway_not_active";
             refuse(h, topic, res.node, payload, len, now, why, "");
         } else {
-            res.record->site = (char *)gw->site;
-            res.record->site_kind = (char *)gw->kind;
-            cm_stage_send(h->to_profile, res.record);
-            res.record->site = NULL; /* freed as unpacked: not ours */
-            res.record->site_kind = NULL;
-            cm_metric_inc(h->forwarded);
+            if (res.record)
+                forward(h, h->to_profile, res.record, gw);
+            if (res.values)
+                forward(h, h->to_profile, res.values, gw);
             cm_metric_add(h->readings, res.readings);
+            if (res.result)
+                forward(h, h->to_profile, res.result, gw);
         }
     }
     cm_metric_add(h->skipped, res.skipped);
     spb_result_clear(&res);
     return 1;
+}
+
+/* Main thread: a command the gate allowed for one of these nodes. Written to the node, or refused
+ * with a result the gate hears like any gateway's. */
+static void on_command(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    host *h = ctx;
+    Suido__StageMessage *m = arg;
+    const Suido__Command *c = m->command;
+    if (!c || !c->gateway_id || !c->command_id || !c->channel)
+        return;
+    uint64_t now = cm_now_ms();
+    spb_write w;
+    Suido__StageMessage *refused = NULL;
+    pthread_mutex_lock(&h->mu);
+    cm_err rc = spb_host_command(h->logic, c, now, &w, &refused);
+    pthread_mutex_unlock(&h->mu);
+    char gw[140], act[140];
+    cm_log_escape(gw, sizeof gw, c->gateway_id);
+    cm_log_escape(act, sizeof act, c->channel);
+    if (rc == CM_OK && cm_mqtt_publish(h->mqtt, w.topic, w.payload, w.len, 1, 0) != CM_OK)
+        cm_warn("gateway=%s command=%s error=\"not published: broker unavailable\"", gw,
+                c->command_id); /* the gate reports it unanswered */
+    else if (rc == CM_OK)
+        cm_info("gateway=%s command=%s actuator=%s value=%.6g topic=%s event=command_written", gw,
+                c->command_id, act, c->value, w.topic);
+    free(w.payload);
+    if (rc == CM_OK) {
+        cm_metric_inc(h->commands);
+        return;
+    }
+    cm_metric_inc(h->commands_refused);
+    if (!refused) {
+        cm_warn("gateway=%s command=%s error=\"not a node of this host's map\"", gw,
+                c->command_id);
+        return;
+    }
+    cm_info("gateway=%s command=%s actuator=%s reason=%s event=command_refused", gw,
+            c->command_id, act, refused->cmdres->reason);
+    const cm_gateway *g = NULL;
+    static const cm_gateway unknown = {0}; /* the registry did not answer: stored without site */
+    if (cm_registry_gateway(h->registry_main, c->gateway_id, &g) != CM_OK)
+        g = &unknown;
+    forward(h, h->profile_main, refused, g);
+    spb_record_free(&refused);
+}
+
+static const cm_dispatch DISPATCH[] = {
+    {"command", "gate", on_command},
+    {NULL, NULL, NULL},
+};
+
+/* Every tick of the main loop: STATE online after each (re)connect. */
+static void on_tick(void *ctx)
+{
+    host *h = ctx;
+    if (atomic_exchange(&h->publish_state, 0) &&
+        cm_mqtt_publish(h->mqtt, h->state_topic, h->state_online, strlen(h->state_online), 1, 1) !=
+            CM_OK)
+        atomic_store(&h->publish_state, 1); /* not connected after all: next round */
 }
 
 static void on_connected(void *ctx, int reconnect)
@@ -176,7 +266,8 @@ static void on_lost(void *ctx, const char *cause)
 
 int main(int argc, char **argv)
 {
-    host h = {0};
+    static host h; /* the callback thread holds it until the MQTT client is destroyed */
+    pthread_mutex_init(&h.mu, NULL);
     h.svc = cm_svc_start("sparkplug", argc, argv, SPEC);
     cm_svc_claim_state(h.svc); /* one holder of the broker identity and of the nodes' sessions */
     cm_svc *s = h.svc;
@@ -246,16 +337,25 @@ int main(int argc, char **argv)
     h.online = cm_metric_gauge(mx, "suido_sparkplug_nodes_online", "edge nodes with a live session");
     h.connected = cm_metric_gauge(mx, "suido_sparkplug_connected", "1 while connected to the broker");
     h.connects = cm_metric_counter(mx, "suido_sparkplug_connects_total", "broker (re)connects");
+    h.commands = cm_metric_counter(mx, "suido_sparkplug_commands_written_total",
+                                   "commands from the gate written to a node (NCMD/DCMD)");
+    h.commands_refused = cm_metric_counter(mx, "suido_sparkplug_commands_refused_total",
+                                           "commands from the gate this host refused");
     cm_stage_metrics(s);
     cm_ratelimit_init(&h.gap_audit, 10000, SEQ_GAP_AUDIT_BUDGET);
 
-    if (cm_zsock_client_conf(s->zctx, s->conf, "output profile", ZMQ_PUSH, &s->keys,
+    void *input;
+    if (cm_zsock_server_conf(s->zctx, s->zap, s->conf, "input", ZMQ_PULL, &s->keys, &input, err) ||
+        cm_zsock_client_conf(s->zctx, s->conf, "output profile", ZMQ_PUSH, &s->keys,
                              &h.to_profile, err) ||
+        cm_zsock_client_conf(s->zctx, s->conf, "output profile", ZMQ_PUSH, &s->keys,
+                             &h.profile_main, err) ||
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &h.to_archive, err) ||
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &h.audit_main, err) ||
-        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &h.registry, err))
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &h.registry, err) ||
+        cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &h.registry_main, err))
         cm_svc_die(s, "%s", err);
     cm_stage_audit_security(s, h.audit_main);
 
@@ -273,14 +373,9 @@ int main(int argc, char **argv)
     if (cm_mqtt_connect(h.mqtt, 0) != CM_OK)
         cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
 
-    while (!cm_daemon_stopping) {
-        usleep(100 * 1000);
-        if (atomic_exchange(&h.publish_state, 0) &&
-            cm_mqtt_publish(h.mqtt, h.state_topic, h.state_online, strlen(h.state_online), 1, 1) !=
-                CM_OK)
-            atomic_store(&h.publish_state, 1); /* not connected after all: next round */
-        cm_svc_tick(s);
-    }
+    cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &h,
+                          .on_tick = on_tick};
+    cm_stage_run(&stage);
     cm_info("event=stopping");
     /* an orderly stop says so itself: the will is for a host that vanishes */
     char offline[96];
@@ -289,7 +384,10 @@ int main(int argc, char **argv)
     cm_mqtt_publish(h.mqtt, h.state_topic, offline, strlen(offline), 1, 1);
     cm_mqtt_destroy(&h.mqtt);
     cm_registry_destroy(&h.registry);
+    cm_registry_destroy(&h.registry_main);
+    zmq_close(input);
     zmq_close(h.to_profile);
+    zmq_close(h.profile_main);
     zmq_close(h.to_archive);
     zmq_close(h.audit_main);
     spb_host_destroy(&h.logic);

@@ -37,8 +37,21 @@ typedef struct spb_device {
     metric_set set;
 } spb_device;
 
+#define PENDING_MAX 8 /* commands awaiting their result, per node */
+
+/* A command written to a node, whose result is the next value the node publishes for it. */
+typedef struct pending {
+    char id[96];
+    char actuator[65];
+    char device[SPB_ID_MAX + 1];
+    char metric[SPB_NAME_MAX + 1];
+    double value;
+    uint64_t expires_ms;
+} pending;
+
 typedef struct node {
     const spb_map_node *map;
+    pending pend[PENDING_MAX]; /* id[0] == 0: free */
     int online;
     uint64_t bdseq;
     int expect_seq; /* -1: none yet */
@@ -118,11 +131,18 @@ unsigned spb_host_online(const spb_host *h)
     return n;
 }
 
+void spb_record_free(Suido__StageMessage **rec)
+{
+    if (*rec)
+        suido__stage_message__free_unpacked(*rec, NULL);
+    *rec = NULL;
+}
+
 void spb_result_clear(spb_result *res)
 {
-    if (res->record)
-        suido__stage_message__free_unpacked(res->record, NULL);
-    res->record = NULL;
+    spb_record_free(&res->record);
+    spb_record_free(&res->values);
+    spb_record_free(&res->result);
 }
 
 /* ---- topic and values ------------------------------------------------------------------- */
@@ -270,17 +290,20 @@ static void set_detail(spb_result *res, const char *s)
 
 /* ---- records ----------------------------------------------------------------------------- */
 
-/* Packs what was built on the stack and unpacks it into a record the result owns. */
-static void emit(spb_result *res, Suido__StageMessage *m)
+/* Packs what was built on the stack and unpacks it into a record of its own (NULL: no memory). */
+static Suido__StageMessage *own_copy(const Suido__StageMessage *m)
 {
     size_t n = suido__stage_message__get_packed_size(m);
     uint8_t *buf = malloc(n ? n : 1);
     if (!buf)
-        return;
+        return NULL;
     suido__stage_message__pack(m, buf);
-    res->record = suido__stage_message__unpack(NULL, n, buf);
+    Suido__StageMessage *out = suido__stage_message__unpack(NULL, n, buf);
     free(buf);
+    return out;
 }
+
+static void emit(spb_result *res, Suido__StageMessage *m) { res->record = own_copy(m); }
 
 static void record_base(Suido__StageMessage *m, Suido__Header *hd, char *topic, size_t tsize,
                         const char *gw, const char *kind, const uint8_t *payload, size_t len,
@@ -298,6 +321,31 @@ static void record_base(Suido__StageMessage *m, Suido__Header *hd, char *topic, 
     hd->gateway_id = (char *)gw;
     hd->key_id = "sparkplug";
     m->header = hd;
+}
+
+/* A command's result (kind cmdres), numbered in the node's session like its data. */
+static Suido__StageMessage *result_record(node *n, const char *command_id, const char *actuator,
+                                          int outcome, const char *reason, double value,
+                                          uint64_t ts, const uint8_t *payload, size_t len,
+                                          uint64_t now_ms)
+{
+    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
+    Suido__Header hd = SUIDO__HEADER__INIT;
+    Suido__CommandResult r = SUIDO__COMMAND_RESULT__INIT;
+    char topic[96];
+    record_base(&m, &hd, topic, sizeof topic, n->map->id, "cmdres", payload, len, now_ms);
+    hd.kind = SUIDO__KIND__KIND_CMDRES;
+    hd.boot_epoch = n->epoch;
+    hd.seq = ++n->rec_seq;
+    hd.timestamp_ms = ts;
+    r.command_id = (char *)command_id;
+    r.outcome = outcome;
+    r.reason = (char *)reason;
+    r.channel = (char *)actuator;
+    r.value = value;
+    r.ts_ms = ts;
+    m.cmdres = &r;
+    return own_copy(&m);
 }
 
 /* A birth declaring every mapped channel of the node's session: the node's and those of its
@@ -487,10 +535,55 @@ static const metric_def *lookup(const metric_set *s, const Metric *m, const char
     return NULL;
 }
 
-/* NDATA/DDATA (or the BAD readings of a DDEATH, dead = 1) into a data record. */
-static void data_record(spb_host *h, node *n, const metric_set *s, const Payload *p, int dead,
-                        const uint8_t *payload, size_t len, uint64_t now_ms, spb_result *res)
+/* The device id whose metric set s is ("" for the node's own). */
+static const char *device_of_set(const node *n, const metric_set *s)
 {
+    for (size_t i = 0; i < n->n_devs; i++)
+        if (&n->devs[i].set == s)
+            return n->devs[i].id;
+    return "";
+}
+
+/* A value the node published for metric d of device: the result of a command written to it, if
+ * one awaits (applied when it is the commanded value, failed otherwise). One result per
+ * message; expired commands are dropped here. */
+static void settle(node *n, const char *device, const metric_def *d, const Metric *m,
+                   const uint8_t *payload, size_t len, uint64_t now_ms, spb_result *res)
+{
+    for (size_t i = 0; i < PENDING_MAX; i++) {
+        pending *p = &n->pend[i];
+        if (!p->id[0])
+            continue;
+        if (now_ms > p->expires_ms) {
+            memset(p, 0, sizeof *p);
+            continue;
+        }
+        if (strcmp(p->device, device) != 0 || strcmp(p->metric, d->name) != 0)
+            continue;
+        int null = m->has_is_null && m->is_null;
+        double v = null ? 0 : number(m, d->datatype);
+        int same = !null && fabs(v - p->value) <= 1e-6 * fmax(1.0, fabs(p->value));
+        uint64_t ts = m->has_timestamp ? m->timestamp : now_ms;
+        res->result = result_record(n, p->id, p->actuator,
+                                    same ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
+                                         : SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED,
+                                    same ? "ok" : "failed", v, ts, payload, len, now_ms);
+        memset(p, 0, sizeof *p);
+        return;
+    }
+}
+
+/* What data_record reads: an NDATA/DDATA, the BAD readings of a DDEATH, or the values a birth
+ * carries (every metric's current value: a node reporting by exception may send no other). */
+typedef enum { FROM_DATA, FROM_DEATH, FROM_BIRTH } data_from;
+
+/* Readings of the mapped metrics of p into a data record: res->record, or res->values for a
+ * birth's. */
+static void data_record(spb_host *h, node *n, const metric_set *s, const Payload *p,
+                        data_from from, const uint8_t *payload, size_t len, uint64_t now_ms,
+                        spb_result *res)
+{
+    int dead = from == FROM_DEATH;
     size_t cap = dead ? s->n : p->n_metrics;
     Suido__Reading *rd = calloc(cap ? cap : 1, sizeof *rd);
     Suido__Reading **ptr = calloc(cap ? cap : 1, sizeof *ptr);
@@ -511,6 +604,8 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
             m = p->metrics[i];
             const char *why = NULL;
             if (!(d = lookup(s, m, &why))) {
+                if (from == FROM_BIRTH)
+                    continue; /* bdSeq: the session's, no value of the node's */
                 res->refused = why;
                 set_detail(res, m->name);
                 goto out;
@@ -521,6 +616,8 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
                 goto out;
             }
         }
+        if (m && from == FROM_DATA && !res->result)
+            settle(n, device_of_set(n, s), d, m, payload, len, now_ms, res);
         if (!d->point) {
             res->skipped++;
             continue;
@@ -567,9 +664,14 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
     b.readings = ptr;
     b.n_readings = k;
     rec.batch = &b;
-    res->readings = (unsigned)k;
-    emit(res, &rec);
+    res->readings += (unsigned)k;
+    if (from == FROM_BIRTH)
+        res->values = own_copy(&rec);
+    else
+        emit(res, &rec);
 out:
+    if (res->refused) /* nothing of a refused message counts, a command's result neither */
+        spb_record_free(&res->result);
     free(rd);
     free(ptr);
     free(ts);
@@ -603,10 +705,11 @@ static void on_nbirth(spb_host *h, node *n, const Payload *p, const uint8_t *pay
     h->last_epoch = n->epoch;
     n->rec_seq = 0;
     emit_birth(res, n, payload, len, now_ms, p->has_timestamp ? p->timestamp : now_ms);
+    data_record(h, n, &n->set, p, FROM_BIRTH, payload, len, now_ms, res);
 }
 
-static void on_dbirth(node *n, const char *dev_id, const Payload *p, const uint8_t *payload,
-                      size_t len, uint64_t now_ms, spb_result *res)
+static void on_dbirth(spb_host *h, node *n, const char *dev_id, const Payload *p,
+                      const uint8_t *payload, size_t len, uint64_t now_ms, spb_result *res)
 {
     spb_device *d = device_of(n, dev_id, 1);
     if (!d) {
@@ -623,6 +726,7 @@ static void on_dbirth(node *n, const char *dev_id, const Payload *p, const uint8
     d->set = s;
     d->online = 1;
     emit_birth(res, n, payload, len, now_ms, p->has_timestamp ? p->timestamp : now_ms);
+    data_record(h, n, &d->set, p, FROM_BIRTH, payload, len, now_ms, res);
 }
 
 static void on_ndeath(node *n, const Payload *p, const uint8_t *payload, size_t len,
@@ -693,17 +797,17 @@ void spb_host_handle(spb_host *h, const char *t, const uint8_t *payload, size_t 
     }
     check_seq(n, p, res);
     if (strcmp(tp.type, "DBIRTH") == 0) {
-        on_dbirth(n, tp.device, p, payload, len, now_ms, res);
+        on_dbirth(h, n, tp.device, p, payload, len, now_ms, res);
     } else if (strcmp(tp.type, "NDATA") == 0) {
-        data_record(h, n, &n->set, p, 0, payload, len, now_ms, res);
+        data_record(h, n, &n->set, p, FROM_DATA, payload, len, now_ms, res);
     } else {
         spb_device *d = device_of(n, tp.device, 0);
         if (!d || !d->online)
             res->refused = "data_before_birth";
         else if (strcmp(tp.type, "DDATA") == 0)
-            data_record(h, n, &d->set, p, 0, payload, len, now_ms, res);
+            data_record(h, n, &d->set, p, FROM_DATA, payload, len, now_ms, res);
         else { /* DDEATH: its channels read BAD, once, and its session ends */
-            data_record(h, n, &d->set, p, 1, payload, len, now_ms, res);
+            data_record(h, n, &d->set, p, FROM_DEATH, payload, len, now_ms, res);
             d->online = 0;
         }
     }
@@ -717,6 +821,116 @@ void spb_host_handle(spb_host *h, const char *t, const uint8_t *payload, size_t 
         res->rebirth = want_rebirth(h, n, now_ms);
 done:
     org__eclipse__tahu__protobuf__payload__free_unpacked(p, NULL);
+}
+
+/* The metric definition a point names in the node's session, or NULL when it is not born. */
+static const metric_def *born_metric(node *n, const spb_point *pt)
+{
+    const metric_set *s = &n->set;
+    if (*pt->device) {
+        spb_device *d = device_of(n, pt->device, 0);
+        if (!d || !d->online)
+            return NULL;
+        s = &d->set;
+    }
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->m[i].name, pt->metric) == 0)
+            return &s->m[i];
+    return NULL;
+}
+
+/* value in metric m as datatype dt; 0 when dt cannot carry it. */
+static int put_value(Metric *m, uint32_t dt, double v)
+{
+    static const double lo[] = {0, -128, -32768, -2147483648.0, -9.2e18, 0, 0, 0, 0};
+    static const double hi[] = {0, 127, 32767, 2147483647.0, 9.2e18, 255, 65535, 4294967295.0,
+                                1.8e19};
+    if (dt >= DT_INT8 && dt <= DT_UINT64) {
+        double r = nearbyint(v);
+        if (r < lo[dt] || r > hi[dt])
+            return 0;
+        if (dt == DT_INT64 || dt == DT_UINT64) {
+            m->value_case = VALUE(LONG_VALUE);
+            m->long_value = dt == DT_INT64 ? (uint64_t)(int64_t)r : (uint64_t)r;
+        } else {
+            m->value_case = VALUE(INT_VALUE);
+            m->int_value = (uint32_t)(int64_t)r; /* two's complement in 32 bits */
+        }
+    } else if (dt == DT_FLOAT) {
+        m->value_case = VALUE(FLOAT_VALUE);
+        m->float_value = (float)v;
+    } else if (dt == DT_DOUBLE) {
+        m->value_case = VALUE(DOUBLE_VALUE);
+        m->double_value = v;
+    } else if (dt == DT_BOOLEAN && (v == 0 || v == 1)) {
+        m->value_case = VALUE(BOOLEAN_VALUE);
+        m->boolean_value = v != 0;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+cm_err spb_host_command(spb_host *h, const Suido__Command *c, uint64_t now_ms, spb_write *w,
+                        Suido__StageMessage **refused)
+{
+    memset(w, 0, sizeof *w);
+    *refused = NULL;
+    node *n = c->gateway_id ? node_of(h, c->gateway_id) : NULL;
+    if (!n)
+        return CM_ERR_UNKNOWN; /* not one of ours: nothing to report to */
+    const spb_point *pt = spb_map_actuator(n->map, c->channel ? c->channel : "");
+    const metric_def *d = n->online && pt ? born_metric(n, pt) : NULL;
+    const char *why = !n->online            ? "gateway_offline"
+                      : !d                  ? "unknown_actuator"
+                      : now_ms > c->expires_ms ? "expired"
+                                               : NULL;
+    Payload p = ORG__ECLIPSE__TAHU__PROTOBUF__PAYLOAD__INIT;
+    Metric m = ORG__ECLIPSE__TAHU__PROTOBUF__PAYLOAD__METRIC__INIT;
+    if (!why && !put_value(&m, d->datatype, c->value))
+        why = "out_of_range";
+    size_t slot = PENDING_MAX;
+    for (size_t i = 0; !why && i < PENDING_MAX && slot == PENDING_MAX; i++)
+        if (!n->pend[i].id[0] || now_ms > n->pend[i].expires_ms)
+            slot = i;
+    if (!why && slot == PENDING_MAX)
+        why = "busy"; /* PENDING_MAX commands unanswered already */
+    if (why) {
+        *refused = result_record(n, c->command_id ? c->command_id : "", c->channel ? c->channel : "",
+                                 SUIDO__COMMAND_OUTCOME__OUTCOME_REFUSED, why, 0, now_ms, NULL, 0,
+                                 now_ms);
+        return CM_ERR_DENIED;
+    }
+    Metric *ms[1] = {&m};
+    p.has_timestamp = 1;
+    p.timestamp = now_ms;
+    p.metrics = ms;
+    p.n_metrics = 1;
+    m.name = (char *)d->name;
+    m.has_alias = d->has_alias;
+    m.alias = d->alias;
+    m.has_datatype = 1;
+    m.datatype = d->datatype;
+    m.has_timestamp = 1;
+    m.timestamp = now_ms;
+    if (*pt->device)
+        snprintf(w->topic, sizeof w->topic, "spBv1.0/%s/DCMD/%s/%s", n->map->group, n->map->id,
+                 pt->device);
+    else
+        snprintf(w->topic, sizeof w->topic, "spBv1.0/%s/NCMD/%s", n->map->group, n->map->id);
+    w->len = org__eclipse__tahu__protobuf__payload__get_packed_size(&p);
+    if (!(w->payload = malloc(w->len ? w->len : 1)))
+        return CM_ERR_NOMEM;
+    org__eclipse__tahu__protobuf__payload__pack(&p, w->payload);
+    pending *q = &n->pend[slot];
+    memset(q, 0, sizeof *q);
+    snprintf(q->id, sizeof q->id, "%s", c->command_id ? c->command_id : "");
+    snprintf(q->actuator, sizeof q->actuator, "%s", c->channel);
+    snprintf(q->device, sizeof q->device, "%s", pt->device);
+    snprintf(q->metric, sizeof q->metric, "%s", d->name);
+    q->value = d->datatype == DT_BOOLEAN ? (c->value != 0) : c->value;
+    q->expires_ms = c->expires_ms;
+    return CM_OK;
 }
 
 cm_err spb_rebirth_payload(uint64_t now_ms, uint8_t **out, size_t *len)

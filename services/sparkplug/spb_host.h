@@ -57,7 +57,30 @@ typedef struct spb_result {
      * site and site_kind are the caller's to set. */
     Suido__StageMessage *record;
     unsigned readings, skipped; /* readings in the record; metrics not mapped to a channel */
+    /* After a birth record: the readings of the values the birth carries (kind data), or NULL;
+     * owned. */
+    Suido__StageMessage *values;
+    /* The result of a command this message reports on (kind cmdres), or NULL; owned. */
+    Suido__StageMessage *result;
 } spb_result;
+
+/* A command for an edge node (from the gate), as the host writes it. */
+typedef struct spb_write {
+    char topic[SPB_ID_MAX * 3 + 32]; /* spBv1.0/<group>/NCMD/<node> or DCMD/<node>/<device> */
+    uint8_t *payload;                /* malloc'd; the caller frees it */
+    size_t len;
+} spb_write;
+
+/* Turns the gate's command into a write of the actuator's mapped metric, in the datatype the
+ * node declared for it in its birth (named, and by alias when it was born with one), and
+ * remembers it: the next value the node publishes for that metric is the command's result
+ * (applied when it is the commanded value, failed otherwise). CM_OK and *w filled; otherwise
+ * *refused holds the record of the command's refusal ("unknown_actuator": not in the map or not
+ * born; "gateway_offline"; "expired"; "out_of_range" for a value the datatype cannot carry) to
+ * forward like any result. A command not answered by its expiry is forgotten (the gate reports
+ * it unanswered). */
+cm_err spb_host_command(spb_host *h, const Suido__Command *c, uint64_t now_ms, spb_write *w,
+                        Suido__StageMessage **refused);
 
 spb_host *spb_host_new(const spb_map *map, const spb_limits *limits);
 void spb_host_destroy(spb_host **h);
@@ -66,6 +89,8 @@ void spb_host_destroy(spb_host **h);
 void spb_host_handle(spb_host *h, const char *topic, const uint8_t *payload, size_t len,
                      uint64_t now_ms, spb_result *res);
 void spb_result_clear(spb_result *res);
+/* Frees a record made by spb_host_command. */
+void spb_record_free(Suido__StageMessage **rec);
 
 /* Online nodes, for the metrics. */
 unsigned spb_host_online(const spb_host *h);

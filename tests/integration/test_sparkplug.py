@@ -36,6 +36,10 @@ tank_level = Tank::Level
 [units {NODE}]
 flow = L/s
 
+[actuators {NODE}]
+speed_setpoint = Pump1/SpeedSetpoint
+pump2 = Station::Pump2Run
+
 [node {OTHER}]
 group = {GROUP}
 
@@ -51,15 +55,26 @@ NODE_METRICS = [
      "unit": "bar"},
     {"name": "Pump1/Running", "alias": 3, "datatype": DataType.Boolean, "value": True},
     {"name": "Firmware", "alias": 4, "datatype": DataType.String, "value": "4.2.1"},
+    {"name": "Pump1/SpeedSetpoint", "alias": 5, "datatype": DataType.Float, "value": 40.0},
 ]
 TANK_METRICS = [{"name": "Level", "alias": 10, "datatype": DataType.Float, "value": 2.5,
                  "unit": "m"}]
+STATION_METRICS = [{"name": "Pump2Run", "alias": 20, "datatype": DataType.Boolean,
+                    "value": False}]
+
+# the example utility's profile (pumping.pump2 among its actuators) with the speed setpoint
+ACTUATORS = """
+[actuator pumping.speed_setpoint]
+quantity = pump_speed
+unit = %
+range = 0, 100
+"""
 
 
 def provision(suite, gw):
     out = suite.root / f"bundle-{gw}"
     suite.ctl("gateway", "provision", gw, "--site", f"{gw}-site", "--kind", "pumping",
-              "--model", "EdgeNode", "--firmware", "4.2", "--out", out)
+              "--model", "EdgeNode", "--firmware", "4.2", "--sparkplug", "--out", out)
     suite.ctl("gateway", "activate", gw)
     return out
 
@@ -67,7 +82,9 @@ def provision(suite, gw):
 @pytest.fixture(scope="module")
 def spb(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparkplug")
-    s = Suite(root / "suite", gateways=2)
+    profile = root / "profile.conf"
+    profile.write_text((TOP / "examples" / "sim-utility" / "profile.conf").read_text() + ACTUATORS)
+    s = Suite(root / "suite", gateways=2, profile=profile)
     try:
         s.start()
         s.login_admin()
@@ -131,13 +148,15 @@ def test_birth_data_death_stored_with_their_provenance(spb):
         n.ndata({"Pump1/Flow": 12.5, "Pump1/SuctionPressure": 1.75, "Pump1/Running": False,
                  "Firmware": "4.2.2"})
         n.ddata("Tank", {"Level": 3.25})
-        assert wait_until(lambda: len(batches(s, NODE, epoch)) == 2, 10), s.log("sparkplug")
+        # the births' values (a node reporting by exception may send no others), then the data
+        assert wait_until(lambda: len(batches(s, NODE, epoch)) == 4, 10), s.log("sparkplug")
         rows = batches(s, NODE, epoch)
         assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
-            (1, 3, "transport", "sparkplug"), (2, 1, "transport", "sparkplug")]
+            (1, 3, "transport", "sparkplug"), (2, 1, "transport", "sparkplug"),
+            (3, 3, "transport", "sparkplug"), (4, 1, "transport", "sparkplug")]
         # the record is the Sparkplug payload exactly as the node sent it
-        first = decode(rows[0][5])
-        assert [m.alias for m in first.metrics] == [1, 2, 3, 4]
+        assert decode(rows[0][5]).metrics[0].name == "bdSeq"
+        assert [m.alias for m in decode(rows[2][5]).metrics] == [1, 2, 3, 4]
         # the meaning: the profile's channels and units, values as sent
         agg = dict(s.query("SELECT channel, last_value FROM readings_series WHERE gateway = ?", NODE))
         assert agg["pumping.flow"] == pytest.approx(12.5)
@@ -238,7 +257,10 @@ def test_malformed_oversize_and_data_before_birth(spb):
         n.publish_raw(n.topic("NDATA"), b"\x0a\xff\xff\xff\xff\x0f garbage", qos=1)
         assert wait_until(lambda: rejects(s, NODE, "malformed") == r0 + 1, 10)
         # over the broker's 64 KiB packet: the broker cuts the node, nothing reaches the host
-        n.publish_raw(n.topic("NDATA"), b"\x00" * (70 * 1024), qos=0)
+        try:
+            n.publish_raw(n.topic("NDATA"), b"\x00" * (70 * 1024), qos=0, timeout=2)
+        except (TimeoutError, ConnectionError):
+            pass  # cut while it was being sent
         assert wait_until(lambda: not n.connected, 10)
     finally:
         n.disconnect()
@@ -315,5 +337,80 @@ def test_state_is_retained_with_a_will(spb):
         assert off["timestamp"] == state["timestamp"]
     finally:
         n.disconnect()
+        # the killed host's metrics file says "connected" until the new one rewrites it
+        (s.dir / "state" / "metrics" / "sparkplug.prom").unlink(missing_ok=True)
         s.start_service("sparkplug")
         assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_connected") == 1, 20)
+        time.sleep(0.5)  # subscribed right after the connection
+
+
+def command(s, actuator, value, unit):
+    r = s.ctl("--json", "command", NODE, actuator, str(value), "--unit", unit, check=False)
+    return r.returncode, json.loads(r.stdout) if r.stdout.startswith("{") else None, r.stderr
+
+
+def outcome(s, command_id):
+    rows = s.query("SELECT decision, detail FROM command_log WHERE command_id=? "
+                   "ORDER BY id DESC LIMIT 1", command_id)
+    return rows[0] if rows else (None, None)
+
+
+def settled(s, command_id):
+    return wait_until(lambda: outcome(s, command_id)[0] not in (None, "sent"), 20)
+
+
+def test_a_gated_command_is_written_and_its_result_is_the_next_value(spb):
+    s = spb
+    n = node(s)
+    try:
+        born(s, n, {e for k, e, _ in events(s, NODE) if k == "birth"})
+        n.dbirth("Station", STATION_METRICS)
+        # a setpoint: NCMD writing the node's metric by name and alias, in its datatype
+        code, out, err = command(s, "speed_setpoint", 55, "%")
+        assert code == 0 and out["decision"] == "sent", (out, err)
+        topic, values = n.wait_command(lambda c: "NCMD" in c[0], 10)
+        assert topic == f"spBv1.0/{GROUP}/NCMD/{NODE}" and values == {"Pump1/SpeedSetpoint": 55.0}
+        sent = n.command_payloads[-1][1].metrics[0]
+        assert sent.alias == 5 and sent.datatype == DataType.Float
+        n.ndata({"Pump1/SpeedSetpoint": 55.0, "Pump1/Flow": 20.0})
+        assert settled(s, out["command_id"])
+        assert outcome(s, out["command_id"])[0] in ("applied", "followed")
+        assert wait_until(lambda: s.query(
+            "SELECT count(*) FROM audit WHERE event='command_result' AND detail LIKE ?",
+            f"%command={out['command_id']} outcome=applied%value_in_force=55%")[0][0] == 1, 10)
+        # the result is stored like a gateway's, with its provenance
+        assert s.query("SELECT status FROM batches WHERE gateway=? AND kind='cmdres'",
+                       NODE)[-1][0] == "transport"
+        # a device's boolean: DCMD; a node that keeps another value: the write failed
+        code, out, err = command(s, "pump2", 1, "1")
+        assert code == 0, (out, err)
+        topic, values = n.wait_command(lambda c: "DCMD" in c[0], 10)
+        assert topic == f"spBv1.0/{GROUP}/DCMD/{NODE}/Station" and values == {"Pump2Run": True}
+        n.ddata("Station", {"Pump2Run": False})
+        assert settled(s, out["command_id"])
+        assert outcome(s, out["command_id"])[0] == "failed_at_gateway"
+    finally:
+        n.disconnect()
+
+
+def test_a_command_the_host_cannot_write_is_refused_with_a_reason(spb):
+    s = spb
+    n = node(s)
+    try:
+        born(s, n, {e for k, e, _ in events(s, NODE) if k == "birth"})  # no Station device
+        time.sleep(5.1)  # the profile's 5 s between two commands to pump 2
+        code, out, err = command(s, "pump2", 1, "1")
+        assert code == 0 and out["decision"] == "sent", (out, err)
+        assert settled(s, out["command_id"])
+        assert outcome(s, out["command_id"])[0] == "refused_by_gateway:unknown_actuator"
+        # the node goes away: the next command is refused as offline
+        n.publish_raw(n.topic("NDEATH"), n.death_payload(), qos=1)
+        assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_nodes_online") == 0, 10)
+        code, out, err = command(s, "speed_setpoint", 30, "%")
+        assert code == 0, (out, err)
+        assert settled(s, out["command_id"])
+        assert outcome(s, out["command_id"])[0] == "refused_by_gateway:gateway_offline"
+        time.sleep(0.5)
+        assert not any(v.get("Pump1/SpeedSetpoint") == 30.0 for _, v in n.commands)
+    finally:
+        n.disconnect()

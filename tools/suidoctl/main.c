@@ -3,7 +3,7 @@
  *   suidoctl [-c CONF] [--json] gateway list | show ID
  *   suidoctl [-c CONF] gateway suspend|activate|revoke|dispose ID [--reason TEXT]
  *   suidoctl [-c CONF] [--json] gateway provision ID --site S --kind K --out DIR
- *                                [--model M] [--firmware F]
+ *                                [--model M] [--firmware F] [--sparkplug]
  *   suidoctl [-c CONF] service suspend|activate|revoke ID [--reason TEXT]
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
@@ -114,6 +114,7 @@ static void usage(void)
             "  gateway list | show ID\n"
             "  gateway suspend|activate|revoke|dispose ID [--reason TEXT]\n"
             "  gateway provision ID --site S --kind K --out DIR [--model M] [--firmware F]\n"
+            "                            [--sparkplug: a Sparkplug B edge node, node id = ID]\n"
             "  service suspend|activate|revoke ID [--reason TEXT]\n"
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
@@ -606,6 +607,7 @@ static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
         json_str("kind", g->kind, 1);
         json_str("model", g->model, 1);
         json_str("firmware", g->firmware, 1);
+        json_str("protocol", g->protocol && *g->protocol ? g->protocol : "suido", 1);
         json_str("key_id", g->key_id, 1);
         json_str("cert_serial", g->cert_serial, 1);
         printf("\"cert_days_left\":%ld,\"last_seen_ms\":%llu}", days,
@@ -617,7 +619,10 @@ static void print_gateway(const ctl *c, const Suido__GatewayInfo *g, int first)
                      (unsigned long long)((cm_now_ms() - g->last_seen_ms) / 1000));
         printf("%-10s %-11s %-16s %-10s %-8s %-7s %5ld  %-12s %s\n", g->id, state_name(g->state),
                g->site, g->kind, g->model ? g->model : "", g->firmware ? g->firmware : "", days,
-               seen, g->key_id && *g->key_id ? g->key_id : "(no key)");
+               seen,
+               g->protocol && strcmp(g->protocol, "sparkplug") == 0 ? "(sparkplug: TLS only)"
+               : g->key_id && *g->key_id                             ? g->key_id
+                                                                     : "(no key)");
     }
 }
 
@@ -1179,6 +1184,8 @@ int main(int argc, char **argv)
             prov.model = argv[++i];
         else if (strcmp(argv[i], "--firmware") == 0 && i + 1 < argc)
             prov.firmware = argv[++i];
+        else if (strcmp(argv[i], "--sparkplug") == 0)
+            prov.protocol = "sparkplug";
         else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             prov.out = argv[++i];
         else if (argv[i][0] == '-' || nargs == 8)

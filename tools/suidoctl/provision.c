@@ -174,6 +174,7 @@ int provision_gateway(const cm_conf *conf, const provision_request *r, provision
     g.sign_pub_der.len = der_len;
     g.cmd_pub_der.data = cmd_der;
     g.cmd_pub_der.len = cmd_der_len;
+    g.protocol = (char *)(r->protocol ? r->protocol : "suido");
     Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
     req.op = SUIDO__REGISTRY_OP__REG_ADD_GATEWAY;
     req.gateway = &g;

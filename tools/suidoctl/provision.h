@@ -9,6 +9,7 @@
 
 typedef struct provision_request {
     const char *id, *site, *kind, *model, *firmware;
+    const char *protocol; /* NULL: a suido gateway; "sparkplug": a Sparkplug B edge node */
     const char *out; /* bundle directory to create; must not exist */
 } provision_request;
 
