@@ -69,7 +69,7 @@ wait_port() {
 # one it waits for. Each gets 5 s after SIGTERM, then SIGKILL.
 stop_all() {
     [[ -d "$PIDS" ]] || return 0
-    local order="gateway-sim monitor ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
+    local order="gateway-sim monitor sparkplug ingest verify profile anomaly-* gate archive registry mosquitto" n f pid
     for n in $order; do
         for f in "$PIDS"/$n.pid; do
             [[ -f "$f" ]] || continue
@@ -145,6 +145,11 @@ cmd_run() {
         [[ -f "$RUN/etc/$s.conf" ]] || continue # a deployment made before the monitor existed
         "$BIN/suido-$s" -c "$RUN/etc/$s.conf" -n >/dev/null
     done
+    local sparkplug=0
+    if [[ -f "$RUN/etc/sparkplug.conf" && -f "$RUN/sparkplug.map" ]]; then
+        "$BIN/suido-sparkplug" -c "$RUN/etc/sparkplug.conf" -n >/dev/null
+        sparkplug=1
+    fi
     # the broker, once its saved persistence is known to be whole (broker/start/main.c)
     start mosquitto "$BIN/suido-broker-start" "$RUN/mosquitto/mosquitto.conf"
     wait_port "$PORT" || { stop_all; die "broker did not start (see $LOG/mosquitto.log)"; }
@@ -159,6 +164,8 @@ cmd_run() {
     start profile "$BIN/suido-profile" -c "$RUN/etc/profile.conf"
     start verify "$BIN/suido-verify" -c "$RUN/etc/verify.conf"
     start ingest "$BIN/suido-ingest" -c "$RUN/etc/ingest.conf"
+    # the Sparkplug host, once a map names the edge nodes it serves (docs/sparkplug.md)
+    [[ $sparkplug == 0 ]] || start sparkplug "$BIN/suido-sparkplug" -c "$RUN/etc/sparkplug.conf"
     sleep 0.5
     local simlog_at=0
     [[ ! -f "$LOG/gateway-sim.log" ]] || simlog_at=$(stat -c %s "$LOG/gateway-sim.log")

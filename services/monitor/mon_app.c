@@ -454,7 +454,7 @@ static void on_overview(call *c)
         json_array_append_new(
             list,
             json_pack("{s:o, s:o, s:o, s:s, s:o, s:o, s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
-                      "s:i, s:i}",
+                      "s:i, s:i, s:s}",
                       "id", js(g->id), "site", js(g->site), "kind", js(g->kind), "state",
                       state_name(g->state), "model", js(g->model), "firmware", js(g->firmware),
                       "online", online, "last_seen_ms", jint(g->last_seen_ms), "last_reading_ms",
@@ -462,7 +462,12 @@ static void on_overview(call *c)
                       jint(st ? st->refusals : 0), "last_refusal", js(st ? st->last_reason : ""),
                       "last_refusal_ms", jint(st ? st->last_refusal_ms : 0), "cert_not_after_ms",
                       jint(g->cert_not_after_ms), "cert_days_left", jnum(floor(days)),
-                      "open_alerts", (int)open_n, "severe_alerts", (int)severe));
+                      "open_alerts", (int)open_n, "severe_alerts", (int)severe,
+                      /* what the platform can prove of its data: signed by the gateway, or
+                       * only authenticated by its TLS identity (a Sparkplug node) */
+                      "provenance",
+                      g->protocol && strcmp(g->protocol, "sparkplug") == 0 ? "transport"
+                                                                           : "signed"));
     }
     json_t *out = json_pack("{s:I, s:I, s:o, s:b}", "now_ms", (json_int_t)c->now, "online_s",
                             (json_int_t)(c->a->o.online_ms / 1000), "gateways", list,

@@ -752,7 +752,7 @@ static const cm_dispatch DISPATCH[] = {
     {"set_gateway_state", "suidoctl", on_set_gateway_state},
     {"add_gateway", "suidoctl", on_add_gateway},
     {"set_service_state", "suidoctl", on_set_service_state},
-    {"seen", "verify", on_seen},
+    {"seen", "verify,sparkplug", on_seen},
     {"get_profile", "profile,anomaly,gate,verify,suidoctl,monitor", on_get_profile},
     {"set_channels", "profile", on_set_channels},
     {"get_channels", "profile,suidoctl,monitor", on_get_channels},

@@ -67,6 +67,9 @@ typedef struct host {
     char state_online[96];
     atomic_int publish_state; /* set on connect; the main loop publishes STATE */
     cm_ratelimit gap_audit;
+    const spb_map *map;
+    unsigned char *seen;  /* per map node: sent accepted data since the last report */
+    uint64_t next_seen_report_ms;
     cm_metric *received, *forwarded, *readings, *skipped, *refused_all, *rebirths, *seq_gaps;
     cm_metric *online, *connected, *connects, *commands, *commands_refused;
 } host;
@@ -122,6 +125,32 @@ static void ask_rebirth(host *h, const char *topic, const char *node, uint64_t n
         cm_info("node=%s event=rebirth_requested", node);
     }
     free(buf);
+}
+
+/* Callback thread: every few seconds, tells the registry which nodes sent accepted data (the
+ * inventory's "last seen", as verify does for suido gateways). */
+static void report_seen(host *h, const char *node, uint64_t now)
+{
+    const spb_map_node *n = node ? spb_map_find(h->map, node) : NULL;
+    if (n)
+        h->seen[n - h->map->nodes] = 1;
+    if (now < h->next_seen_report_ms)
+        return;
+    h->next_seen_report_ms = now + 5000;
+    char *ids[64];
+    size_t k = 0;
+    for (size_t i = 0; i < h->map->n_nodes; i++) {
+        if (h->seen[i] && k < 64)
+            ids[k++] = (char *)h->map->nodes[i].id;
+        h->seen[i] = 0;
+    }
+    if (!k)
+        return;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_SEEN;
+    req.ids = ids;
+    req.n_ids = k;
+    cm_registry_notify(h->registry, &req);
 }
 
 /* A record to the profile stage, with the gateway's site and kind from the registry. */
@@ -180,6 +209,7 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
             cm_metric_add(h->readings, res.readings);
             if (res.result)
                 forward(h, h->to_profile, res.result, gw);
+            report_seen(h, res.node, now);
         }
     }
     cm_metric_add(h->skipped, res.skipped);
@@ -292,7 +322,8 @@ int main(int argc, char **argv)
     spb_limits lim = {.rebirth_interval_ms = (uint64_t)interval_ms,
                       .births_per_minute = (unsigned)births,
                       .max_ahead_ms = (uint64_t)ahead_s * 1000u};
-    if (!(h.logic = spb_host_new(map, &lim)))
+    h.map = map;
+    if (!(h.seen = calloc(map->n_nodes, 1)) || !(h.logic = spb_host_new(map, &lim)))
         cm_svc_die(s, "out of memory");
 
     /* STATE (Sparkplug 3.0): the same timestamp in the birth and the will of one connection */
@@ -391,6 +422,7 @@ int main(int argc, char **argv)
     zmq_close(h.to_archive);
     zmq_close(h.audit_main);
     spb_host_destroy(&h.logic);
+    free(h.seen);
     spb_map_destroy(&map);
     cm_conf_destroy(&mapconf);
     cm_svc_destroy(&h.svc);

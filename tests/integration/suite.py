@@ -245,6 +245,47 @@ class Suite:
         self.admin_secret = self.add_operator("admin", "admin", self.admin_password)
         self.token = self.login("admin", self.admin_password, totp(self.admin_secret))
 
+    def monitor_session(self, operator, password, secret):
+        """An HTTPS session of operator (TOTP secret: secret) with the monitor started by
+        start_service("monitor"), through its login form's flow: returns call(method, path,
+        body=None) -> (status, decoded JSON)."""
+        import http.client
+        import ssl
+        from wire import totp
+        ctx = ssl.create_default_context(cafile=str(self.dir / "ca" / "ca.crt"))
+        port = self.base + 9
+        cookies, csrf = {}, [""]
+
+        def call(method, path, body=None):
+            c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
+            h = {"Host": f"localhost:{port}"}
+            if cookies:
+                h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+            if body is not None:
+                body = json.dumps(body)
+                h["Content-Type"] = "application/json"
+                h["X-CSRF-Token"] = csrf[0]
+            try:
+                c.request(method, path, body=body, headers=h)
+                r = c.getresponse()
+                data = r.read()
+                for k, v in r.getheaders():
+                    if k.lower() == "set-cookie":
+                        name, _, rest = v.partition("=")
+                        cookies[name] = rest.split(";", 1)[0]
+                return r.status, json.loads(data or b"null")
+            finally:
+                c.close()
+
+        status, form = call("GET", "/api/login")
+        assert status == 200, form
+        csrf[0] = form["csrf"]
+        status, r = call("POST", "/api/login", {"operator": operator, "password": password,
+                                                 "totp": totp(secret)})
+        assert status == 200, r
+        csrf[0] = r["csrf"]
+        return call
+
     def tls_files(self, who):
         """(cert, key) of a gateway, service or test identity."""
         for sub in ("gateways", "services", "test"):

@@ -112,49 +112,6 @@ def test_no_aggregate_of_a_confidential_channel_is_kept_in_clear(csuite):
                         "encrypted=1", GW)[0][0] >= 5
 
 
-def monitor_login(suite, secret):
-    """An HTTPS session of the viewer vicky (TOTP secret: secret) with the monitor
-    (tests/browser/conftest.py's flow)."""
-    import http.client
-    import json
-    import ssl
-    from wire import totp
-    ctx = ssl.create_default_context(cafile=str(suite.dir / "ca" / "ca.crt"))
-    port = suite.base + 9
-    cookies, csrf = {}, [""]
-
-    def call(method, path, body=None):
-        c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
-        h = {"Host": f"localhost:{port}"}
-        if cookies:
-            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        if body is not None:
-            body = json.dumps(body)
-            h["Content-Type"] = "application/json"
-            h["X-CSRF-Token"] = csrf[0]
-        try:
-            c.request(method, path, body=body, headers=h)
-            r = c.getresponse()
-            data = r.read()
-            for k, v in r.getheaders():
-                if k.lower() == "set-cookie":
-                    name, _, rest = v.partition("=")
-                    cookies[name] = rest.split(";", 1)[0]
-            return r.status, json.loads(data or b"null")
-        finally:
-            c.close()
-
-    status, form = call("GET", "/api/login")
-    assert status == 200, form
-    csrf[0] = form["csrf"]
-    status, r = call("POST", "/api/login", {"operator": "vicky",
-                                             "password": "vicky has a long passphrase",
-                                             "totp": totp(secret)})
-    assert status == 200, r
-    csrf[0] = r["csrf"]
-    return call
-
-
 def test_the_monitor_says_a_confidential_channel_has_no_stored_trend(csuite):
     csuite.start_service("monitor")
     # added once: the login below is tried again while the monitor is still starting
@@ -162,7 +119,7 @@ def test_the_monitor_says_a_confidential_channel_has_no_stored_trend(csuite):
 
     def up():
         try:
-            return monitor_login(csuite, secret)
+            return csuite.monitor_session("vicky", "vicky has a long passphrase", secret)
         except OSError:
             return None
     call = wait_until(up, 30, 0.5)

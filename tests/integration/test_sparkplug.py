@@ -414,3 +414,38 @@ def test_a_command_the_host_cannot_write_is_refused_with_a_reason(spb):
         assert not any(v.get("Pump1/SpeedSetpoint") == 30.0 for _, v in n.commands)
     finally:
         n.disconnect()
+
+
+def test_the_monitor_shows_a_sparkplug_nodes_provenance_and_readings(spb):
+    s = spb
+    n = node(s)
+    try:
+        born(s, n, {e for k, e, _ in events(s, NODE) if k == "birth"})
+        n.ndata({"Pump1/Flow": 77.0})
+        assert wait_until(lambda: dict(s.query(
+            "SELECT channel, last_value FROM readings_series WHERE gateway = ?",
+            NODE)).get("pumping.flow") == 77.0, 10)
+    finally:
+        n.disconnect()
+    s.start_service("monitor")
+    secret = s.add_operator("vera", "viewer", "vera reads the overview every morning")
+
+    def up():
+        try:
+            return s.monitor_session("vera", "vera reads the overview every morning", secret)
+        except OSError:
+            return None
+    call = wait_until(up, 30, 0.5)
+    assert call, s.log("monitor")
+    status, o = call("GET", "/api/overview")
+    assert status == 200, o
+    by_id = {g["id"]: g for g in o["gateways"]}
+    assert by_id[NODE]["provenance"] == "transport"
+    assert by_id["gw-0001"]["provenance"] == "signed"
+    assert by_id[NODE]["last_reading_ms"] > 0
+    # inventory: the host reports the node as seen, as verify does for a suido gateway
+    assert wait_until(lambda: call("GET", "/api/overview")[1]["gateways"] and {
+        g["id"]: g for g in call("GET", "/api/overview")[1]["gateways"]}[NODE]["last_seen_ms"] > 0,
+        15)
+    status, t = call("GET", f"/api/trend?gateway={NODE}&channel=pumping.flow")
+    assert status == 200 and t["readings"] > 0, t

@@ -1,5 +1,6 @@
 'use strict';
-/* Overview: every site and gateway — state, online, last seen, the last reading stored,
+/* Overview: every site and gateway — what its data can prove (signed, or transport only),
+ * state, online, last seen, the last reading stored,
  * verification failures of the last 24 h, certificate expiry, open alerts — and the live alerts. */
 suido.start('overview', async () => {
   const { el, $, clear, api, num, pill, ago, time } = suido;
@@ -26,12 +27,17 @@ suido.start('overview', async () => {
       bySite.get(g.site).push(g);
     }
     for (const site of [...bySite.keys()].sort()) {
-      body.append(el('tr', { class: 'site-head' }, el('td', { colspan: 9, text: site })));
+      body.append(el('tr', { class: 'site-head' }, el('td', { colspan: 10, text: site })));
       for (const g of bySite.get(site)) {
         const cert = g.cert_days_left === null ? '–' : `${g.cert_days_left} days`;
         const tr = el('tr', { class: 'clickable', data: { gateway: g.id }, onclick: () => { location.href = '/trends?gateway=' + encodeURIComponent(g.id); } },
           el('td', {}, el('a', { href: '/trends?gateway=' + encodeURIComponent(g.id), text: g.id })),
           el('td', { text: g.kind }),
+          el('td', { class: 'provenance', title: g.provenance === 'signed'
+            ? 'every batch signed by the gateway: re-verifiable for ever'
+            : 'a Sparkplug B node: authenticated by its TLS identity at the broker, not signed' },
+             pill(g.provenance === 'signed' ? 'signed' : 'transport (Sparkplug)',
+                  g.provenance === 'signed' ? 'ok' : 'warn')),
           el('td', {}, pill(g.state, g.state === 'active' ? 'ok' : g.state === 'provisioned' ? 'info' : 'bad')),
           el('td', { class: 'online' }, pill(g.online ? 'online' : 'offline', g.online ? 'ok' : 'off')),
           el('td', { text: ago(g.last_seen_ms, o.now_ms), title: suido.datetime(g.last_seen_ms) }),
