@@ -161,6 +161,43 @@ static void to_gate(profiler *p, const Suido__StageMessage *m)
         cm_metric_inc(p->gate_dropped);
 }
 
+/* A Sparkplug node's payload is in clear, and the archive keeps it as the record: a channel the
+ * profile marks confidential may not come that way (profile P8, as verify refuses a suido
+ * gateway's plaintext batch). Returns the first such channel name, or NULL. */
+static const char *sparkplug_confidential(const profiler *p, const Suido__StageMessage *m)
+{
+    if (m->provenance != SUIDO__PROVENANCE__PROVENANCE_SPARKPLUG)
+        return NULL;
+    size_t n = m->batch ? m->batch->n_readings : m->birth ? m->birth->n_channels : 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = m->batch ? m->batch->readings[i]->channel : m->birth->channels[i]->name;
+        const cm_channel *c = cm_profile_channel(p->profile, m->site_kind, name ? name : "");
+        if (c && c->confidential)
+            return name;
+    }
+    return NULL;
+}
+
+/* Refuses m as carrying a confidential channel in clear: stored as a refusal without its
+ * payload (the readings are not kept at rest in clear), audited by the archive. */
+static void refuse_in_clear(profiler *p, Suido__StageMessage *m, const char *channel)
+{
+    cm_metric_inc(p->births_refused);
+    cm_svc_reject(p->svc, "plaintext_confidential");
+    char name[160];
+    cm_warn("topic=%s channel=%s reason=plaintext_confidential result=refused", m->topic,
+            cm_log_escape(name, sizeof name, channel));
+    char *reason = m->reason;
+    ProtobufCBinaryData env = m->envelope;
+    m->status = SUIDO__VERIFY_STATUS__VERIFY_REJECTED;
+    m->reason = "plaintext_confidential";
+    m->envelope.data = NULL;
+    m->envelope.len = 0;
+    cm_stage_send(p->to_archive, m);
+    m->reason = reason; /* m is freed as unpacked */
+    m->envelope = env;
+}
+
 static void on_data(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -168,6 +205,11 @@ static void on_data(void *ctx, void *arg, const char *peer)
     Suido__StageMessage *m = arg;
     if (!m->batch || !m->header) {
         cm_warn("topic=%s error=\"verified message without batch\"", m->topic);
+        return;
+    }
+    const char *clear = sparkplug_confidential(p, m);
+    if (clear) {
+        refuse_in_clear(p, m, clear);
         return;
     }
     size_t n = m->batch->n_readings;
@@ -261,6 +303,11 @@ static void on_birth(void *ctx, void *arg, const char *peer)
     const char *why = NULL, *bad = "";
     if (!m->birth)
         why = "birth_without_body";
+    const char *clear = why ? NULL : sparkplug_confidential(p, m);
+    if (clear) {
+        refuse_in_clear(p, m, clear);
+        return;
+    }
     for (size_t i = 0; !why && i < m->birth->n_channels; i++) {
         const Suido__ChannelDecl *d = m->birth->channels[i];
         const cm_channel *c = cm_profile_channel(p->profile, m->site_kind, d->name ? d->name : "");

@@ -20,6 +20,7 @@ sys.path.insert(0, str(TOP / "tests" / "sparkplug"))
 from edge_node import DataType, EdgeNode, decode  # noqa: E402
 
 GROUP = "Plant1"
+BUDGET = 10  # NBIRTHs of one node a minute
 NODE = "gw-spb-01"
 OTHER = "gw-spb-02"
 
@@ -29,6 +30,7 @@ group = {GROUP}
 
 [channels {NODE}]
 flow = Pump1/Flow
+power = Pump1/Power
 suction_pressure = Pump1/SuctionPressure
 pump1_status = Pump1/Running
 tank_level = Tank::Level
@@ -83,13 +85,19 @@ def provision(suite, gw):
 def spb(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparkplug")
     profile = root / "profile.conf"
-    profile.write_text((TOP / "examples" / "sim-utility" / "profile.conf").read_text() + ACTUATORS)
+    # the station's power draw is confidential here: it may not arrive in clear
+    profile.write_text((TOP / "examples" / "sim-utility" / "profile.conf").read_text().replace(
+        "[channel pumping.power]", "[channel pumping.power]\nconfidential = yes") + ACTUATORS)
     s = Suite(root / "suite", gateways=2, profile=profile)
     try:
         s.start()
         s.login_admin()
         s.bundles = {gw: provision(s, gw) for gw in (NODE, OTHER)}
         (s.dir / "sparkplug.map").write_text(MAP)
+        # NODE is born again by most tests: room for them within a minute, OTHER storms
+        conf = s.dir / "etc" / "sparkplug.conf"
+        conf.write_text(conf.read_text().replace("host_id = suido",
+                                                 f"host_id = suido\nbirths_per_minute = {BUDGET}"))
         s.start_service("sparkplug")
         assert wait_until(lambda: s.metric("sparkplug", "suido_sparkplug_connected") == 1, 20), \
             s.log("sparkplug")
@@ -285,14 +293,14 @@ def test_a_rebirth_storm_is_rate_limited(spb):
     try:
         storm0 = rejects(s, OTHER, "rebirth_storm")
         requests0 = s.metric("sparkplug", "suido_sparkplug_rebirth_requests_total")
-        for i in range(10):
+        for i in range(BUDGET + 4):
             n.nbirth([{"name": "Flow", "alias": 1, "datatype": DataType.Float, "value": float(i),
                        "unit": "L/s"}])
             n.ndata({"Flow": float(i)})
-        # at most births_per_minute (6) NBIRTHs a minute become sessions; the rest are refused
+        # at most births_per_minute NBIRTHs a minute become sessions; the rest are refused
         assert wait_until(lambda: rejects(s, OTHER, "rebirth_storm") >= storm0 + 4, 10)
         births = [k for k, _, _ in events(s, OTHER)].count("birth")
-        assert births <= 6, births
+        assert births <= BUDGET, births
         # data after a refused birth is refused too, with at most one rebirth request per 5 s
         assert s.metric("sparkplug", "suido_sparkplug_rebirth_requests_total") <= requests0 + 2
     finally:
@@ -449,3 +457,25 @@ def test_the_monitor_shows_a_sparkplug_nodes_provenance_and_readings(spb):
         15)
     status, t = call("GET", f"/api/trend?gateway={NODE}&channel=pumping.flow")
     assert status == 200 and t["readings"] > 0, t
+
+
+def test_a_confidential_channel_may_not_come_in_clear(spb):
+    """The profile marks pumping.power confidential; a Sparkplug payload is in clear and would be
+    kept as the record: the birth declaring it and data carrying it are refused, and stored
+    without their payload."""
+    s = spb
+    n = node(s)
+    try:
+        r0 = rejects(s, NODE, "plaintext_confidential")
+        n.nbirth(NODE_METRICS + [{"name": "Pump1/Power", "alias": 6, "datatype": DataType.Float,
+                                  "value": 42.0, "unit": "kW"}])
+        n.ndata({"Pump1/Power": 43.0})
+        assert wait_until(lambda: rejects(s, NODE, "plaintext_confidential") >= r0 + 2, 10), \
+            s.log("profile")
+        assert s.query("SELECT max(length(envelope)) FROM rejects WHERE gateway = ? AND "
+                       "reason = 'plaintext_confidential'", NODE)[0][0] == 0
+        assert s.query("SELECT count(*) FROM readings_series WHERE gateway = ? AND "
+                       "channel = 'pumping.power'", NODE)[0][0] == 0
+        assert audited(s, NODE, needle="reason=plaintext_confidential") >= 2
+    finally:
+        n.disconnect()
