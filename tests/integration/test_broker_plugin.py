@@ -523,9 +523,9 @@ def test_kicked_session_does_not_get_its_will_published(lab, spy):
 @pytest.mark.parametrize("content,needle", [
     (None, "error=\"cannot open: No such file or directory\""),
     ("gw-0001 active\ngw-0002 sleepy\n", "line=2 error=\"unknown state sleepy"),
-    ("gw-0001 active\ngw-0002\n", "line=2 error=\"expected '<id> <state> [gateway]', got one field"),
+    ("gw-0001 active\ngw-0002\n", "line=2 error=\"expected '<id> <state> [gateway|sparkplug]', got one field"),
     ("gw-0001 active gateway\ngw-0002 active operator\n",
-     "line=2 error=\"expected '<id> <state> [gateway]', got an unknown role"),
+     "line=2 error=\"expected '<id> <state> [gateway|sparkplug]', got an unknown role"),
     ("gw-0001 active\ngw+#/x active\n", "line=2 error=\"bad id gw+#/x (wildcard_or_slash)"),
     ("gw-0001 active\ngw-0001 revoked\n", "line=2 error=\"gw-0001 is listed twice"),
     ("gw-0001 active", "line=1 error=\"no newline at the end"),
