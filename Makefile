@@ -197,9 +197,12 @@ FUZZ := $(BUILD_ROOT)/fuzz
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Wno-missing-field-initializers \
                $(FUZZ_SAN) -Icommon -I$(FUZZ)/gen $(PQ_CFLAGS) -MMD -MP
-FUZZ_COMMON_OBJ := $(patsubst %.c,$(FUZZ)/obj/%.o,$(COMMON_SRC)) $(FUZZ)/obj/gen/suido.pb-c.o
+# every proto of the main build (PROTOS), generated and compiled again for the targets
+FUZZ_PROTO_H := $(patsubst %,$(FUZZ)/gen/%.pb-c.h,$(PROTOS))
+FUZZ_COMMON_OBJ := $(patsubst %.c,$(FUZZ)/obj/%.o,$(COMMON_SRC)) \
+                   $(patsubst %,$(FUZZ)/obj/gen/%.pb-c.o,$(PROTOS))
 FUZZ_TARGETS := verify proto conf profile history monitor persist broker_log backup_manifest \
-                pointmap
+                pointmap sparkplug
 # the project sources each target needs besides common/ (its -I follows from them)
 FUZZ_SRC_verify := services/verify/verify_check.c
 FUZZ_SRC_proto := services/archive/archive_store.c services/archive/archive_query.c \
@@ -210,21 +213,24 @@ FUZZ_SRC_persist := broker/start/persist_check.c
 FUZZ_SRC_broker_log := services/ingest/broker_log.c
 FUZZ_SRC_backup_manifest := tools/suidoctl/backup_manifest.c
 FUZZ_SRC_pointmap := gateway/agent/pointmap.c
+FUZZ_SRC_sparkplug := services/sparkplug/spb_host.c services/sparkplug/spb_map.c
 FUZZ_LIBS_monitor := -ljansson
 FUZZ_BINS := $(addprefix $(FUZZ)/bin/fuzz_,$(FUZZ_TARGETS))
 
 .PHONY: fuzz-build fuzz fuzz-smoke
 fuzz-build: $(FUZZ_BINS) $(FUZZ)/bin/seed_verify
 
-$(FUZZ)/gen/suido.pb-c.c $(FUZZ)/gen/suido.pb-c.h &: proto/suido.proto
+# kept after the build (not deleted as intermediate files), so that objects are not rebuilt
+.SECONDARY: $(FUZZ_PROTO_H) $(patsubst %,$(FUZZ)/gen/%.pb-c.c,$(PROTOS))
+$(FUZZ)/gen/%.pb-c.c $(FUZZ)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(FUZZ)/gen
-	protoc-c --proto_path=proto --c_out=$(FUZZ)/gen proto/suido.proto
+	protoc-c --proto_path=proto --c_out=$(FUZZ)/gen $<
 
-$(FUZZ)/obj/gen/suido.pb-c.o: $(FUZZ)/gen/suido.pb-c.c
+$(FUZZ)/obj/gen/%.pb-c.o: $(FUZZ)/gen/%.pb-c.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
-$(FUZZ)/obj/%.o: %.c $(FUZZ)/gen/suido.pb-c.h
+$(FUZZ)/obj/%.o: %.c $(FUZZ_PROTO_H)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(foreach f,$(FUZZ_SRC_$(notdir $*)),-I$(dir $(f))) -c $< -o $@
 

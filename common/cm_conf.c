@@ -291,6 +291,11 @@ const char *cm_conf_section(const cm_conf *c, size_t i)
     return i < c->n_sections ? c->sections[i] : NULL;
 }
 
+int cm_conf_section_line(const cm_conf *c, size_t i)
+{
+    return i < c->n_sections ? c->section_lines[i] : 0;
+}
+
 const char *cm_conf_section_name(const char *section, const char *type)
 {
     size_t tl = strlen(type);

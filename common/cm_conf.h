@@ -64,6 +64,8 @@ int cm_conf_entry(const cm_conf *c, const char *section, size_t i, const char **
 /* Number of sections; cm_conf_section(c, i) is the i-th section's full name in file order. */
 size_t cm_conf_section_count(const cm_conf *c);
 const char *cm_conf_section(const cm_conf *c, size_t i);
+/* The line of the i-th section's header, for error messages (0 when i is out of range). */
+int cm_conf_section_line(const cm_conf *c, size_t i);
 /* If section is "type name" and type matches, returns "name"; if it is exactly "type", returns
  * ""; otherwise NULL. */
 const char *cm_conf_section_name(const char *section, const char *type);

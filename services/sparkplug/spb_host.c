@@ -170,7 +170,8 @@ static int topic_parse(const char *t, spb_topic *out)
     static const char *const node_types[] = {"NBIRTH", "NDATA", "NDEATH"};
     static const char *const dev_types[] = {"DBIRTH", "DDATA", "DDEATH"};
     memset(out, 0, sizeof *out);
-    if (strncmp(t, "spBv1.0/", 8) != 0)
+    size_t tl = strlen(t);
+    if (strncmp(t, "spBv1.0/", 8) != 0 || t[tl - 1] == '/') /* no empty last level */
         return 0;
     const char *p = t + 8;
     if (!level(&p, out->group, sizeof out->group) || !level(&p, out->type, sizeof out->type) ||
@@ -405,12 +406,24 @@ static node *node_of(spb_host *h, const char *id)
     return NULL;
 }
 
+/* A device of the node's session; with create, a new entry takes the place of a device that is
+ * not online (its metrics are gone already), so a node cycling devices grows nothing; NULL past
+ * SPB_MAX_DEVICES online devices. */
 static spb_device *device_of(node *n, const char *id, int create)
 {
     for (size_t i = 0; i < n->n_devs; i++)
         if (strcmp(n->devs[i].id, id) == 0)
             return &n->devs[i];
     if (!create)
+        return NULL;
+    for (size_t i = 0; i < n->n_devs; i++)
+        if (!n->devs[i].online) {
+            set_clear(&n->devs[i].set);
+            memset(&n->devs[i], 0, sizeof n->devs[i]);
+            strcpy(n->devs[i].id, id);
+            return &n->devs[i];
+        }
+    if (n->n_devs >= SPB_MAX_DEVICES)
         return NULL;
     spb_device *d = realloc(n->devs, (n->n_devs + 1) * sizeof *d);
     if (!d)
@@ -497,7 +510,11 @@ static int load_birth(const node *n, const char *device, const Payload *p, metri
                 res->refused = "datatype_mismatch"; /* a channel is a number */
                 return 0;
             }
-            if (u && strlen(u) < sizeof d->unit)
+            if (u && strlen(u) >= sizeof d->unit) {
+                res->refused = "no_unit"; /* no unit the profile knows is that long */
+                return 0;
+            }
+            if (u && *u)
                 strcpy(d->unit, u);
             else if (*d->point->unit)
                 strcpy(d->unit, d->point->unit);
@@ -544,13 +561,22 @@ static const char *device_of_set(const node *n, const metric_set *s)
     return "";
 }
 
+/* A command's result found in a message, made into a record only once the whole message is
+ * accepted (a refused message settles nothing and takes no number). */
+typedef struct settled {
+    pending *p; /* NULL: none */
+    double value;
+    int applied;
+    uint64_t ts;
+} settled;
+
 /* A value the node published for metric d of device: the result of a command written to it, if
  * one awaits (applied when it is the commanded value, failed otherwise). One result per
  * message; expired commands are dropped here. */
 static void settle(node *n, const char *device, const metric_def *d, const Metric *m,
-                   const uint8_t *payload, size_t len, uint64_t now_ms, spb_result *res)
+                   uint64_t now_ms, settled *out)
 {
-    for (size_t i = 0; i < PENDING_MAX; i++) {
+    for (size_t i = 0; i < PENDING_MAX && !out->p; i++) {
         pending *p = &n->pend[i];
         if (!p->id[0])
             continue;
@@ -561,15 +587,10 @@ static void settle(node *n, const char *device, const metric_def *d, const Metri
         if (strcmp(p->device, device) != 0 || strcmp(p->metric, d->name) != 0)
             continue;
         int null = m->has_is_null && m->is_null;
-        double v = null ? 0 : number(m, d->datatype);
-        int same = !null && fabs(v - p->value) <= 1e-6 * fmax(1.0, fabs(p->value));
-        uint64_t ts = m->has_timestamp ? m->timestamp : now_ms;
-        res->result = result_record(n, p->id, p->actuator,
-                                    same ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
-                                         : SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED,
-                                    same ? "ok" : "failed", v, ts, payload, len, now_ms);
-        memset(p, 0, sizeof *p);
-        return;
+        out->p = p;
+        out->value = null ? 0 : number(m, d->datatype);
+        out->applied = !null && fabs(out->value - p->value) <= 1e-6 * fmax(1.0, fabs(p->value));
+        out->ts = m->has_timestamp ? m->timestamp : now_ms;
     }
 }
 
@@ -584,6 +605,7 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
                         spb_result *res)
 {
     int dead = from == FROM_DEATH;
+    settled result = {0};
     size_t cap = dead ? s->n : p->n_metrics;
     Suido__Reading *rd = calloc(cap ? cap : 1, sizeof *rd);
     Suido__Reading **ptr = calloc(cap ? cap : 1, sizeof *ptr);
@@ -616,8 +638,8 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
                 goto out;
             }
         }
-        if (m && from == FROM_DATA && !res->result)
-            settle(n, device_of_set(n, s), d, m, payload, len, now_ms, res);
+        if (m && from == FROM_DATA)
+            settle(n, device_of_set(n, s), d, m, now_ms, &result);
         if (!d->point) {
             res->skipped++;
             continue;
@@ -648,7 +670,7 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
         goto out;
     }
     if (k == 0)
-        goto out; /* nothing this deployment maps: accepted, no record */
+        goto out; /* nothing this deployment maps: accepted, no data record */
     for (size_t i = 0; i < k; i++)
         rd[i].offset_ms = (uint32_t)(ts[i] - first);
     Suido__StageMessage rec = SUIDO__STAGE_MESSAGE__INIT;
@@ -670,8 +692,14 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
     else
         emit(res, &rec);
 out:
-    if (res->refused) /* nothing of a refused message counts, a command's result neither */
-        spb_record_free(&res->result);
+    if (!res->refused && result.p) { /* after the data: numbered in the order they happened */
+        res->result = result_record(n, result.p->id, result.p->actuator,
+                                    result.applied ? SUIDO__COMMAND_OUTCOME__OUTCOME_APPLIED
+                                                   : SUIDO__COMMAND_OUTCOME__OUTCOME_FAILED,
+                                    result.applied ? "ok" : "failed", result.value, result.ts,
+                                    payload, len, now_ms);
+        memset(result.p, 0, sizeof *result.p);
+    }
     free(rd);
     free(ptr);
     free(ts);
@@ -706,6 +734,11 @@ static void on_nbirth(spb_host *h, node *n, const Payload *p, const uint8_t *pay
     n->rec_seq = 0;
     emit_birth(res, n, payload, len, now_ms, p->has_timestamp ? p->timestamp : now_ms);
     data_record(h, n, &n->set, p, FROM_BIRTH, payload, len, now_ms, res);
+    if (res->refused) { /* its values do not read: the birth is refused whole */
+        spb_record_free(&res->record);
+        spb_record_free(&res->values);
+        node_offline(n);
+    }
 }
 
 static void on_dbirth(spb_host *h, node *n, const char *dev_id, const Payload *p,
@@ -713,7 +746,7 @@ static void on_dbirth(spb_host *h, node *n, const char *dev_id, const Payload *p
 {
     spb_device *d = device_of(n, dev_id, 1);
     if (!d) {
-        res->refused = "malformed";
+        res->refused = "too_many_metrics"; /* SPB_MAX_DEVICES devices online already */
         return;
     }
     set_clear(&d->set);
@@ -723,10 +756,24 @@ static void on_dbirth(spb_host *h, node *n, const char *dev_id, const Payload *p
         set_clear(&s);
         return;
     }
+    size_t total = s.n + n->set.n;
+    for (size_t i = 0; i < n->n_devs; i++)
+        total += n->devs[i].online ? n->devs[i].set.n : 0;
+    if (total > SPB_MAX_METRICS) { /* the node's whole session, devices included */
+        set_clear(&s);
+        res->refused = "too_many_metrics";
+        return;
+    }
     d->set = s;
     d->online = 1;
     emit_birth(res, n, payload, len, now_ms, p->has_timestamp ? p->timestamp : now_ms);
     data_record(h, n, &d->set, p, FROM_BIRTH, payload, len, now_ms, res);
+    if (res->refused) {
+        spb_record_free(&res->record);
+        spb_record_free(&res->values);
+        set_clear(&d->set);
+        d->online = 0;
+    }
 }
 
 static void on_ndeath(node *n, const Payload *p, const uint8_t *payload, size_t len,
@@ -809,6 +856,7 @@ void spb_host_handle(spb_host *h, const char *t, const uint8_t *payload, size_t 
         else { /* DDEATH: its channels read BAD, once, and its session ends */
             data_record(h, n, &d->set, p, FROM_DEATH, payload, len, now_ms, res);
             d->online = 0;
+            set_clear(&d->set); /* its aliases are free for another device's birth */
         }
     }
     /* a gap, or a message the session cannot read: the node and the host disagree on the
@@ -845,6 +893,8 @@ static int put_value(Metric *m, uint32_t dt, double v)
     static const double lo[] = {0, -128, -32768, -2147483648.0, -9.2e18, 0, 0, 0, 0};
     static const double hi[] = {0, 127, 32767, 2147483647.0, 9.2e18, 255, 65535, 4294967295.0,
                                 1.8e19};
+    if (!isfinite(v))
+        return 0;
     if (dt >= DT_INT8 && dt <= DT_UINT64) {
         double r = nearbyint(v);
         if (r < lo[dt] || r > hi[dt])

@@ -31,6 +31,7 @@
 
 #define SPB_MAX_PAYLOAD 65536 /* the broker's maximum packet */
 #define SPB_MAX_METRICS 1024  /* per message and per session */
+#define SPB_MAX_DEVICES 256   /* online devices per node */
 
 typedef struct spb_host spb_host;
 
@@ -42,9 +43,9 @@ typedef struct spb_limits {
 
 typedef struct spb_result {
     /* NULL: accepted. Otherwise why it was refused: "bad_topic", "unknown_node", "oversize",
-     * "malformed", "too_many_metrics", "no_bdseq", "rebirth_storm", "data_before_birth",
-     * "unknown_alias", "missing_alias", "unnamed_metric", "duplicate_alias",
-     * "datatype_mismatch", "timestamp_ahead", "stale_death" */
+     * "malformed", "too_many_metrics" (also: too many devices), "no_bdseq", "rebirth_storm",
+     * "data_before_birth", "unknown_alias", "missing_alias", "unknown_metric", "unnamed_metric",
+     * "duplicate_alias", "datatype_mismatch", "no_unit", "timestamp_ahead", "stale_death" */
     const char *refused;
     char detail[SPB_NAME_MAX + 1]; /* "" or the metric concerned, for the log and audit */
     int ignored;         /* 1: a command (NCMD/DCMD) of a host, heard on the group's topics */
@@ -76,7 +77,8 @@ typedef struct spb_write {
  * remembers it: the next value the node publishes for that metric is the command's result
  * (applied when it is the commanded value, failed otherwise). CM_OK and *w filled; otherwise
  * *refused holds the record of the command's refusal ("unknown_actuator": not in the map or not
- * born; "gateway_offline"; "expired"; "out_of_range" for a value the datatype cannot carry) to
+ * born; "gateway_offline"; "expired"; "out_of_range" for a value the datatype cannot carry;
+ * "busy": 8 commands to the node unanswered already) to
  * forward like any result. A command not answered by its expiry is forgotten (the gate reports
  * it unanswered). */
 cm_err spb_host_command(spb_host *h, const Suido__Command *c, uint64_t now_ms, spb_write *w,

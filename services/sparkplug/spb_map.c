@@ -75,14 +75,14 @@ static cm_err load_points(const cm_conf *c, const char *section, spb_point **poi
     return CM_OK;
 }
 
-static cm_err load_node(const cm_conf *c, const char *id, spb_map_node *nd,
+static cm_err load_node(const cm_conf *c, const char *id, int line, spb_map_node *nd,
                         char err[CM_CONF_ERRLEN])
 {
     char section[SPB_ID_MAX + 16];
     snprintf(section, sizeof section, "node %s", id);
     if (!valid_id(id)) {
-        snprintf(err, CM_CONF_ERRLEN, "%s: [node %s]: a node id is a gateway id: 1 to 64 of "
-                 "[A-Za-z0-9._-]", cm_conf_name(c), id);
+        snprintf(err, CM_CONF_ERRLEN, "%s:%d: [node %s]: a node id is a gateway id: 1 to 64 of "
+                 "[A-Za-z0-9._-]", cm_conf_name(c), line, id);
         return CM_ERR_CONFIG;
     }
     strcpy(nd->id, id);
@@ -100,8 +100,8 @@ static cm_err load_node(const cm_conf *c, const char *id, spb_map_node *nd,
     if ((rc = load_points(c, section, &nd->channels, &nd->n_channels, err)) != CM_OK)
         return rc;
     if (nd->n_channels == 0) {
-        snprintf(err, CM_CONF_ERRLEN, "%s: [node %s] has no [channels %s] section: nothing to map",
-                 cm_conf_name(c), id, id);
+        snprintf(err, CM_CONF_ERRLEN, "%s:%d: [node %s] has no [channels %s] section: nothing to "
+                 "map", cm_conf_name(c), line, id, id);
         return CM_ERR_CONFIG;
     }
     snprintf(section, sizeof section, "actuators %s", id);
@@ -109,20 +109,20 @@ static cm_err load_node(const cm_conf *c, const char *id, spb_map_node *nd,
         return rc;
     snprintf(section, sizeof section, "units %s", id);
     const char *key, *value;
-    int line;
-    for (size_t i = 0; cm_conf_entry(c, section, i, &key, &value, &line); i++) {
+    int at;
+    for (size_t i = 0; cm_conf_entry(c, section, i, &key, &value, &at); i++) {
         spb_point *p = NULL;
         for (size_t k = 0; k < nd->n_channels && !p; k++)
             if (strcmp(nd->channels[k].channel, key) == 0)
                 p = &nd->channels[k];
         if (!p) {
             snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] '%s' is not a channel of [channels %s]",
-                     cm_conf_name(c), line, section, key, id);
+                     cm_conf_name(c), at, section, key, id);
             return CM_ERR_CONFIG;
         }
         if (!*value || strlen(value) >= sizeof p->unit) {
             snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] unit of '%s': 1 to 15 characters",
-                     cm_conf_name(c), line, section, key);
+                     cm_conf_name(c), at, section, key);
             return CM_ERR_CONFIG;
         }
         strcpy(p->unit, value);
@@ -143,9 +143,10 @@ cm_err spb_map_load(const cm_conf *c, spb_map **out, char err[CM_CONF_ERRLEN])
     cm_err rc = CM_OK;
     for (size_t i = 0; i < ns && rc == CM_OK; i++) {
         const char *sec = cm_conf_section(c, i);
+        int line = cm_conf_section_line(c, i);
         const char *id = cm_conf_section_name(sec, "node");
         if (id) {
-            rc = load_node(c, id, &m->nodes[m->n_nodes], err);
+            rc = load_node(c, id, line, &m->nodes[m->n_nodes], err);
             m->n_nodes++;
             continue;
         }
@@ -157,12 +158,12 @@ cm_err spb_map_load(const cm_conf *c, spb_map **out, char err[CM_CONF_ERRLEN])
         if (of)
             snprintf(node_sec, sizeof node_sec, "node %s", of);
         if (!of || !*of) {
-            snprintf(err, CM_CONF_ERRLEN, "%s: unknown section [%s] (node, channels, units, "
-                     "actuators)", cm_conf_name(c), sec);
+            snprintf(err, CM_CONF_ERRLEN, "%s:%d: unknown section [%s] (node, channels, units, "
+                     "actuators)", cm_conf_name(c), line, sec);
             rc = CM_ERR_CONFIG;
         } else if (!cm_conf_get(c, node_sec, "group")) {
-            snprintf(err, CM_CONF_ERRLEN, "%s: [%s] names no node of a [node %s] section",
-                     cm_conf_name(c), sec, of);
+            snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] names no node of a [node %s] section",
+                     cm_conf_name(c), line, sec, of);
             rc = CM_ERR_CONFIG;
         }
     }

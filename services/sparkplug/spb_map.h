@@ -17,7 +17,8 @@
  *   pump1.speed = Pump1/SpeedSetpoint # metric (NCMD, or DCMD for DEVICE::metric); its result
  *                                     # is the next reading of the same metric
  *
- * Every problem stops the host at start with file, line and reason (cm_conf). */
+ * A value is trimmed and a " #" in it starts a comment (cm_conf): a metric whose name holds
+ * " #" cannot be mapped. Every problem stops the host at start with file, line and reason. */
 #ifndef SPB_MAP_H
 #define SPB_MAP_H
 #include <stddef.h>

@@ -213,22 +213,23 @@ static const struct {
 } refusals[] = {
     /* sections */
     {NODE CHANNELS "[pumps gw-1]\nx = y\n",
-     "t.map: unknown section [pumps gw-1] (node, channels, units, actuators)"},
+     "t.map:5: unknown section [pumps gw-1] (node, channels, units, actuators)"},
     {NODE CHANNELS "[channels]\nb = B\n",
-     "t.map: unknown section [channels] (node, channels, units, actuators)"},
+     "t.map:5: unknown section [channels] (node, channels, units, actuators)"},
     {NODE CHANNELS "[channels gw-2]\nb = B\n",
-     "t.map: [channels gw-2] names no node of a [node gw-2] section"},
-    {NODE CHANNELS "[units gw-2]\nb = m\n", "t.map: [units gw-2] names no node of a [node gw-2] section"},
+     "t.map:5: [channels gw-2] names no node of a [node gw-2] section"},
+    {NODE CHANNELS "[units gw-2]\nb = m\n",
+     "t.map:5: [units gw-2] names no node of a [node gw-2] section"},
     {NODE CHANNELS "[actuators gw-2]\nb = B\n",
-     "t.map: [actuators gw-2] names no node of a [node gw-2] section"},
+     "t.map:5: [actuators gw-2] names no node of a [node gw-2] section"},
     {"# nothing here\n", "t.map: no [node ID] section: the host would serve no edge node"},
     {"", "t.map: no [node ID] section: the host would serve no edge node"},
-    {NODE, "t.map: [node gw-1] has no [channels gw-1] section: nothing to map"},
-    {NODE "[channels gw-1]\n", "t.map: [node gw-1] has no [channels gw-1] section: nothing to map"},
-    {NODE "[units gw-1]\n", "t.map: [node gw-1] has no [channels gw-1] section: nothing to map"},
+    {NODE, "t.map:1: [node gw-1] has no [channels gw-1] section: nothing to map"},
+    {NODE "[channels gw-1]\n", "t.map:1: [node gw-1] has no [channels gw-1] section: nothing to map"},
+    {NODE "[units gw-1]\n", "t.map:1: [node gw-1] has no [channels gw-1] section: nothing to map"},
     /* node and group ids */
     {"[node gw:1]\ngroup = P\n[channels gw:1]\na = A\n",
-     "t.map: [node gw:1]: a node id is a gateway id: 1 to 64 of [A-Za-z0-9._-]"},
+     "t.map:1: [node gw:1]: a node id is a gateway id: 1 to 64 of [A-Za-z0-9._-]"},
     {"[node gw-1]\n" CHANNELS, "t.map: [node gw-1] missing required key 'group'"},
     {"[node gw-1]\ngroup =\n" CHANNELS, "t.map: [node gw-1] missing required key 'group'"},
     {"[node gw-1]\ngroup = Plant 1\n" CHANNELS,
@@ -328,17 +329,15 @@ static void test_refused_lengths(void **state)
     snprintf(text, sizeof text, "[node %s]\ngroup = P\n[channels %s]\na = A\n", long_id, long_id);
     assert_int_equal(load(text, &m, err), CM_ERR_CONFIG);
     snprintf(expect, sizeof expect,
-             "t.map: [node %s]: a node id is a gateway id: 1 to 64 of [A-Za-z0-9._-]", long_id);
+             "t.map:1: [node %s]: a node id is a gateway id: 1 to 64 of [A-Za-z0-9._-]", long_id);
     assert_string_equal(err, expect);
     assert_null(m);
 }
 
-/* BUG (reported, not fixed here): spb_map.h promises that "every problem stops the host at start
- * with file, line and reason", as cm_conf_check does for an unknown section ("t.map:5: unknown
- * section [pumps gw-1]"). The refusals that concern a section header name no line: an unknown
- * section, a [channels|units|actuators X] of no [node X], and an invalid node id. The line is
- * the section header's (cm_conf knows it, but has no public accessor for it; the first key's
- * line from cm_conf_entry would do too). This test states the contract and fails until then. */
+/* spb_map.h promises that "every problem stops the host at start with file, line and reason":
+ * the refusals that concern a section itself (an unknown section, a [channels|units|actuators X]
+ * of no [node X], an invalid node id) name the line of its header, as cm_conf_check does. (They
+ * named none at first: found by this test, reported, and fixed with cm_conf_section_line.) */
 static void test_section_refusals_name_their_line(void **state)
 {
     (void)state;
