@@ -15,8 +15,9 @@ PKGS=(
   libmicrohttpd-dev libgnutls28-dev
   prometheus
   libcmocka-dev libjansson-dev libcsv-dev libgsl-dev liboath-dev libargon2-dev
-  # the PLC stand-in (tests/field/plc.py): pymodbus imports pyserial, which Debian only recommends
-  libmodbus-dev libseccomp-dev libcap-ng-dev python3-pymodbus python3-serial mbpoll
+  # the PLC stand-in (tests/field/plc.py): pymodbus imports pyserial-asyncio (and so pyserial),
+  # which Debian only recommends
+  libmodbus-dev libseccomp-dev libcap-ng-dev python3-pymodbus python3-serial-asyncio mbpoll
   python3 python3-pytest python3-paho-mqtt python3-zmq python3-cryptography python3-protobuf
   python3-yaml
   procps psmisc iproute2
