@@ -40,7 +40,10 @@ long ctl_lock_holder(const char *path)
         return -1;
     if (fl.l_type == F_UNLCK)
         return 0;
-    return fl.l_pid > 0 ? (long)fl.l_pid : -1;
+    if (fl.l_pid > 0)
+        return (long)fl.l_pid;
+    errno = EBUSY; /* held, by a process this one cannot name */
+    return -1;
 }
 
 int ctl_sqlite_at_rest(const char *path)
