@@ -48,7 +48,7 @@ LIBGATEWAY := $(BUILD)/libsuido-gateway.a
 LIBS_gateway := -lmodbus -lseccomp -lcap-ng
 
 UNIT_SRC := $(wildcard common/*_test.c services/*/*_test.c gateway/*_test.c gateway/agent/*_test.c \
-              gateway-sim/*_test.c broker/start/*_test.c)
+              gateway-sim/*_test.c broker/start/*_test.c tools/suidoctl/*_test.c)
 UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
 
 PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway \
@@ -127,7 +127,7 @@ $(eval $(call program,bench-sub,tools/bench-sub))
 $(eval $(call program,score,tools/score))
 $(eval $(call program,broker-start,broker/start))
 
-$(BIN)/suidoctl: $(patsubst %.c,$(OBJ)/%.o,$(wildcard tools/suidoctl/*.c)) $(LIBCOMMON)
+$(BIN)/suidoctl: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard tools/suidoctl/*.c))) $(LIBCOMMON)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 

@@ -132,11 +132,13 @@ done
 seal "$f" gateway-sim
 
 # ---------------------------------------------------------------- archive-check
-# `suidoctl archive gaps` as the archive's user on the archive's volume (read-only): only the
-# configuration, no key (the command reads the database and nothing else).
+# `suidoctl --offline archive gaps` (and `audit verify`) as the archive's user on the archive's
+# volume (read-only): only the configuration, no key (the command reads the database and nothing
+# else), and no [backup] section: the registry's database is not on that volume.
 f=$STAGE/archive-check
 mkdir -p "$f/etc"
-cp -p "$STAGE/suidoctl/etc/suidoctl.conf" "$f/etc/suidoctl.conf"
+awk '/^\[/ { skip = ($0 == "[backup]") } !skip' "$STAGE/suidoctl/etc/suidoctl.conf" \
+    >"$f/etc/suidoctl.conf"
 seal "$f" archive
 
 # ---------------------------------------------------------------- Prometheus

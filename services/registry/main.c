@@ -71,6 +71,7 @@ typedef struct request {
     const Suido__RegistryRequest *req;
     const char *peer;
     char actor[65];  /* the operator acting, when a session token was required */
+    op_role role;    /* and that session's role */
 } request;
 
 static void reply(registry *r, zmq_msg_t *route, Suido__RegistryReply *rep)
@@ -495,6 +496,28 @@ static void on_session_check(void *ctx, void *arg, const char *peer)
     reply(r, q->route, &rep);
 }
 
+/* suidoctl is about to run a command that reads the deployment's state itself (the archive's or
+ * registry's database, a backup): authorize() has checked the session against that command's
+ * least role (CTL_COMMANDS); the access is audited and kept in the access history. */
+static void on_ctl_access(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    char detail[160];
+    snprintf(detail, sizeof detail, "role=%s command=\"%s\"", op_role_name(q->role),
+             q->req->command);
+    cm_info("peer=%s operator=%s %s event=ctl_access", peer, q->actor, detail);
+    audit(r, "ctl_access", q->req->command, q->actor, detail);
+    registry_operators_record(r->ops, cm_now_ms(), q->actor, peer, q->req->command, "ok");
+    Suido__OperatorInfo info = SUIDO__OPERATOR_INFO__INIT;
+    info.id = q->actor;
+    info.role = (char *)op_role_name(q->role);
+    info.state = SUIDO__ENTITY_STATE__STATE_ACTIVE;
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.operator_ = &info;
+    reply(r, q->route, &rep);
+}
+
 static void on_logout(void *ctx, void *arg, const char *peer)
 {
     registry *r = ctx;
@@ -765,6 +788,7 @@ static const cm_dispatch DISPATCH[] = {
     {"access_history", "suidoctl", on_access_history},
     {"audit_checkpoint", "archive,archive-standby", on_audit_checkpoint},
     {"get_audit_checkpoint", "suidoctl,monitor,archive,archive-standby", on_get_audit_checkpoint},
+    {"ctl_access", "suidoctl", on_ctl_access},
     {NULL, NULL, NULL},
 };
 
@@ -777,7 +801,7 @@ static const struct {
 } RIGHTS[] = {
     {"login", -1},
     {"session_check", -1},
-    {"get_audit_checkpoint", -1}, /* signed, and no secret: `audit verify` needs no account */
+    {"get_audit_checkpoint", ROLE_ADMIN}, /* `audit verify`, after its ctl_access */
     {"get_gateway", ROLE_VIEWER},
     {"get_profile", ROLE_VIEWER},
     {"get_channels", ROLE_VIEWER},
@@ -790,7 +814,36 @@ static const struct {
     {"set_operator_state", ROLE_ADMIN},
     {"list_operators", ROLE_ADMIN},
     {"access_history", ROLE_ADMIN},
+    /* ctl_access: the least role of the command it names (CTL_COMMANDS) */
 };
+
+/* The suidoctl commands that read the deployment's state files themselves rather than ask a
+ * service, and the least role each needs (ctl_access). A command not listed is refused. */
+static const struct {
+    const char *command;
+    int min_role;
+} CTL_COMMANDS[] = {
+    {"archive gaps", ROLE_VIEWER},   /* sequence numbers and counts per gateway, as the overview */
+    {"archive verify", ROLE_ADMIN},  /* includes the audit chain check; reads every batch */
+    {"audit verify", ROLE_ADMIN},    /* the audit log's chain check, admin in the monitor too */
+    {"backup create", ROLE_ADMIN},   /* copies password hashes and sealed TOTP seeds */
+    {"backup verify", ROLE_ADMIN},   /* reads a backup's every database */
+};
+
+/* The least role op needs from a human-facing peer; -1: none; above ROLE_ADMIN: nobody. */
+static int min_role(const char *op, const Suido__RegistryRequest *req)
+{
+    if (strcmp(op, "ctl_access") == 0) {
+        for (size_t i = 0; i < sizeof CTL_COMMANDS / sizeof CTL_COMMANDS[0]; i++)
+            if (req->command && strcmp(CTL_COMMANDS[i].command, req->command) == 0)
+                return CTL_COMMANDS[i].min_role;
+        return ROLE_ADMIN + 1;
+    }
+    for (size_t i = 0; i < sizeof RIGHTS / sizeof RIGHTS[0]; i++)
+        if (strcmp(RIGHTS[i].op, op) == 0)
+            return RIGHTS[i].min_role;
+    return ROLE_ADMIN;
+}
 
 /* CM_OK when the request may go ahead; fills q->actor with the operator acting. The very first
  * operator of a deployment may be added without a session (there is nobody to log in yet). */
@@ -798,22 +851,18 @@ static cm_err authorize(registry *r, request *q, const char *op)
 {
     if (strcmp(q->peer, "suidoctl") != 0 && strcmp(q->peer, "monitor") != 0)
         return CM_OK;
-    int need = ROLE_ADMIN;
-    for (size_t i = 0; i < sizeof RIGHTS / sizeof RIGHTS[0]; i++)
-        if (strcmp(RIGHTS[i].op, op) == 0)
-            need = RIGHTS[i].min_role;
+    int need = min_role(op, q->req);
     if (need < 0)
         return CM_OK;
     if (strcmp(op, "operator_add") == 0 && registry_operators_count(r->ops) == 0) {
         snprintf(q->actor, sizeof q->actor, "bootstrap");
         return CM_OK;
     }
-    op_role role;
     uint64_t exp;
-    if (registry_operators_session(r->ops, q->req->token, cm_now_ms(), q->actor, &role, &exp) !=
+    if (registry_operators_session(r->ops, q->req->token, cm_now_ms(), q->actor, &q->role, &exp) !=
         CM_OK)
         return CM_ERR_DENIED;
-    return (int)role >= need ? CM_OK : CM_ERR_DENIED;
+    return (int)q->role >= need ? CM_OK : CM_ERR_DENIED;
 }
 
 static const char *op_name(int op)
@@ -855,6 +904,8 @@ static const char *op_name(int op)
         return "audit_checkpoint";
     case SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT:
         return "get_audit_checkpoint";
+    case SUIDO__REGISTRY_OP__REG_CTL_ACCESS:
+        return "ctl_access";
     default:
         return "unknown";
     }
@@ -911,9 +962,16 @@ static void handle_one(registry *r)
         cm_metric_inc(r->rejected);
         cm_svc_reject(r->svc, "no_session");
         cm_warn("peer=%s op=%s error=\"no session with the rights for this\"", peer, op);
-        char detail[96];
-        snprintf(detail, sizeof detail, "op=%s reason=no_session_or_role", op);
-        audit(r, "request_denied", req->id ? req->id : "", *q.actor ? q.actor : peer, detail);
+        /* a session too low for it names its role; ctl_access names the command asked for */
+        char detail[240], role[32] = "", cmd[96] = "", subject[72];
+        if (*q.actor)
+            snprintf(role, sizeof role, " role=%s", op_role_name(q.role));
+        cm_log_escape(subject, sizeof subject, req->command);
+        if (req->command && *req->command)
+            snprintf(cmd, sizeof cmd, " command=\"%s\"", subject);
+        snprintf(detail, sizeof detail, "op=%s reason=no_session_or_role%s%s", op, role, cmd);
+        audit(r, "request_denied", *cmd ? subject : req->id ? req->id : "",
+              *q.actor ? q.actor : peer, detail);
         reply_error(r, &route, CM_ERR_DENIED);
     } else {
         row->handler(r, &q, peer);

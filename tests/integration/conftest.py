@@ -2,7 +2,7 @@ import pathlib
 
 import pytest
 
-from suite import Suite, load_proto
+from suite import load_proto, running_suite
 
 
 @pytest.fixture(scope="session")
@@ -12,12 +12,5 @@ def pb(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory):
-    s = Suite(tmp_path_factory.mktemp("suite"), gateways=10)
-    try:
-        s.start()
-        s.login_admin()
+    with running_suite(tmp_path_factory.mktemp("suite"), gateways=10) as s:
         yield s
-    finally:
-        codes = s.stop()
-        failed = {n: c for n, c in codes.items() if c != 0}
-        assert not failed, f"processes exited with errors: {failed}"

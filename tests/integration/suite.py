@@ -1,6 +1,7 @@
 """A real suido suite for integration tests: a deployment made by scripts/mkdeploy.sh (test PKI
 included) on free loopback ports, a real Mosquitto and the real service binaries. Tests talk to
 it over the wire and read what it stored."""
+import contextlib
 import json
 import os
 import pwd
@@ -196,7 +197,9 @@ class Suite:
     def query(self, sql, *args):
         if self.pg:
             return self.pg.execute(sql, *args)
-        with self.db() as c:
+        # closed here, not when the collector gets to it: a reader still open when the archive
+        # stops keeps the archive from folding its write-ahead log into the file
+        with contextlib.closing(self.db()) as c:
             return c.execute(sql, args).fetchall()
 
     # ---- clients ----------------------------------------------------------------------------
@@ -293,3 +296,18 @@ class Suite:
             if d.is_dir():
                 return str(d / "client.crt"), str(d / "client.key")
         raise KeyError(who)
+
+
+@contextlib.contextmanager
+def running_suite(root, suite=None, **kw):
+    """A Suite(root, **kw), or the suite given, started and its first operator logged in
+    (suite.token); stopped when the block ends, every process having to exit cleanly."""
+    s = suite or Suite(root, **kw)
+    try:
+        s.start()
+        s.login_admin()
+        yield s
+    finally:
+        codes = s.stop()
+        failed = {n: c for n, c in codes.items() if c != 0}
+        assert not failed, f"processes exited with errors: {failed}"

@@ -22,7 +22,7 @@ import time
 import pytest
 
 import pg as pgmod
-from suite import BIN, BUILD, Suite, wait_until
+from suite import BIN, BUILD, running_suite, wait_until
 from test_alerts import cases, open_case, send
 
 why_not = pgmod.available()
@@ -40,15 +40,8 @@ def pg():
 
 @pytest.fixture(scope="module")
 def pgsuite(pg, tmp_path_factory):
-    s = Suite(tmp_path_factory.mktemp("pgsuite"), gateways=6, archive_pg=pg)
-    try:
-        s.start()
-        s.login_admin()
+    with running_suite(tmp_path_factory.mktemp("pgsuite"), gateways=6, archive_pg=pg) as s:
         yield s
-    finally:
-        codes = s.stop()
-        failed = {n: c for n, c in codes.items() if c != 0}
-        assert not failed, f"processes exited with errors: {failed}"
 
 
 def gaps(suite):

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from suite import Suite, wait_until
+from suite import running_suite, wait_until
 from test_archive_rights import api_socket, ask
 from test_backup import Backups, edit_manifest, manifest_of
 
@@ -24,15 +24,8 @@ CP_DOMAIN = b"suido-audit-checkpoint-v1\0"
 
 @pytest.fixture(scope="module")
 def cp_suite(tmp_path_factory):
-    s = Suite(tmp_path_factory.mktemp("checkpoint"), gateways=2)
-    try:
-        s.start()
-        s.login_admin()
+    with running_suite(tmp_path_factory.mktemp("checkpoint"), gateways=2) as s:
         yield s
-    finally:
-        codes = s.stop()
-        failed = {n: c for n, c in codes.items() if c != 0}
-        assert not failed, f"processes exited with errors: {failed}"
 
 
 def registry_head(suite):

@@ -52,9 +52,13 @@ class Backups:
         self.key = serialization.load_pem_private_key(
             (d / "platform" / "backup.key").read_bytes(), None)
 
-    def ctl(self, *args, conf=None):
+    def ctl(self, *args, conf=None, token=None):
+        """As the suite's admin unless another token is given ("": none)."""
         env = dict(os.environ)
         env.pop("SUIDO_TOKEN", None)
+        tok = self.suite.token if token is None else token
+        if tok:
+            env["SUIDO_TOKEN"] = tok
         return subprocess.run([str(BIN / "suidoctl"), "-c", str(conf or self.conf),
                                *map(str, args)], capture_output=True, text=True, timeout=120,
                               env=env)

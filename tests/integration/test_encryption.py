@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from suite import TOP, Suite, wait_until
+from suite import TOP, Suite, running_suite, wait_until
 from test_bad_inputs import Crafter, check_fates, fate, publish_all, rejected
 
 GW = "gw-0002"  # a reservoir (scripts/mkdeploy.sh: neither n % 10 == 1 nor n % 3 == 0)
@@ -34,13 +34,8 @@ def csuite(tmp_path_factory):
     text, n = re.subn(r"(?m)^cmd_pub = .*/gw-0003/cmdwrap\.pub\n", "", inv.read_text())
     assert n == 1
     inv.write_text(text)
-    try:
-        s.start()
-        s.login_admin()
+    with running_suite(root, suite=s):
         yield s
-    finally:
-        codes = s.stop()
-        assert not {n: c for n, c in codes.items() if c != 0}, codes
 
 
 class Chlorine(Crafter):

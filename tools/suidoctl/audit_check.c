@@ -1,8 +1,12 @@
 /* audit_check: see audit_check.h. */
 #include "audit_check.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int ctl_sqlite_ro_uri(const char *path, int immutable, char *out, size_t len)
 {
@@ -22,6 +26,73 @@ int ctl_sqlite_ro_uri(const char *path, int immutable, char *out, size_t len)
     out[o] = '\0';
     n = snprintf(out + o, len - o, "?mode=ro%s", immutable ? "&immutable=1" : "");
     return n > 0 && (size_t)n < len - o;
+}
+
+long ctl_lock_holder(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    int rc = fcntl(fd, F_GETLK, &fl);
+    close(fd);
+    if (rc != 0)
+        return -1;
+    if (fl.l_type == F_UNLCK)
+        return 0;
+    if (fl.l_pid > 0)
+        return (long)fl.l_pid;
+    errno = EBUSY; /* held, by a process this one cannot name */
+    return -1;
+}
+
+int ctl_sqlite_at_rest(const char *path)
+{
+    static const char *const LOGS[] = {"-wal", "-journal"};
+    char side[4200];
+    struct stat st;
+    if (ctl_lock_holder(path) != 0)
+        return 0;
+    for (size_t i = 0; i < sizeof LOGS / sizeof LOGS[0]; i++) {
+        if (snprintf(side, sizeof side, "%s%s", path, LOGS[i]) >= (int)sizeof side)
+            return 0;
+        /* an empty log (left by a reader, or truncated at a checkpoint) holds nothing */
+        if (stat(side, &st) == 0 ? st.st_size > 0 : errno != ENOENT)
+            return 0;
+    }
+    return 1;
+}
+
+int ctl_sqlite_open(const char *path, cm_sql **out, char *why, size_t len)
+{
+    char uri[3 * 4096 + 64];
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, len, "%s", strerror(errno));
+        return 0;
+    }
+    close(fd);
+    int at_rest = ctl_sqlite_at_rest(path);
+    if (!ctl_sqlite_ro_uri(path, at_rest, uri, sizeof uri)) {
+        snprintf(why, len, "%s", "path too long");
+        return 0;
+    }
+    if (cm_sql_open_as(CM_SQL_SQLITE, uri, 1, out, why, len) != CM_OK)
+        return 0;
+    cm_sql_stmt *st = NULL;
+    int ok = cm_sql_prepare(*out, "SELECT count(*) FROM sqlite_master", &st) == CM_OK &&
+             cm_sql_step(st) == CM_SQL_ROW;
+    cm_sql_finalize(&st);
+    if (!ok) {
+        snprintf(why, len, "%s%s", cm_sql_error(*out),
+                 at_rest ? ""
+                         : " (it is in use, or a log beside it holds changes not yet in it: "
+                           "SQLite then needs its -shm file, which this user cannot open or "
+                           "create there)");
+        cm_sql_close(out);
+    }
+    return ok;
 }
 
 int ctl_archive_open(const cm_conf *conf, cm_sql **out, char *label, size_t len)
@@ -58,10 +129,7 @@ int ctl_archive_open(const cm_conf *conf, cm_sql **out, char *label, size_t len)
         return 2;
     }
     snprintf(label, len, "%s", path);
-    char uri[3 * 4096 + 64];
-    snprintf(why, sizeof why, "%s", "path too long");
-    if (!ctl_sqlite_ro_uri(path, 0, uri, sizeof uri) ||
-        cm_sql_open_as(CM_SQL_SQLITE, uri, 1, out, why, sizeof why) != CM_OK) {
+    if (!ctl_sqlite_open(path, out, why, sizeof why)) {
         fprintf(stderr, "suidoctl: %s: cannot open: %s\n", path, why);
         return 3;
     }

@@ -943,7 +943,7 @@ static int snapshot(const char *src, const char *dst, const char **why, int *una
     int ok = 0;
     char uri[3 * 4096 + 64];
     *unavailable = 0;
-    if (!ctl_sqlite_ro_uri(src, 0, uri, sizeof uri)) {
+    if (!ctl_sqlite_ro_uri(src, ctl_sqlite_at_rest(src), uri, sizeof uri)) {
         *why = "path too long";
         goto out;
     }
@@ -1059,7 +1059,7 @@ static int snapshot_pg(const cm_conf *conf, const char *dst)
 static int live_checkpoint(const char *registry_db, manifest *m, char *why, size_t len)
 {
     cm_sql *db = NULL;
-    if (!db_open_ro(registry_db, 0, &db, why, len))
+    if (!ctl_sqlite_open(registry_db, &db, why, len))
         return -1;
     cm_sql_stmt *st = NULL;
     int found = 0;
@@ -1085,6 +1085,33 @@ static int live_checkpoint(const char *registry_db, manifest *m, char *why, size
     } /* no table: a registry that never signed a checkpoint */
     cm_sql_close(&db);
     return found;
+}
+
+cm_err backup_registry_checkpoint(const char *registry_db, Suido__AuditCheckpoint **out,
+                                  char *why, size_t len)
+{
+    manifest m = {0};
+    *out = NULL;
+    int found = live_checkpoint(registry_db, &m, why, len);
+    if (found < 0)
+        return CM_ERR_UNAVAILABLE;
+    if (found == 0) {
+        snprintf(why, len, "the registry's database (%s) holds no signed checkpoint yet",
+                 registry_db);
+        return CM_ERR_UNKNOWN;
+    }
+    /* a message of its own (suido__audit_checkpoint__free_unpacked), not borrowing m */
+    Suido__AuditCheckpoint cp = manifest_checkpoint(&m);
+    size_t n = suido__audit_checkpoint__get_packed_size(&cp);
+    uint8_t *buf = malloc(n);
+    if (buf) {
+        suido__audit_checkpoint__pack(&cp, buf);
+        *out = suido__audit_checkpoint__unpack(NULL, n, buf);
+        free(buf);
+    }
+    if (!*out)
+        snprintf(why, len, "%s", "out of memory");
+    return *out ? CM_OK : CM_ERR_NOMEM;
 }
 
 int backup_create(const cm_conf *conf, const char *dir, int json)
@@ -1280,22 +1307,6 @@ out:
 
 /* ------------------------------------------------------------------ restore */
 
-/* Pid of another process holding a POSIX lock on path (a service that has the database open in
- * WAL mode always holds one on the database file and on its -shm), 0 when none or no such file,
- * -1 when it cannot be told. F_GETLK never sees this process's own locks; none are held here. */
-static long lock_holder(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -1;
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    int rc = fcntl(fd, F_GETLK, &fl);
-    close(fd);
-    if (rc != 0)
-        return -1;
-    return fl.l_type == F_UNLCK ? 0 : (long)fl.l_pid;
-}
-
 static const char *const SIDE[] = {"", "-wal", "-shm", "-journal"};
 
 /* Refuses (1) when a target or one of its side files exists and force is not set, or when any
@@ -1312,7 +1323,7 @@ static int target_refused(const char *target, int force)
             return ctl_say("%s exists: restore never replaces a database by default; stop every "
                        "service, then give --force to replace it",
                        p);
-        long pid = lock_holder(p);
+        long pid = ctl_lock_holder(p);
         if (pid > 0)
             return ctl_say("%s is in use by process %ld: stop the services before restoring", p, pid);
         if (pid < 0)
@@ -1487,17 +1498,21 @@ int archive_verify_live(const cm_conf *conf, int json)
     if (!conf_need(conf, "backup", "registry_database", "the gateways' signing keys", &rpath))
         return 2;
     cm_sql *arch = NULL, *reg = NULL;
+    if (!ctl_sqlite_open(rpath, &reg, why, sizeof why)) {
+        ctl_say("%s: cannot open: %s", rpath, why);
+        return B_UNAVAILABLE;
+    }
     int orc = ctl_archive_open(conf, &arch, apath, sizeof apath);
-    if (orc != 0)
+    if (orc != 0) {
+        cm_sql_close(&reg);
         return orc;
+    }
     report r = {0};
     r.json = json;
     int ok = 0;
     /* one committed state of the archive for the counts, the chain and the batches */
     if (cm_sql_begin_snapshot(arch) != CM_OK)
         problem(&r, "%s: %s", apath, cm_sql_error(arch));
-    else if (!db_open_ro(rpath, 0, &reg, why, sizeof why))
-        problem(&r, "%s: cannot open: %s", rpath, why);
     else
         ok = check_open(arch, apath, reg, rpath, NULL, 1, &r.c, &r) && !failed(&r);
     cm_sql_rollback(arch);

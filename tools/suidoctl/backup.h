@@ -36,11 +36,12 @@
  *
  * Every function prints its summary on stdout (one JSON object with json set) and its reasons on
  * stderr, and returns suidoctl's exit code: 0 done, 1 refused or failed, 2 usage or
- * configuration, 3 a live database could not be opened. */
+ * configuration, 3 a live database could not be opened (cannot check: state unavailable). */
 #ifndef SUIDOCTL_BACKUP_H
 #define SUIDOCTL_BACKUP_H
 #include "backup_manifest.h" /* BACKUP_FORMAT */
 #include "cm_conf.h"
+#include "suido.pb-c.h"
 
 #define BACKUP_DOMAIN "suido-backup-v1"
 
@@ -68,6 +69,13 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
  * one transaction, committed only when everything held. A database that has any table is
  * refused. The registry stays a SQLite file: backup_restore puts it in place. */
 int backup_restore_pg(const cm_conf *conf, const char *dir, const char *pgfile, int json);
+
+/* The registry's latest signed audit checkpoint, read from its database file registry_db (what
+ * `audit verify --offline` holds the log against): CM_OK and *out (caller frees with
+ * suido__audit_checkpoint__free_unpacked; its signature not yet checked), CM_ERR_UNKNOWN when it
+ * has none, CM_ERR_UNAVAILABLE when the file cannot be read; why says which. */
+cm_err backup_registry_checkpoint(const char *registry_db, Suido__AuditCheckpoint **out,
+                                  char *why, size_t len);
 
 /* `suidoctl archive verify`: the same checks on the live archive (SQLite or PostgreSQL) and
  * registry (read-only, in one read transaction, while the services run): the audit chain and

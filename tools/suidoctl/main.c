@@ -7,10 +7,11 @@
  *   suidoctl [-c CONF] service suspend|activate|revoke ID [--reason TEXT]
  *   suidoctl [-c CONF] [--json] inventory
  *   suidoctl [-c CONF] [--json] certs [--days N]
- *   suidoctl [-c CONF] [--json] audit verify [--db PATH]
- *   suidoctl [-c CONF] [--json] archive gaps [--gateway ID] | verify
+ *   suidoctl [-c CONF] [--json] [--offline] audit verify [--db PATH]
+ *   suidoctl [-c CONF] [--json] [--offline] archive gaps [--gateway ID] | verify
  *   suidoctl [-c CONF] [--json] archive status | promote [--force]
- *   suidoctl [-c CONF] [--json] backup create|verify DIR
+ *   suidoctl [-c CONF] [--json] backup create DIR
+ *   suidoctl [-c CONF] [--json] [--offline] backup verify DIR
  *   suidoctl [-c CONF] [--json] backup restore DIR --to STATEDIR [--force]
  *   suidoctl [-c CONF] [--json] backup restore DIR --postgresql CONNINFO_FILE [--to STATEDIR]
  *   suidoctl [-c CONF] [--json] login ID --totp CODE [--password-file F] [--source S]
@@ -29,6 +30,14 @@
  * Passwords are read from --password-file or the first line of standard input, never from the
  * command line.
  *
+ * archive gaps (viewer), archive verify, audit verify, backup create and backup verify (admin)
+ * read the databases themselves; the registry checks the session's role for the command and
+ * audits the access (ctl_access) before anything is read. --offline is the administrator's
+ * recovery path for archive gaps, archive verify, audit verify and backup verify on a stopped
+ * deployment: no registry, no session, the state files read directly (the operating system's
+ * file permissions are the only control), one line on stderr saying that this access is not in
+ * the audit log. backup restore is always offline (the services are stopped for it).
+ *
  * It talks to the registry over ZeroMQ/CURVE as the identity "suidoctl" (the registry's dispatch
  * table lets only that identity change states) and reads the archive's audit log read-only.
  * Disposal also destroys the gateway's private key files kept in the deployment (overwritten,
@@ -37,8 +46,10 @@
  * Commands go to the command gate ([gate] section: connect, server_key), which decides, signs
  * and sends them; an operator or admin session is needed.
  *
- * Exit codes: 0 done; 1 refused or failed (the reason is printed); 2 usage; 3 the registry,
- * gate or archive could not be reached. CONF defaults to $SUIDO_CONF, else run/etc/suidoctl.conf. */
+ * Exit codes: 0 done; 1 refused or failed, or a problem found (gaps, a broken chain, a bad
+ * signature; the reason is printed); 2 usage; 3 cannot check: the registry, gate or archive could
+ * not be reached, or a database cannot be opened (path and reason printed). CONF defaults to
+ * $SUIDO_CONF, else run/etc/suidoctl.conf. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -105,6 +116,8 @@ typedef struct ctl {
     cm_registry *reg;
     cm_curve_keypair keys;
     char subject[200]; /* what the request is about ("case 12", "gateway gw-0003"), for refusals */
+    int offline;       /* --offline: the recovery path, reading state files with no session */
+    const char *unanswered_hint; /* added when the registry does not answer */
 } ctl;
 
 static void usage(void)
@@ -118,13 +131,15 @@ static void usage(void)
             "  service suspend|activate|revoke ID [--reason TEXT]\n"
             "  inventory\n"
             "  certs [--days N]          certificates expiring within N days (default 30)\n"
-            "  audit verify [--db PATH]  check the audit log's hash chain\n"
-            "  archive gaps [--gateway ID]  missing sequences per gateway and boot epoch\n"
+            "  audit verify [--db PATH]  check the audit log's hash chain (admin)\n"
+            "  archive gaps [--gateway ID]  missing sequences per gateway and boot epoch (viewer)\n"
             "  archive verify            re-verify every stored batch signature and the audit chain\n"
+            "                            (admin)\n"
             "  archive status            replication: role, position, each standby's lag\n"
             "  archive promote [--force] make the standby ([archive] connect) the primary\n"
-            "  backup create DIR         signed online snapshot of the archive and registry\n"
+            "  backup create DIR         signed online snapshot of the archive and registry (admin)\n"
             "  backup verify DIR         check a backup: signature, hashes, audit chain, batches\n"
+            "                            (admin)\n"
             "  backup restore DIR --to STATEDIR [--force]  verify, then restore; services stopped\n"
             "  backup restore DIR --postgresql FILE  load the archive into an empty PostgreSQL\n"
             "                            database (FILE: its connection string, mode 0600)\n"
@@ -137,7 +152,12 @@ static void usage(void)
             "  command status COMMAND_ID\n"
             "  alert list [--all] | show CASE | ack CASE\n"
             "  alert close CASE --cause TEXT --action TEXT   (once the condition has cleared)\n"
-            "options: --token TOKEN (or $SUIDO_TOKEN), --json, -c CONF\n");
+            "options: --token TOKEN (or $SUIDO_TOKEN), --json, -c CONF\n"
+            "  --offline  archive gaps|verify, audit verify, backup verify on a stopped\n"
+            "             deployment: the files read directly, no session, not audited\n"
+            "             (the administrator's recovery path; restore is always offline)\n"
+            "exit: 0 ok, 1 refused or a problem found, 2 usage, 3 cannot check (a service or\n"
+            "      database unavailable)\n");
     exit(EXIT_USAGE);
 }
 
@@ -201,7 +221,8 @@ static Suido__RegistryReply *call(ctl *c, const Suido__RegistryRequest *req)
     if (!req->token || !*req->token)
         with_token.token = (char *)(c->token ? c->token : "");
     if (cm_registry_call(c->reg, &with_token, &rep) != CM_OK)
-        fail(EXIT_UNAVAILABLE, "%s", "the registry did not answer");
+        fail(EXIT_UNAVAILABLE, "the registry did not answer%s",
+             c->unanswered_hint ? c->unanswered_hint : "");
     if (rep->status != 0) {
         const char *why = rep->error && *rep->error ? rep->error : cm_strerror(rep->status);
         if (rep->status == CM_ERR_INVAL)
@@ -281,6 +302,54 @@ static int cmd_provision(ctl *c, const provision_request *r)
                r->id, r->out, r->id);
     }
     return EXIT_OK;
+}
+
+/* The commands that read the deployment's state themselves (the archive's and registry's
+ * databases, a backup) rather than ask a service. Online, before anything is read, the registry
+ * checks the session against the command's least role and audits the access (ctl_access); a
+ * refusal exits like any other. --offline (the rows marked so) is the administrator's recovery
+ * path on a stopped deployment: no registry, no session, the files read directly with whatever
+ * the operating system lets this user read; it says so on stderr, since nothing of it reaches
+ * the audit log. */
+static const struct {
+    const char *verb[2];
+    int nargs;   /* with its operand: the command's whole form, so usage errors stay usage errors */
+    int offline; /* may run --offline */
+} STATE_COMMANDS[] = {
+    {{"archive", "gaps"}, 2, 1},   {{"archive", "verify"}, 2, 1}, {{"audit", "verify"}, 2, 1},
+    {{"backup", "verify"}, 3, 1},  {{"backup", "restore"}, 3, 1}, {{"backup", "create"}, 3, 0},
+};
+
+/* The STATE_COMMANDS row of args, or -1. */
+static int state_command(const char *const *args, int nargs)
+{
+    for (size_t i = 0; i < sizeof STATE_COMMANDS / sizeof STATE_COMMANDS[0]; i++)
+        if (nargs == STATE_COMMANDS[i].nargs && strcmp(args[0], STATE_COMMANDS[i].verb[0]) == 0 &&
+            strcmp(args[1], STATE_COMMANDS[i].verb[1]) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Before the STATE_COMMANDS row k runs: its session, or the offline notice. */
+static void state_access(ctl *c, int k)
+{
+    char command[64];
+    snprintf(command, sizeof command, "%s %s", STATE_COMMANDS[k].verb[0],
+             STATE_COMMANDS[k].verb[1]);
+    if (c->offline || strcmp(command, "backup restore") == 0) {
+        /* restore is offline by nature: the services are stopped for it */
+        fprintf(stderr, "suidoctl: offline: %s reads the state files directly, without a "
+                        "session; this access is not in the audit log\n", command);
+        return;
+    }
+    if (STATE_COMMANDS[k].offline)
+        c->unanswered_hint = " (with the services stopped, an administrator can check the "
+                             "files with --offline)";
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_CTL_ACCESS;
+    req.command = command;
+    suido__registry_reply__free_unpacked(call(c, &req), NULL);
+    c->unanswered_hint = NULL;
 }
 
 /* One request to the service whose API is configured in [section] (connect, server_key,
@@ -986,12 +1055,19 @@ static int cmd_operator_state(ctl *c, const char *verb, const char *id)
 
 /* The registry's latest signed audit checkpoint, its signature checked against [registry]
  * checkpoint_key: CM_OK and *out (caller frees), CM_ERR_CONFIG (no key), CM_ERR_UNKNOWN (none
- * signed yet), CM_ERR_UNAVAILABLE, CM_ERR_SIGNATURE. why names the problem. */
+ * signed yet), CM_ERR_UNAVAILABLE, CM_ERR_SIGNATURE. why names the problem. Offline it is read
+ * from the registry's database file ([backup] registry_database) instead of asked for. */
 static cm_err fetch_checkpoint(ctl *c, Suido__AuditCheckpoint **out, char *why, size_t len)
 {
     *out = NULL;
     const char *path = cm_conf_get(c->conf, "registry", "checkpoint_key");
+    const char *regdb = cm_conf_get(c->conf, "backup", "registry_database");
     cm_pubkey *key = NULL;
+    if (c->offline && (!regdb || !*regdb)) {
+        snprintf(why, len, "[backup] registry_database is not set in %s (offline, the checkpoint "
+                           "is read from the registry's database)", cm_conf_name(c->conf));
+        return CM_ERR_CONFIG;
+    }
     if (!path || !*path) {
         snprintf(why, len, "[registry] checkpoint_key is not set in %s", cm_conf_name(c->conf));
         return CM_ERR_CONFIG;
@@ -1000,31 +1076,41 @@ static cm_err fetch_checkpoint(ctl *c, Suido__AuditCheckpoint **out, char *why, 
         snprintf(why, len, "[registry] checkpoint_key %s: not a P-256 public key (PEM)", path);
         return CM_ERR_CONFIG;
     }
-    if (!c->reg)
-        connect_registry(c);
-    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
-    req.op = SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT;
-    req.token = (char *)(c->token ? c->token : "");
-    Suido__RegistryReply *rep = NULL;
-    cm_err rc = cm_registry_call(c->reg, &req, &rep);
-    if (rc != CM_OK) {
-        snprintf(why, len, "the registry did not answer");
-        rc = CM_ERR_UNAVAILABLE;
-    } else if (rep->status == CM_ERR_UNKNOWN) {
-        snprintf(why, len, "the registry has signed no checkpoint yet");
-        rc = CM_ERR_UNKNOWN;
-    } else if (rep->status != CM_OK) {
-        snprintf(why, len, "the registry refused: %s", cm_strerror(rep->status));
-        rc = CM_ERR_UNAVAILABLE;
-    } else if (cm_audit_checkpoint_verify(key, rep->checkpoint) != CM_OK) {
+    Suido__AuditCheckpoint *cp = NULL;
+    cm_err rc = CM_OK;
+    if (c->offline) {
+        rc = backup_registry_checkpoint(regdb, &cp, why, len);
+    } else {
+        if (!c->reg)
+            connect_registry(c);
+        Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+        req.op = SUIDO__REGISTRY_OP__REG_GET_AUDIT_CHECKPOINT;
+        req.token = (char *)(c->token ? c->token : "");
+        Suido__RegistryReply *rep = NULL;
+        rc = cm_registry_call(c->reg, &req, &rep);
+        if (rc != CM_OK) {
+            snprintf(why, len, "the registry did not answer");
+            rc = CM_ERR_UNAVAILABLE;
+        } else if (rep->status == CM_ERR_UNKNOWN) {
+            snprintf(why, len, "the registry has signed no checkpoint yet");
+            rc = CM_ERR_UNKNOWN;
+        } else if (rep->status != CM_OK) {
+            snprintf(why, len, "the registry refused: %s", cm_strerror(rep->status));
+            rc = CM_ERR_UNAVAILABLE;
+        } else {
+            cp = rep->checkpoint; /* moved out of the reply */
+            rep->checkpoint = NULL;
+        }
+        if (rep)
+            suido__registry_reply__free_unpacked(rep, NULL);
+    }
+    if (cp && cm_audit_checkpoint_verify(key, cp) != CM_OK) {
         snprintf(why, len, "the checkpoint's signature is not the registry's (%s)", path);
         rc = CM_ERR_SIGNATURE;
-    } else {
-        *out = rep->checkpoint; /* moved out of the reply */
-        rep->checkpoint = NULL;
+        suido__audit_checkpoint__free_unpacked(cp, NULL);
+        cp = NULL;
     }
-    if (rep)
-        suido__registry_reply__free_unpacked(rep, NULL);
+    *out = cp;
     cm_pubkey_destroy(&key);
     return rc;
 }
@@ -1037,13 +1123,12 @@ static cm_err fetch_checkpoint(ctl *c, Suido__AuditCheckpoint **out, char *why, 
 static int cmd_audit_verify(ctl *c, const char *db)
 {
     cm_sql *h = NULL;
-    char label[4200], uri[3 * 4096 + 64], why[600] = "path too long";
+    char label[4200], why[600];
     cm_audit_check_result r;
     if (db) { /* a SQLite archive named on the command line */
         snprintf(label, sizeof label, "%s", db);
-        if (!ctl_sqlite_ro_uri(db, 0, uri, sizeof uri) ||
-            cm_sql_open_as(CM_SQL_SQLITE, uri, 1, &h, why, sizeof why) != CM_OK)
-            fail(EXIT_UNAVAILABLE, "%s: %s", db, why);
+        if (!ctl_sqlite_open(db, &h, why, sizeof why))
+            fail(EXIT_UNAVAILABLE, "%s: cannot open: %s", db, why);
     } else {
         int orc = ctl_archive_open(c->conf, &h, label, sizeof label);
         if (orc != 0)
@@ -1174,6 +1259,8 @@ int main(int argc, char **argv)
             restore_pg = argv[++i];
         else if (strcmp(argv[i], "--force") == 0)
             force = 1;
+        else if (strcmp(argv[i], "--offline") == 0)
+            c.offline = 1;
         else if (strcmp(argv[i], "--unit") == 0 && i + 1 < argc)
             unit = argv[++i];
         else if (strcmp(argv[i], "--site") == 0 && i + 1 < argc)
@@ -1203,6 +1290,12 @@ int main(int argc, char **argv)
         fail(EXIT_USAGE, "%s", err);
     int rc = EXIT_USAGE;
     const char *cmd = args[0];
+    int sc = state_command(args, nargs);
+    if (c.offline && (sc < 0 || !STATE_COMMANDS[sc].offline))
+        fail(EXIT_USAGE, "%s", "--offline is only for archive gaps, archive verify, audit verify, "
+                               "backup verify and backup restore (the recovery path)");
+    if (sc >= 0)
+        state_access(&c, sc);
     if (strcmp(cmd, "gateway") == 0 && nargs == 2 && strcmp(args[1], "list") == 0)
         rc = cmd_list(&c, -1);
     else if (strcmp(cmd, "inventory") == 0 && nargs == 1)
