@@ -233,19 +233,26 @@ static followed *find_command(gate *g, const char *id)
     return NULL;
 }
 
+/* The command a followed entry stands for, as it leaves the gate (c borrows f's strings). */
+static void command_of(followed *f, Suido__Command *c)
+{
+    suido__command__init(c);
+    c->command_id = f->id;
+    c->gateway_id = f->gw;
+    c->channel = (char *)f->act->name;
+    c->value = f->value;
+    c->unit = (char *)f->act->unit;
+    c->issued_ms = f->issued_ms;
+    c->expires_ms = f->expires_ms;
+    c->requested_by = f->requested_by;
+}
+
 /* Seals (encrypted to the gateway's RSA command key `to`), signs and publishes an allowed
  * command; 0 when it left. */
 static int send_command(gate *g, followed *f, cm_rsa *to)
 {
-    Suido__Command c = SUIDO__COMMAND__INIT;
-    c.command_id = f->id;
-    c.gateway_id = f->gw;
-    c.channel = (char *)f->act->name;
-    c.value = f->value;
-    c.unit = (char *)f->act->unit;
-    c.issued_ms = f->issued_ms;
-    c.expires_ms = f->expires_ms;
-    c.requested_by = f->requested_by;
+    Suido__Command c;
+    command_of(f, &c);
     uint8_t out[GATE_SEAL_MAX];
     size_t len = 0;
     cm_err rc = gate_seal_command(g->seal, to, &c, out, sizeof out, &len);
@@ -264,15 +271,8 @@ static int send_command(gate *g, followed *f, cm_rsa *to)
  * names the gate); 0 when it was queued. The host checks the expiry again and writes it. */
 static int send_sparkplug(gate *g, followed *f)
 {
-    Suido__Command c = SUIDO__COMMAND__INIT;
-    c.command_id = f->id;
-    c.gateway_id = f->gw;
-    c.channel = (char *)f->act->name;
-    c.value = f->value;
-    c.unit = (char *)f->act->unit;
-    c.issued_ms = f->issued_ms;
-    c.expires_ms = f->expires_ms;
-    c.requested_by = f->requested_by;
+    Suido__Command c;
+    command_of(f, &c);
     Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
     char topic[96];
     snprintf(topic, sizeof topic, "suido/v1/%s/cmd", f->gw);

@@ -306,11 +306,18 @@ static Suido__StageMessage *own_copy(const Suido__StageMessage *m)
 
 static void emit(spb_result *res, Suido__StageMessage *m) { res->record = own_copy(m); }
 
+/* What every record of node n's session carries: its suido topic (suido/v1/<gw>/<kind>), the
+ * payload as received, provenance SPARKPLUG, and a header of the session's boot epoch; data and
+ * results (numbered) also take the session's next seq. */
 static void record_base(Suido__StageMessage *m, Suido__Header *hd, char *topic, size_t tsize,
-                        const char *gw, const char *kind, const uint8_t *payload, size_t len,
+                        node *n, Suido__Kind kind, const uint8_t *payload, size_t len,
                         uint64_t now_ms)
 {
-    snprintf(topic, tsize, "suido/v1/%s/%s", gw, kind);
+    static const char *const names[] = {[SUIDO__KIND__KIND_DATA] = "data",
+                                        [SUIDO__KIND__KIND_BIRTH] = "birth",
+                                        [SUIDO__KIND__KIND_DEATH] = "death",
+                                        [SUIDO__KIND__KIND_CMDRES] = "cmdres"};
+    snprintf(topic, tsize, "suido/v1/%s/%s", n->map->id, names[kind]);
     m->topic = topic;
     m->received_ms = now_ms;
     m->envelope.data = (uint8_t *)payload;
@@ -319,8 +326,12 @@ static void record_base(Suido__StageMessage *m, Suido__Header *hd, char *topic, 
     m->reason = "ok";
     m->provenance = SUIDO__PROVENANCE__PROVENANCE_SPARKPLUG;
     hd->version = 1;
-    hd->gateway_id = (char *)gw;
+    hd->gateway_id = (char *)n->map->id;
     hd->key_id = "sparkplug";
+    hd->kind = kind;
+    hd->boot_epoch = n->epoch;
+    if (kind == SUIDO__KIND__KIND_DATA || kind == SUIDO__KIND__KIND_CMDRES)
+        hd->seq = ++n->rec_seq;
     m->header = hd;
 }
 
@@ -334,10 +345,7 @@ static Suido__StageMessage *result_record(node *n, const char *command_id, const
     Suido__Header hd = SUIDO__HEADER__INIT;
     Suido__CommandResult r = SUIDO__COMMAND_RESULT__INIT;
     char topic[96];
-    record_base(&m, &hd, topic, sizeof topic, n->map->id, "cmdres", payload, len, now_ms);
-    hd.kind = SUIDO__KIND__KIND_CMDRES;
-    hd.boot_epoch = n->epoch;
-    hd.seq = ++n->rec_seq;
+    record_base(&m, &hd, topic, sizeof topic, n, SUIDO__KIND__KIND_CMDRES, payload, len, now_ms);
     hd.timestamp_ms = ts;
     r.command_id = (char *)command_id;
     r.outcome = outcome;
@@ -383,9 +391,7 @@ static void emit_birth(spb_result *res, node *n, const uint8_t *payload, size_t 
     Suido__Header hd = SUIDO__HEADER__INIT;
     Suido__Birth b = SUIDO__BIRTH__INIT;
     char topic[96];
-    record_base(&m, &hd, topic, sizeof topic, n->map->id, "birth", payload, len, now_ms);
-    hd.kind = SUIDO__KIND__KIND_BIRTH;
-    hd.boot_epoch = n->epoch;
+    record_base(&m, &hd, topic, sizeof topic, n, SUIDO__KIND__KIND_BIRTH, payload, len, now_ms);
     hd.timestamp_ms = ts;
     b.model = "sparkplug-b";
     b.channels = ptr;
@@ -677,10 +683,7 @@ static void data_record(spb_host *h, node *n, const metric_set *s, const Payload
     Suido__Header hd = SUIDO__HEADER__INIT;
     Suido__TelemetryBatch b = SUIDO__TELEMETRY_BATCH__INIT;
     char topic[96];
-    record_base(&rec, &hd, topic, sizeof topic, n->map->id, "data", payload, len, now_ms);
-    hd.kind = SUIDO__KIND__KIND_DATA;
-    hd.boot_epoch = n->epoch;
-    hd.seq = ++n->rec_seq;
+    record_base(&rec, &hd, topic, sizeof topic, n, SUIDO__KIND__KIND_DATA, payload, len, now_ms);
     hd.timestamp_ms = first;
     hd.reading_count = (uint32_t)k;
     b.readings = ptr;
@@ -788,9 +791,7 @@ static void on_ndeath(node *n, const Payload *p, const uint8_t *payload, size_t 
     Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
     Suido__Header hd = SUIDO__HEADER__INIT;
     char topic[96];
-    record_base(&m, &hd, topic, sizeof topic, n->map->id, "death", payload, len, now_ms);
-    hd.kind = SUIDO__KIND__KIND_DEATH;
-    hd.boot_epoch = n->epoch;
+    record_base(&m, &hd, topic, sizeof topic, n, SUIDO__KIND__KIND_DEATH, payload, len, now_ms);
     hd.timestamp_ms = p->has_timestamp && p->timestamp <= now_ms ? p->timestamp : now_ms;
     emit(res, &m);
 }
