@@ -123,7 +123,8 @@ static cm_err alert_change(archive_api_call *c)
     cm_err rc = c->hooks->change_case(c->hooks->ctx, c->q, c->who);
     if (rc == CM_ERR_DENIED && c->q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE)
         snprintf(c->why, c->why_len, "the condition is still active: acknowledge it now, close "
-                                     "it with cause and action once it has cleared");
+                                     "it with cause and action once it has cleared (or once "
+                                     "its gateway is revoked or disposed)");
     if (rc != CM_OK)
         return rc;
     case_list l;

@@ -212,7 +212,7 @@ cm_err archive_cases_ack(cm_sql *db, uint64_t case_id, const char *who, uint64_t
 static int note_ok(const char *s) { return s && *s && strlen(s) <= 500; }
 
 cm_err archive_cases_close(cm_sql *db, uint64_t case_id, const char *who, const char *cause,
-                           const char *action, uint64_t now_ms)
+                           const char *action, const char *retired, uint64_t now_ms)
 {
     char state[16];
     int active;
@@ -221,8 +221,15 @@ cm_err archive_cases_close(cm_sql *db, uint64_t case_id, const char *who, const 
         return rc;
     if (strcmp(state, "closed") == 0 || !note_ok(cause) || !note_ok(action))
         return CM_ERR_INVAL;
-    if (active)
+    int closed_active = active && retired && *retired;
+    if (active && !closed_active)
         return CM_ERR_DENIED;
+    char recorded[700];
+    if (closed_active) { /* kept with the case: it closed while its condition was unobservable */
+        snprintf(recorded, sizeof recorded, "%s [closed while active: gateway %s]", cause,
+                 retired);
+        cause = recorded;
+    }
     cm_sql_stmt *st;
     if (prepare(db,
                 "UPDATE alert_cases SET state='closed', closed_by=?, closed_ms=?, cause=?,"

@@ -35,8 +35,10 @@ cm_err archive_cases_past(cm_sql *db, const char *alert_id, uint64_t except_case
 /* Acknowledge: CM_ERR_UNKNOWN (no such case), CM_ERR_INVAL (closed already). */
 cm_err archive_cases_ack(cm_sql *db, uint64_t case_id, const char *who, uint64_t now_ms);
 /* Close with cause and action (both 1..500 characters): CM_ERR_UNKNOWN, CM_ERR_INVAL (closed
- * already, or cause/action missing), CM_ERR_DENIED (the condition is still active). */
+ * already, or cause/action missing), CM_ERR_DENIED (the condition is still active). retired
+ * (NULL or ""): the state of the case's gateway when it will never report again ("revoked",
+ * "disposed"): an active case may then be closed, and the cause says why it closed active. */
 cm_err archive_cases_close(cm_sql *db, uint64_t case_id, const char *who, const char *cause,
-                           const char *action, uint64_t now_ms);
+                           const char *action, const char *retired, uint64_t now_ms);
 
 #endif

@@ -15,7 +15,7 @@
 typedef struct seen {
     int n;
     Suido__AlertCase last;
-    char state[16], cause[64], action[64];
+    char state[16], cause[128], action[64];
     uint32_t occurrences;
     uint64_t case_id;
 } seen;
@@ -74,16 +74,16 @@ static void test_lifecycle_and_past_cases(void **state)
     assert_int_equal(archive_cases_ack(db, first, "otto", 2000), CM_OK);
     /* still active: cannot be closed yet */
     assert_int_equal(archive_cases_close(db, first, "otto", "dosing pump air lock",
-                                         "bled the pump", 3000),
+                                         "bled the pump", NULL, 3000),
                      CM_ERR_DENIED);
     raise_alert(db, id, 1, 0.6);
     /* cause and action are required */
-    assert_int_equal(archive_cases_close(db, first, "otto", "", "bled the pump", 3000),
+    assert_int_equal(archive_cases_close(db, first, "otto", "", "bled the pump", NULL, 3000),
                      CM_ERR_INVAL);
     assert_int_equal(archive_cases_close(db, first, "otto", "dosing pump air lock",
-                                         "bled the pump", 3000),
+                                         "bled the pump", NULL, 3000),
                      CM_OK);
-    assert_int_equal(archive_cases_close(db, first, "otto", "again", "again", 3000), CM_ERR_INVAL);
+    assert_int_equal(archive_cases_close(db, first, "otto", "again", "again", NULL, 3000), CM_ERR_INVAL);
     assert_int_equal(archive_cases_ack(db, first, "otto", 3000), CM_ERR_INVAL);
     memset(&s, 0, sizeof s);
     assert_int_equal(archive_cases_list(db, 0, 10, collect, &s), CM_OK);
@@ -116,10 +116,33 @@ static void test_lifecycle_and_past_cases(void **state)
     cm_sql_close(&db);
 }
 
+/* A case whose gateway was revoked or disposed can be closed while its condition is active (it
+ * can never clear), and the cause kept with it says so. */
+static void test_a_retired_gateways_active_case_closes(void **state)
+{
+    (void)state;
+    cm_sql *db = open_db();
+    raise_alert(db, "gw-0001/treatment.chlorine/limit", 0, 0.3);
+    seen s = {0};
+    assert_int_equal(archive_cases_list(db, 0, 10, collect, &s), CM_OK);
+    assert_true(s.last.active);
+    assert_int_equal(archive_cases_close(db, s.case_id, "otto", "site closed", "none", "", 2000),
+                     CM_ERR_DENIED);
+    assert_int_equal(archive_cases_close(db, s.case_id, "otto", "site closed", "none",
+                                         "disposed", 2000),
+                     CM_OK);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(archive_cases_get(db, 1, collect, &s), CM_OK);
+    assert_string_equal(s.state, "closed");
+    assert_string_equal(s.cause, "site closed [closed while active: gateway disposed]");
+    cm_sql_close(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lifecycle_and_past_cases),
+        cmocka_unit_test(test_a_retired_gateways_active_case_closes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -702,14 +702,17 @@ static void alert_change(archiver *a, const Suido__ArchiveRequest *q, const char
     }
     cm_sql *db = archive_store_db(a->store);
     cm_err rc = ack ? archive_cases_ack(db, q->case_id, who, a->input_ms)
-                    : archive_cases_close(db, q->case_id, who, q->cause, q->action, a->input_ms);
+                    : archive_cases_close(db, q->case_id, who, q->cause, q->action, q->retired,
+                                          a->input_ms);
     if (rc == CM_ERR_DB)
         input_failed(a);
     char detail[2200], subject[32], cause[1000], action[1000];
     snprintf(subject, sizeof subject, "case-%llu", (unsigned long long)q->case_id);
-    snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"", cm_strerror(rc),
+    snprintf(detail, sizeof detail, "result=%s cause=\"%s\" action=\"%s\"%s%s", cm_strerror(rc),
              cm_log_escape(cause, sizeof cause, ack ? NULL : q->cause),
-             cm_log_escape(action, sizeof action, ack ? NULL : q->action));
+             cm_log_escape(action, sizeof action, ack ? NULL : q->action),
+             !ack && q->retired && *q->retired ? " gateway=" : "",
+             !ack && q->retired && *q->retired ? q->retired : "");
     Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
     e.ts_ms = a->input_ms;
     e.event = rc != CM_OK ? "alert_change_refused" : ack ? "alert_acknowledged" : "alert_closed";
@@ -801,15 +804,50 @@ static cm_err api_session(void *ctx, const char *token, char who[65], char role[
     return cm_registry_session(a->reg, token, who, role);
 }
 
+/* A gateway changed state: the registry record cached for it (closing its cases) is dropped. */
+static void on_gateway_event(void *ctx, const char *id, int state)
+{
+    (void)state;
+    cm_registry_forget(((archiver *)ctx)->reg, id);
+}
+
+typedef struct case_gateway {
+    char id[65];
+} case_gateway;
+
+static void note_gateway(void *ctx, const Suido__AlertCase *c)
+{
+    snprintf(((case_gateway *)ctx)->id, sizeof ((case_gateway *)ctx)->id, "%s",
+             c->gateway_id ? c->gateway_id : "");
+}
+
+/* The state of the case's gateway when it will never report again (revoked, disposed), else
+ * "": asked of the registry at the operator's request, then logged with it. */
+static const char *retired_gateway(archiver *a, uint64_t case_id)
+{
+    case_gateway cg = {""};
+    const cm_gateway *gw = NULL;
+    if (archive_cases_get(archive_store_db(a->store), case_id, note_gateway, &cg) != CM_OK ||
+        !*cg.id || cm_registry_gateway(a->reg, cg.id, &gw) != CM_OK)
+        return "";
+    return gw->state == SUIDO__ENTITY_STATE__STATE_REVOKED    ? "revoked"
+           : gw->state == SUIDO__ENTITY_STATE__STATE_DISPOSED ? "disposed"
+                                                              : "";
+}
+
 static cm_err api_change_case(void *ctx, Suido__ArchiveRequest *q, const char *who)
 {
     archiver *a = ctx;
     cm_err rc = CM_OK;
-    /* logged for the standbys without the token, the operator as the sender */
-    char *token = q->token;
+    /* logged for the standbys without the token, the operator as the sender; whether the
+     * case's gateway is retired is the archive's to say, never the client's */
+    char *token = q->token, *retired = q->retired;
     q->token = "";
+    q->retired = q->op == SUIDO__ARCHIVE_OP__ALERT_CLOSE ? (char *)retired_gateway(a, q->case_id)
+                                                          : "";
     alert_change(a, q, who, &rc);
     q->token = token;
+    q->retired = retired;
     if (tx_commit(a) != CM_OK) /* the operator's change is on disk before the answer */
         rc = CM_ERR_DB;
     return rc;
@@ -1022,7 +1060,7 @@ int main(int argc, char **argv)
                                     "audit-log heads the registry did not take");
 
     cm_events *events = NULL;
-    if (cm_events_new(s, "events", NULL, NULL, &events, err))
+    if (cm_events_new(s, "events", on_gateway_event, &a, &events, err))
         cm_svc_die(s, "%s", err);
     if (archive_replica_following(a.repl)) {
         follow_primary(&a, events);

@@ -100,3 +100,35 @@ def test_alert_requests_need_a_session_and_a_real_case(suite):
     assert r.returncode == 1 and "unknown" in r.stderr
     r = suite.ctl("alert", "ack", "12x", check=False)
     assert r.returncode == 2
+
+
+def test_a_case_of_a_gateway_that_will_never_report_again_can_be_closed(suite, pb, tmp_path):
+    """A case stays active while its condition holds; a revoked (or disposed) gateway will never
+    report the condition cleared, so its case may then be closed with cause and action, and the
+    case and the audit log say it closed while active."""
+    gw, alert_id = "gw-0390", "gw-0390/reservoir.level/limit"
+    suite.ctl("gateway", "provision", gw, "--site", "old-tower", "--kind", "reservoir",
+              "--out", tmp_path / "bundle")
+    suite.ctl("gateway", "activate", gw)
+    a = pb.Alert(id=alert_id, gateway_id=gw, site="old-tower", channel="reservoir.level",
+                 rule="limit_ll", severity=pb.SEVERITY_ALARM, value=0.2, limit=0.5,
+                 timestamp_ms=int(time.time() * 1000), evidence="0.2 m below LL 0.5")
+    curve_push(suite, suite.base + 2, "archive", service_keys(suite, "anomaly"),
+               pb.StageMessage(topic="suido/v1/alerts/old-tower", alert=a).SerializeToString())
+
+    def case():
+        found = [c for c in cases(suite, "list")["cases"] if c["alert_id"] == alert_id]
+        return found[0] if found else None
+    assert wait_until(lambda: case() is not None, 5)
+    cid = str(case()["case_id"])
+    r = suite.ctl("alert", "close", cid, "--cause", "tower taken out of service", "--action",
+                  "none", check=False)
+    assert r.returncode == 1 and "still active" in r.stderr
+    suite.ctl("gateway", "revoke", gw, "--reason", "tower decommissioned")
+    closed = cases(suite, "close", cid, "--cause", "tower taken out of service",
+                   "--action", "none")["cases"][0]
+    assert closed["state"] == "closed" and closed["active"]
+    assert closed["cause"] == "tower taken out of service [closed while active: gateway revoked]"
+    assert wait_until(lambda: suite.query(
+        "SELECT count(*) FROM audit WHERE event='alert_closed' AND subject=? AND detail LIKE ?",
+        f"case-{cid}", "%gateway=revoked%")[0][0] == 1, 5)
