@@ -8,7 +8,7 @@ commands (Rebirth answered with auto_rebirth, a DCMD by alias, a malformed NCMD)
 explicit NDEATH, a dropped connection (the will), reconnects (bdSeq + 1, 255 -> 0) and a clean
 disconnect (no will), while a second paho client subscribed to spBv1.0/# decodes everything with
 the generated module and checks the fields. Prints one line per check; exits 0 when all pass.
-Not a pytest module (nothing here is named test_*)."""
+Not a pytest module itself: test_edge_node.py runs it with the suite."""
 import pathlib
 import shutil
 import socket
