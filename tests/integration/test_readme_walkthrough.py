@@ -42,8 +42,11 @@ class Deployment:
         self.dir = pathlib.Path(run)
 
 
-@pytest.fixture
-def walk(tmp_path, pb):
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory):
+    """One deployment for the module: the mistakes come first, the walk (which ends with the
+    README's `make stop`) last."""
+    tmp_path = tmp_path_factory.mktemp("walk")
     reachable_by_broker(tmp_path)
     env = dict(os.environ, SUIDO_RUN=str(tmp_path / "run"), SUIDO_BIN=str(BIN),
                SUIDO_PORT=str(free_base_port()), SUIDO_GATEWAYS="8")
@@ -78,6 +81,53 @@ def raise_and_clear(env, pb):
         return row[0] if row else None
     assert wait_until(case, 10)
     return case()
+
+
+def test_a_new_operators_mistakes_get_clear_answers(walk):
+    env = dict(walk)
+    run = env["SUIDO_RUN"]
+    ctl = [str(BIN / "suidoctl"), "-c", f"{run}/etc/suidoctl.conf"]
+
+    def sh(*args, token=None, stdin=None):
+        e = dict(env)
+        if token:
+            e["SUIDO_TOKEN"] = token
+        return subprocess.run(ctl + list(args), env=e, capture_output=True, text=True,
+                              timeout=60, input=stdin)
+    # no session: refused, and said how to get one
+    r = sh("inventory")
+    assert r.returncode == 1 and "log in first" in r.stderr, r.stderr
+    # a bad number is a usage error, with or without a session
+    r = sh("certs", "--days", "abc")
+    assert r.returncode == 2, r.stderr
+    # a wrong code: the login failed, without saying which half was wrong
+    r = sh("login", "admin", "--password-file", f"{run}/admin.password", "--totp", "000000")
+    assert r.returncode == 1 and "login failed (password or code)" in r.stderr, r.stderr
+    secret = open(f"{run}/admin.totp").read().strip()
+    # the previous step's code (the registry takes one step either side): a code is good once,
+    # and the walk that follows logs admin in with the current one
+    r = sh("login", "admin", "--password-file", f"{run}/admin.password", "--totp",
+           totp(secret, at=time.time() - 30))
+    assert r.returncode == 0, r.stderr
+    tok = r.stdout.strip()
+    # an unknown gateway is named
+    r = sh("gateway", "suspend", "gw-9999", token=tok)
+    assert r.returncode == 1 and "gw-9999" in r.stderr, r.stderr
+    # the data checks need a role: a viewer may see gaps, not verify the audit log
+    r = sh("operator", "add", "vic", "--role", "viewer", token=tok,
+           stdin="vic has a long passphrase\n")
+    assert r.returncode == 0, r.stderr
+    vic_secret = re.search(r"TOTP secret \(shown once\): (\S+)", r.stdout)[1]
+    vic = sh("login", "vic", "--password-file", "/dev/stdin", "--totp", totp(vic_secret),
+             stdin="vic has a long passphrase\n")
+    assert vic.returncode == 0, vic.stderr
+    assert sh("archive", "gaps", token=vic.stdout.strip()).returncode in (0, 1)
+    r = sh("audit", "verify", token=vic.stdout.strip())
+    assert r.returncode == 1 and "denied" in r.stderr, r.stderr
+    # logging out says so, and the session is gone
+    r = sh("logout", token=tok)
+    assert r.returncode == 0 and "logged out" in r.stdout, (r.stdout, r.stderr)
+    assert sh("inventory", token=tok).returncode == 1
 
 
 def test_the_operating_section_works_as_written(walk, pb, tmp_path):
@@ -126,47 +176,3 @@ def test_the_operating_section_works_as_written(walk, pb, tmp_path):
     r = subprocess.run([str(BIN / "suidoctl"), "-c", f"{run}/etc/suidoctl.conf", "--offline",
                         "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_a_new_operators_mistakes_get_clear_answers(walk):
-    env = dict(walk)
-    run = env["SUIDO_RUN"]
-    ctl = [str(BIN / "suidoctl"), "-c", f"{run}/etc/suidoctl.conf"]
-
-    def sh(*args, token=None, stdin=None):
-        e = dict(env)
-        if token:
-            e["SUIDO_TOKEN"] = token
-        return subprocess.run(ctl + list(args), env=e, capture_output=True, text=True,
-                              timeout=60, input=stdin)
-    # no session: refused, and said how to get one
-    r = sh("inventory")
-    assert r.returncode == 1 and "log in first" in r.stderr, r.stderr
-    # a bad number is a usage error, with or without a session
-    r = sh("certs", "--days", "abc")
-    assert r.returncode == 2, r.stderr
-    # a wrong code: the login failed, without saying which half was wrong
-    r = sh("login", "admin", "--password-file", f"{run}/admin.password", "--totp", "000000")
-    assert r.returncode == 1 and "login failed (password or code)" in r.stderr, r.stderr
-    secret = open(f"{run}/admin.totp").read().strip()
-    r = sh("login", "admin", "--password-file", f"{run}/admin.password", "--totp", totp(secret))
-    assert r.returncode == 0, r.stderr
-    tok = r.stdout.strip()
-    # an unknown gateway is named
-    r = sh("gateway", "suspend", "gw-9999", token=tok)
-    assert r.returncode == 1 and "gw-9999" in r.stderr, r.stderr
-    # the data checks need a role: a viewer may see gaps, not verify the audit log
-    r = sh("operator", "add", "vic", "--role", "viewer", token=tok,
-           stdin="vic has a long passphrase\n")
-    assert r.returncode == 0, r.stderr
-    vic_secret = re.search(r"TOTP secret \(shown once\): (\S+)", r.stdout)[1]
-    vic = sh("login", "vic", "--password-file", "/dev/stdin", "--totp", totp(vic_secret),
-             stdin="vic has a long passphrase\n")
-    assert vic.returncode == 0, vic.stderr
-    assert sh("archive", "gaps", token=vic.stdout.strip()).returncode in (0, 1)
-    r = sh("audit", "verify", token=vic.stdout.strip())
-    assert r.returncode == 1 and "denied" in r.stderr, r.stderr
-    # logging out says so, and the session is gone
-    r = sh("logout", token=tok)
-    assert r.returncode == 0 and "logged out" in r.stdout, (r.stdout, r.stderr)
-    assert sh("inventory", token=tok).returncode == 1
