@@ -182,7 +182,8 @@ static const char *sparkplug_confidential(const profiler *p, const Suido__StageM
  * payload (the readings are not kept at rest in clear), audited by the archive. */
 static void refuse_in_clear(profiler *p, Suido__StageMessage *m, const char *channel)
 {
-    cm_metric_inc(p->births_refused);
+    if (m->birth)
+        cm_metric_inc(p->births_refused);
     cm_svc_reject(p->svc, "plaintext_confidential");
     char name[160];
     cm_warn("topic=%s channel=%s reason=plaintext_confidential result=refused", m->topic,
@@ -198,11 +199,26 @@ static void refuse_in_clear(profiler *p, Suido__StageMessage *m, const char *cha
     m->envelope = env;
 }
 
+/* A record's provenance is its sender's: verify hands on signed envelopes only, the Sparkplug
+ * host its nodes' payloads only, so neither can pass its records off as the other's (a record
+ * the archive would call verified without a signature, or the reverse). 0: dropped, counted. */
+static int provenance_ok(profiler *p, const Suido__StageMessage *m, const char *peer)
+{
+    int sparkplug = m->provenance == SUIDO__PROVENANCE__PROVENANCE_SPARKPLUG;
+    if (sparkplug == (strcmp(peer, "sparkplug") == 0))
+        return 1;
+    cm_svc_reject(p->svc, "wrong_provenance");
+    cm_warn("peer=%s provenance=%d topic=%s error=\"a record of another sender's provenance\"",
+            peer, (int)m->provenance, m->topic ? m->topic : "");
+    return 0;
+}
+
 static void on_data(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
+    if (!provenance_ok(p, m, peer))
+        return;
     if (!m->batch || !m->header) {
         cm_warn("topic=%s error=\"verified message without batch\"", m->topic);
         return;
@@ -297,9 +313,10 @@ static void on_data(void *ctx, void *arg, const char *peer)
  * refusal, which the archive audits). */
 static void on_birth(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
+    if (!provenance_ok(p, m, peer))
+        return;
     const char *why = NULL, *bad = "";
     if (!m->birth)
         why = "birth_without_body";
@@ -360,9 +377,10 @@ static void on_birth(void *ctx, void *arg, const char *peer)
 /* A death is stored, and told to the gateway's shard (its silence is expected from now on). */
 static void on_death(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
+    if (!provenance_ok(p, m, peer))
+        return;
     cm_stage_send(p->to_archive, m);
     if (!m->header || !m->header->gateway_id)
         return;
@@ -376,9 +394,10 @@ static void on_death(void *ctx, void *arg, const char *peer)
 /* A command result is stored like any numbered envelope, and the gate learns what happened. */
 static void on_cmdres(void *ctx, void *arg, const char *peer)
 {
-    (void)peer;
     profiler *p = ctx;
     Suido__StageMessage *m = arg;
+    if (!provenance_ok(p, m, peer))
+        return;
     cm_stage_send(p->to_archive, m);
     ProtobufCBinaryData env = m->envelope;
     m->envelope.len = 0;

@@ -479,3 +479,26 @@ def test_a_confidential_channel_may_not_come_in_clear(spb):
         assert audited(s, NODE, needle="reason=plaintext_confidential") >= 2
     finally:
         n.disconnect()
+
+
+def test_the_host_cannot_pass_its_records_off_as_signed(spb, pb):
+    """A record's provenance is its sender's: frames from the Sparkplug host's CURVE identity
+    that claim to be signed suido envelopes (or verify's that claim to be Sparkplug's) are
+    dropped by the profile stage and counted; nothing is stored."""
+    from test_access import curve_push, service_keys
+    s = spb
+    before = s.metric("profile", 'suido_rejected_total{reason="wrong_provenance"}')
+    for sender, provenance in (("sparkplug", pb.PROVENANCE_SUIDO),
+                               ("verify", pb.PROVENANCE_SPARKPLUG)):
+        m = pb.StageMessage(topic=f"suido/v1/{NODE}/data", received_ms=int(time.time() * 1000),
+                            envelope=b"not signed", status=pb.VERIFY_OK, reason="ok",
+                            provenance=provenance, site="x", site_kind="pumping",
+                            header=pb.Header(version=1, gateway_id=NODE, boot_epoch=424242,
+                                             seq=1, timestamp_ms=int(time.time() * 1000),
+                                             kind=pb.KIND_DATA, reading_count=1),
+                            batch=pb.TelemetryBatch(readings=[pb.Reading(channel="flow",
+                                                                         value=1.0)]))
+        curve_push(s, s.base + 3, "profile", service_keys(s, sender), m.SerializeToString())
+    assert wait_until(lambda: s.metric("profile", 'suido_rejected_total{reason="wrong_provenance"}')
+                      >= before + 2, 5)
+    assert s.query("SELECT count(*) FROM batches WHERE boot_epoch = 424242")[0][0] == 0
