@@ -1134,13 +1134,10 @@ static int cmd_audit_verify(ctl *c, const char *db)
         if (orc != 0)
             return orc;
     }
-    if (cm_audit_check_db(h, &r) != CM_OK) {
-        fprintf(stderr, "suidoctl: %s: %s\n", label, cm_sql_error(h));
-        cm_sql_close(&h);
-        return EXIT_UNAVAILABLE;
-    }
     /* the checkpoint: verified, truncated, none, unavailable, bad_signature, not_configured,
-     * not_checked (a copy) */
+     * not_checked (a copy). Fetched before the log is read: the registry signs only heads the
+     * archive has committed, so the log read afterwards holds the checkpoint's entry, however
+     * many entries (this check's own ctl_access among them) are written meanwhile. */
     const char *cp_state = "not_checked";
     char cp_why[600] = "";
     Suido__AuditCheckpoint *cp = NULL;
@@ -1152,6 +1149,15 @@ static int cmd_audit_verify(ctl *c, const char *db)
                    : got == CM_ERR_SIGNATURE ? "bad_signature"
                    : got != CM_OK            ? "unavailable"
                                              : "verified";
+    }
+    if (cm_audit_check_db(h, &r) != CM_OK) {
+        fprintf(stderr, "suidoctl: %s: %s\n", label, cm_sql_error(h));
+        if (cp)
+            suido__audit_checkpoint__free_unpacked(cp, NULL);
+        cm_sql_close(&h);
+        return EXIT_UNAVAILABLE;
+    }
+    if (!db) {
         if (cp) {
             cp_seq = cp->seq;
             int reached = cm_audit_checkpoint_reached(h, &r, cp, cp_why, sizeof cp_why);
