@@ -486,22 +486,22 @@ static void read_group(device_run *d, const size_t *due, size_t n)
                 good_reading(d, due[i], one);
                 continue;
             }
-            bad_reading(d, due[i]);
-            if (!d->connected)
-                continue;
-            fail_kind k1 = classify(e1);
-            pthread_mutex_lock(&f->lock);
-            count_failure(f, k1);
-            pthread_mutex_unlock(&f->lock);
-            if (k1 != FAIL_EXCEPTION)
-                go_down(d, k1, e1);
+            if (d->connected) {
+                fail_kind k1 = classify(e1);
+                pthread_mutex_lock(&f->lock);
+                count_failure(f, k1);
+                pthread_mutex_unlock(&f->lock);
+                if (k1 != FAIL_EXCEPTION)
+                    go_down(d, k1, e1);
+            }
+            bad_reading(d, due[i]); /* after: whoever sees it sees the device's state too */
         }
         return;
     }
+    if (k != FAIL_EXCEPTION)
+        go_down(d, k, e); /* first: whoever sees the BAD readings sees the device down */
     for (size_t i = 0; i < n; i++)
         bad_reading(d, due[i]);
-    if (k != FAIL_EXCEPTION)
-        go_down(d, k, e);
 }
 
 /* Polls every point that is due. Returns early (its remaining points stay due) when a write
