@@ -279,7 +279,6 @@ static int send_sparkplug(gate *g, followed *f)
     m.topic = topic;
     m.received_ms = cm_now_ms();
     m.command = &c;
-    m.decision = "sent";
     return cm_zsend_pb(g->to_sparkplug, &m.base, ZMQ_DONTWAIT) == CM_OK ? 0 : -1;
 }
 

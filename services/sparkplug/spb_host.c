@@ -835,8 +835,9 @@ void spb_host_handle(spb_host *h, const char *t, const uint8_t *payload, size_t 
         goto done;
     }
     if (!n->online) {
-        res->refused = strcmp(tp.type, "NDEATH") == 0 ? "stale_death" : "data_before_birth";
-        res->rebirth = res->refused[0] == 'd' && want_rebirth(h, n, now_ms);
+        int death = strcmp(tp.type, "NDEATH") == 0;
+        res->refused = death ? "stale_death" : "data_before_birth";
+        res->rebirth = !death && want_rebirth(h, n, now_ms); /* only a birth repairs it */
         goto done;
     }
     if (strcmp(tp.type, "NDEATH") == 0) {
