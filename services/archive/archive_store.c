@@ -12,9 +12,13 @@
 #include "cm_log.h"
 #include "cm_time.h"
 
+#define LOST_RUN_STEP 16384 /* sequences of lost runs handed out per archive_store_seqs */
 #define SCHEMA_VERSION 3 /* 2: audit log; 3: command log */
 
-enum { ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_AUDIT, ST_HEAD, ST_COMMAND, ST__COUNT };
+enum {
+    ST_BATCH, ST_EVENT, ST_REJECT, ST_ALERT, ST_SEQS, ST_LOST, ST_AUDIT, ST_HEAD, ST_COMMAND,
+    ST__COUNT
+};
 
 struct archive_store {
     cm_sql *db;
@@ -60,7 +64,13 @@ static const char SCHEMA[] =
     " actuator TEXT NOT NULL, value REAL, unit TEXT NOT NULL, requested_by TEXT NOT NULL,"
     " issued_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, decision TEXT NOT NULL,"
     " detail TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS command_log_by_id ON command_log(command_id, id);";
+    "CREATE INDEX IF NOT EXISTS command_log_by_id ON command_log(command_id, id);"
+    /* runs acknowledged to their gateway and no longer held (restored from an older backup):
+     * archive_acked.h */
+    "CREATE TABLE IF NOT EXISTS acked_lost("
+    " gateway TEXT NOT NULL, boot_epoch INTEGER NOT NULL, first_seq INTEGER NOT NULL,"
+    " last_seq INTEGER NOT NULL, detected_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(gateway, boot_epoch, first_seq));";
 
 static const char *const SQL[ST__COUNT] = {
     [ST_BATCH] = "INSERT INTO batches(gateway,boot_epoch,seq,kind,device_ms,"
@@ -73,6 +83,8 @@ static const char *const SQL[ST__COUNT] = {
     [ST_ALERT] = "INSERT INTO alerts(alert_id,gateway,site,channel,rule,severity,value,"
                  "limit_value,ts_ms,evidence,cleared,received_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
     [ST_SEQS] = "SELECT seq FROM batches WHERE gateway=? AND boot_epoch=? AND seq>? ORDER BY seq",
+    [ST_LOST] = "SELECT first_seq, last_seq FROM acked_lost WHERE gateway=? AND boot_epoch=?"
+                " AND last_seq>? ORDER BY first_seq",
     [ST_AUDIT] = "INSERT INTO audit(seq,ts_ms,source,event,subject,actor,detail,hash)"
                  " VALUES(?,?,?,?,?,?,?,?)",
     [ST_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -399,9 +411,25 @@ cm_err archive_store_seqs(archive_store *s, const char *gateway, uint64_t epoch,
     int rc;
     while ((rc = cm_sql_step(st)) == CM_SQL_ROW)
         fn(ctx, (uint64_t)cm_sql_column_int64(st, 0));
+    cm_sql_reset(st);
+    if (rc == CM_SQL_DONE) { /* runs recorded lost count as held: nothing will ever fill them */
+        st = s->st[ST_LOST];
+        cm_sql_bind_text(st, 1, gateway);
+        cm_sql_bind_int64(st, 2, (int64_t)epoch);
+        cm_sql_bind_int64(st, 3, (int64_t)after);
+        while ((rc = cm_sql_step(st)) == CM_SQL_ROW) {
+            uint64_t first = (uint64_t)cm_sql_column_int64(st, 0);
+            uint64_t last = (uint64_t)cm_sql_column_int64(st, 1);
+            /* a long run: its start only (the caller asks again from further on) */
+            if (last - after > LOST_RUN_STEP)
+                last = after + LOST_RUN_STEP;
+            for (uint64_t q = first > after ? first : after + 1; q <= last; q++)
+                fn(ctx, q);
+        }
+        cm_sql_reset(st);
+    }
     if (rc == CM_SQL_FAIL)
         cm_error("error=\"%s\"", cm_sql_error(s->db));
-    cm_sql_reset(st);
     return rc == CM_SQL_DONE ? CM_OK : CM_ERR_DB;
 }
 

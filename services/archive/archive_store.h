@@ -61,7 +61,9 @@ cm_err archive_store_alert(archive_store *s, const Suido__StageMessage *m);
  * transaction: a rollback puts it back. */
 cm_err archive_store_audit(archive_store *s, const char *source, const Suido__AuditEvent *e);
 
-/* Stored sequences of (gateway, epoch) in ascending order, from `after` on; calls fn for each. */
+/* Stored sequences of (gateway, epoch) in ascending order, from `after` on, then those of the
+ * runs recorded lost (archive_acked.h: held for the acks' sake, at most 16384 past `after`:
+ * ask again from further on); calls fn for each. */
 cm_err archive_store_seqs(archive_store *s, const char *gateway, uint64_t epoch, uint64_t after,
                           void (*fn)(void *ctx, uint64_t seq), void *ctx);
 

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "archive_acked.h"
 #include "archive_acks.h"
 #include "archive_replica.h"
 #include "archive_store.h"
@@ -112,6 +113,13 @@ typedef struct archiver {
     int cp_known;     /* cp_seq is the registry's answer, not just unknown */
     uint64_t cp_next_ms;
     cm_metric *cp_sent, *cp_unsent;
+    /* the published acks, handed to the registry; compared with what is held at start
+     * (archive_acked.h) */
+    archive_acked *acked;
+    int acked_compared;             /* the comparison at start has run */
+    uint64_t acked_hold_until_ms;   /* input waits for that comparison until then at most */
+    uint64_t acked_retry_ms, acked_next_ms;
+    cm_metric *acked_lost, *acked_waiting, *acked_unrecorded;
 } archiver;
 
 static int tx_open(archiver *a)
@@ -138,9 +146,10 @@ static void publish_ack_now(void *ctx, const char *gw, uint64_t epoch, uint64_t 
     ack.seq = seq;
     size_t n = suido__ack__pack(&ack, buf);
     snprintf(topic, sizeof topic, "suido/v1/%s/ack", gw);
-    if (cm_mqtt_publish(a->mqtt, topic, buf, n, 1, 0) == CM_OK)
+    if (cm_mqtt_publish(a->mqtt, topic, buf, n, 1, 0) == CM_OK) {
         cm_metric_inc(a->acks_sent);
-    else
+        archive_acked_note(a->acked, gw, epoch, seq); /* the registry keeps it apart */
+    } else
         cm_metric_inc(a->acks_unsent); /* the next commit acks a later point; nothing is lost */
 }
 
@@ -330,6 +339,7 @@ static cm_err api_checkpoint(void *ctx, Suido__AuditCheckpoint **out)
 }
 
 static void db_watch(archiver *a);
+static void acked_tick(archiver *a);
 
 static void on_tick(void *ctx)
 {
@@ -339,6 +349,7 @@ static void on_tick(void *ctx)
                      cm_mono_ms() - a->tx_started_ms >= (uint64_t)a->commit_ms))
         tx_commit(a);
     send_checkpoint(a, 0);
+    acked_tick(a);
     cm_metric_set(a->pending_records, a->in_tx ? a->tx_records : 0);
     cm_metric_set(a->pending_alerts, (int64_t)a->n_alerts);
     archive_replica_serve(a->repl);
@@ -435,6 +446,148 @@ static void own_security_event(void *ctx, const char *event, const char *subject
                        detail);
 }
 
+/* ------------------------------------------- acknowledged, kept apart, and lost to a restore */
+
+/* Records one run the registry says was acknowledged and that is not held (archive_acked.h):
+ * its row and an audit entry, in the transaction of its input (live or replayed). */
+static void apply_acked_lost(archiver *a, const Suido__AckedLost *run)
+{
+    if (archive_acked_record_lost(archive_store_db(a->store), run, a->input_ms) != CM_OK) {
+        input_failed(a);
+        return;
+    }
+    uint64_t n = run->last_seq - run->first_seq + 1;
+    char detail[200];
+    snprintf(detail, sizeof detail, "boot_epoch=%llu first_seq=%llu last_seq=%llu batches=%llu",
+             (unsigned long long)run->boot_epoch, (unsigned long long)run->first_seq,
+             (unsigned long long)run->last_seq, (unsigned long long)n);
+    cm_error("gateway=%s %s error=\"acknowledged to the gateway and not held: lost (the archive "
+             "was restored from an older backup?)\" alarm=1",
+             run->gateway_id, detail);
+    cm_metric_add(a->acked_lost, n);
+    Suido__AuditEvent e = SUIDO__AUDIT_EVENT__INIT;
+    e.ts_ms = a->input_ms;
+    e.event = "acknowledged_data_lost";
+    e.subject = run->gateway_id;
+    e.actor = "archive";
+    e.detail = detail;
+    store_own_audit(a, &e);
+}
+
+typedef struct lost_runs {
+    Suido__AckedLost *v;
+    size_t n, cap;
+    const Suido__Ack *point; /* the point being compared */
+} lost_runs;
+
+static void collect_lost(void *ctx, uint64_t first, uint64_t last)
+{
+    lost_runs *l = ctx;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 16;
+        Suido__AckedLost *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv)
+            return; /* not recorded now: found again at the next start */
+        l->v = nv;
+        l->cap = nc;
+    }
+    Suido__AckedLost *r = &l->v[l->n++];
+    suido__acked_lost__init(r);
+    r->gateway_id = l->point->gateway_id;
+    r->boot_epoch = l->point->boot_epoch;
+    r->first_seq = first;
+    r->last_seq = last;
+}
+
+/* The comparison at start: the registry's ack points against what is held. Returns 0 when the
+ * registry could not be asked (tried again later). */
+static int acked_compare(archiver *a)
+{
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_GET_ACKED_POINTS;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(a->reg, &req, &rep);
+    if (rc == CM_OK && rep->status != CM_OK)
+        rc = (cm_err)rep->status;
+    if (rc != CM_OK) {
+        if (rep)
+            suido__registry_reply__free_unpacked(rep, NULL);
+        cm_warn("error=\"the registry's ack points cannot be fetched: %s; what a restore lost is "
+                "not known yet (asking again)\"", cm_strerror(rc));
+        return 0;
+    }
+    lost_runs l = {0};
+    int db_ok = 1;
+    for (size_t i = 0; i < rep->n_acked && db_ok; i++) {
+        l.point = rep->acked[i];
+        if (!l.point->gateway_id || !*l.point->gateway_id)
+            continue;
+        db_ok = archive_acked_find_lost(archive_store_db(a->store), l.point->gateway_id,
+                                        l.point->boot_epoch, l.point->seq, collect_lost,
+                                        &l) == CM_OK;
+    }
+    uint64_t lost = 0;
+    for (size_t i = 0; i < l.n && db_ok; i++) {
+        if (!input_begin(a, "acked_lost", "archive", &l.v[i].base))
+            break;
+        apply_acked_lost(a, &l.v[i]);
+        lost += l.v[i].last_seq - l.v[i].first_seq + 1;
+    }
+    int recorded = db_ok && (l.n == 0 || tx_commit(a) == CM_OK);
+    if (recorded && l.n)
+        archive_acks_reset(a->acks); /* the lost runs now count as held: worked out again */
+    if (recorded)
+        cm_info("points=%zu lost_runs=%zu lost_batches=%llu event=acked_points_compared",
+                rep->n_acked, l.n, (unsigned long long)lost);
+    else
+        cm_error("error=\"comparing the registry's ack points with the archive failed: %s\"",
+                 cm_sql_error(archive_store_db(a->store)));
+    free(l.v);
+    suido__registry_reply__free_unpacked(rep, NULL);
+    return recorded;
+}
+
+/* Hands the ack points published since the last call to the registry (one request). */
+static void acked_flush(archiver *a)
+{
+    static Suido__Ack *pts[4096];
+    size_t n = archive_acked_take(a->acked, pts, sizeof pts / sizeof pts[0]);
+    if (n == 0)
+        return;
+    Suido__RegistryRequest req = SUIDO__REGISTRY_REQUEST__INIT;
+    req.op = SUIDO__REGISTRY_OP__REG_ACKED_POINTS;
+    req.acked = pts;
+    req.n_acked = n;
+    Suido__RegistryReply *rep = NULL;
+    cm_err rc = cm_registry_call(a->reg, &req, &rep);
+    if (rc == CM_OK && rep->status != CM_OK)
+        rc = (cm_err)rep->status;
+    if (rep)
+        suido__registry_reply__free_unpacked(rep, NULL);
+    if (rc == CM_OK)
+        archive_acked_taken(a->acked);
+    else
+        cm_metric_inc(a->acked_unrecorded); /* they wait: handed over with the next ones */
+    a->acked_next_ms = cm_mono_ms() + (rc == CM_OK ? ACKED_FLUSH_MS : 5 * ACKED_FLUSH_MS);
+    cm_metric_set(a->acked_waiting, (int64_t)archive_acked_waiting(a->acked));
+}
+
+static void acked_tick(archiver *a)
+{
+    if (archive_replica_following(a->repl))
+        return;
+    uint64_t now = cm_mono_ms();
+    if (!a->acked_compared) {
+        if (now >= a->acked_retry_ms) {
+            a->acked_retry_ms = now + 5000;
+            a->acked_compared = acked_compare(a);
+        }
+        return; /* nothing handed over before the comparison: it would be compared with itself */
+    }
+    if (now >= a->acked_next_ms)
+        acked_flush(a);
+}
+
 /* The database connection (PostgreSQL; a SQLite file is always there). A lost connection costs
  * the open transaction: rolled back, nothing of it acknowledged (the gateways' outboxes resend
  * its batches). While it is down the input is held (hold_input: the stages before wait at their
@@ -490,7 +643,10 @@ static void db_watch(archiver *a)
 static int hold_input(void *ctx)
 {
     archiver *a = ctx;
-    return a->db_down || !archive_store_connected(a->store);
+    /* at start, input waits (at most a few seconds) for the comparison of the registry's ack
+     * points, so that a restore's losses are recorded before the gateways' resends arrive */
+    return a->db_down || !archive_store_connected(a->store) ||
+           (!a->acked_compared && cm_mono_ms() < a->acked_hold_until_ms);
 }
 
 /* A refused message becomes an audit event: what was refused, from whom, why. */
@@ -768,6 +924,16 @@ static cm_err apply_logged(void *ctx, const archive_repl_input *in)
             alert_change(a, q, in->peer, &result);
         if (q)
             suido__archive_request__free_unpacked(q, NULL);
+    } else if (strcmp(in->kind, "acked_lost") == 0) {
+        Suido__AckedLost *run = suido__acked_lost__unpack(NULL, in->len, in->body);
+        if (!run || strcmp(in->peer, "archive") != 0)
+            rc = CM_ERR_DECODE;
+        else if (tx_open(a))
+            apply_acked_lost(a, run);
+        else
+            a->input_rc = CM_ERR_DB;
+        if (run)
+            suido__acked_lost__free_unpacked(run, NULL);
     } else {
         rc = CM_ERR_DECODE;
     }
@@ -1008,7 +1174,8 @@ int main(int argc, char **argv)
             cm_svc_die(s, "%s: cannot open the archive database", db);
     }
     a.acks = archive_acks_new(a.store);
-    if (!a.acks)
+    a.acked = archive_acked_new();
+    if (!a.acks || !a.acked)
         cm_svc_die(s, "out of memory");
     archive_repl_hooks hooks = {.ctx = &a, .begin = hook_begin, .commit = hook_commit,
                                 .rollback = hook_rollback, .apply = apply_logged,
@@ -1058,6 +1225,13 @@ int main(int argc, char **argv)
                                   "audit-log heads handed to the registry to be signed");
     a.cp_unsent = cm_metric_counter(mx, "suido_archive_audit_checkpoints_unsent_total",
                                     "audit-log heads the registry did not take");
+    a.acked_lost = cm_metric_counter(mx, "suido_archive_acked_lost_batches_total",
+                                     "batches acknowledged to their gateway and found not held "
+                                     "at start (restored from an older backup)");
+    a.acked_waiting = cm_metric_gauge(mx, "suido_archive_ack_points_waiting",
+                                      "published ack points not yet kept by the registry");
+    a.acked_unrecorded = cm_metric_counter(mx, "suido_archive_ack_points_unrecorded_total",
+                                           "hand-overs of ack points the registry did not take");
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", on_gateway_event, &a, &events, err))
@@ -1077,6 +1251,7 @@ int main(int argc, char **argv)
                                  err))
             cm_svc_die(s, "%s", err);
         cm_svc_on_security(s, own_security_event, &a);
+        a.acked_hold_until_ms = cm_mono_ms() + 15000;
         cm_stage_ctx stage = {.svc = s, .input = input, .table = DISPATCH, .handler_ctx = &a,
                               .on_tick = on_tick, .events = events, .side = a.api,
                               .on_side = on_api, .hold_input = hold_input};
@@ -1087,6 +1262,8 @@ int main(int argc, char **argv)
     cm_info("event=stopping");
     tx_commit(&a);
     send_checkpoint(&a, 1); /* the head as it is left */
+    if (a.acked_compared)
+        acked_flush(&a); /* the last acks published */
     if (input)
         zmq_close(input);
     zmq_close(a.api);
@@ -1095,6 +1272,7 @@ int main(int argc, char **argv)
     cm_pubkey_destroy(&a.checkpoint_key);
     cm_mqtt_destroy(&a.mqtt);
     archive_acks_destroy(&a.acks);
+    archive_acked_destroy(&a.acked);
     archive_store_close(&a.store);
     cm_svc_destroy(&a.svc);
     return 0;

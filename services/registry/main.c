@@ -22,6 +22,7 @@
 #include "cm_svc.h"
 #include "cm_time.h"
 #include "cm_profile.h"
+#include "registry_acked.h"
 #include "registry_checkpoint.h"
 #include "registry_operators.h"
 #include "registry_profile.h"
@@ -703,6 +704,50 @@ static void on_audit_checkpoint(void *ctx, void *arg, const char *peer)
         registry_checkpoint_clear(&latest);
 }
 
+/* The archive's published acks (registry_acked.h): kept so that a restore of the archive shows
+ * what was acknowledged and is no longer held. */
+static void on_acked_points(void *ctx, void *arg, const char *peer)
+{
+    registry *r = ctx;
+    request *q = arg;
+    size_t skipped = 0;
+    cm_err e = registry_acked_put(registry_store_db(r->store), q->req->acked, q->req->n_acked,
+                                  cm_now_ms(), &skipped);
+    if (e != CM_OK)
+        cm_error("peer=%s points=%zu error=\"ack points not recorded: %s\"", peer,
+                 q->req->n_acked, cm_strerror(e));
+    if (skipped) {
+        cm_metric_inc(r->rejected);
+        cm_svc_reject(r->svc, "malformed");
+        cm_warn("peer=%s skipped=%zu error=\"malformed ack points\"", peer, skipped);
+    }
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    reply(r, q->route, &rep);
+}
+
+static void on_get_acked_points(void *ctx, void *arg, const char *peer)
+{
+    (void)peer;
+    registry *r = ctx;
+    request *q = arg;
+    Suido__Ack **pts = NULL;
+    size_t n = 0;
+    cm_err e = registry_acked_list(registry_store_db(r->store), &pts, &n);
+    if (e != CM_OK) {
+        reply_error(r, q->route, e);
+        return;
+    }
+    Suido__RegistryReply rep = SUIDO__REGISTRY_REPLY__INIT;
+    rep.acked = pts;
+    rep.n_acked = n;
+    reply(r, q->route, &rep);
+    registry_acked_free(pts, n);
+}
+
 static void on_get_audit_checkpoint(void *ctx, void *arg, const char *peer)
 {
     (void)peer;
@@ -789,6 +834,8 @@ static const cm_dispatch DISPATCH[] = {
     {"audit_checkpoint", "archive,archive-standby", on_audit_checkpoint},
     {"get_audit_checkpoint", "suidoctl,monitor,archive,archive-standby", on_get_audit_checkpoint},
     {"ctl_access", "suidoctl", on_ctl_access},
+    {"acked_points", "archive,archive-standby", on_acked_points},
+    {"get_acked_points", "archive,archive-standby", on_get_acked_points},
     {NULL, NULL, NULL},
 };
 
@@ -906,6 +953,10 @@ static const char *op_name(int op)
         return "get_audit_checkpoint";
     case SUIDO__REGISTRY_OP__REG_CTL_ACCESS:
         return "ctl_access";
+    case SUIDO__REGISTRY_OP__REG_ACKED_POINTS:
+        return "acked_points";
+    case SUIDO__REGISTRY_OP__REG_GET_ACKED_POINTS:
+        return "get_acked_points";
     default:
         return "unknown";
     }
@@ -1112,8 +1163,9 @@ int main(int argc, char **argv)
     r.profile_refusals = cm_metric_counter(s->metrics, "suido_registry_profile_refusals_total",
                                            "profile files refused (the version in force stays)");
     if (registry_profile_init(registry_store_db(r.store)) != CM_OK ||
-        registry_checkpoint_init(registry_store_db(r.store)) != CM_OK)
-        cm_svc_die(s, "%s: cannot create the profile and audit checkpoint tables", db);
+        registry_checkpoint_init(registry_store_db(r.store)) != CM_OK ||
+        registry_acked_init(registry_store_db(r.store)) != CM_OK)
+        cm_svc_die(s, "%s: cannot create the profile, audit checkpoint and ack point tables", db);
     r.profile_file = cm_conf_get(s->conf, "profile", "file");
     if (r.profile_file) {
         long v;

@@ -1345,6 +1345,68 @@ static int mkdir_new(const char *path, int *made)
     return errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* The live registry's ack points (the archive's published acks, registry_acked.h in the
+ * registry) are newer than the backup's: they are carried over into the restored registry, so
+ * that the archive, comparing them at start, finds and reports what was acknowledged after the
+ * backup and is not in it. Nothing to carry when there is no live registry. Returns the number
+ * of points carried, or -1 (why set) when the restored copy could not take them. */
+static long carry_ack_points(const char *restored, const char *live, char *why, size_t len)
+{
+    if (access(live, R_OK) != 0)
+        return 0;
+    sqlite3 *db = NULL;
+    long n = -1;
+    /* the same table as the registry makes (an older backup may predate it) */
+    static const char SQL[] =
+        "CREATE TABLE IF NOT EXISTS acked_points("
+        " gateway TEXT NOT NULL, boot_epoch INTEGER NOT NULL,"
+        " seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
+        " PRIMARY KEY(gateway, boot_epoch));"
+        "BEGIN;"
+        "INSERT INTO acked_points(gateway, boot_epoch, seq, updated_ms)"
+        " SELECT gateway, boot_epoch, seq, updated_ms FROM live.acked_points WHERE true"
+        " ON CONFLICT(gateway, boot_epoch) DO UPDATE SET seq = excluded.seq,"
+        " updated_ms = excluded.updated_ms WHERE excluded.seq > acked_points.seq;"
+        "COMMIT;";
+    char uri[4400];
+    snprintf(uri, sizeof uri, "file:%s?mode=ro", live);
+    sqlite3_stmt *has = NULL;
+    if (sqlite3_open_v2(restored, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, NULL) != SQLITE_OK ||
+        sqlite3_busy_timeout(db, 10000) != SQLITE_OK) {
+        snprintf(why, len, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+        goto out;
+    }
+    sqlite3_stmt *at = NULL;
+    int ok = sqlite3_prepare_v2(db, "ATTACH DATABASE ? AS live", -1, &at, NULL) == SQLITE_OK &&
+             sqlite3_bind_text(at, 1, uri, -1, SQLITE_STATIC) == SQLITE_OK &&
+             sqlite3_step(at) == SQLITE_DONE;
+    sqlite3_finalize(at);
+    if (!ok) {
+        snprintf(why, len, "the live registry %s: %s", live, sqlite3_errmsg(db));
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM live.sqlite_master WHERE type = 'table'"
+                               " AND name = 'acked_points'", -1, &has, NULL) != SQLITE_OK ||
+        sqlite3_step(has) != SQLITE_ROW) {
+        snprintf(why, len, "the live registry %s: %s", live, sqlite3_errmsg(db));
+        goto out;
+    }
+    if (sqlite3_column_int(has, 0) == 0) {
+        n = 0; /* a registry from before ack points were kept */
+        goto out;
+    }
+    if (sqlite3_exec(db, SQL, NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(why, len, "%s", sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        goto out;
+    }
+    n = sqlite3_changes(db);
+out:
+    sqlite3_finalize(has);
+    sqlite3_close(db);
+    return n;
+}
+
 int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, int force,
                    int json)
 {
@@ -1431,6 +1493,14 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         goto out;
     }
     report_free(&rr);
+    char why_carry[512] = "";
+    long carried = carry_ack_points(tmp[F_REGISTRY], target[F_REGISTRY], why_carry,
+                                    sizeof why_carry);
+    if (carried < 0) {
+        ctl_say("restore refused: the acknowledgements kept by the live registry could not be "
+                "carried over (%s); nothing was put in place in %s", why_carry, statedir);
+        goto out;
+    }
     /* in place: stale WAL or journal files of a replaced database would be replayed into the
      * restored one, so they go first; then each rename is atomic */
     for (int f = 0; f < F__COUNT; f++) {
@@ -1472,6 +1542,9 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         printf("  restored archive re-opened: %" PRIu64 " signatures verified again, %" PRIu64
                " unverifiable (gateway disposed), 0 failed\n",
                again.sig_ok, again.sig_disposed);
+        printf("  acknowledgements carried over from the live registry: %ld ack points (the "
+               "archive reports at start what they cover and the backup lacks)\n",
+               carried);
         printf("start the services on %s now\n", statedir);
     }
 out:

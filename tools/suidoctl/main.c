@@ -48,7 +48,8 @@
  *
  * Exit codes: 0 done; 1 refused or failed, or a problem found (gaps, a broken chain, a bad
  * signature; the reason is printed); 2 usage; 3 cannot check: the registry, gate or archive could
- * not be reached, or a database cannot be opened (path and reason printed). CONF defaults to
+ * not be reached, or a database cannot be opened (path and reason printed); 4 archive gaps:
+ * nothing missing, but batches recorded as lost to a restore (acknowledged, then not held) exist. CONF defaults to
  * $SUIDO_CONF, else run/etc/suidoctl.conf. */
 #include <dirent.h>
 #include <errno.h>
@@ -157,7 +158,8 @@ static void usage(void)
             "             deployment: the files read directly, no session, not audited\n"
             "             (the administrator's recovery path; restore is always offline)\n"
             "exit: 0 ok, 1 refused or a problem found, 2 usage, 3 cannot check (a service or\n"
-            "      database unavailable)\n");
+            "      database unavailable), 4 archive gaps: nothing missing, but batches lost to a\n"
+            "      restore are recorded (acknowledged to the gateway, then not held)\n");
     exit(EXIT_USAGE);
 }
 
