@@ -1350,8 +1350,10 @@ static int mkdir_new(const char *path, int *made)
  * that the archive, comparing them at start, finds and reports what was acknowledged after the
  * backup and is not in it. Nothing to carry when there is no live registry. Returns the number
  * of points carried, or -1 (why set) when the restored copy could not take them. */
-static long carry_ack_points(const char *restored, const char *live, char *why, size_t len)
+static long carry_ack_points(const char *restored, const char *live, uint64_t *live_audit_seq,
+                             char *why, size_t len)
 {
+    *live_audit_seq = 0;
     if (access(live, R_OK) != 0)
         return 0;
     sqlite3 *db = NULL;
@@ -1391,6 +1393,12 @@ static long carry_ack_points(const char *restored, const char *live, char *why, 
         snprintf(why, len, "the live registry %s: %s", live, sqlite3_errmsg(db));
         goto out;
     }
+    /* how far the live audit log had been signed: what the restore cuts off it */
+    sqlite3_stmt *cp = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM live.audit_checkpoints", -1, &cp, NULL) ==
+            SQLITE_OK && sqlite3_step(cp) == SQLITE_ROW)
+        *live_audit_seq = (uint64_t)sqlite3_column_int64(cp, 0);
+    sqlite3_finalize(cp);
     if (sqlite3_column_int(has, 0) == 0) {
         n = 0; /* a registry from before ack points were kept */
         goto out;
@@ -1494,8 +1502,9 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
     }
     report_free(&rr);
     char why_carry[512] = "";
-    long carried = carry_ack_points(tmp[F_REGISTRY], target[F_REGISTRY], why_carry,
-                                    sizeof why_carry);
+    uint64_t live_audit_seq = 0;
+    long carried = carry_ack_points(tmp[F_REGISTRY], target[F_REGISTRY], &live_audit_seq,
+                                    why_carry, sizeof why_carry);
     if (carried < 0) {
         ctl_say("restore refused: the acknowledgements kept by the live registry could not be "
                 "carried over (%s); nothing was put in place in %s", why_carry, statedir);
@@ -1545,6 +1554,11 @@ int backup_restore(const cm_conf *conf, const char *dir, const char *statedir, i
         printf("  acknowledgements carried over from the live registry: %ld ack points (the "
                "archive reports at start what they cover and the backup lacks)\n",
                carried);
+        if (live_audit_seq > r.m.audit_seq)
+            printf("  audit log: the live log had reached entry %" PRIu64 " (the registry's last "
+                   "signed checkpoint); the backup's ends at entry %" PRIu64 ": entries %" PRIu64
+                   "-%" PRIu64 " are lost with this restore\n",
+                   live_audit_seq, r.m.audit_seq, r.m.audit_seq + 1, live_audit_seq);
         printf("start the services on %s now\n", statedir);
     }
 out:

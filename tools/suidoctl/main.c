@@ -940,7 +940,10 @@ static int cmd_login(ctl *c, const char *id, const char *pwfile, const char *tot
     if (c->json) {
         printf("{");
         json_str("token", rep->token, 0);
-        printf(",\"expires_ms\":%llu}\n", (unsigned long long)rep->expires_ms);
+        char until[32];
+        cm_time_iso(rep->expires_ms, until, sizeof until);
+        printf(",\"expires_ms\":%llu,\"expires\":\"%s\"}\n", (unsigned long long)rep->expires_ms,
+               until);
     } else {
         char until[64];
         printf("%s\n", rep->token);
