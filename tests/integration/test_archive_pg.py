@@ -268,9 +268,11 @@ def test_backup_of_the_postgresql_archive_verifies_and_restores(pgsuite, pg, tmp
     # a tampered copy is refused, as for a SQLite deployment
     broken = tmp_path / "broken"
     shutil.copytree(bdir, broken)
-    with open(broken / "archive.db", "r+b") as f:
+    with open(broken / "archive.db", "r+b") as f:  # 8 bytes inverted (zeros may be zeros)
         f.seek(-100, 2)
-        f.write(b"\x00" * 8)
+        was = f.read(8)
+        f.seek(-100, 2)
+        f.write(bytes(b ^ 0xFF for b in was))
     assert pgsuite.ctl("backup", "verify", broken, check=False).returncode == 1
 
     # restore into SQLite files (unchanged) ...
