@@ -130,6 +130,16 @@ static cm_err load_node(const cm_conf *c, const char *id, int line, spb_map_node
     return CM_OK;
 }
 
+/* Whether the file has a section of that exact name (wherever it is: a [channels X] may come
+ * before its [node X], whose own faults are then reported for it). */
+static int has_section(const cm_conf *c, const char *name)
+{
+    for (size_t i = 0; i < cm_conf_section_count(c); i++)
+        if (strcmp(cm_conf_section(c, i), name) == 0)
+            return 1;
+    return 0;
+}
+
 cm_err spb_map_load(const cm_conf *c, spb_map **out, char err[CM_CONF_ERRLEN])
 {
     *out = NULL;
@@ -161,7 +171,7 @@ cm_err spb_map_load(const cm_conf *c, spb_map **out, char err[CM_CONF_ERRLEN])
             snprintf(err, CM_CONF_ERRLEN, "%s:%d: unknown section [%s] (node, channels, units, "
                      "actuators)", cm_conf_name(c), line, sec);
             rc = CM_ERR_CONFIG;
-        } else if (!cm_conf_get(c, node_sec, "group")) {
+        } else if (!has_section(c, node_sec)) {
             snprintf(err, CM_CONF_ERRLEN, "%s:%d: [%s] names no node of a [node %s] section",
                      cm_conf_name(c), line, sec, of);
             rc = CM_ERR_CONFIG;

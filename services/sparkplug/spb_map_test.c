@@ -231,6 +231,8 @@ static const struct {
     {"[node gw:1]\ngroup = P\n[channels gw:1]\na = A\n",
      "t.map:1: [node gw:1]: a node id is a gateway id: 1 to 64 of [A-Za-z0-9._-]"},
     {"[node gw-1]\n" CHANNELS, "t.map: [node gw-1] missing required key 'group'"},
+    /* the node's own fault, even when its channels come first */
+    {CHANNELS "[node gw-1]\n", "t.map: [node gw-1] missing required key 'group'"},
     {"[node gw-1]\ngroup =\n" CHANNELS, "t.map: [node gw-1] missing required key 'group'"},
     {"[node gw-1]\ngroup = Plant 1\n" CHANNELS,
      "t.map:2: [node gw-1] group 'Plant 1': 1 to 64 of [A-Za-z0-9._-]"},
