@@ -53,7 +53,8 @@ UNIT_BIN := $(patsubst %.c,$(BUILD)/test/%,$(UNIT_SRC))
 
 PROGRAMS := $(BIN)/suidoctl $(addprefix $(BIN)/suido-,$(SERVICES)) $(BIN)/suido-gateway \
             $(BIN)/suido-gateway-sim $(BIN)/suido-keygen \
-            $(BIN)/suido-bench-sub $(BIN)/suido-score $(BIN)/suido-broker-start
+            $(BIN)/suido-bench-sub $(BIN)/suido-bench-pub $(BIN)/suido-score \
+            $(BIN)/suido-broker-start
 
 # The Mosquitto plugin (broker/plugin/README.md): a shared object loaded by the broker, which
 # provides the mosquitto_* symbols it uses; nothing else is linked. A stock mosquitto cannot load
@@ -124,6 +125,7 @@ $(BIN)/suido-gateway: $(patsubst %.c,$(OBJ)/%.o,$(filter-out %_test.c,$(wildcard
 	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LIBS) $(LIBS_gateway)
 $(eval $(call program,keygen,tools/keygen))
 $(eval $(call program,bench-sub,tools/bench-sub))
+$(eval $(call program,bench-pub,tools/bench-pub))
 $(eval $(call program,score,tools/score))
 $(eval $(call program,broker-start,broker/start))
 
