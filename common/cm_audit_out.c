@@ -24,8 +24,10 @@
 #define SPOOL_VERSION 1
 #define FLUSH_BUDGET_US 50000 /* of one flush: the caller's loop keeps its rhythm */
 
+/* AUTOINCREMENT: ids are never reused, so every event appended has a higher id than any sent
+ * before it (flush_one reads after the last one sent), even once the table was empty. */
 static const char SCHEMA[] = "CREATE TABLE IF NOT EXISTS audit_spool("
-                             " id INTEGER PRIMARY KEY,"
+                             " id INTEGER PRIMARY KEY AUTOINCREMENT,"
                              " ts_ms INTEGER NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL,"
                              " subject TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL)";
 
@@ -190,8 +192,12 @@ static int flush_one(cm_audit_out *a)
     a->unreadable = step == CM_SQL_FAIL;
     if (step != CM_SQL_ROW) {
         cm_sql_reset(st);
-        if (step == CM_SQL_DONE) /* the count was off: the spool is what it holds */
+        if (step == CM_SQL_DONE) { /* cannot happen: said loudly; the spool is what it holds */
+            cm_error("path=%s events=%" PRIu64 " after_id=%" PRId64 " error=\"audit spool holds "
+                     "fewer events than counted\" alarm=1",
+                     a->path, a->n, a->sent_upto);
             set_count(a, 0);
+        }
         return step == CM_SQL_DONE ? 0 : -1;
     }
     int64_t id = cm_sql_column_int64(st, 0);

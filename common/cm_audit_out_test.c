@@ -320,6 +320,15 @@ static void test_the_archive_going_away_and_coming_back(void **state)
     assert_int_equal(cm_audit_out_flush(a), 2);
     expect_subjects(f, (const char *const[]){"c1", "c2"}, 2);
     assert_int_equal(metric(f, "suido_audit_delivered_late_total"), 2);
+    /* and again, on a spool that was emptied: a new event is never taken for one already sent */
+    archive_down(f);
+    wait_for(f, ZMQ_EVENT_DISCONNECTED);
+    assert_int_equal(cm_audit_out_record(a, "gate", "command_result", "c3", "gw", ""), CM_OK);
+    assert_int_equal(cm_audit_out_spooled(a), 1);
+    archive_up(f, 0);
+    wait_connected(f);
+    assert_int_equal(cm_audit_out_flush(a), 1);
+    expect_subjects(f, (const char *const[]){"c3"}, 1);
 }
 
 /* An archive that stops taking frames (full: it does not read) stops the flush where it is; what
