@@ -65,32 +65,25 @@ static int setup(void **state)
     return 0;
 }
 
-static void archive_down(fx *f)
+/* Closes a test socket without lingering; NULLs *sock. */
+static void close_now(void **sock)
 {
-    if (f->archive) {
+    if (*sock) {
         int linger = 0;
-        zmq_setsockopt(f->archive, ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(f->archive);
-        f->archive = NULL;
+        zmq_setsockopt(*sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(*sock);
+        *sock = NULL;
     }
 }
 
-static void close_monitor(fx *f)
-{
-    if (f->mon) {
-        int linger = 0;
-        zmq_setsockopt(f->mon, ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(f->mon);
-        f->mon = NULL;
-    }
-}
+static void archive_down(fx *f) { close_now(&f->archive); }
 
 static int teardown(void **state)
 {
     fx *f = *state;
     cm_audit_out_destroy(&f->a);
-    archive_down(f);
-    close_monitor(f);
+    close_now(&f->archive);
+    close_now(&f->mon);
     zmq_ctx_term(f->ctx);
     cm_metrics_destroy(&f->mx);
     static const char *const side[] = {"", "-wal", "-shm", "-journal"};
@@ -159,7 +152,7 @@ static void *push(fx *f, const char *endpoint, int hwm)
         assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
     char mon[64];
     snprintf(mon, sizeof mon, "inproc://audit-out-monitor-%d", n++);
-    close_monitor(f);
+    close_now(&f->mon);
     assert_int_equal(zmq_socket_monitor(s, mon, ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                                     ZMQ_EVENT_DISCONNECTED),
                      0);
