@@ -2,9 +2,10 @@
  * PUSH/PULL pair on loopback TCP, the PULL standing for the archive: sent at once while the
  * archive is there; spooled in order, with their own times, while it is not, and delivered oldest
  * first when it comes; a new event waits behind spooled ones; the archive going away and coming
- * back; a flush that stops when the archive is full and goes on later; the bound (the oldest kept, the new refused and counted); the spool kept
- * across a close and reopen; two threads recording at once; and a spool that cannot be opened
- * (no folder, a directory, not a database, another database, in use) refused with a reason. */
+ * back; a flush that stops when the archive is full and goes on later; the bound (the oldest
+ * kept, the new refused and counted); the spool kept across a close and reopen; two threads
+ * recording at once; and a spool that cannot be opened (no folder, a directory, not a database,
+ * another database, in use) refused with a reason. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -387,8 +388,10 @@ static void test_the_spool_is_kept_across_a_restart(void **state)
 {
     fx *f = *state;
     cm_audit_out *a = open_ok(f, 100);
-    assert_int_equal(cm_audit_out_record(a, "registry", "profile_changed", "p1", NULL, NULL), CM_OK);
-    assert_int_equal(cm_audit_out_record(a, "registry", "operator_added", "p2", NULL, NULL), CM_OK);
+    assert_int_equal(cm_audit_out_record(a, "registry", "profile_changed", "p1", NULL, NULL),
+                     CM_OK);
+    assert_int_equal(cm_audit_out_record(a, "registry", "operator_added", "p2", NULL, NULL),
+                     CM_OK);
     cm_audit_out_destroy(&f->a);
     struct stat st;
     assert_int_equal(stat(f->path, &st), 0);

@@ -12,9 +12,9 @@
  * sessions live in memory (mon_session.h).
  *
  * Sockets: [registry] DEALER; [archive] DEALER to the archive's [api]; [output archive] PUSH
- *          (audit events, cm_audit_out); [mqtt] MQTT/TLS client "monitor", subscribes suido/v1/alerts/# only;
- *          [http] the HTTPS listener. One thread serves HTTP and owns the ZeroMQ sockets;
- *          Paho's thread hands alerts over through mon_live. */
+ *          (audit events, cm_audit_out); [mqtt] MQTT/TLS client "monitor", subscribes
+ *          suido/v1/alerts/# only; [http] the HTTPS listener. One thread serves HTTP and owns
+ *          the ZeroMQ sockets; Paho's thread hands alerts over through mon_live. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
