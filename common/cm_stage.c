@@ -154,35 +154,3 @@ cm_err cm_stage_send(void *sock, const Suido__StageMessage *m)
         cm_metric_inc(stage_sent);
     return rc;
 }
-
-static void security_to_audit(void *sock, const char *event, const char *subject,
-                              const char *detail)
-{
-    const char *via = strncmp(event, "metrics_", 8) == 0 ? "https" : "zmq";
-    cm_stage_audit(sock, via, event, subject, via, detail);
-}
-
-void cm_stage_audit_security(cm_svc *s, void *sock)
-{
-    cm_svc_on_security(s, security_to_audit, sock);
-}
-
-cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
-                      const char *actor, const char *detail)
-{
-    Suido__AuditEvent a = SUIDO__AUDIT_EVENT__INIT;
-    a.ts_ms = cm_now_ms();
-    a.source = (char *)source;
-    a.event = (char *)event;
-    a.subject = (char *)(subject ? subject : "");
-    a.actor = (char *)(actor ? actor : source);
-    a.detail = (char *)(detail ? detail : "");
-    Suido__StageMessage m = SUIDO__STAGE_MESSAGE__INIT;
-    m.received_ms = a.ts_ms;
-    m.audit = &a;
-    cm_err rc = cm_zsend_pb(sock, &m.base, ZMQ_DONTWAIT);
-    if (rc != CM_OK)
-        cm_warn("event=%s subject=%s error=\"audit event not queued: %s\"", event,
-                a.subject, cm_strerror(rc));
-    return rc;
-}

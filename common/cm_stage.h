@@ -52,14 +52,4 @@ void cm_stage_metrics(cm_svc *s);
  * waiting right now (suido_stage_send_blocked). Any thread. */
 cm_err cm_stage_send(void *sock, const Suido__StageMessage *m);
 
-/* Sends a security event to the audit log (the archive) on sock. Never blocks: an audit event
- * that cannot be queued is counted by the caller's log line, not waited for. */
-cm_err cm_stage_audit(void *sock, const char *source, const char *event, const char *subject,
-                      const char *actor, const char *detail);
-
-/* Sends this process's own security events (cm_svc_on_security: refused handshakes, source and
- * actor "zmq"; refusals of the metrics endpoint, "https") to the audit log through sock, a PUSH
- * to the archive. */
-void cm_stage_audit_security(cm_svc *s, void *sock);
-
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "cm_audit_out.h"
 #include "cm_crypto.h"
 #include "cm_daemon.h"
 #include "cm_log.h"
@@ -266,6 +267,7 @@ void cm_svc_tick(cm_svc *s)
         size_t lost = cm_metrics_http_drain(s->metrics_http, metrics_refused, s);
         cm_metric_add(s->security_suppressed, lost);
     }
+    cm_audit_out_flush(s->audit_out);
     certs_update(s);
     cm_metric_set(s->zap_denied, (int64_t)cm_zap_denied(s->zap));
     cm_metric_set(s->zap_allowed, (int64_t)cm_zap_allowed(s->zap));
@@ -288,6 +290,7 @@ void cm_svc_destroy(cm_svc **sp)
     if (!sp || !*sp)
         return;
     cm_svc *s = *sp;
+    cm_audit_out_destroy(&s->audit_out); /* a last flush; the rest stays for the next start */
     cm_metrics_http_destroy(&s->metrics_http);
     if (s->metrics)
         cm_metrics_flush(s->metrics, 1);

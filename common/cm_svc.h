@@ -15,6 +15,8 @@
 #include "cm_daemon.h"
 #include "cm_zmq.h"
 
+struct cm_audit_out;
+
 typedef struct cm_svc {
     char name[64];           /* [service] name: unique service id = certificate CN */
     const char *state_dir;   /* [service] state_dir, created if missing */
@@ -40,6 +42,9 @@ typedef struct cm_svc {
     } certs[16]; /* certificates named in the config (any section's cert and ca) */
     int n_certs;
     int state_lock_fd; /* held by cm_svc_claim_state for the process's life; -1 if not */
+    /* this process's audit events to the archive (cm_audit_out_start); owned: flushed by
+     * cm_svc_tick, closed by cm_svc_destroy; NULL when the process audits nothing */
+    struct cm_audit_out *audit_out;
 } cm_svc;
 
 /* Also checks [metrics] (cm_metrics_http) and reads every certificate the config names (any
@@ -57,8 +62,9 @@ void cm_svc_ready(cm_svc *s);
 /* Housekeeping of an event loop, at least every 100 ms: refreshes the ZAP counters
  * (suido_zap_denied_total, suido_zap_allowed_total), reports refused handshakes on the server
  * sockets and refusals of the metrics endpoint (counted, logged, and handed to on_security at
- * most 30 per 10 s, the rest summed up in one "security_events_suppressed" event), updates the
- * certificates' days left and writes the metrics file each second. */
+ * most 30 per 10 s, the rest summed up in one "security_events_suppressed" event), sends the
+ * audit events waiting in the spool (cm_audit_out_flush), updates the certificates' days left
+ * and writes the metrics file each second. */
 void cm_svc_tick(cm_svc *s);
 /* Counts one refusal of this process as suido_rejected_total{reason="<reason>"} (any thread;
  * reason: [a-z0-9_], anything else is counted as "other"). */

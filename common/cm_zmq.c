@@ -835,8 +835,11 @@ cm_err cm_zsock_server_conf(void *ctx, cm_zap *zap, const cm_conf *conf, const c
     return CM_OK;
 }
 
-cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
-                            const cm_curve_keypair *own, void **out, char err[CM_CONF_ERRLEN])
+/* cm_zsock_client_conf and cm_zsock_push_conf_immediate: always_immediate sets ZMQ_IMMEDIATE
+ * whatever the number of endpoints. */
+static cm_err client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
+                          int always_immediate, const cm_curve_keypair *own, void **out,
+                          char err[CM_CONF_ERRLEN])
 {
     const char *connect, *keyfile;
     *out = NULL;
@@ -874,7 +877,7 @@ cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section,
     /* A PUSH to several endpoints hands frames only to peers whose connection is established
      * (ZMQ_IMMEDIATE, set before the first connect): nothing waits in the pipe of a replica that
      * is down, or of an archive standby whose input is not bound until it is promoted. */
-    int immediate = type == ZMQ_PUSH && n > 1, one = 1;
+    int immediate = type == ZMQ_PUSH && (n > 1 || always_immediate), one = 1;
     rc = cm_zsock_client(ctx, type, immediate ? NULL : eps[0], keys[0], own, out);
     if (rc == CM_OK && immediate && zmq_setsockopt(*out, ZMQ_IMMEDIATE, &one, sizeof one) != 0)
         rc = CM_ERR_IO;
@@ -890,6 +893,19 @@ cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section,
         cm_zsock_close(out);
     }
     return rc;
+}
+
+cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
+                            const cm_curve_keypair *own, void **out, char err[CM_CONF_ERRLEN])
+{
+    return client_conf(ctx, conf, section, type, 0, own, out, err);
+}
+
+cm_err cm_zsock_push_conf_immediate(void *ctx, const cm_conf *conf, const char *section,
+                                    const cm_curve_keypair *own, void **out,
+                                    char err[CM_CONF_ERRLEN])
+{
+    return client_conf(ctx, conf, section, ZMQ_PUSH, 1, own, out, err);
 }
 
 /* ---------------------------------------------------------------- messages */

@@ -81,6 +81,13 @@ cm_err cm_zsock_server_conf(void *ctx, cm_zap *zap, const cm_conf *conf, const c
  */
 cm_err cm_zsock_client_conf(void *ctx, const cm_conf *conf, const char *section, int type,
                             const cm_curve_keypair *own, void **out, char err[CM_CONF_ERRLEN]);
+/* As cm_zsock_client_conf for a PUSH that hands frames only to established connections
+ * (ZMQ_IMMEDIATE) however many endpoints it names: while no receiver is connected a send with
+ * ZMQ_DONTWAIT fails (CM_ERR_UNAVAILABLE) instead of leaving the frame in memory, for a sender
+ * that keeps what it could not send itself (cm_audit_out). */
+cm_err cm_zsock_push_conf_immediate(void *ctx, const cm_conf *conf, const char *section,
+                                    const cm_curve_keypair *own, void **out,
+                                    char err[CM_CONF_ERRLEN]);
 
 /* Endpoints that name a host (compose deployments: one DNS name per socket, one address per
  * replica). A PUSH socket made by cm_zsock_client(_conf) with "tcp://NAME:PORT" is connected to

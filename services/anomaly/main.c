@@ -13,12 +13,15 @@
  * `suido-anomaly train|replay ...` runs the offline commands instead (cli.h).
  *
  * Sockets: [input] PULL, CURVE server, allow-list: profile.
- *          [output archive] PUSH to the archive (alerts). No MQTT: it cannot reach the broker. */
+ *          [output archive] PUSH to the archive (alerts); its own security events go to the
+ *          audit log through cm_audit_out (a connection of its own, spooled while the archive
+ *          is away). No MQTT: it cannot reach the broker. */
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "cli.h"
+#include "cm_audit_out.h"
 #include "cm_log.h"
 #include "cm_profile.h"
 #include "cm_registry.h"
@@ -34,6 +37,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_PROFILE_SPEC_ROWS("profile"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"anomaly", "model", 0, "learned model file (suido-anomaly train); optional"},
@@ -203,7 +207,7 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &c.to_archive, err))
         cm_svc_die(s, "%s", err);
-    cm_stage_audit_security(s, c.to_archive);
+    cm_audit_out_start(s);
 
     cm_events *events = NULL;
     if (cm_events_new(s, "events", NULL, NULL, &events, err))

@@ -14,7 +14,8 @@
  *
  * Sockets: [api] ROUTER, CURVE server, allow-list: suidoctl, monitor (GateRequest/GateReply).
  *          [input] PULL, CURVE server, allow-list: profile (mapped readings, command results).
- *          [output archive] PUSH to the archive (command log, audit, alerts).
+ *          [output archive] PUSH to the archive (command log, alerts); audit events go on a
+ *          connection of their own, spooled while the archive is away (cm_audit_out).
  *          [registry] DEALER to the registry (sessions, gateway state); [events] SUB.
  *          [mqtt] MQTT/TLS client "gate": publishes suido/v1/<gw>/cmd only.
  *          [output sparkplug] optional PUSH to the Sparkplug host: commands to its edge nodes.
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "cm_audit_out.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_mqtt.h"
@@ -45,6 +47,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("api"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     CM_MQTT_SPEC_ROWS("mqtt"),
@@ -173,7 +176,7 @@ static void alert(gate *g, const followed *f, const char *rule, int severity, in
 static void audit(gate *g, const char *event, const char *gw, const char *actor,
                   const char *detail)
 {
-    cm_stage_audit(g->to_archive, "gate", event, gw, actor, detail);
+    cm_audit_out_record(g->svc->audit_out, "gate", event, gw, actor, detail);
 }
 
 /* ------------------------------------------------------------------ the API */
@@ -665,12 +668,12 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output sparkplug", ZMQ_PUSH, &s->keys,
                              &g.to_sparkplug, err))
         cm_svc_die(s, "%s", err);
+    cm_audit_out_start(s);
     if (cm_registry_profile_wait(g.reg, s->conf, "profile", 15000, &g.profile, err) != CM_OK)
         cm_svc_die(s, "%s", err);
     cm_info("profile=\"%s\" version=%ld actuators=%zu interlocks=%zu", cm_profile_name(g.profile),
             cm_profile_version(g.profile), cm_profile_actuator_count(g.profile),
             cm_profile_interlock_count(g.profile));
-    cm_stage_audit_security(s, g.to_archive);
     if (cm_mqtt_new(&mo, &g.mqtt) != CM_OK || cm_mqtt_connect(g.mqtt, 0) != CM_OK)
         cm_svc_die(s, "cannot start the MQTT client");
     cm_metrics *mx = s->metrics;

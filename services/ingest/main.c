@@ -13,9 +13,10 @@
  *
  * Sockets: [mqtt] MQTT/TLS client "ingest" (subscribe only).
  *          [output verify] PUSH to every verifier replica (round robin).
- *          [output archive] PUSH to the archive: audit events from the broker's log (optional);
- *          a second connection carries the main thread's own security events (refusals of the
- *          metrics endpoint), since a ZeroMQ socket belongs to one thread. */
+ *          [output archive] the archive (optional): the audit events from the broker's log and
+ *          the process's own security events (refusals of the metrics endpoint), through
+ *          cm_audit_out, which spools them while the archive is away and takes them from
+ *          Paho's thread and the main thread alike. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include <zmq.h>
 
 #include "broker_log.h"
+#include "cm_audit_out.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_mqtt.h"
@@ -37,6 +39,7 @@
 static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_MQTT_SPEC_ROWS("mqtt"),
     {NULL, NULL, 0, NULL},
 };
@@ -47,8 +50,6 @@ static const char *const TOPICS[] = {"suido/v1/+/birth", "suido/v1/+/data", "sui
 typedef struct ingest {
     cm_svc *svc;
     void *to_verify;  /* used only on the MQTT callback thread */
-    void *to_archive; /* audit events; MQTT callback thread only; may be NULL */
-    void *audit_main; /* the same, for the main thread; NULL with to_archive */
     cm_ratelimit limit;
     cm_metric *broker_events, *broker_suppressed;
     cm_metric *received, *bytes, *forwarded, *bad_topic, *too_big, *connects, *lost;
@@ -59,7 +60,8 @@ typedef struct ingest {
 static void on_broker_log(ingest *in, const char *line, size_t len)
 {
     broker_event ev;
-    if (!in->to_archive || !broker_log_classify(line, len, &ev))
+    cm_audit_out *audit = in->svc->audit_out;
+    if (!audit || !broker_log_classify(line, len, &ev))
         return;
     uint64_t closed = 0;
     int pass = cm_ratelimit_take(&in->limit, cm_now_ms(), &closed);
@@ -67,14 +69,14 @@ static void on_broker_log(ingest *in, const char *line, size_t len)
         char detail[96];
         snprintf(detail, sizeof detail, "events=%llu window_s=10 (over the audit budget)",
                  (unsigned long long)closed);
-        cm_stage_audit(in->to_archive, "ingest", "broker_events_suppressed", "", "broker", detail);
+        cm_audit_out_record(audit, "ingest", "broker_events_suppressed", "", "broker", detail);
     }
     if (!pass) {
         cm_metric_inc(in->broker_suppressed);
         return;
     }
     cm_metric_inc(in->broker_events);
-    cm_stage_audit(in->to_archive, "ingest", ev.event, ev.subject, "broker", ev.detail);
+    cm_audit_out_record(audit, "ingest", ev.event, ev.subject, "broker", ev.detail);
 }
 
 /* Runs on Paho's thread. Returns 1 once the message is handed on; 0 (only while stopping) makes
@@ -168,16 +170,7 @@ int main(int argc, char **argv)
     if (cm_zsock_client_conf(s->zctx, s->conf, "output verify", ZMQ_PUSH, &s->keys, &in.to_verify,
                              err))
         cm_svc_die(s, "%s", err);
-    if (cm_conf_get(s->conf, "output archive", "connect") &&
-        cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
-                             &in.to_archive, err))
-        cm_svc_die(s, "%s", err);
-    if (in.to_archive) {
-        if (cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
-                                 &in.audit_main, err))
-            cm_svc_die(s, "%s", err);
-        cm_stage_audit_security(s, in.audit_main);
-    }
+    cm_audit_out_start(s);
     cm_ratelimit_init(&in.limit, 10000, BROKER_EVENTS_BUDGET);
     in.broker_events = cm_metric_counter(mx, "suido_ingest_broker_events_total",
                                          "security events from the broker's log, audited");
@@ -188,7 +181,7 @@ int main(int argc, char **argv)
         cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
     for (size_t i = 0; i < sizeof TOPICS / sizeof TOPICS[0]; i++)
         cm_mqtt_subscribe(mqtt, TOPICS[i], 1);
-    if (in.to_archive)
+    if (s->audit_out)
         cm_mqtt_subscribe(mqtt, BROKER_LOG_TOPIC, 0); /* best effort: not queued while away */
     if (cm_mqtt_connect(mqtt, 0) != CM_OK)
         cm_warn("uri=%s error=\"broker not reachable yet; retrying\"", mo.uri);
@@ -200,10 +193,6 @@ int main(int argc, char **argv)
     cm_info("event=stopping");
     cm_mqtt_destroy(&mqtt);
     zmq_close(in.to_verify);
-    if (in.to_archive)
-        zmq_close(in.to_archive);
-    if (in.audit_main)
-        zmq_close(in.audit_main);
     cm_svc_destroy(&in.svc);
     return 0;
 }

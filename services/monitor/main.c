@@ -8,16 +8,18 @@
  * It reads only through the channels any service uses: the registry and the archive's API over
  * CURVE (as "monitor", with the operator's registry session on every request, checked again by
  * the receiver), and the live alert stream suido/v1/alerts/# over MQTT/TLS. It keeps nothing on
- * disk; sessions live in memory (mon_session.h).
+ * disk but the audit events waiting for the archive (cm_audit_out's spool in its state_dir);
+ * sessions live in memory (mon_session.h).
  *
  * Sockets: [registry] DEALER; [archive] DEALER to the archive's [api]; [output archive] PUSH
- *          (audit events); [mqtt] MQTT/TLS client "monitor", subscribes suido/v1/alerts/# only;
- *          [http] the HTTPS listener. One thread serves HTTP and owns the ZeroMQ sockets;
- *          Paho's thread hands alerts over through mon_live. */
+ *          (audit events, cm_audit_out); [mqtt] MQTT/TLS client "monitor", subscribes
+ *          suido/v1/alerts/# only; [http] the HTTPS listener. One thread serves HTTP and owns
+ *          the ZeroMQ sockets; Paho's thread hands alerts over through mon_live. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cm_audit_out.h"
 #include "cm_log.h"
 #include "cm_mqtt.h"
 #include "cm_registry.h"
@@ -32,6 +34,7 @@ static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_REGISTRY_SPEC_ROWS("registry"),
     MON_BACKEND_SPEC_ROWS,
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_MQTT_SPEC_ROWS("mqtt"),
     {"http", "bind", 1, "HTTPS listener, HOST:PORT (a name: its first address that binds)"},
     {"http", "cert", 1, "the console's TLS certificate (PEM), from the deployment CA"},
@@ -96,7 +99,7 @@ int main(int argc, char **argv)
     mon_backend *b = NULL;
     if (mon_backend_new(s, &b, err) != CM_OK)
         cm_svc_die(s, "%s", err);
-    mon_backend_audit_security(b);
+    cm_audit_out_start(s);
     if (!(m.live = mon_live_new()))
         cm_svc_die(s, "out of memory");
     m.alerts_in = cm_metric_counter(s->metrics, "suido_monitor_alerts_total",

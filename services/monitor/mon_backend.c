@@ -8,11 +8,11 @@
 
 #include <openssl/crypto.h>
 
+#include "cm_audit_out.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_ratelimit.h"
 #include "cm_registry.h"
-#include "cm_stage.h"
 #include "cm_time.h"
 
 #define GATEWAYS_TTL_MS 5000
@@ -22,7 +22,6 @@ struct mon_backend {
     cm_svc *svc;
     cm_registry *reg;
     void *archive; /* DEALER */
-    void *audit;   /* PUSH */
     long archive_timeout_ms;
     uint64_t next_request;
     cm_pubkey *profile_key;
@@ -48,9 +47,7 @@ cm_err mon_backend_new(cm_svc *svc, mon_backend **out, char err[CM_CONF_ERRLEN])
                            &b->archive_timeout_ms, err)) ||
         (rc = cm_registry_new(svc->zctx, svc->conf, "registry", &svc->keys, &b->reg, err)) ||
         (rc = cm_zsock_client_conf(svc->zctx, svc->conf, "archive", ZMQ_DEALER, &svc->keys,
-                                   &b->archive, err)) ||
-        (rc = cm_zsock_client_conf(svc->zctx, svc->conf, "output archive", ZMQ_PUSH, &svc->keys,
-                                   &b->audit, err)))
+                                   &b->archive, err)))
         goto fail;
     if (cm_pubkey_load_pem(keyf, &b->profile_key) != CM_OK) {
         snprintf(err, CM_CONF_ERRLEN, "%s: [profile] registry_key %s is not a P-256 public key",
@@ -61,9 +58,9 @@ cm_err mon_backend_new(cm_svc *svc, mon_backend **out, char err[CM_CONF_ERRLEN])
     cm_ratelimit_init(&b->outsider, 10000, 30);
     cm_metrics *mx = svc->metrics;
     b->audited = cm_metric_counter(mx, "suido_monitor_audit_events_total",
-                                   "audit events sent to the archive");
+                                   "audit events sent to the archive or spooled for it");
     b->audit_unsent = cm_metric_counter(mx, "suido_monitor_audit_unsent_total",
-                                        "audit events that could not be queued");
+                                        "audit events lost (the spool was full or failed)");
     b->audit_suppressed = cm_metric_counter(mx, "suido_monitor_audit_suppressed_total",
                                             "outsider-driven audit events over the budget");
     b->archive_timeouts = cm_metric_counter(mx, "suido_monitor_archive_timeouts_total",
@@ -87,8 +84,6 @@ void mon_backend_destroy(mon_backend **bp)
         zmq_setsockopt(b->archive, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(b->archive);
     }
-    if (b->audit)
-        zmq_close(b->audit); /* the context's linger lets queued audit events go out */
     cm_registry_destroy(&b->reg);
     cm_pubkey_destroy(&b->profile_key);
     cm_profile_destroy(&b->profile);
@@ -310,14 +305,12 @@ cm_err mon_backend_archive(mon_backend *b, const char *token, Suido__ArchiveRequ
 void mon_backend_audit(mon_backend *b, const char *event, const char *subject, const char *actor,
                        const char *detail)
 {
-    if (cm_stage_audit(b->audit, b->svc->name, event, subject ? subject : "",
-                       actor ? actor : "", detail ? detail : "") == CM_OK)
+    if (cm_audit_out_record(b->svc->audit_out, b->svc->name, event, subject ? subject : "",
+                            actor ? actor : "", detail ? detail : "") == CM_OK)
         cm_metric_inc(b->audited);
     else
         cm_metric_inc(b->audit_unsent);
 }
-
-void mon_backend_audit_security(mon_backend *b) { cm_stage_audit_security(b->svc, b->audit); }
 
 void mon_backend_audit_outsider(mon_backend *b, const char *event, const char *subject,
                                 const char *actor, const char *detail)

@@ -5,7 +5,8 @@
  *             suspension counts at once), logout, the gateway list, the signed data profile;
  *   archive   [archive] DEALER to the archive's API: alert cases and the monitor's reads; every
  *             request carries the operator's registry token, and the archive checks it again;
- *   audit     [output archive] PUSH: the monitor's own audit events (cm_stage_audit).
+ *   audit     the monitor's own audit events, through the process's audit output
+ *             (cm_audit_out: [output archive], spooled while the archive is away).
  *
  * Requests are answered within the configured timeouts or fail closed (CM_ERR_UNAVAILABLE).
  * Archive replies carry the request's number, so a late answer to a request that timed out is
@@ -65,8 +66,6 @@ cm_err mon_backend_archive(mon_backend *b, const char *token, Suido__ArchiveRequ
 /* An audit event. Strings are copied; detail should come from mon_safe'd parts. */
 void mon_backend_audit(mon_backend *b, const char *event, const char *subject, const char *actor,
                        const char *detail);
-/* This process's own security events (cm_svc_on_security) go to the audit log too. */
-void mon_backend_audit_security(mon_backend *b);
 /* The same for events whose rate an outsider controls (unauthenticated or malformed requests):
  * at most 30 per 10 s, the rest counted and summed up in one event. */
 void mon_backend_audit_outsider(mon_backend *b, const char *event, const char *subject,

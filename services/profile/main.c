@@ -6,6 +6,8 @@
  * Sockets: [input] PULL, CURVE server, allow-list: verify, and sparkplug (the Sparkplug host:
  *          births, data and deaths of edge nodes, provenance SPARKPLUG).
  *          [output archive] PUSH to the archive.
+ *          Its own security events go to the audit log through cm_audit_out (a connection
+ *          of its own to the archive, spooled while the archive is away).
  *          [output anomaly] one PUSH per anomaly shard; a gateway always goes to the same shard
  *          (FNV-1a of its id modulo the number of shards), so per-gateway state stays in one
  *          place.
@@ -21,6 +23,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "cm_audit_out.h"
 #include "cm_log.h"
 #include "cm_profile.h"
 #include "cm_registry.h"
@@ -42,6 +45,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_PROFILE_SPEC_ROWS("profile"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     {NULL, NULL, 0, NULL},
@@ -483,7 +487,7 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &p.to_archive, err))
         cm_svc_die(s, "%s", err);
-    cm_stage_audit_security(s, p.to_archive);
+    cm_audit_out_start(s);
     connect_shards(&p, err);
     if (cm_conf_get(s->conf, "output gate", "connect") &&
         cm_zsock_client_conf(s->zctx, s->conf, "output gate", ZMQ_PUSH, &s->keys, &p.to_gate, err))

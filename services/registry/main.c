@@ -8,7 +8,8 @@
  * Sockets: [api] ROUTER, CURVE server; its allow-list names every service that may ask.
  *          Clients use DEALER and send one RegistryRequest frame; the reply is one frame.
  *          [events] PUB, CURVE server: RegistryEvent to every subscribed service.
- *          [output archive] PUSH: audit events. */
+ *          [output archive] PUSH: alerts; audit events go through cm_audit_out (its own
+ *          connection, spooled while the archive is away). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +18,8 @@
 
 #include <openssl/crypto.h>
 
+#include "cm_audit_out.h"
 #include "cm_log.h"
-#include "cm_stage.h"
 #include "cm_svc.h"
 #include "cm_time.h"
 #include "cm_profile.h"
@@ -34,6 +35,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_SERVER_ROWS("api"),
     CM_ZSOCK_SERVER_ROWS("events"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     {"broker", "state_file", 0, "identity file read by the broker plugin, rewritten on changes"},
     {"registry", "expiry_warn_days", 0, "certificate warnings, days before expiry (30, 7, 1)"},
     {"registry", "database", 0, "SQLite file (default state_dir/registry.db)"},
@@ -52,7 +54,7 @@ typedef struct registry {
     registry_operators *ops;
     void *api;
     void *events;     /* PUB, may be NULL */
-    void *to_archive; /* audit events, may be NULL */
+    void *to_archive; /* alerts, may be NULL */
     const char *state_file;
     const char *ca; /* NULL: provisioning is refused */
     const char *profile_file; /* NULL: no profile distribution */
@@ -152,8 +154,7 @@ static void on_list_gateways(void *ctx, void *arg, const char *peer)
 static void audit(registry *r, const char *event, const char *subject, const char *actor,
                   const char *detail)
 {
-    if (r->to_archive)
-        cm_stage_audit(r->to_archive, r->svc->name, event, subject, actor, detail);
+    cm_audit_out_record(r->svc->audit_out, r->svc->name, event, subject, actor, detail);
 }
 
 /* Rewrites the broker's identity file; failing to is an alarm (the broker keeps the old one). */
@@ -1148,8 +1149,7 @@ int main(int argc, char **argv)
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &r.to_archive, err))
         cm_svc_die(s, "%s", err);
-    if (r.to_archive)
-        cm_stage_audit_security(s, r.to_archive);
+    cm_audit_out_start(s);
     if (sealed_now > 0) {
         char sdetail[64];
         snprintf(sdetail, sizeof sdetail, "operators=%d", sealed_now);
@@ -1195,7 +1195,7 @@ int main(int argc, char **argv)
 
     while (!cm_daemon_stopping) {
         zmq_pollitem_t it = {.socket = r.api, .events = ZMQ_POLLIN};
-        if (zmq_poll(&it, 1, 200) > 0)
+        if (zmq_poll(&it, 1, 100) > 0)
             for (int i = 0; i < 256 && (it.revents & ZMQ_POLLIN); i++) {
                 uint64_t t0 = cm_mono_us();
                 handle_one(&r);

@@ -16,12 +16,14 @@
  *          DCMD (rebirth requests, commands) and its STATE.
  *          [input] PULL, CURVE server, allow-list: gate (commands).
  *          [output profile] PUSH to the profile stage (accepted records, command results).
- *          [output archive] PUSH to the archive: refusals (stored with the payload and audited)
- *          and security events.
+ *          [output archive] PUSH to the archive: refusals (stored with the payload and audited);
+ *          its audit events (seq gaps, its own security events) go on a connection of their
+ *          own through cm_audit_out, which spools them while the archive is away and takes
+ *          them from either thread.
  *          [registry] DEALER: each node's gateway record (active? site, kind); fail closed.
  * Paho's callback thread handles the nodes' messages, the main thread the commands; each has its
- * own connections to profile and archive (a ZeroMQ socket belongs to one thread), the registry
- * is the callback thread's, and the session logic is shared under a lock. */
+ * own connection to profile (a ZeroMQ socket belongs to one thread), the registry is the callback
+ * thread's, and the session logic is shared under a lock. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,6 +32,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "cm_audit_out.h"
 #include "cm_log.h"
 #include "cm_mqtt.h"
 #include "cm_ratelimit.h"
@@ -42,6 +45,7 @@ static const cm_conf_spec SPEC[] = {
     CM_DAEMON_SPEC_ROWS,
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_MQTT_SPEC_ROWS("mqtt"),
     CM_REGISTRY_SPEC_ROWS("registry"),
     {"sparkplug", "map", 1, "the Sparkplug map: edge nodes, their groups, metrics -> channels"},
@@ -61,8 +65,8 @@ typedef struct host {
     cm_registry *registry;      /* Paho's callback thread */
     cm_registry *registry_main; /* the main thread */
     cm_mqtt *mqtt;
-    void *to_profile, *to_archive;     /* Paho's callback thread */
-    void *profile_main, *audit_main;   /* the main thread */
+    void *to_profile, *to_archive; /* Paho's callback thread */
+    void *profile_main;            /* the main thread */
     char state_topic[96];
     char state_online[96];
     atomic_int publish_state; /* set on connect; the main loop publishes STATE */
@@ -184,8 +188,8 @@ static int on_message(void *ctx, const char *topic, const void *payload, size_t 
         cm_metric_inc(h->seq_gaps);
         uint64_t closed = 0;
         if (cm_ratelimit_take(&h->gap_audit, now, &closed))
-            cm_stage_audit(h->to_archive, "sparkplug", "sparkplug_seq_gap", res.node, res.node,
-                           res.type);
+            cm_audit_out_record(h->svc->audit_out, "sparkplug", "sparkplug_seq_gap", res.node,
+                                res.node, res.type);
         cm_warn("node=%s type=%s event=seq_gap", res.node, res.type);
     }
     if (res.rebirth)
@@ -383,12 +387,10 @@ int main(int argc, char **argv)
                              &h.profile_main, err) ||
         cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
                              &h.to_archive, err) ||
-        cm_zsock_client_conf(s->zctx, s->conf, "output archive", ZMQ_PUSH, &s->keys,
-                             &h.audit_main, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &h.registry, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &h.registry_main, err))
         cm_svc_die(s, "%s", err);
-    cm_stage_audit_security(s, h.audit_main);
+    cm_audit_out_start(s);
 
     if (cm_mqtt_new(&mo, &h.mqtt) != CM_OK)
         cm_svc_die(s, "cannot create the MQTT client for %s", mo.uri);
@@ -420,7 +422,6 @@ int main(int argc, char **argv)
     zmq_close(h.to_profile);
     zmq_close(h.profile_main);
     zmq_close(h.to_archive);
-    zmq_close(h.audit_main);
     spb_host_destroy(&h.logic);
     free(h.seen);
     spb_map_destroy(&map);

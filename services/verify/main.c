@@ -4,6 +4,8 @@
  * Sockets: [input] PULL, CURVE server, allow-list: ingest.
  *          [output profile] PUSH to the profile stage (verified messages).
  *          [output archive] PUSH to the archive (refusals, kept as audit records).
+ *          Its own security events go to the audit log through cm_audit_out (a connection
+ *          of its own to the archive, spooled while the archive is away).
  *          [registry] DEALER to the registry (identities and signing keys; fail closed), and
  *          the profile in force ([profile] registry_key): of it the verifier keeps only the set
  *          of confidential channels, which may not arrive in clear; a new version announced on
@@ -12,6 +14,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "cm_audit_out.h"
 #include "cm_crypto.h"
 #include "cm_log.h"
 #include "cm_profile.h"
@@ -25,6 +28,7 @@ static const cm_conf_spec SPEC[] = {
     CM_ZSOCK_CLIENT_ROWS("events"),
     CM_ZSOCK_SERVER_ROWS("input"),
     CM_ZSOCK_CLIENT_ROWS("output"),
+    CM_AUDIT_OUT_SPEC_ROWS,
     CM_REGISTRY_SPEC_ROWS("registry"),
     CM_PROFILE_SPEC_ROWS("profile"),
     {"verify", "unwrap_key", 0, "platform RSA-2048 private key for session keys (0600)"},
@@ -232,7 +236,7 @@ int main(int argc, char **argv)
                              &v.to_archive, err) ||
         cm_registry_new(s->zctx, s->conf, "registry", &s->keys, &v.registry, err))
         cm_svc_die(s, "%s", err);
-    cm_stage_audit_security(s, v.to_archive);
+    cm_audit_out_start(s);
     v.check = verify_new(unwrap, lookup, v.registry, (uint64_t)window_s * 1000u);
     if (!v.check)
         cm_svc_die(s, "out of memory");
