@@ -404,9 +404,21 @@ def test_each_socket_is_reachable_only_from_the_peers_on_its_allow_list(project)
         assert len(out) - 1 >= len(todo), (src, out)
         for (t, p), states in sorted(results.items()):
             allowed = src in SOCKETS.get((t, p), set()) or (src == SCRAPER and p in metrics[t])
-            if any(states) != allowed:
-                wrong.append(f"{src} -> {t}:{p} {'reachable' if any(states) else 'unreachable'}")
+            if any(states) and not allowed:
+                wrong.append(f"{src} -> {t}:{p} reachable")
+            elif allowed and not any(states) and not reaches(project, c, targets[t], p):
+                # a peer's connection that timed out among a hundred parallel probes on a busy
+                # host is tried again, alone, with more time, before it counts as refused
+                wrong.append(f"{src} -> {t}:{p} unreachable")
     assert not wrong, "\n".join(wrong)
+
+
+def reaches(project, container, ips, port):
+    """True when container opens a TCP connection to port on one of ips, probing one at a
+    time with 10 s each."""
+    script = " || ".join(f'timeout 10 bash -c "exec 3<>/dev/tcp/{ip}/{port}" 2>/dev/null'
+                         for ip in ips)
+    return project.sh(container, script, timeout=60, check=False).returncode == 0
 
 
 def test_no_container_can_read_another_services_private_key(project):
