@@ -3,6 +3,10 @@
 # process rewrites every second (a daemon's metrics file, the broker plugin's counters), is
 # younger than MAX_AGE_S seconds (default 10). A process that hangs or died stops rewriting it.
 #
+# suido-health --newest DIR [MAX_AGE_S] - healthy while the newest file in DIR is younger than
+# MAX_AGE_S seconds (default 10): the gateway simulator, which writes no metrics file, appends
+# every batch it takes and every ack it gets to its gateways' outboxes (DIR/<gw>.outbox).
+#
 # suido-health --http HOST:PORT PATH - healthy while GET PATH on plain HTTP at HOST:PORT answers
 # 200 within 3 s (Prometheus: /-/healthy on its own listening address).
 if [[ ${1:-} == --http ]]; then
@@ -19,9 +23,19 @@ if [[ ${1:-} == --http ]]; then
     echo "healthy: GET http://$hp$path answered 200"
     exit 0
 fi
-f=${1:?usage: suido-health FILE [MAX_AGE_S]}
-max=${2:-10}
-m=$(stat -c %Y "$f" 2>/dev/null) || { echo "unhealthy: $f does not exist"; exit 1; }
+if [[ ${1:-} == --newest ]]; then
+    d=${2:?usage: suido-health --newest DIR [MAX_AGE_S]}
+    max=${3:-10}
+    f="" m=0
+    while read -r t e; do
+        if (( t > m )); then m=$t f=$e; fi
+    done < <(stat -c '%Y %n' -- "$d"/* 2>/dev/null)
+    [[ -n $f ]] || { echo "unhealthy: no file in $d"; exit 1; }
+else
+    f=${1:?usage: suido-health FILE [MAX_AGE_S]}
+    max=${2:-10}
+    m=$(stat -c %Y "$f" 2>/dev/null) || { echo "unhealthy: $f does not exist"; exit 1; }
+fi
 age=$(( $(date +%s) - m ))
 if (( age >= max )); then
     echo "unhealthy: $f was last written ${age} s ago"

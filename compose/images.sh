@@ -63,7 +63,7 @@ IMAGES=(
     "archive archive bin/suido-archive:/usr/bin/suido-archive"
     "gate gate bin/suido-gate:/usr/bin/suido-gate"
     "gateway-sim gateway-sim bin/suido-gateway-sim:/usr/bin/suido-gateway-sim"
-    "tools suidoctl bin/suidoctl:/usr/bin/suidoctl"
+    "tools suidoctl bin/suidoctl:/usr/bin/suidoctl bin/suido-keygen:/usr/bin/suido-keygen"
 )
 # The standby runs the archive binary as a user of its own; the monitor, once it is built.
 IMAGES+=("archive-standby archive-standby bin/suido-archive:/usr/bin/suido-archive")

@@ -42,19 +42,27 @@ to_container() {
 }
 
 # copy_named FOLDER FILE: copies into FOLDER every deployment file that FILE (a configuration
-# already in container paths) names under /deploy/, and follows the configurations it copies.
+# already in container paths) names under /deploy/ outside comments, and follows the
+# configurations it copies. A named file that the deployment lacks stops everything (the
+# container would only loop on restarts without it): nothing is put in place. The files are
+# copied by one cp (a registry's folder holds three files per gateway).
 copy_named() {
-    local folder=$1 file=$2 p rel
+    local folder=$1 file=$2 p rel files=() confs=()
     while read -r p; do
         rel=${p#/deploy/}
-        [[ -f "$DIR/$rel" && ! -e "$folder/$rel" ]] || continue
-        mkdir -p "$folder/$(dirname "$rel")"
-        cp -p "$DIR/$rel" "$folder/$rel"
-        if [[ "$rel" == *.conf ]]; then
-            to_container <"$DIR/$rel" >"$folder/$rel"
-            copy_named "$folder" "$folder/$rel"
-        fi
-    done < <(grep -o '/deploy/[^ ,;]*' "$file" | sort -u)
+        [[ -n "$rel" && "$rel" != */ ]] || continue
+        [[ ! -e "$folder/$rel" ]] || continue
+        [[ -f "$DIR/$rel" ]] ||
+            die "container ${folder##*/}: ${file#"$folder"/} names $p, but $DIR/$rel does not exist (no folder was changed)"
+        files+=("$rel")
+        [[ "$rel" != *.conf ]] || confs+=("$rel")
+    done < <(grep -v '^[[:space:]]*#' "$file" | grep -o '/deploy/[^ ,;]*' | sort -u)
+    [[ ${#files[@]} -gt 0 ]] || return 0
+    (cd "$DIR" && cp -p --parents -- "${files[@]}" "$folder/")
+    for rel in "${confs[@]}"; do
+        to_container <"$DIR/$rel" >"$folder/$rel"
+        copy_named "$folder" "$folder/$rel"
+    done
 }
 
 # seal FOLDER NAME: the folder and everything in it belong to NAME's uid, no one else may enter.
@@ -119,16 +127,20 @@ seal "$f" broker
 # The field side: every gateway's TLS and signing keys, the CA, the platform's public wrap key
 # and the gate's public command key; an inventory of the gateways only.
 f=$STAGE/gateway-sim
-mkdir -p "$f/ca" "$f/platform" "$f/gateways"
+mkdir -p "$f/gateways"
 awk '/^\[/ { keep = ($1 == "[gateway") } keep' "$DIR/inventory.conf" | to_container >"$f/inventory.conf"
-cp -p "$DIR/ca/ca.crt" "$f/ca/"
-for k in wrap.pub command.pub; do [[ ! -f "$DIR/platform/$k" ]] || cp -p "$DIR/platform/$k" "$f/platform/"; done
+files=(ca/ca.crt)
+for k in wrap.pub command.pub; do [[ ! -f "$DIR/platform/$k" ]] || files+=("platform/$k"); done
 for d in "$DIR"/gateways/*/; do
-    g=$(basename "$d")
-    mkdir -p "$f/gateways/$g"
-    cp -p "$d"/client.crt "$d"/client.key "$d"/sign.key "$d"/sign.pub "$f/gateways/$g/"
-    for k in cmdwrap.key cmdwrap.pub; do [[ ! -f "$d/$k" ]] || cp -p "$d/$k" "$f/gateways/$g/"; done
+    g=${d%/}
+    g=${g##*/}
+    for k in client.crt client.key sign.key sign.pub; do
+        [[ -f "$d$k" ]] || die "container gateway-sim: gateway $g has no $d$k (no folder was changed)"
+        files+=("gateways/$g/$k")
+    done
+    for k in cmdwrap.key cmdwrap.pub; do [[ ! -f "$d$k" ]] || files+=("gateways/$g/$k"); done
 done
+(cd "$DIR" && cp -p --parents -- "${files[@]}" "$f/")
 seal "$f" gateway-sim
 
 # ---------------------------------------------------------------- archive-check

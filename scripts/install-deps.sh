@@ -23,6 +23,8 @@ PKGS=(
   procps psmisc iproute2
   chromium chromium-driver python3-selenium
   debootstrap
+  # the lint of the shell scripts (shellcheck compose/*.sh scripts/*.sh)
+  shellcheck
   clang libclang-rt-14-dev
 )
 

@@ -6,7 +6,7 @@
 #
 #   scripts/mkdeploy.sh DIR [--gateways N] [--base-port P] [--shards K] [--test]
 #                           [--profile FILE] [--encrypt] [--archive-postgresql CONNINFO_FILE]
-#                           [--standby]
+#                           [--standby] [--compose [--broker-bind ADDR] [--broker-port N]]
 #
 # --standby: a second archive, "archive-standby" (its own keys, state/archive-standby/), that
 # replicates the primary archive (replication P+20) and can be promoted (README, "A standby
@@ -21,6 +21,14 @@
 # ssl://broker:8883; a metrics endpoint its container's metrics network, verify-metrics:7042),
 # and compose/mkfolders.sh then makes DIR/compose/<service>/, each holding
 # only that service's configuration and keys, with paths as the container sees them.
+# It also writes DIR/compose.env, the deployment's settings (project name suido, DIR, the
+# broker's published address --broker-bind, default 127.0.0.1, and port --broker-port, default
+# 8883, empty: a port Docker chooses; image tag, the monitor's and Prometheus's ports,
+# Prometheus's retention, the compose profiles: standby with --standby), each commented, and
+# DIR/dc, the one command of the deployment: docker-compose with that project, that env file
+# and this repository's compose file (compose/dc.in). Run again on an existing deployment, it
+# keeps compose.env as the operator left it and only adds the settings it lacks (a --broker-*
+# option that differs from the file is reported, not applied); DIR/dc is always rewritten.
 #
 # Ports (all on 127.0.0.1): broker P; registry P+1; archive P+2; profile P+3; verify P+4;
 # registry events P+5; gate P+6, P+7; archive API P+8; monitor (HTTPS) P+9; anomaly shard i at
@@ -44,6 +52,9 @@ BIN="${SUIDO_BIN:-$TOP/build/bin}"
 ARCHIVE_PG=""
 STANDBY=""
 COMPOSE=""
+BROKER_BIND=127.0.0.1
+BROKER_PORT=8883
+BROKER_OPTS=""          # the --broker-* options given, to report those compose.env overrides
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gateways) NGW=$2; shift 2 ;;
@@ -54,12 +65,22 @@ while [[ $# -gt 0 ]]; do
         --archive-postgresql) ARCHIVE_PG=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
         --standby) STANDBY=archive-standby; shift ;;
         --compose) COMPOSE=1; shift ;;
+        --broker-bind) BROKER_BIND=$2; BROKER_OPTS+=" bind"; shift 2 ;;
+        --broker-port) BROKER_PORT=$2; BROKER_OPTS+=" port"; shift 2 ;;
         -*) die "unknown option $1" ;;
         *) DIR=$1; shift ;;
     esac
 done
 [[ -n "$DIR" ]] || die "usage: scripts/mkdeploy.sh DIR [--gateways N] [--base-port P] [--shards K] [--test]"
 [[ -f "$PROFILE" ]] || die "$PROFILE: no such profile"
+if [[ -n "$BROKER_OPTS" ]]; then
+    [[ -n "$COMPOSE" ]] || die "--broker-bind and --broker-port are for --compose deployments"
+    ipv4='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+    [[ "$BROKER_BIND" =~ ^$ipv4(\.$ipv4){3}$ ]] ||
+        die "--broker-bind: '$BROKER_BIND' is not an IPv4 address (127.0.0.1: this host only, 0.0.0.0: every address)"
+    [[ -z "$BROKER_PORT" || ( "$BROKER_PORT" =~ ^[1-9][0-9]{0,4}$ && "$BROKER_PORT" -le 65535 ) ]] ||
+        die "--broker-port: '$BROKER_PORT' is not a port from 1 to 65535 (or empty: a port Docker chooses)"
+fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 
@@ -431,4 +452,88 @@ fi
 echo "$BASE" >"$DIR/broker.port"
 echo "$SHARDS" >"$DIR/anomaly.shards"
 [[ -z "$COMPOSE" ]] || "$TOP/compose/mkfolders.sh" "$DIR"
-echo "$PROG: deployment ready in $DIR (broker port $BASE, $(ls "$DIR/gateways" | wc -l) gateways)"
+
+# ---- compose: the deployment's settings (DIR/compose.env) and its one command (DIR/dc) ---------
+# Every dc command reads compose.env, so an upgrade, a rollback or a restart keeps what the deploy
+# set. A new file gets every setting; an existing one keeps the operator's edits and gets only
+# the settings it lacks, appended with their comments.
+env_setting() { # KEY VALUE COMMENT...: KEY's block, unless compose.env has KEY already
+    local key=$1 value=$2 have; shift 2
+    if have=$(grep -m1 "^$key=" "$ENV_OLD" 2>/dev/null); then
+        have=${have#*=}
+        case "$key" in
+            SUIDO_BROKER_BIND) [[ $BROKER_OPTS != *bind* || $have == "$value" ]] ;;
+            SUIDO_BROKER_PORT) [[ $BROKER_OPTS != *port* || $have == "$value" ]] ;;
+            COMPOSE_PROFILES) [[ -z $STANDBY || ,$have, == *,standby,* ]] ;;
+            *) true ;;
+        esac || echo "$PROG: note: $DIR/compose.env keeps $key=$have (not $value): edit it there" \
+            "to change it, then $DIR/dc up -d" >&2
+        return 0
+    fi
+    printf '\n'
+    printf '# %s\n' "$@"
+    printf '%s=%s\n' "$key" "$value"
+}
+if [[ -n "$COMPOSE" ]]; then
+    ENV_OLD=$DIR/compose.env
+    env_tmp=$(mktemp "$DIR/.compose.env.XXXXXX")
+    trap 'rm -f -- "$env_tmp"' EXIT
+    if [[ -f "$ENV_OLD" ]]; then
+        cat "$ENV_OLD" >"$env_tmp"
+    else
+        cat >"$env_tmp" <<EOT
+# The settings of the suido deployment in $DIR, read by every $DIR/dc command
+# (docker-compose --env-file), so that an upgrade, a rollback or a restart keeps them. Change one
+# here, then \`$DIR/dc up -d\` recreates the containers it concerns. A variable set here may
+# not be set to another value in dc's environment: dc refuses (one-off values do not last).
+# Written by scripts/mkdeploy.sh --compose; running it again keeps this file and only adds the
+# settings it lacks. One KEY=VALUE a line; comments on lines of their own.
+EOT
+    fi
+    {
+        env_setting COMPOSE_PROJECT_NAME suido \
+            "The compose project: the names of the containers, networks and volumes start with it" \
+            "(suido_archive-data). Never change it on a deployment with data: under another name" \
+            "the volumes are new, empty ones."
+        env_setting SUIDO_DEPLOY "$DIR" \
+            "This folder: each container mounts its own DIR/compose/<name>/ from it, read-only."
+        env_setting SUIDO_BROKER_BIND "$BROKER_BIND" \
+            "The host address the broker is published on, where field gateways connect" \
+            "(127.0.0.1: this host only; 0.0.0.0: every address of the host). mkdeploy --broker-bind."
+        env_setting SUIDO_BROKER_PORT "$BROKER_PORT" \
+            "The broker's port on that address (empty: a port Docker chooses). mkdeploy --broker-port."
+        env_setting SUIDO_TAG latest \
+            "The images' tag (compose/images.sh BUILD --tag T): an upgrade or a roll back sets it."
+        env_setting SUIDO_MONITOR_PORT 8443 \
+            "The operators' console (HTTPS), published on the host's loopback only (empty: a port" \
+            "Docker chooses)."
+        env_setting SUIDO_PROMETHEUS_PORT 9090 \
+            "Prometheus's UI and API (plain HTTP, no login), on the host's loopback only (empty: a" \
+            "port Docker chooses). Never publish it elsewhere."
+        env_setting SUIDO_PROMETHEUS_RETENTION 30d \
+            "How long Prometheus keeps the metrics (its volume prometheus-data)."
+        env_setting COMPOSE_PROFILES "${STANDBY:+standby}" \
+            "The optional services, comma-separated: standby (the archive's standby; the deployment" \
+            "must have been made with --standby), simulator (gateway-sim: simulated gateways" \
+            "publishing with every gateway's keys, for tests and trials only, never in production)."
+    } >>"$env_tmp"
+    chmod 0644 "$env_tmp"
+    mv -f -- "$env_tmp" "$DIR/compose.env"
+    # DIR/dc: compose/dc.in with this deployment's folder and this repository's compose file
+    dc_tmp=$(mktemp "$DIR/.dc.XXXXXX")
+    trap 'rm -f -- "$dc_tmp"' EXIT
+    dc_text=$(<"$TOP/compose/dc.in")
+    q_dir=$(printf '%q' "$DIR")
+    q_yml=$(printf '%q' "$TOP/compose/docker-compose.yml")
+    dc_text=${dc_text//@DEPLOY@/"$q_dir"}
+    dc_text=${dc_text//@COMPOSE_YML@/"$q_yml"}
+    printf '%s\n' "$dc_text" >"$dc_tmp"
+    chmod 0755 "$dc_tmp"
+    mv -f -- "$dc_tmp" "$DIR/dc"
+fi
+if [[ -n "$COMPOSE" ]]; then
+    echo "$PROG: deployment ready in $DIR ($(ls "$DIR/gateways" | wc -l) gateways); its settings:" \
+        "$DIR/compose.env; start it: $DIR/dc up -d"
+else
+    echo "$PROG: deployment ready in $DIR (broker port $BASE, $(ls "$DIR/gateways" | wc -l) gateways)"
+fi

@@ -24,12 +24,22 @@ running through every step:
    ranges are all in the archive, nothing is missing (`suidoctl archive gaps`, run as the
    archive's user on its volume, read-only), its outbox is empty.
 
+Every compose command goes through the deployment's own DIR/dc (scripts/mkdeploy.sh --compose),
+with the test's project name, ports and load written into its DIR/compose.env, as an operator
+would; and the operations of docs/operations.md are walked on the running deployment under load:
+the broker published on the address given to mkdeploy (--broker-bind) through a rerun of mkdeploy
+and an upgrade by a plain `dc up -d` with a new image tag; compose/mkfolders.sh refusing a
+deployment that lacks a key file; compose/rotate-curve.sh restarting only the service and the
+peers that read its key; compose/renew-scraper.sh (Prometheus scrapes with the new certificate,
+the old one is on the CRL and refused).
+
 Everything (containers, networks, volumes, the deployment folder) is removed at the end, also
 when a step fails; the containers' logs are kept in BUILD/compose-test/<project>.log.
 
 A deployment has 27 networks and Docker's default address pools give 31, so two runs cannot
 share a host: a run waits for the one before it to end (an exclusive lock on
 SUIDO_COMPOSE_LOCK, default /tmp/suido-compose-test.lock)."""
+import calendar
 import contextlib
 import fcntl
 import hashlib
@@ -39,6 +49,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import tarfile
@@ -54,6 +65,8 @@ COMPOSE = TOP / "compose" / "docker-compose.yml"
 BUILD = pathlib.Path(os.environ.get("SUIDO_BUILD", TOP / "build"))
 GATEWAYS = 10
 RATE = 2  # batches per second per gateway: the load every step runs under
+# the broker's published address (mkdeploy --broker-bind): not the default, and checkable here
+BROKER_BIND = "127.0.0.2"
 
 LOCK = pathlib.Path(os.environ.get("SUIDO_COMPOSE_LOCK", "/tmp/suido-compose-test.lock"))
 LOCK_WAIT = 1200  # seconds: longer than a run
@@ -111,17 +124,37 @@ def run(cmd, timeout=120, check=True, **kw):
     return r
 
 
+def read_env(path):
+    """KEY=VALUE lines of a compose.env, in order."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def set_env(path, **settings):
+    """Sets KEY=VALUE in a compose.env (in place where the key is, else appended), as an
+    operator edits it."""
+    lines, todo = path.read_text().splitlines(), dict(settings)
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0]
+        if not line.startswith("#") and key in todo:
+            lines[i] = f"{key}={todo.pop(key)}"
+    lines += [f"{k}={v}" for k, v in todo.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 class Project:
     def __init__(self, name, deploy):
         self.name, self.deploy = name, deploy
-        self.env = dict(os.environ, SUIDO_DEPLOY=str(deploy), SUIDO_BROKER_PORT="",
-                        SUIDO_PROMETHEUS_PORT="", SUIDO_MONITOR_PORT="",
-                        COMPOSE_PROFILES="standby",
-                        SUIDO_RATE=str(RATE), SUIDO_WAIT_ACKS="150", COMPOSE_HTTP_TIMEOUT="300")
+        # the deployment's settings are its compose.env's alone: none from this environment
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("SUIDO_", "COMPOSE_"))}
+        self.env["COMPOSE_HTTP_TIMEOUT"] = "300"
 
     def dc(self, *args, timeout=300, check=True):
-        return run(["docker-compose", "-p", self.name, "-f", COMPOSE, *args], timeout=timeout,
-                   check=check, env=self.env)
+        """DIR/dc ARGS: the deployment's one command (docker-compose with its project name,
+        its compose.env and the repository's compose file), run from another directory."""
+        return run([self.deploy / "dc", *args], timeout=timeout, check=check, env=self.env,
+                   cwd="/")
 
     def containers(self, service=None):
         cmd = ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter",
@@ -230,24 +263,41 @@ def project():
         yield from running_project()
 
 
+def mkdeploy(deploy, *extra):
+    """scripts/mkdeploy.sh DEPLOY --compose --standby ... as the test deploys it."""
+    return run([TOP / "scripts" / "mkdeploy.sh", deploy, "--compose", "--standby", "--gateways",
+                GATEWAYS, "--broker-bind", BROKER_BIND, *extra],
+               env=dict(os.environ, SUIDO_BIN=str(BUILD / "bin")), timeout=300)
+
+
 def running_project():
     deploy = pathlib.Path(tempfile.mkdtemp(prefix="suido-compose-"))
     p = Project(f"suidotest{os.getpid()}", deploy)
     logdir = BUILD / "compose-test"
     logdir.mkdir(parents=True, exist_ok=True)
     try:
-        run([TOP / "scripts" / "mkdeploy.sh", deploy, "--compose", "--standby", "--gateways",
-             GATEWAYS],
-            env=dict(os.environ, SUIDO_BIN=str(BUILD / "bin")))
+        mkdeploy(deploy)
+        # the test's own settings, in the deployment's compose.env as an operator sets them: its
+        # project name, ports Docker chooses (never the host's 8883, 8443, 9090), the simulator
+        # and its load
+        set_env(deploy / "compose.env", COMPOSE_PROJECT_NAME=p.name, SUIDO_BROKER_PORT="",
+                SUIDO_MONITOR_PORT="", SUIDO_PROMETHEUS_PORT="",
+                COMPOSE_PROFILES="standby,simulator", SUIDO_RATE=str(RATE),
+                SUIDO_WAIT_ACKS="150")
         p.dc("up", "-d", timeout=600)
-        p.wait_healthy(SERVICES, 180)
+        p.wait_healthy(SERVICES + ["gateway-sim"], 180)
         yield p
     finally:
-        (logdir / f"{p.name}.log").write_text(p.dc("logs", "--no-color", "-t", check=False,
-                                                   timeout=120).stdout)
+        if (deploy / "dc").exists():
+            (logdir / f"{p.name}.log").write_text(p.dc("logs", "--no-color", "-t", check=False,
+                                                       timeout=120).stdout)
         run(["docker", "rm", "-f", f"{p.name}_probe"], check=False)
-        p.dc("--profile", "standby", "--profile", "tools", "down", "-v", "--remove-orphans", "-t",
-             "10", check=False, timeout=300)
+        if (deploy / "dc").exists():
+            p.dc("--profile", "standby", "--profile", "simulator", "--profile", "tools", "down",
+                 "-v", "--remove-orphans", "-t", "10", check=False, timeout=300)
+        for image in run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                          "--filter", f"reference=suido/*:{p.name}"], check=False).stdout.split():
+            run(["docker", "rmi", image], check=False)
         shutil.rmtree(deploy, ignore_errors=True)
         left = run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={p.name}"],
                    check=False).stdout.split()
@@ -354,9 +404,21 @@ def test_each_socket_is_reachable_only_from_the_peers_on_its_allow_list(project)
         assert len(out) - 1 >= len(todo), (src, out)
         for (t, p), states in sorted(results.items()):
             allowed = src in SOCKETS.get((t, p), set()) or (src == SCRAPER and p in metrics[t])
-            if any(states) != allowed:
-                wrong.append(f"{src} -> {t}:{p} {'reachable' if any(states) else 'unreachable'}")
+            if any(states) and not allowed:
+                wrong.append(f"{src} -> {t}:{p} reachable")
+            elif allowed and not any(states) and not reaches(project, c, targets[t], p):
+                # a peer's connection that timed out among a hundred parallel probes on a busy
+                # host is tried again, alone, with more time, before it counts as refused
+                wrong.append(f"{src} -> {t}:{p} unreachable")
     assert not wrong, "\n".join(wrong)
+
+
+def reaches(project, container, ips, port):
+    """True when container opens a TCP connection to port on one of ips, probing one at a
+    time with 10 s each."""
+    script = " || ".join(f'timeout 10 bash -c "exec 3<>/dev/tcp/{ip}/{port}" 2>/dev/null'
+                         for ip in ips)
+    return project.sh(container, script, timeout=60, check=False).returncode == 0
 
 
 def test_no_container_can_read_another_services_private_key(project):
@@ -381,6 +443,74 @@ def test_no_container_can_read_another_services_private_key(project):
     for svc in SERVICES + ["gateway-sim"]:
         st = (project.deploy / "compose" / svc).stat()
         assert (st.st_uid, st.st_mode & 0o777) == (UIDS[svc], 0o700), svc
+
+
+def test_mkfolders_refuses_a_deployment_that_lacks_a_key_file(project):
+    # a container's folder without its key would only loop on restarts: mkfolders names the file
+    # and the container, exits non-zero and changes no folder
+    key = project.deploy / "services" / "gate" / "curve.key"
+    aside = key.with_name("curve.key.aside")
+    key.rename(aside)
+    try:
+        r = run([TOP / "compose" / "mkfolders.sh", project.deploy], check=False)
+    finally:
+        aside.rename(key)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "container gate" in r.stderr and str(key) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (project.deploy / "compose" / "gate" / "services" / "gate" / "curve.key").exists()
+    assert not list((project.deploy / "compose").glob(".stage.*"))
+
+
+def broker_address(project):
+    """(host address, port) the broker is published on (docker port)."""
+    out = run(["docker", "port", project.one("broker"), "8883/tcp"]).stdout.split()
+    assert len(out) == 1, out
+    host, port = out[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def broker_handshake(project, host, port):
+    """A gateway's TLS handshake with the broker at host:port, its certificate checked."""
+    ctx = ssl.create_default_context(cafile=str(project.deploy / "ca" / "ca.crt"))
+    gw = project.deploy / "gateways" / "gw-0001"
+    ctx.load_cert_chain(str(gw / "client.crt"), str(gw / "client.key"))
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="broker") as tls:
+            return tls.version()
+
+
+def test_the_deployments_settings_outlive_a_rerun_and_an_upgrade(project):
+    env = project.deploy / "compose.env"
+    assert broker_address(project)[0] == BROKER_BIND
+    # mkdeploy again (as for more gateways) with another --broker-bind: compose.env keeps what
+    # it holds, the operator's edits too, and only a setting it lacks is added
+    settings = read_env(env)
+    assert settings["SUIDO_BROKER_BIND"] == BROKER_BIND
+    env.write_text("\n".join(line for line in env.read_text().splitlines()
+                             if not line.startswith("SUIDO_PROMETHEUS_RETENTION=")) + "\n")
+    r = mkdeploy(project.deploy, "--broker-bind", "127.0.0.1")
+    assert f"keeps SUIDO_BROKER_BIND={BROKER_BIND}" in r.stderr, r.stderr
+    after = read_env(env)
+    assert after == settings, (settings, after)
+    # an upgrade: a new image tag in compose.env, then a plain `dc up -d` (no variable in its
+    # environment) recreates every container on the new images, the broker on the same address
+    tag = project.name
+    for image in run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                      "reference=suido/*:latest"]).stdout.split():
+        run(["docker", "tag", image, image.rsplit(":", 1)[0] + ":" + tag])
+    set_env(env, SUIDO_TAG=tag)
+    project.dc("up", "-d", timeout=600)
+    project.wait_healthy(SERVICES + ["gateway-sim"], 180)
+    before = project.archived()      # the new archive's count
+    for svc in SERVICES + ["gateway-sim"]:
+        image = project.inspect(project.one(svc))["Config"]["Image"]
+        assert image.endswith(":" + tag), (svc, image)
+    host, port = broker_address(project)
+    assert host == BROKER_BIND, host
+    assert broker_handshake(project, host, port), (host, port)
+    assert wait_until(lambda: project.archived() > before + 5 * GATEWAYS, 90), \
+        project.logs("gateway-sim")[-3000:]
 
 
 def received(project, container, file):
@@ -412,6 +542,90 @@ def test_scaled_verify_and_profile_share_the_load_and_scale_back(project):
     assert wait_until(lambda: project.archived() > before + 2 * GATEWAYS, 90)
     # the targets of the replicas that went are gone
     assert wait_until(lambda: project.scraped(scaled), 60, step=2), project.targets()
+
+
+def started(project):
+    """{container: its start time} of every container of the project."""
+    return {c: project.inspect(c)["State"]["StartedAt"] for c in project.containers()}
+
+
+def test_rotating_a_curve_key_restarts_only_the_service_and_its_peers(project):
+    keys = project.deploy / "services" / "anomaly"
+    old_pub = (keys / "curve.pub").read_bytes()
+    before = started(project)
+    r = run([TOP / "compose" / "rotate-curve.sh", project.deploy, "anomaly"], timeout=300,
+            env=dict(project.env, SUIDO_BIN=str(BUILD / "bin")))
+    assert (keys / "curve.pub").read_bytes() != old_pub
+    kept = sorted(keys.glob("curve.pub.*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == old_pub, kept
+    # the anomaly shards (one identity, two containers), the client that names their key as
+    # server_key (profile, [output anomaly]) and the servers whose allow-lists admit them
+    # (registry, archive, archive-standby); nothing else, the simulator and the broker least of all
+    want = {"anomaly-0", "anomaly-1", "profile", "registry", "archive", "archive-standby"}
+    after = started(project)
+    restarted = {project.inspect(c)["Config"]["Labels"]["com.docker.compose.service"]
+                 for c in after if after[c] != before.get(c)}
+    assert restarted == want, (restarted, r.stdout)
+    assert "restarted" in r.stdout, r.stdout
+    project.wait_healthy(SERVICES, 120)
+    # profile reaches the shards with their new key, and the readings go on being stored (the
+    # counts are the restarted processes')
+    assert wait_until(lambda: all(received(project, project.one(c), c) > 5
+                                  for c in ("anomaly-0", "anomaly-1")), 60)
+    assert wait_until(lambda: project.archived() > 5 * GATEWAYS, 90)
+    for svc in ("anomaly-0", "profile", "archive", "registry"):
+        assert project.metric(project.one(svc), svc, "suido_zap_denied_total") == 0, svc
+
+
+def serial(cert):
+    return run(["openssl", "x509", "-in", cert, "-noout", "-serial"]).stdout.strip().split("=")[1]
+
+
+def scrape_with(project, cert, key):
+    """GET /metrics of verify's endpoint (its address on verify-metrics) with that client
+    certificate: the HTTP status, or the TLS error's name."""
+    addr = project.metrics_address(project.one("verify"), "verify")
+    ctx = ssl.create_default_context(cafile=str(project.deploy / "ca" / "ca.crt"))
+    ctx.load_cert_chain(str(cert), str(key))
+    try:
+        with socket.create_connection((addr, 7042), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="verify") as tls:
+                tls.sendall(b"GET /metrics HTTP/1.0\r\nHost: verify\r\n\r\n")
+                return tls.recv(64).split()[1].decode()
+    except (ssl.SSLError, ConnectionError, IndexError) as e:
+        return type(e).__name__
+
+
+def test_renewing_the_scrapers_certificate(project, tmp_path):
+    scraper = project.deploy / "prometheus"
+    old_crt, old_key = tmp_path / "old.crt", tmp_path / "old.key"
+    shutil.copy(scraper / "client.crt", old_crt)
+    shutil.copy(scraper / "client.key", old_key)
+    old = serial(old_crt)
+    r = run([TOP / "compose" / "renew-scraper.sh", project.deploy], timeout=300,
+            env=project.env)
+    done = time.time()
+    new = serial(scraper / "client.crt")
+    assert new != old, r.stdout
+    # in Prometheus's folder, and the old one on the CRL that every endpoint reads
+    assert (project.deploy / "compose" / "prometheus" / "prometheus" / "client.crt").read_bytes() \
+        == (scraper / "client.crt").read_bytes()
+    crl = run(["openssl", "crl", "-in", project.deploy / "compose" / "verify" / "ca" / "crl.pem",
+               "-noout", "-text"]).stdout
+    assert f"Serial Number: {old}" in crl, crl
+    # an endpoint refuses the old certificate (it reads its CRL again within 5 s) and takes the
+    # new one
+    assert wait_until(lambda: scrape_with(project, old_crt, old_key) != "200", 20, step=1)
+    assert scrape_with(project, scraper / "client.crt", scraper / "client.key") == "200"
+
+    # every target scraped since (new connections: the old certificate would be refused), up
+    def scraped_since():
+        ts = project.prometheus("/api/v1/targets?state=active")["activeTargets"]
+        return all(t["health"] == "up" and calendar.timegm(
+                   time.strptime(t["lastScrape"][:19], "%Y-%m-%dT%H:%M:%S")) > done + 6
+                   for t in ts)
+    assert wait_until(scraped_since, 60, step=2), project.targets()
+    assert project.scraped(JOBS), project.targets()
 
 
 def test_killed_containers_are_started_again_under_load(project):
