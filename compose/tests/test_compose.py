@@ -22,7 +22,10 @@ running through every step:
    restart policy after its process ended; then every target is up again;
 7. the simulator stopped in order (it waits for the acks of what it sent): its report's sent
    ranges are all in the archive, nothing is missing (`suidoctl archive gaps`, run as the
-   archive's user on its volume, read-only), its outbox is empty.
+   archive's user on its volume, read-only), its outbox is empty;
+8. the archive's volume restored from a copy older than what was acknowledged since: the
+   archive reports each gateway's run acknowledged and no longer held, and `archive gaps`
+   lists them (exit 4).
 
 Every compose command goes through the deployment's own DIR/dc (scripts/mkdeploy.sh --compose),
 with the test's project name, ports and load written into its DIR/compose.env, as an operator
@@ -673,3 +676,56 @@ def test_nothing_sent_is_missing_from_the_archive(project):
         for r in g["sent_ranges"]:
             e = stored.get((gw, r["boot_epoch"]))
             assert e and e["highest"] >= r["last_seq"] and e["missing"] == 0, (gw, r, e)
+
+
+def volume_copy(project, src, dst, clear=False):
+    """Copies volume src into volume dst as root, with no network (the guide's backup and
+    restore); clear: empties dst first."""
+    script = ("find /b -mindepth 1 -delete && " if clear else "") + "cp -a /a/. /b/"
+    run(["docker", "run", "--rm", "--user", "0", "--network", "none", "-v", f"{src}:/a:ro",
+         "-v", f"{dst}:/b", "suido/tools:latest", "sh", "-c", script], timeout=300)
+
+
+def sim_report(project):
+    sim = project.one("gateway-sim")
+    tar = subprocess.run(["docker", "cp", f"{sim}:/var/lib/suido/report.json", "-"],
+                         capture_output=True, timeout=60, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        return json.load(t.extractfile("report.json"))
+
+
+def test_restoring_an_older_archive_volume_reports_what_was_acknowledged_after_it(project):
+    """docs/operations.md, "Back up and restore": the archive's volume copied while it is
+    stopped, data acknowledged after that, then the copy restored (the registry's volume kept):
+    the archive reports at start, per gateway, the runs acknowledged and no longer held, and
+    `archive gaps` lists them (exit 4). Runs last: the deployment has lost data after it."""
+    data, copy = f"{project.name}_archive-data", f"{project.name}_archive-copy"
+    try:
+        project.dc("stop", "archive")
+        volume_copy(project, data, copy)
+        project.dc("start", "archive")
+        project.wait_healthy(["archive"], 120)
+        # the simulator runs again (a new boot epoch) until the acks cover what it sent
+        project.dc("start", "gateway-sim")
+        before = project.archived()
+        assert wait_until(lambda: project.archived() > before + 10 * GATEWAYS, 120), \
+            project.logs("gateway-sim")[-3000:]
+        project.dc("stop", "-t", "180", "gateway-sim", timeout=300)
+        after = {g["id"]: g for g in sim_report(project)["gateways"]}
+        time.sleep(5)  # the archive hands its published acks to the registry within 2 s
+        project.dc("stop", "archive")
+        volume_copy(project, copy, data, clear=True)
+        project.dc("start", "archive")
+        project.wait_healthy(["archive"], 120)
+        gaps = project.dc("--profile", "tools", "run", "--rm", "archive-check", "--json",
+                          "archive", "gaps", check=False)
+        assert gaps.returncode == 4, gaps.stdout[-3000:] + gaps.stderr[-2000:]
+        out = json.loads(gaps.stdout)
+        assert out["missing"] == 0
+        lost = {(r["gateway"], r["boot_epoch"]): (r["first"], r["last"])
+                for r in out["lost_ranges"]}
+        for gw, g in after.items():
+            assert lost.get((gw, g["boot_epoch"])) == (1, g["acked_seq"]), (gw, g, lost)
+        assert "acknowledged to the gateway and not held" in project.logs("archive")
+    finally:
+        run(["docker", "volume", "rm", "-f", copy], check=False)
