@@ -208,10 +208,19 @@ static cm_err import_service(registry_store *s, const cm_conf *inv, const char *
                  cm_conf_name(inv), cm_conf_line(inv, sec, "cert"), certf, id);
         return CM_ERR_CONFIG;
     }
+    /* A new service is added active. A known one that is neither revoked nor disposed takes the
+     * key and certificate the inventory names now (a rotated CURVE key, a renewed certificate):
+     * a later revocation then announces the key in use, not the one rotated away. A revoked
+     * service keeps its row as it is (its key stays the one every socket refuses). */
     sqlite3_stmt *ins;
     if (sqlite3_prepare_v2(s->db,
-                           "INSERT OR IGNORE INTO services(id,state,curve_pub,cert_serial,"
-                           "cert_sha256,cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?)",
+                           "INSERT INTO services(id,state,curve_pub,cert_serial,"
+                           "cert_sha256,cert_not_after_ms,created_ms) VALUES(?,?,?,?,?,?,?)"
+                           " ON CONFLICT(id) DO UPDATE SET curve_pub = excluded.curve_pub,"
+                           " cert_serial = excluded.cert_serial, cert_sha256 = excluded.cert_sha256,"
+                           " cert_not_after_ms = excluded.cert_not_after_ms, cert_warned = 0"
+                           " WHERE services.state IN (?8, ?9) AND (services.curve_pub <>"
+                           " excluded.curve_pub OR services.cert_sha256 <> excluded.cert_sha256)",
                            -1, &ins, NULL) != SQLITE_OK) {
         snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
         return CM_ERR_DB;
@@ -223,13 +232,26 @@ static cm_err import_service(registry_store *s, const cm_conf *inv, const char *
     sqlite3_bind_text(ins, 5, ci.sha256, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(ins, 6, (sqlite3_int64)ci.not_after_ms);
     sqlite3_bind_int64(ins, 7, (sqlite3_int64)cm_now_ms());
+    sqlite3_bind_int(ins, 8, SUIDO__ENTITY_STATE__STATE_ACTIVE);
+    sqlite3_bind_int(ins, 9, SUIDO__ENTITY_STATE__STATE_SUSPENDED);
+    int known = 0;
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM services WHERE id=?", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_TRANSIENT);
+        known = sqlite3_step(q) == SQLITE_ROW;
+        sqlite3_finalize(q);
+    }
     int st = sqlite3_step(ins);
     sqlite3_finalize(ins);
     if (st != SQLITE_DONE) {
         snprintf(err, CM_CONF_ERRLEN, "registry database: %s", sqlite3_errmsg(s->db));
         return CM_ERR_DB;
     }
-    *added += sqlite3_changes(s->db);
+    if (!known)
+        *added += sqlite3_changes(s->db);
+    else if (sqlite3_changes(s->db))
+        cm_info("service=%s curve_pub=%s cert_serial=%s event=service_key_or_certificate_updated",
+                id, key, ci.serial);
     return CM_OK;
 }
 
