@@ -899,8 +899,8 @@ def test_thousands_of_mqtt5_user_properties_are_bounded(suite, pb):
     for where in ("connect", "publish"):
         c = R.Conn(suite, "gw-0004")
         try:
-            if where == "connect":
-                c.send(R.connect("gw-0004", version=5, connect_props=too_many))
+            if where == "connect":  # the broker may close before the send ends
+                c.try_send(R.connect("gw-0004", version=5, connect_props=too_many))
             else:
                 c.send(R.connect("gw-0004", version=5))
                 assert c.read(5)[0] == R.CONNACK
