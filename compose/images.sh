@@ -18,7 +18,7 @@
 #    healthcheck and the TSDB volume's mount point (/var/lib/prometheus) owned by its uid.
 #
 # Images: suido/{broker,registry,ingest,verify,profile,anomaly,archive,gate,gateway-sim,tools,
-# prometheus} (+ archive-standby, monitor when their binaries exist), tagged TAG (default
+# prometheus} (+ archive-standby, anomaly-1, monitor when their binaries exist), tagged TAG (default
 # latest).
 set -euo pipefail
 PROG=images
@@ -65,8 +65,10 @@ IMAGES=(
     "gateway-sim gateway-sim bin/suido-gateway-sim:/usr/bin/suido-gateway-sim"
     "tools suidoctl bin/suidoctl:/usr/bin/suidoctl bin/suido-keygen:/usr/bin/suido-keygen"
 )
-# The standby runs the archive binary as a user of its own; the monitor, once it is built.
+# The standby runs the archive binary as a user of its own, and so does each further anomaly
+# shard (its state volume takes its owner from the image); the monitor, once it is built.
 IMAGES+=("archive-standby archive-standby bin/suido-archive:/usr/bin/suido-archive")
+IMAGES+=("anomaly-1 anomaly-1 bin/suido-anomaly:/usr/bin/suido-anomaly")
 [[ -x "$BUILD/bin/suido-monitor" ]] &&
     IMAGES+=("monitor monitor bin/suido-monitor:/usr/bin/suido-monitor")
 # Prometheus: Debian's package on a base of its own (below), nothing of this build

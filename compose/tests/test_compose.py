@@ -258,7 +258,7 @@ def host_lock():
 @pytest.fixture(scope="module")
 def project():
     assert (BUILD / "bin" / "suido-verify").exists(), f"no build in {BUILD}"
-    missing = [i for i in ("broker", "registry", "ingest", "verify", "profile", "anomaly",
+    missing = [i for i in ("broker", "registry", "ingest", "verify", "profile", "anomaly", "anomaly-1",
                            "archive", "gate", "gateway-sim", "tools", "monitor", "prometheus")
                if run(["docker", "image", "inspect", f"suido/{i}:latest"], check=False).returncode]
     assert not missing, f"images missing (make images): {missing}"
