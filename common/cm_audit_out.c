@@ -415,7 +415,7 @@ void cm_audit_out_destroy(cm_audit_out **ap)
  * endpoint ("https"). */
 static void security_event(void *ctx, const char *event, const char *subject, const char *detail)
 {
-    const char *via = strncmp(event, "metrics_", 8) == 0 ? "https" : "zmq";
+    const char *via = cm_svc_security_via(event);
     cm_audit_out_record(ctx, via, event, subject, via, detail);
 }
 

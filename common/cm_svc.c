@@ -372,3 +372,8 @@ size_t cm_cipher_key_len(int cipher)
         return 0;
     }
 }
+
+const char *cm_svc_security_via(const char *event)
+{
+    return strncmp(event, "metrics_", 8) == 0 ? "https" : "zmq";
+}

@@ -69,6 +69,9 @@ void cm_svc_tick(cm_svc *s);
 /* Counts one refusal of this process as suido_rejected_total{reason="<reason>"} (any thread;
  * reason: [a-z0-9_], anything else is counted as "other"). */
 void cm_svc_reject(cm_svc *s, const char *reason);
+/* The channel a security event of cm_svc_on_security came through, its audit source and actor:
+ * "https" for the metrics endpoint's refusals (events "metrics_..."), "zmq" for the others. */
+const char *cm_svc_security_via(const char *event);
 /* Where security events of this process go (typically an audit socket to the archive). */
 void cm_svc_on_security(cm_svc *s,
                         void (*fn)(void *ctx, const char *event, const char *subject,

@@ -442,7 +442,7 @@ static void archive_audit_self(archiver *a, const char *event, const char *subje
 static void own_security_event(void *ctx, const char *event, const char *subject,
                                const char *detail)
 {
-    archive_audit_self(ctx, event, subject, strncmp(event, "metrics_", 8) == 0 ? "https" : "zmq",
+    archive_audit_self(ctx, event, subject, cm_svc_security_via(event),
                        detail);
 }
 
